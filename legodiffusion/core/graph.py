@@ -1,0 +1,68 @@
+"""Expanded, integer-indexed node graphs.
+
+A :class:`Template` is one workflow unrolled for one *shape* of request (its loop counts and
+branch choices). It is built once and shared by every request of that shape; a request only
+copies the in-degree array, so instantiation is O(nodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# An input source inside a template: a node output, a request input, or a constant.
+FROM_NODE, FROM_INPUT, CONSTANT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class TInput:
+    port: str
+    kind: int  # FROM_NODE / FROM_INPUT / CONSTANT
+    node: int = -1  # producer index when FROM_NODE
+    name: str = ""  # producer port (FROM_NODE) or request input name (FROM_INPUT)
+    value: Any = None  # CONSTANT
+
+
+@dataclass(frozen=True)
+class TNode:
+    key: str  # readable path, e.g. "loop[3].unet_cond"
+    op: str
+    mode: str
+    model: str | None
+    inputs: tuple[TInput, ...]
+    light: bool
+    concat_batch: bool
+    component: str | None
+
+
+@dataclass
+class Template:
+    nodes: list[TNode]
+    outputs: dict[str, tuple[int, str]]
+    indegree: list[int] = field(default_factory=list)
+    consumers: list[tuple[int, ...]] = field(default_factory=list)
+    #: uses of each (node, port): consumer edges + workflow outputs reading it
+    uses: dict[tuple[int, str], int] = field(default_factory=dict)
+    #: output ports of each node, in the operator's order
+    out_ports: list[tuple[str, ...]] = field(default_factory=list)
+    sources: tuple[int, ...] = ()
+
+    def finish(self, out_ports: list[tuple[str, ...]]) -> Template:
+        n = len(self.nodes)
+        self.out_ports = out_ports
+        producers: list[set[int]] = [set() for _ in range(n)]
+        consumers: list[set[int]] = [set() for _ in range(n)]
+        uses: dict[tuple[int, str], int] = {(i, p): 0 for i in range(n) for p in out_ports[i]}
+        for i, node in enumerate(self.nodes):
+            for inp in node.inputs:
+                if inp.kind == FROM_NODE:
+                    producers[i].add(inp.node)
+                    consumers[inp.node].add(i)
+                    uses[(inp.node, inp.name)] += 1
+        for node_idx, port in self.outputs.values():
+            uses[(node_idx, port)] += 1
+        self.indegree = [len(p) for p in producers]
+        self.consumers = [tuple(sorted(c)) for c in consumers]
+        self.uses = uses
+        self.sources = tuple(i for i in range(n) if self.indegree[i] == 0)
+        return self

@@ -1,0 +1,79 @@
+"""The small typed structs that cross the coordinator/worker boundary.
+
+Tensors never ride in these: a :class:`TensorRef` is metadata, the bytes stay in the data plane of
+the worker that produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    id: int
+    worker: int  # where the value lives
+    nbytes: int
+    shape: tuple[int, ...] | None = None  # None for non-tensor values (sampler state, text)
+    dtype: str | None = None
+
+
+@dataclass(slots=True)
+class DispatchItem:
+    """One node of one request inside a batch."""
+
+    request_id: int
+    node: int
+    key: str  # readable node path for errors
+    refs: dict[str, TensorRef]  # inputs produced by other nodes
+    values: dict[str, Any]  # scalar inputs (request inputs, constants)
+    output_ids: dict[str, int]  # data-plane ids to store each output port under
+
+
+@dataclass(slots=True)
+class Dispatch:
+    id: int
+    worker: int
+    op: str
+    mode: str
+    model: str | None
+    component: str | None
+    items: list[DispatchItem]
+    light: bool = False  # glue: does not take one of the worker's slots
+
+
+@dataclass(slots=True)
+class ItemResult:
+    outputs: dict[str, TensorRef] | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    dispatch_id: int
+    worker: int
+    results: list[ItemResult]
+    start_s: float = 0.0  # worker clock, for accounting only
+    end_s: float = 0.0
+    loaded: list[tuple[str, str]] = field(default_factory=list)  # components loaded for this batch
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    request_id: int
+    status: str  # succeeded | failed | cancelled
+    outputs: dict[str, TensorRef] | None = None
+    error: str | None = None
+    node: str | None = None  # the node that failed, if any
+
+
+@dataclass(slots=True)
+class Actions:
+    """What the driver must do after an event, in this order: read the outputs of ``finished``
+    requests, release ``frees`` from the data plane, then send ``dispatches``."""
+
+    dispatches: list[Dispatch] = field(default_factory=list)
+    finished: list[RequestOutcome] = field(default_factory=list)
+    frees: list[TensorRef] = field(default_factory=list)
+    progressed: list[int] = field(default_factory=list)  # request ids with newly finished nodes

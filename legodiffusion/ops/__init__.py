@@ -1,0 +1,21 @@
+"""The built-in operators and the default registry."""
+
+from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
+from legodiffusion.ops.denoise import Denoise
+from legodiffusion.ops.latents import InitLatents
+from legodiffusion.ops.noop import Noop
+from legodiffusion.ops.sampler_step import SamplerStep
+from legodiffusion.ops.text import EncodePrompt, FormatText
+from legodiffusion.ops.vae import VaeDecode
+
+BUILTIN_OPERATORS = (EncodePrompt, FormatText, InitLatents, Denoise, SamplerStep, VaeDecode, Noop)
+
+
+def default_registry() -> OperatorRegistry:
+    registry = OperatorRegistry()
+    for op in BUILTIN_OPERATORS:
+        registry.add(op)
+    return registry
+
+
+__all__ = ["Item", "Operator", "OperatorRegistry", "Port", "Signature", "default_registry", "BUILTIN_OPERATORS"]

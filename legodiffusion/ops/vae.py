@@ -1,0 +1,24 @@
+"""VAE decode: latents to an image tensor in [0, 1], shaped (1, 3, H, W)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+from legodiffusion.ops.base import Item, Operator, Port, Signature
+
+
+class VaeDecode(Operator):
+    name = "vae_decode"
+    doc = "Unscale the latents, decode them with the VAE and denormalise to [0, 1]."
+    component = "vae"
+    concat_batch = True
+    modes = {"default": Signature(inputs={"latents": Port("latent")}, outputs={"image": "image"})}
+
+    def run(self, model, mode: str, items: list[Item]):
+        latents = torch.cat([it.inputs["latents"] for it in items])
+        with torch.inference_mode():
+            image = model.decode(latents / model.config.scaling_factor, return_dict=False)[0]
+        image = VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt")
+        sizes = [it.inputs["latents"].shape[0] for it in items]
+        return [{"image": im} for im in torch.split(image, sizes)]

@@ -1,0 +1,177 @@
+"""The embedded runtime: coordinator + worker threads + in-process data plane, driven by asyncio.
+
+    async with Engine({"sd15": "models/sd15"}, EngineConfig(workers=2)) as engine:
+        engine.add_workflow(sd_txt2img("sd15"))
+        result = await engine.run("sd-txt2img", {"prompt": "a red fox", "seed": 1})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from legodiffusion.config import EngineConfig
+from legodiffusion.core.coordinator import Coordinator, Request
+from legodiffusion.core.messages import Actions, Completion
+from legodiffusion.core.policy import make_policy
+from legodiffusion.models.store import ModelCatalog
+from legodiffusion.ops import OperatorRegistry, default_registry
+from legodiffusion.runtime.dataplane import LocalDataPlane
+from legodiffusion.runtime.worker import ThreadWorker, Worker
+from legodiffusion.workflow.expand import Expander, bind_inputs
+from legodiffusion.workflow.spec import WorkflowSpec
+
+
+@dataclass
+class RunResult:
+    request_id: int
+    workflow: str
+    status: str  # succeeded | failed | cancelled
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    node: str | None = None
+    latency_s: float = 0.0
+    nodes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass
+class Run:
+    """A submitted request: await :attr:`future` for its :class:`RunResult`."""
+
+    request_id: int
+    workflow: str
+    nodes_total: int
+    future: asyncio.Future
+    submitted_s: float
+    nodes_done: int = 0
+    on_progress: Callable[[Run], None] | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        models: ModelCatalog | dict[str, str],
+        config: EngineConfig | None = None,
+        registry: OperatorRegistry | None = None,
+    ) -> None:
+        self.catalog = models if isinstance(models, ModelCatalog) else ModelCatalog(models)
+        self.config = config or EngineConfig()
+        self.registry = registry or default_registry()
+        self.plane = LocalDataPlane()
+        self.workers: list[Worker] = [
+            ThreadWorker(i, "cpu", self.registry, self.catalog, self.plane) for i in range(self.config.workers)
+        ]
+        self.coordinator = Coordinator(
+            len(self.workers),
+            make_policy(self.config.policy),
+            max_batch=self.config.max_batch,
+            default_max_batch=self.config.default_max_batch,
+            slots_per_worker=self.config.slots_per_worker,
+        )
+        self.workflows: dict[str, Expander] = {}
+        self._runs: dict[int, Run] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> Engine:
+        self._loop = asyncio.get_running_loop()
+        for w in self.workers:
+            w.start(self._completion_from_thread)
+        return self
+
+    async def stop(self) -> None:
+        for run in list(self._runs.values()):
+            self._apply(self.coordinator.cancel(run.request_id, self._now()))
+        await asyncio.get_running_loop().run_in_executor(None, lambda: [w.stop() for w in self.workers])
+        self._loop = None
+
+    async def __aenter__(self) -> Engine:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # -- workflows and requests ------------------------------------------------------------
+
+    def add_workflow(self, spec: WorkflowSpec, name: str | None = None) -> str:
+        """Validate and register ``spec`` under ``name`` (default: its own name)."""
+        for slot, model in spec.models.items():
+            if model not in self.catalog:
+                raise KeyError(f"workflow {spec.name!r}: model slot {slot!r} names unknown model {model!r}; known: {self.catalog.names()}")
+        name = name or spec.name
+        self.workflows[name] = Expander(spec, self.registry)
+        return name
+
+    def submit(self, workflow: str, inputs: dict[str, Any], on_progress: Callable[[Run], None] | None = None) -> Run:
+        """Expand and submit a request; raises WorkflowError/KeyError for bad input, before any work."""
+        if self._loop is None:
+            raise RuntimeError("engine is not started (use `async with Engine(...)`)")
+        try:
+            expander = self.workflows[workflow]
+        except KeyError:
+            raise KeyError(f"unknown workflow {workflow!r}; registered: {sorted(self.workflows)}") from None
+        bound = bind_inputs(expander.spec, inputs)
+        template = expander.template(bound)
+        rid = next(self._ids)
+        run = Run(rid, workflow, len(template.nodes), self._loop.create_future(), time.perf_counter(), on_progress=on_progress)
+        self._runs[rid] = run
+        self._apply(self.coordinator.submit(Request(rid, template, bound, workflow, self._now()), self._now()))
+        return run
+
+    async def run(self, workflow: str, inputs: dict[str, Any], on_progress=None) -> RunResult:
+        return await self.submit(workflow, inputs, on_progress).future
+
+    def cancel(self, request_id: int) -> None:
+        self._apply(self.coordinator.cancel(request_id, self._now()))
+
+    # -- the driver ------------------------------------------------------------------------
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
+    def _completion_from_thread(self, c: Completion) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._on_completion, c)
+
+    def _on_completion(self, c: Completion) -> None:
+        self._apply(self.coordinator.on_complete(c, self._now()))
+
+    def _apply(self, actions: Actions) -> None:
+        for rid in actions.progressed:
+            run = self._runs.get(rid)
+            if run is not None:
+                run.nodes_done += 1
+                if run.on_progress is not None:
+                    run.on_progress(run)
+        for outcome in actions.finished:
+            run = self._runs.pop(outcome.request_id)
+            outputs = {}
+            if outcome.outputs:
+                outputs = {name: self.plane.get(ref, ref.worker) for name, ref in outcome.outputs.items()}
+            result = RunResult(
+                outcome.request_id,
+                run.workflow,
+                outcome.status,
+                outputs,
+                outcome.error,
+                outcome.node,
+                time.perf_counter() - run.submitted_s,
+                run.nodes_total,
+            )
+            if not run.future.done():
+                run.future.set_result(result)
+        if actions.frees:
+            self.plane.free(actions.frees)
+        for d in actions.dispatches:
+            self.workers[d.worker].submit(d)

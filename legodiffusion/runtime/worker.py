@@ -1,0 +1,97 @@
+"""Workers: one per device. The interface is what any backend (threads, Ray actors) implements."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+from legodiffusion.core.messages import Completion, Dispatch
+from legodiffusion.models.store import ModelCatalog, ResidentModels
+from legodiffusion.ops.base import OperatorRegistry
+from legodiffusion.runtime.dataplane import DataPlane
+from legodiffusion.runtime.execute import execute
+
+
+@dataclass
+class WorkerStats:
+    worker: int
+    device: str
+    busy_s: float
+    dispatches: int
+    loads: int
+    load_s: float
+    resident: list[str]
+
+
+class Worker(ABC):
+    """Receives dispatches, runs them in order, reports each completion through ``on_complete``
+    (which may be called from any thread)."""
+
+    id: int
+    device: str
+
+    @abstractmethod
+    def start(self, on_complete: Callable[[Completion], None]) -> None: ...
+
+    @abstractmethod
+    def submit(self, d: Dispatch) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def stats(self) -> WorkerStats: ...
+
+
+class ThreadWorker(Worker):
+    """A worker thread in this process, sharing the in-process data plane."""
+
+    def __init__(self, worker_id: int, device: str, registry: OperatorRegistry, catalog: ModelCatalog, plane: DataPlane) -> None:
+        self.id = worker_id
+        self.device = device
+        self.registry = registry
+        self.models = ResidentModels(catalog)
+        self.plane = plane
+        self._inbox: queue.SimpleQueue[Dispatch | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.busy_s = 0.0
+        self.dispatches = 0
+
+    def start(self, on_complete: Callable[[Completion], None]) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(on_complete,), name=f"worker-{self.id}", daemon=True)
+        self._thread.start()
+
+    def submit(self, d: Dispatch) -> None:
+        self._inbox.put(d)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self, on_complete: Callable[[Completion], None]) -> None:
+        while True:
+            d = self._inbox.get()
+            if d is None:
+                return
+            t0 = time.perf_counter()
+            c = execute(d, self.id, self.registry, self.models, self.plane)
+            self.busy_s += time.perf_counter() - t0
+            self.dispatches += 1
+            on_complete(c)
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            self.id,
+            self.device,
+            self.busy_s,
+            self.dispatches,
+            self.models.loads,
+            self.models.load_s,
+            sorted(f"{m}/{c}" for m, c in self.models.keys()),
+        )

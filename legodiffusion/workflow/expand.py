@@ -1,0 +1,208 @@
+"""Per-request expansion: bind a request's inputs, unroll loops, resolve branches.
+
+Expansion depends only on the *structural* inputs (loop counts, predicate inputs), so templates are
+cached per (workflow, structural values) and a new request of a known shape costs a dict lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from legodiffusion.core.graph import CONSTANT, FROM_INPUT, FROM_NODE, Template, TInput, TNode
+from legodiffusion.ops.base import OperatorRegistry
+from legodiffusion.workflow.errors import SpecIssue, WorkflowError
+from legodiffusion.workflow.spec import (
+    CarryRef,
+    CondNode,
+    InputRef,
+    Literal,
+    LoopNode,
+    Node,
+    NodeRef,
+    OpNode,
+    Source,
+    WorkflowSpec,
+)
+from legodiffusion.workflow.validate import assignable, find_cycle, literal_type, validate
+
+# What a source resolves to while unrolling: a template input without its port name.
+_Val = tuple  # (FROM_NODE, idx, port) | (FROM_INPUT, name) | (CONSTANT, value)
+
+MAX_EXPANDED_NODES = 200_000
+
+
+def bind_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """Request inputs with defaults applied and types checked; unknown names are errors."""
+    issues = []
+    out = {}
+    for name in given:
+        if name not in spec.inputs:
+            issues.append(SpecIssue("unknown_request_input", f"inputs.{name}", f"workflow {spec.name!r} has no input {name!r}; inputs: {sorted(spec.inputs)}"))
+    for name, ispec in spec.inputs.items():
+        if name in given:
+            value = given[name]
+            if value is None and not ispec.required and ispec.default is None:
+                out[name] = None
+                continue
+            if not assignable(literal_type(value), ispec.type):
+                issues.append(SpecIssue("type_mismatch", f"inputs.{name}", f"expected {ispec.type}, got {value!r}"))
+                continue
+            out[name] = float(value) if ispec.type == "float" else value
+        elif ispec.required:
+            issues.append(SpecIssue("missing_input", f"inputs.{name}", f"request input {name!r} ({ispec.type}) is required"))
+        else:
+            out[name] = ispec.default
+    if issues:
+        raise WorkflowError(issues)
+    return out
+
+
+def _structural_inputs(nodes: list[Node]) -> set[str]:
+    names: set[str] = set()
+    for n in nodes:
+        if isinstance(n, LoopNode):
+            if isinstance(n.count, InputRef):
+                names.add(n.count.name)
+            names |= _structural_inputs(n.body)
+        elif isinstance(n, CondNode):
+            names.add(n.predicate.input)
+            names |= _structural_inputs(n.then.nodes) | _structural_inputs(n.otherwise.nodes)
+    return names
+
+
+def _order(nodes: list[Node]) -> list[Node]:
+    """Siblings in dependency order (specs may list them in any order)."""
+    by_id = {n.id: n for n in nodes}
+    contained: dict[str, str] = {}
+
+    def walk(n: Node, top: str) -> None:
+        contained[n.id] = top
+        kids = n.body if isinstance(n, LoopNode) else (n.then.nodes + n.otherwise.nodes) if isinstance(n, CondNode) else []
+        for k in kids:
+            walk(k, top)
+
+    for n in nodes:
+        walk(n, n.id)
+
+    def refs(n: Node) -> set[str]:
+        if isinstance(n, OpNode):
+            srcs, kids = list(n.inputs.values()), []
+        elif isinstance(n, LoopNode):
+            srcs, kids = [n.count, *n.carry.values(), *n.next.values()], n.body
+        else:
+            srcs, kids = [*n.then.outputs.values(), *n.otherwise.outputs.values()], n.then.nodes + n.otherwise.nodes
+        out = {s.node for s in srcs if isinstance(s, NodeRef)}
+        for k in kids:
+            out |= refs(k)
+        return out
+
+    graph = {n.id: [contained.get(r) for r in refs(n) if contained.get(r) in by_id and contained.get(r) != n.id] for n in nodes}
+    assert find_cycle(graph) is None, "validated specs have no cycles"
+    seen: set[str] = set()
+    ordered: list[Node] = []
+
+    def visit(i: str) -> None:
+        if i in seen:
+            return
+        seen.add(i)
+        for d in sorted(graph[i]):
+            visit(d)
+        ordered.append(by_id[i])
+
+    for n in nodes:
+        visit(n.id)
+    return ordered
+
+
+class Expander:
+    """Validates a spec once, then turns request inputs into cached templates."""
+
+    def __init__(self, spec: WorkflowSpec, registry: OperatorRegistry) -> None:
+        self.spec = validate(spec, registry)
+        self.registry = registry
+        self.structural = sorted(_structural_inputs(spec.nodes))
+        self._cache: dict[tuple, Template] = {}
+        self._lock = threading.Lock()
+
+    def template(self, inputs: dict[str, Any]) -> Template:
+        key = tuple(inputs[n] for n in self.structural)
+        with self._lock:
+            tmpl = self._cache.get(key)
+        if tmpl is None:
+            tmpl = _Unroller(self.spec, self.registry, inputs).run()
+            with self._lock:
+                if len(self._cache) > 256:
+                    self._cache.clear()
+                self._cache[key] = tmpl
+        return tmpl
+
+
+class _Unroller:
+    def __init__(self, spec: WorkflowSpec, registry: OperatorRegistry, inputs: dict[str, Any]) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.inputs = inputs
+        self.nodes: list[TNode] = []
+        self.out_ports: list[tuple[str, ...]] = []
+
+    def resolve(self, src: Source, env: dict[str, dict[str, _Val]], carry: dict[str, _Val]) -> _Val:
+        if isinstance(src, NodeRef):
+            return env[src.node][src.port]
+        if isinstance(src, InputRef):
+            return (FROM_INPUT, src.name)
+        if isinstance(src, CarryRef):
+            return carry[src.name]
+        return (CONSTANT, src.value)
+
+    def count(self, src: Source) -> int:
+        n = self.inputs[src.name] if isinstance(src, InputRef) else src.value  # type: ignore[union-attr]
+        if n < 0:
+            raise WorkflowError([SpecIssue("bad_value", "inputs", f"a loop count must be >= 0, got {n}")])
+        return int(n)
+
+    def emit(self, nodes: list[Node], prefix: str, env: dict, carry: dict) -> None:
+        for node in _order(nodes):
+            key = prefix + node.id
+            if isinstance(node, OpNode):
+                op = self.registry.get(node.op)
+                ins = []
+                for port, src in node.inputs.items():
+                    v = self.resolve(src, env, carry)
+                    if v[0] == FROM_NODE:
+                        ins.append(TInput(port, FROM_NODE, node=v[1], name=v[2]))
+                    elif v[0] == FROM_INPUT:
+                        ins.append(TInput(port, FROM_INPUT, name=v[1]))
+                    else:
+                        ins.append(TInput(port, CONSTANT, value=v[1]))
+                idx = len(self.nodes)
+                model = self.spec.models[node.model] if node.model is not None else None
+                self.nodes.append(TNode(key, node.op, node.mode, model, tuple(ins), op.light, op.concat_batch, op.component))
+                ports = tuple(op.modes[node.mode].outputs)
+                self.out_ports.append(ports)
+                env[node.id] = {p: (FROM_NODE, idx, p) for p in ports}
+                if len(self.nodes) > MAX_EXPANDED_NODES:
+                    raise WorkflowError([SpecIssue("too_large", key, f"expansion exceeds {MAX_EXPANDED_NODES} nodes")])
+            elif isinstance(node, LoopNode):
+                state = {k: self.resolve(s, env, carry) for k, s in node.carry.items()}
+                for i in range(self.count(node.count)):
+                    inner_env = dict(env)
+                    self.emit(node.body, f"{key}[{i}].", inner_env, state)
+                    state = {k: self.resolve(s, inner_env, state) for k, s in node.next.items()}
+                env[node.id] = state
+            else:
+                branch = node.then if node.predicate.holds(self.inputs) else node.otherwise
+                inner_env = dict(env)
+                self.emit(branch.nodes, f"{key}.", inner_env, carry)
+                env[node.id] = {k: self.resolve(s, inner_env, carry) for k, s in branch.outputs.items()}
+
+    def run(self) -> Template:
+        env: dict[str, dict[str, _Val]] = {}
+        self.emit(self.spec.nodes, "", env, {})
+        outputs = {}
+        for name, src in self.spec.outputs.items():
+            v = self.resolve(src, env, {})
+            if v[0] != FROM_NODE:
+                raise WorkflowError([SpecIssue("bad_output", f"outputs.{name}", "resolves to a value, not a node output")])
+            outputs[name] = (v[1], v[2])
+        return Template(self.nodes, outputs).finish(self.out_ports)
