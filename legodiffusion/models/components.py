@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,16 @@ def _class_for(folder: Path, sub: str):
     return getattr(importlib.import_module(library), cls_name)
 
 
+def _quiet() -> None:
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def _from_pretrained(folder: Path, sub: str):
+    _quiet()
     obj = _class_for(folder, sub).from_pretrained(folder / sub)
     if isinstance(obj, torch.nn.Module):
         obj.eval().requires_grad_(False)
@@ -75,12 +85,18 @@ LOADERS = {
 }
 
 
+# from_pretrained patches torch.nn.Module globally while it builds empty (meta) modules; two
+# threads loading at once can leave the patch in place for good. Loads in a process are serialised.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_component(folder: str | Path, component: str) -> Any:
     try:
         loader = LOADERS[component]
     except KeyError:
         raise KeyError(f"unknown component {component!r}; known: {sorted(LOADERS)}") from None
-    return loader(Path(folder))
+    with _LOAD_LOCK:
+        return loader(Path(folder))
 
 
 def component_bytes(obj: Any) -> int:

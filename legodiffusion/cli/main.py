@@ -1,0 +1,63 @@
+"""The ``legodiffusion`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from legodiffusion import config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Micro-serving text-to-image diffusion workflows.")
+
+
+@app.command("tiny-models")
+def tiny_models(
+    directory: Path = typer.Argument(..., help="where to write the model folders"),
+    seed: int = typer.Option(0, help="weights depend only on this seed"),
+) -> None:
+    """Write tiny random-weight diffusers-format model folders (sd15) for tests and the demo."""
+    from legodiffusion.models.tiny import write_tiny_models
+
+    for family, folder in write_tiny_models(directory, seed=seed).items():
+        typer.echo(f"{family}: {folder}")
+
+
+@app.command()
+def generate(
+    model: Path = typer.Option(..., help="a diffusers-format Stable Diffusion folder"),
+    prompt: str = typer.Option(..., help="what to draw"),
+    negative_prompt: str = typer.Option("", help="what to steer away from"),
+    steps: int = typer.Option(20, min=1, help="sampling steps"),
+    guidance: float = typer.Option(7.5, help="classifier-free guidance scale; <= 1 disables it"),
+    seed: int = typer.Option(0, help="seeds torch.Generator('cpu') exactly as diffusers does"),
+    height: Optional[int] = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
+    width: Optional[int] = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
+    sampler: str = typer.Option("euler", help="euler or ddim"),
+    workers: int = typer.Option(1, min=1, help="worker count"),
+    output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG file to write"),
+) -> None:
+    """Generate one image through the decomposed runtime."""
+    from legodiffusion.cli.generate import generate_one
+
+    raise typer.Exit(generate_one(model, prompt, negative_prompt, steps, guidance, seed, height, width, sampler, workers, output))
+
+
+@app.command()
+def demo(
+    requests: int = typer.Option(12, min=1, help="requests in the burst"),
+    workers: int = typer.Option(2, min=1, help="worker count"),
+    size: int = typer.Option(64, help="image size in pixels"),
+    steps: int = typer.Option(8, min=1, help="sampling steps of the first workflow"),
+    out: Path = typer.Option(Path("demo-out"), help="folder for the images"),
+    models: Optional[Path] = typer.Option(None, help="tiny model folder (built if missing); default under $LEGODIFFUSION_HOME"),
+) -> None:
+    """Build the tiny models if missing and serve a burst over two workflows sharing one base model."""
+    from legodiffusion.cli.demo import run_demo
+
+    run_demo(requests, workers, size, steps, out, models or config.home() / "models")
+
+
+if __name__ == "__main__":
+    app()

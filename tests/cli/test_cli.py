@@ -1,0 +1,42 @@
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from legodiffusion.cli.main import app
+from tests.helpers import reference_image
+
+runner = CliRunner()
+
+
+def test_tiny_models_are_deterministic_for_a_seed(tmp_path):
+    for d in ("a", "b"):
+        result = runner.invoke(app, ["tiny-models", str(tmp_path / d), "--seed", "3"])
+        assert result.exit_code == 0, result.output
+    a = (tmp_path / "a/sd15/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    b = (tmp_path / "b/sd15/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_generate_writes_the_reference_image(sd15, tmp_path):
+    out = tmp_path / "out.png"
+    args = ["generate", "--model", str(sd15), "--prompt", "a red fox", "--negative-prompt", "blurry", "--steps", "3", "--guidance", "6", "--seed", "5", "--height", "64", "--width", "64", "--sampler", "ddim", "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ours = np.asarray(Image.open(out), dtype=np.int16)
+    ref = (reference_image(sd15, sampler="ddim", prompt="a red fox", negative_prompt="blurry", steps=3, guidance_scale=6, seed=5) * 255).round()
+    assert np.abs(ours - ref).max() <= 1
+
+
+def test_generate_reports_bad_input_without_a_traceback(sd15, tmp_path):
+    result = runner.invoke(app, ["generate", "--model", str(sd15), "--prompt", "x", "--height", "60", "--steps", "2", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 1
+    assert "multiples of 8" in " ".join(result.output.split())
+    result = runner.invoke(app, ["generate", "--model", str(tmp_path), "--prompt", "x"])
+    assert result.exit_code == 2 and "model_index.json" in "".join(result.output.split())
+
+
+def test_demo_runs_a_burst_over_two_workflows(sd15, tmp_path):
+    result = runner.invoke(app, ["demo", "--requests", "4", "--steps", "2", "--out", str(tmp_path / "imgs"), "--models", str(sd15.parent)])
+    assert result.exit_code == 0, result.output
+    assert "requests sd-styled succeeded" in result.output and "latency p50" in result.output
+    assert len(list((tmp_path / "imgs").glob("*.png"))) == 4
