@@ -13,7 +13,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     import torch
 
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(), "threads": torch.get_num_threads()}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def report(name: str, figures: dict, plot=None) -> None:

@@ -121,9 +121,13 @@ def main() -> None:
         e2e = pipeline_vs_decomposed(folder, args.steps, args.size, args.repeats)
     coord_us = min(coordinator_only(args.noop_nodes) for _ in range(3))
     runtime_us = min(runtime_per_node(args.noop_nodes) for _ in range(3))
-    print(f"decomposed {e2e['decomposed_s'] * 1e3:.1f} ms vs diffusers pipeline {e2e['pipeline_s'] * 1e3:.1f} ms "
-          f"({args.steps} steps, {args.size}px, {e2e['nodes_per_request']} nodes): ratio {e2e['ratio']:.3f} (target <= 1.10)")
-    print(f"coordinator per node (state machine only): {coord_us:.1f} us; whole local runtime per no-op node: {runtime_us:.1f} us (target <= 100)")
+    print(
+        f"decomposed {e2e['decomposed_s'] * 1e3:.1f} ms vs diffusers pipeline {e2e['pipeline_s'] * 1e3:.1f} ms "
+        f"({args.steps} steps, {args.size}px, {e2e['nodes_per_request']} nodes): ratio {e2e['ratio']:.3f} (target <= 1.10)"
+    )
+    print(
+        f"coordinator per node (state machine only): {coord_us:.1f} us; whole local runtime per no-op node: {runtime_us:.1f} us (target <= 100)"
+    )
     figures = {
         "steps": args.steps,
         "size_px": args.size,

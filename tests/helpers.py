@@ -13,7 +13,9 @@ from legodiffusion import Engine, EngineConfig, sd_txt2img
 REFERENCE_SCHEDULERS = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler}
 
 
-def reference_image(folder, sampler="euler", prompt="a cat", negative_prompt="", steps=4, guidance_scale=7.5, seed=0, height=64, width=64) -> np.ndarray:
+def reference_image(
+    folder, sampler="euler", prompt="a cat", negative_prompt="", steps=4, guidance_scale=7.5, seed=0, height=64, width=64
+) -> np.ndarray:
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     pipe.scheduler = REFERENCE_SCHEDULERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

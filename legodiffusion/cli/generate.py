@@ -36,10 +36,14 @@ def generate_one(model: Path, prompt, negative_prompt, steps, guidance, seed, he
             return 2
         async with engine:
             engine.add_workflow(sd_txt2img(model.name))
-            with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("nodes"), TimeElapsedColumn(), console=console) as bar:
+            with Progress(
+                TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("nodes"), TimeElapsedColumn(), console=console
+            ) as bar:
                 task = bar.add_task("gen", total=None)
                 try:
-                    run = engine.submit("sd-txt2img", inputs, on_progress=lambda r: bar.update(task, completed=r.nodes_done, total=r.nodes_total))
+                    run = engine.submit(
+                        "sd-txt2img", inputs, on_progress=lambda r: bar.update(task, completed=r.nodes_done, total=r.nodes_total)
+                    )
                 except WorkflowError as exc:
                     console.print(f"[red]error:[/] {exc}")
                     return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -32,8 +31,8 @@ def generate(
     steps: int = typer.Option(20, min=1, help="sampling steps"),
     guidance: float = typer.Option(7.5, help="classifier-free guidance scale; <= 1 disables it"),
     seed: int = typer.Option(0, help="seeds torch.Generator('cpu') exactly as diffusers does"),
-    height: Optional[int] = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
-    width: Optional[int] = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
+    height: int | None = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
+    width: int | None = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
     sampler: str = typer.Option("euler", help="euler or ddim"),
     workers: int = typer.Option(1, min=1, help="worker count"),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG file to write"),
@@ -51,7 +50,7 @@ def demo(
     size: int = typer.Option(64, help="image size in pixels"),
     steps: int = typer.Option(8, min=1, help="sampling steps of the first workflow"),
     out: Path = typer.Option(Path("demo-out"), help="folder for the images"),
-    models: Optional[Path] = typer.Option(None, help="tiny model folder (built if missing); default under $LEGODIFFUSION_HOME"),
+    models: Path | None = typer.Option(None, help="tiny model folder (built if missing); default under $LEGODIFFUSION_HOME"),
 ) -> None:
     """Build the tiny models if missing and serve a burst over two workflows sharing one base model."""
     from legodiffusion.cli.demo import run_demo

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from legodiffusion.core.graph import CONSTANT, FROM_INPUT, FROM_NODE, Template
+from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
 from legodiffusion.core.messages import (
     Actions,
     Completion,

@@ -19,11 +19,7 @@ _MERGES = ["t h", "th e</w>", "a n", "i n", "o n", "e r", "a r", "e n", "o r", "
 
 def _byte_unicode_alphabet() -> list[str]:
     """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for raw bytes."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     extra = 0
     codes = list(printable)
     for b in range(256):

@@ -15,13 +15,11 @@ class EncodePrompt(Operator):
 
     def run(self, model, mode: str, items: list[Item]):
         texts = [it.inputs["text"] for it in items]
-        for it, text in zip(items, texts):
+        for it, text in zip(items, texts, strict=True):
             if not isinstance(text, str):
                 raise TypeError(f"{it.key}: text must be a string, got {type(text).__name__}")
         tok = model.tokenizer
-        ids = tok(
-            texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
         with torch.inference_mode():
             emb = model.encoder(ids, attention_mask=None)[0]
         return [{"embedding": e.unsqueeze(0)} for e in emb]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 import threading
 from abc import ABC, abstractmethod
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -19,7 +20,9 @@ from legodiffusion.core.messages import TensorRef
 
 def make_ref(tensor_id: int, worker: int, value: Any) -> TensorRef:
     if isinstance(value, torch.Tensor):
-        return TensorRef(tensor_id, worker, value.numel() * value.element_size(), tuple(value.shape), str(value.dtype).removeprefix("torch."))
+        return TensorRef(
+            tensor_id, worker, value.numel() * value.element_size(), tuple(value.shape), str(value.dtype).removeprefix("torch.")
+        )
     return TensorRef(tensor_id, worker, sys.getsizeof(value))
 
 

@@ -1,8 +1,8 @@
 """The embedded runtime: coordinator + worker threads + in-process data plane, driven by asyncio.
 
-    async with Engine({"sd15": "models/sd15"}, EngineConfig(workers=2)) as engine:
-        engine.add_workflow(sd_txt2img("sd15"))
-        result = await engine.run("sd-txt2img", {"prompt": "a red fox", "seed": 1})
+async with Engine({"sd15": "models/sd15"}, EngineConfig(workers=2)) as engine:
+    engine.add_workflow(sd_txt2img("sd15"))
+    result = await engine.run("sd-txt2img", {"prompt": "a red fox", "seed": 1})
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.core.coordinator import Coordinator, Request
@@ -65,9 +66,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.registry = registry or default_registry()
         self.plane = LocalDataPlane()
-        self.workers: list[Worker] = [
-            ThreadWorker(i, "cpu", self.registry, self.catalog, self.plane) for i in range(self.config.workers)
-        ]
+        self.workers: list[Worker] = [ThreadWorker(i, "cpu", self.registry, self.catalog, self.plane) for i in range(self.config.workers)]
         self.coordinator = Coordinator(
             len(self.workers),
             make_policy(self.config.policy),

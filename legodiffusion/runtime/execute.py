@@ -42,4 +42,3 @@ def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: Reside
                 results.extend(execute(single, worker, registry, models, plane).results)
     loaded = [(d.model, d.component)] if models.loads > loads_before else []
     return Completion(d.id, worker, results, start, time.perf_counter(), loaded)
-

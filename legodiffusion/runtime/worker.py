@@ -6,8 +6,8 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from legodiffusion.core.messages import Completion, Dispatch
 from legodiffusion.models.store import ModelCatalog, ResidentModels

@@ -1,17 +1,18 @@
 """A traced Python builder: call operators on handles, get a data-only :class:`WorkflowSpec`.
 
-    wf = WorkflowBuilder("txt2img", models={"base": "sd15"})
-    prompt = wf.input("prompt", "text")
-    emb = wf.call("encode_prompt", model="base", text=prompt)
-    ...
-    wf.output("image", img.image)
-    spec = wf.build()
+wf = WorkflowBuilder("txt2img", models={"base": "sd15"})
+prompt = wf.input("prompt", "text")
+emb = wf.call("encode_prompt", model="base", text=prompt)
+...
+wf.output("image", img.image)
+spec = wf.build()
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from legodiffusion.workflow.spec import (
     REQUIRED,
@@ -129,10 +130,14 @@ class WorkflowBuilder:
         """Run ``body`` ``count`` times; it gets the carried values and returns their next values."""
         node_id = self._new_id("loop", id)
         nodes, nxt = self._nested(body, Carry())
-        self._add(LoopNode(node_id, _source(count), {k: _source(v) for k, v in carry.items()}, nodes, {k: _source(v) for k, v in nxt.items()}))
+        self._add(
+            LoopNode(node_id, _source(count), {k: _source(v) for k, v in carry.items()}, nodes, {k: _source(v) for k, v in nxt.items()})
+        )
         return NodeHandle(node_id)
 
-    def denoise_loop(self, steps: Any, latents: Any, sampler: Any, step: Callable[[Ref, Ref], tuple[Any, Any]], id: str | None = None) -> NodeHandle:
+    def denoise_loop(
+        self, steps: Any, latents: Any, sampler: Any, step: Callable[[Ref, Ref], tuple[Any, Any]], id: str | None = None
+    ) -> NodeHandle:
         """A sampling loop over (latents, sampler state); ``step`` maps them to their next values."""
 
         def body(c: Carry) -> dict[str, Any]:
@@ -141,7 +146,9 @@ class WorkflowBuilder:
 
         return self.loop(steps, {"latents": latents, "sampler": sampler}, body, id=id or self._new_id("denoise", None))
 
-    def cond(self, predicate: Predicate, then: Callable[[], dict[str, Any]], otherwise: Callable[[], dict[str, Any]], id: str | None = None) -> NodeHandle:
+    def cond(
+        self, predicate: Predicate, then: Callable[[], dict[str, Any]], otherwise: Callable[[], dict[str, Any]], id: str | None = None
+    ) -> NodeHandle:
         """Choose a branch per request from its inputs; both branches return the same names."""
         node_id = self._new_id("cond", id)
         then_nodes, then_out = self._nested(then)

@@ -34,7 +34,16 @@ def sd_txt2img(model: str = "sd15", name: str = "sd-txt2img", prompt_template: s
         def step(latents, state):
             c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="unet_cond")
             u = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=uncond.embedding, id="unet_uncond")
-            s = wf.call("sampler_step", mode="guided", latents=latents, sampler=state, noise_cond=c.noise, noise_uncond=u.noise, guidance_scale=guidance, id="step")
+            s = wf.call(
+                "sampler_step",
+                mode="guided",
+                latents=latents,
+                sampler=state,
+                noise_cond=c.noise,
+                noise_uncond=u.noise,
+                guidance_scale=guidance,
+                id="step",
+            )
             return s.latents, s.sampler
 
         loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise")

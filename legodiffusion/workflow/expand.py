@@ -16,7 +16,6 @@ from legodiffusion.workflow.spec import (
     CarryRef,
     CondNode,
     InputRef,
-    Literal,
     LoopNode,
     Node,
     NodeRef,
@@ -38,7 +37,13 @@ def bind_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name in given:
         if name not in spec.inputs:
-            issues.append(SpecIssue("unknown_request_input", f"inputs.{name}", f"workflow {spec.name!r} has no input {name!r}; inputs: {sorted(spec.inputs)}"))
+            issues.append(
+                SpecIssue(
+                    "unknown_request_input",
+                    f"inputs.{name}",
+                    f"workflow {spec.name!r} has no input {name!r}; inputs: {sorted(spec.inputs)}",
+                )
+            )
     for name, ispec in spec.inputs.items():
         if name in given:
             value = given[name]

@@ -283,9 +283,7 @@ class _Parser:
             )
         cond = self.obj(d["cond"], path + ".cond")
         pred = self.obj(cond.get("if"), path + ".if")
-        predicate = Predicate(
-            self.string(pred.get("input"), path + ".if.input"), str(pred.get("cmp", "")), pred.get("value")
-        )
+        predicate = Predicate(self.string(pred.get("input"), path + ".if.input"), str(pred.get("cmp", "")), pred.get("value"))
         return CondNode(node_id, predicate, self.branch(cond.get("then"), path + ".then"), self.branch(cond.get("else"), path + ".else"))
 
     def branch(self, value: Any, path: str) -> Branch:

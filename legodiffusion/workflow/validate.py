@@ -116,7 +116,9 @@ class _Checker:
             return spec.type
         if isinstance(src, Literal):
             if port is not None and port.per_request:
-                report("literal_not_allowed", path, "a literal is given where a request input is required (this port must vary per request)")
+                report(
+                    "literal_not_allowed", path, "a literal is given where a request input is required (this port must vary per request)"
+                )
                 return None
             t = literal_type(src.value)
             if t is None and src.value is None and port is not None and port.optional:
@@ -159,7 +161,9 @@ class _Checker:
             path = f"{w.path}.inputs.{port_name}"
             port = sig.inputs.get(port_name)
             if port is None:
-                self.fail("unknown_port", path, f"operator {node.op!r} ({node.mode}) has no input {port_name!r}; inputs: {sorted(sig.inputs)}")
+                self.fail(
+                    "unknown_port", path, f"operator {node.op!r} ({node.mode}) has no input {port_name!r}; inputs: {sorted(sig.inputs)}"
+                )
                 continue
             t = self.type_of(src, w, path, port=port)
             if t is not None and not assignable(t, port.type):
@@ -171,7 +175,9 @@ class _Checker:
             if node.model is None:
                 self.fail("missing_model", w.path + ".model", f"operator {node.op!r} needs a model slot; slots: {sorted(self.spec.models)}")
             elif node.model not in self.spec.models:
-                self.fail("unknown_model_slot", w.path + ".model", f"model slot {node.model!r} is not declared; slots: {sorted(self.spec.models)}")
+                self.fail(
+                    "unknown_model_slot", w.path + ".model", f"model slot {node.model!r} is not declared; slots: {sorted(self.spec.models)}"
+                )
 
     def check_structural(self, src: Source, w: _Where, path: str, want: set[str]) -> None:
         """Loop counts and predicates shape the graph, so they must be known on arrival."""
@@ -193,7 +199,9 @@ class _Checker:
             self.type_of(src, w, f"{w.path}.carry.{name}")
         inner = _Where(node, w.path, w.scope + (node.id,), w.loops + (node,))
         if set(node.next) != set(node.carry):
-            self.fail("carry_mismatch", w.path + ".next", f"next must set exactly the carried names {sorted(node.carry)}, got {sorted(node.next)}")
+            self.fail(
+                "carry_mismatch", w.path + ".next", f"next must set exactly the carried names {sorted(node.carry)}, got {sorted(node.next)}"
+            )
         for name, src in node.next.items():
             t = self.type_of(src, inner, f"{w.path}.next.{name}")
             want = self.outputs_of(node.id).get(name)
@@ -207,7 +215,11 @@ class _Checker:
         self.check_structural(InputRef(p.input), w, w.path + ".if.input", SCALAR_TYPES)
         inner = _Where(node, w.path, w.scope + (node.id,), w.loops)
         if set(node.then.outputs) != set(node.otherwise.outputs):
-            self.fail("branch_mismatch", w.path + ".else.outputs", f"both branches must output the same names: {sorted(node.then.outputs)} vs {sorted(node.otherwise.outputs)}")
+            self.fail(
+                "branch_mismatch",
+                w.path + ".else.outputs",
+                f"both branches must output the same names: {sorted(node.then.outputs)} vs {sorted(node.otherwise.outputs)}",
+            )
         for name, src in node.then.outputs.items():
             t1 = self.type_of(src, inner, f"{w.path}.then.outputs.{name}")
             other = node.otherwise.outputs.get(name)
@@ -296,7 +308,7 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         stack.append(n)
         for d in graph.get(n, ()):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state:
                 found = visit(d)
                 if found:

@@ -19,16 +19,42 @@ def test_tiny_models_are_deterministic_for_a_seed(tmp_path):
 
 def test_generate_writes_the_reference_image(sd15, tmp_path):
     out = tmp_path / "out.png"
-    args = ["generate", "--model", str(sd15), "--prompt", "a red fox", "--negative-prompt", "blurry", "--steps", "3", "--guidance", "6", "--seed", "5", "--height", "64", "--width", "64", "--sampler", "ddim", "-o", str(out)]
+    args = [
+        "generate",
+        "--model",
+        str(sd15),
+        "--prompt",
+        "a red fox",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "3",
+        "--guidance",
+        "6",
+        "--seed",
+        "5",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--sampler",
+        "ddim",
+        "-o",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     ours = np.asarray(Image.open(out), dtype=np.int16)
-    ref = (reference_image(sd15, sampler="ddim", prompt="a red fox", negative_prompt="blurry", steps=3, guidance_scale=6, seed=5) * 255).round()
+    ref = (
+        reference_image(sd15, sampler="ddim", prompt="a red fox", negative_prompt="blurry", steps=3, guidance_scale=6, seed=5) * 255
+    ).round()
     assert np.abs(ours - ref).max() <= 1
 
 
 def test_generate_reports_bad_input_without_a_traceback(sd15, tmp_path):
-    result = runner.invoke(app, ["generate", "--model", str(sd15), "--prompt", "x", "--height", "60", "--steps", "2", "-o", str(tmp_path / "x.png")])
+    result = runner.invoke(
+        app, ["generate", "--model", str(sd15), "--prompt", "x", "--height", "60", "--steps", "2", "-o", str(tmp_path / "x.png")]
+    )
     assert result.exit_code == 1
     assert "multiples of 8" in " ".join(result.output.split())
     result = runner.invoke(app, ["generate", "--model", str(tmp_path), "--prompt", "x"])

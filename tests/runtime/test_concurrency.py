@@ -5,7 +5,16 @@ import numpy as np
 from tests.helpers import run_requests
 
 REQUESTS = [
-    dict(prompt=f"prompt number {i}", negative_prompt="ugly" if i % 3 else "", steps=3 + i % 3, guidance_scale=1.0 if i % 4 == 0 else 6.0, seed=100 + i, height=64, width=64 if i % 2 else 96, sampler="ddim" if i % 5 == 0 else "euler")
+    dict(
+        prompt=f"prompt number {i}",
+        negative_prompt="ugly" if i % 3 else "",
+        steps=3 + i % 3,
+        guidance_scale=1.0 if i % 4 == 0 else 6.0,
+        seed=100 + i,
+        height=64,
+        width=64 if i % 2 else 96,
+        sampler="ddim" if i % 5 == 0 else "euler",
+    )
     for i in range(10)
 ]
 

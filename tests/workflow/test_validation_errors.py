@@ -16,15 +16,38 @@ GOOD = {
     "models": {"base": "sd15"},
     "nodes": [
         {"id": "enc", "op": "encode_prompt", "mode": "default", "model": "base", "inputs": {"text": {"input": "prompt"}}},
-        {"id": "init", "op": "init_latents", "model": "base", "inputs": {"seed": {"input": "seed"}, "steps": {"input": "steps"}, "sampler": {"literal": "euler"}}},
+        {
+            "id": "init",
+            "op": "init_latents",
+            "model": "base",
+            "inputs": {"seed": {"input": "seed"}, "steps": {"input": "steps"}, "sampler": {"literal": "euler"}},
+        },
         {
             "id": "loop",
             "loop": {
                 "count": {"input": "steps"},
                 "carry": {"latents": {"node": "init", "port": "latents"}, "sampler": {"node": "init", "port": "sampler"}},
                 "body": [
-                    {"id": "unet", "op": "denoise", "model": "base", "inputs": {"latents": {"carry": "latents"}, "sampler": {"carry": "sampler"}, "embedding": {"node": "enc", "port": "embedding"}}},
-                    {"id": "step", "op": "sampler_step", "mode": "unguided", "inputs": {"latents": {"carry": "latents"}, "sampler": {"carry": "sampler"}, "noise": {"node": "unet", "port": "noise"}}},
+                    {
+                        "id": "unet",
+                        "op": "denoise",
+                        "model": "base",
+                        "inputs": {
+                            "latents": {"carry": "latents"},
+                            "sampler": {"carry": "sampler"},
+                            "embedding": {"node": "enc", "port": "embedding"},
+                        },
+                    },
+                    {
+                        "id": "step",
+                        "op": "sampler_step",
+                        "mode": "unguided",
+                        "inputs": {
+                            "latents": {"carry": "latents"},
+                            "sampler": {"carry": "sampler"},
+                            "noise": {"node": "unet", "port": "noise"},
+                        },
+                    },
                 ],
                 "next": {"latents": {"node": "step", "port": "latents"}, "sampler": {"node": "step", "port": "sampler"}},
             },
@@ -93,8 +116,12 @@ def test_missing_input():
 def test_cycle():
     def make_cycle(d):
         d["nodes"][0]["inputs"]["text"] = {"node": "fmt", "port": "text"}
-        d["nodes"].append({"id": "fmt", "op": "format_text", "inputs": {"template": {"literal": "{text}"}, "text": {"node": "fmt2", "port": "text"}}})
-        d["nodes"].append({"id": "fmt2", "op": "format_text", "inputs": {"template": {"literal": "{text}"}, "text": {"node": "fmt", "port": "text"}}})
+        d["nodes"].append(
+            {"id": "fmt", "op": "format_text", "inputs": {"template": {"literal": "{text}"}, "text": {"node": "fmt2", "port": "text"}}}
+        )
+        d["nodes"].append(
+            {"id": "fmt2", "op": "format_text", "inputs": {"template": {"literal": "{text}"}, "text": {"node": "fmt", "port": "text"}}}
+        )
 
     issues, err = issues_of(mutate(make_cycle))
     assert issues == [("cycle", "nodes.fmt")]
