@@ -83,7 +83,7 @@ def coordinator_only(nodes: int) -> float:
     ex = Expander(noop_chain(nodes), default_registry())
     inputs = bind_inputs(ex.spec, {})
     tmpl = ex.template(inputs)
-    coord = Coordinator(1, make_policy("fifo"))
+    coord = Coordinator(1, make_policy("fcfs"))
     t = time.perf_counter()
     pending = coord.submit(Request(1, tmpl, inputs), 0.0).dispatches
     done = 0

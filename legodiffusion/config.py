@@ -17,26 +17,67 @@ def home() -> Path:
     return Path(os.environ.get("LEGODIFFUSION_HOME", ".legodiffusion")).resolve()
 
 
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @dataclass
 class EngineConfig:
-    """How the embedded (local) backend runs."""
+    """How the embedded (local) backend runs and schedules."""
 
-    workers: int = 1
-    """Worker count: one per device. On a CPU-only machine each worker is a thread."""
-    policy: str = "fifo"
-    """Scheduling policy by name (see ``legodiffusion.core.policy.POLICIES``)."""
-    max_batch: dict[str, int] = field(default_factory=dict)
-    """Per-operator batch limit, e.g. ``{"denoise": 4}``; others use ``default_max_batch``."""
-    default_max_batch: int = 8
-    """Batch limit for operators not named in ``max_batch``."""
+    workers: int | None = None
+    """Worker count, one per device. Default: one per GPU, or 1 on a CPU-only machine."""
+    device: str = "auto"
+    """``cpu``, ``cuda`` (worker i on ``cuda:i``) or ``auto`` (cuda when available)."""
+    policy: str = "default"
+    """Scheduling policy by name: ``default``, ``fcfs``, ``random`` or ``bundle``."""
+    latency_batch: dict[str, int] = field(default_factory=dict)
+    """Per-operator batch limit when free workers are plentiful (latency mode)."""
+    throughput_batch: dict[str, int] = field(default_factory=dict)
+    """Per-operator batch limit when workers are busy (throughput mode)."""
+    default_latency_batch: int = 1
+    """Latency-mode batch limit for operators not in ``latency_batch``."""
+    default_throughput_batch: int = 8
+    """Throughput-mode batch limit for operators not in ``throughput_batch``."""
     slots_per_worker: int = 2
-    """Model-call dispatches a worker may hold at once (one running, the rest queued there);
-    everything else waits centrally where it can still batch and move."""
+    """Model-call dispatches a worker may hold at once (one running, the rest queued there)."""
+    queue_threshold_s: float = 0.05
+    """Workers whose estimated queued work exceeds this are skipped, so work waits centrally
+    where it can still batch and move."""
+    memory_budget_bytes: int | None = None
+    """Weight memory each worker may keep resident (LRU beyond it). Default: unlimited on CPU,
+    the device's total memory on GPU."""
+    profile_dir: Path | None = None
+    """Where cached profiles are looked up (default ``$LEGODIFFUSION_HOME/profiles``)."""
 
     def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "auto":
+            self.device = "cuda" if cuda_device_count() else "cpu"
+        if self.workers is None:
+            self.workers = max(1, cuda_device_count()) if self.device == "cuda" else 1
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.slots_per_worker < 1:
             raise ValueError(f"slots_per_worker must be >= 1, got {self.slots_per_worker}")
-        if self.default_max_batch < 1 or any(v < 1 for v in self.max_batch.values()):
+        limits = [self.default_latency_batch, self.default_throughput_batch, *self.latency_batch.values(), *self.throughput_batch.values()]
+        if any(v < 1 for v in limits):
             raise ValueError("batch limits must be >= 1")
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
+            raise ValueError("memory_budget_bytes must be positive")
+
+    def worker_devices(self) -> list[str]:
+        if self.device == "cpu":
+            return ["cpu"] * self.workers
+        n = max(1, cuda_device_count())
+        return [f"cuda:{i % n}" for i in range(self.workers)]
+
+    def budget_for(self, device: str) -> int | None:
+        if self.memory_budget_bytes is not None or device == "cpu":
+            return self.memory_budget_bytes
+        import torch
+
+        return torch.cuda.get_device_properties(device).total_memory

@@ -12,18 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
-from legodiffusion.core.messages import (
-    Actions,
-    Completion,
-    Dispatch,
-    DispatchItem,
-    RequestOutcome,
-    TensorRef,
-)
-from legodiffusion.core.policy import BatchKey, SchedulingPolicy
+from legodiffusion.core.messages import Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
+from legodiffusion.core.policy import BatchKey, ClassInfo, SchedulingPolicy
 
-RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
+RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
 
 
 @dataclass
@@ -33,39 +27,56 @@ class Request:
     inputs: dict[str, Any]
     workflow: str = ""
     arrival_s: float = 0.0
-    deadline_s: float | None = None
+    deadline_s: float | None = None  # absolute, on the driver's clock
 
 
 class _Live:
     """Coordinator-side state of one running request."""
 
-    __slots__ = ("req", "seq", "indegree", "uses", "refs", "done", "status")
+    __slots__ = ("req", "priority", "indegree", "uses", "refs", "done", "status", "pin", "costs", "remaining_s", "px")
 
-    def __init__(self, req: Request, seq: int) -> None:
+    def __init__(self, req: Request, costs: list[float], px: int | None) -> None:
         self.req = req
-        self.seq = seq
         self.indegree = list(req.template.indegree)
         self.uses = dict(req.template.uses)
         self.refs: dict[tuple[int, str], TensorRef] = {}
         self.done = 0
         self.status = RUNNING
+        self.pin: int | None = None
+        self.costs = costs
+        self.remaining_s = sum(costs)
+        self.px = px
+        self.priority: tuple = ()
+
+    # RequestView for policies
+    @property
+    def workflow(self) -> str:
+        return self.req.workflow
+
+    @property
+    def arrival_s(self) -> float:
+        return self.req.arrival_s
+
+    @property
+    def deadline_s(self) -> float | None:
+        return self.req.deadline_s
 
 
 class ReadyQueue:
-    """Ready nodes of one batch class, oldest request first."""
+    """Ready nodes of one batch class, highest priority first."""
 
     __slots__ = ("heap",)
 
     def __init__(self) -> None:
-        self.heap: list[tuple[int, int, int]] = []  # (request seq, node, request id)
+        self.heap: list[tuple[tuple, int, int]] = []  # (request priority, node, request id)
 
     def __len__(self) -> int:
         return len(self.heap)
 
-    def push(self, seq: int, node: int, request_id: int) -> None:
-        heapq.heappush(self.heap, (seq, node, request_id))
+    def push(self, priority: tuple, node: int, request_id: int) -> None:
+        heapq.heappush(self.heap, (priority, node, request_id))
 
-    def pop(self) -> tuple[int, int, int]:
+    def pop(self) -> tuple[tuple, int, int]:
         return heapq.heappop(self.heap)
 
     def head_priority(self) -> tuple:
@@ -75,10 +86,11 @@ class ReadyQueue:
 @dataclass
 class WorkerState:
     id: int
-    slots: int = 2  # heavy dispatches in flight: one running, one queued so it never idles
+    slots: int = 2  # model-call dispatches in flight: one running, the rest queued on the worker
     inflight: int = 0
+    reserved_s: float = 0.0  # estimated work assigned and not yet completed
     alive: bool = True
-    resident: set = field(default_factory=set)
+    resident: set = field(default_factory=set)  # (model, component, scope) the worker holds
 
 
 @dataclass
@@ -87,6 +99,17 @@ class CoordinatorStats:
     dispatches_by_op: Counter = field(default_factory=Counter)
     items_by_worker: Counter = field(default_factory=Counter)
     requests: Counter = field(default_factory=Counter)  # by final status
+    batch_sizes: Counter = field(default_factory=Counter)  # (op, size) -> dispatches
+    cross_request_batches: int = 0
+    cross_workflow_batches: int = 0
+    loads_by_worker: Counter = field(default_factory=Counter)
+    evictions_by_worker: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Inflight:
+    dispatch: Dispatch
+    reserved_s: float
 
 
 class Coordinator:
@@ -94,34 +117,56 @@ class Coordinator:
         self,
         n_workers: int,
         policy: SchedulingPolicy,
-        max_batch: dict[str, int] | None = None,
-        default_max_batch: int = 8,
+        cost: CostModel | None = None,
+        latency_batch: dict[str, int] | None = None,
+        throughput_batch: dict[str, int] | None = None,
+        default_latency_batch: int = 1,
+        default_throughput_batch: int = 8,
         slots_per_worker: int = 2,
+        queue_threshold_s: float = 0.05,
     ) -> None:
         self.policy = policy
+        self.cost: CostModel = cost or DefaultCost()
         self.workers = [WorkerState(i, slots_per_worker) for i in range(n_workers)]
+        self.eligible: set[int] = set(range(n_workers))
+        self.queue_threshold_s = queue_threshold_s
         self.queues: dict[BatchKey, ReadyQueue] = {}
+        self.classes: dict[BatchKey, ClassInfo] = {}
         self.requests: dict[int, _Live] = {}
-        self.inflight: dict[int, Dispatch] = {}
+        self.inflight: dict[int, _Inflight] = {}
         self.stats = CoordinatorStats()
-        self._max_batch = dict(max_batch or {})
-        self._default_max_batch = default_max_batch
-        self._components: dict[BatchKey, tuple[str, str] | None] = {}
+        self._latency_batch = dict(latency_batch or {})
+        self._throughput_batch = dict(throughput_batch or {})
+        self._default_batches = (default_latency_batch, default_throughput_batch)
+        self._node_costs: dict[tuple[int, int | None], list[float]] = {}
+        self._remaining_total = 0.0
         self._seq = 0
         self._next_tensor = 0
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
 
-    # -- views for policies ----------------------------------------------------------------
+    # -- the view policies read ------------------------------------------------------------
 
-    def max_batch(self, op: str) -> int:
-        return self._max_batch.get(op, self._default_max_batch)
+    def batch_limits(self, op: str) -> tuple[int, int]:
+        return (self._latency_batch.get(op, self._default_batches[0]), self._throughput_batch.get(op, self._default_batches[1]))
 
-    def component_of(self, key: BatchKey) -> tuple[str, str] | None:
-        return self._components.get(key)
+    def locality(self, key: BatchKey, n: int) -> dict[int, int]:
+        """Bytes of the first ``n`` queued nodes' inputs, by the worker holding them."""
+        where: Counter = Counter()
+        for _, node, rid in self.queues[key].heap[:n]:
+            live = self.requests.get(rid)
+            if live is None:
+                continue
+            for inp in live.req.template.nodes[node].inputs:
+                if inp.kind == FROM_NODE:
+                    ref = live.refs[(inp.node, inp.name)]
+                    where[ref.worker] += ref.nbytes
+        return where
 
-    def live_tensor_count(self) -> int:
-        return sum(len(live.refs) for live in self.requests.values())
+    def remaining_work(self) -> tuple[float, float, int]:
+        """(total, largest, count) of the profiled remaining work of in-flight requests."""
+        longest = max((r.remaining_s for r in self.requests.values()), default=0.0)
+        return self._remaining_total, longest, len(self.requests)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -129,9 +174,20 @@ class Coordinator:
         if req.id in self.requests:
             raise ValueError(f"request {req.id} is already running")
         actions = Actions()
+        px = _pixels(req.inputs)
+        costs = self._costs(req.template, px)
+        live = _Live(req, costs, px)
+        solo = live.remaining_s
+        reason = self.policy.admit(self, live, solo, now)
+        if reason is not None:
+            actions.finished.append(RequestOutcome(req.id, REJECTED, error=reason))
+            self.stats.requests[REJECTED] += 1
+            return actions
         self._seq += 1
-        live = _Live(req, self._seq)
+        live.priority = self.policy.priority(live, self._seq, solo)
+        live.pin = self.policy.pin(self, live)
         self.requests[req.id] = live
+        self._remaining_total += live.remaining_s
         for node in req.template.sources:
             self._make_ready(live, node)
         self._dispatch(actions)
@@ -139,12 +195,18 @@ class Coordinator:
 
     def on_complete(self, c: Completion, now: float) -> Actions:
         actions = Actions()
-        d = self.inflight.pop(c.dispatch_id)
+        record = self.inflight.pop(c.dispatch_id)
+        d = record.dispatch
         w = self.workers[d.worker]
+        w.reserved_s = max(0.0, w.reserved_s - record.reserved_s)
         if not d.light:
             w.inflight -= 1
-        if d.component is not None:
-            w.resident.add((d.model, d.component))
+            if w.alive:
+                self.eligible.add(w.id)
+        for key in c.evicted:
+            w.resident.discard(key)
+            self.stats.evictions_by_worker[w.id] += 1
+        self.stats.loads_by_worker[w.id] += len(c.loaded)
         self.stats.dispatches_by_op[d.op] += 1
         for item, res in zip(d.items, c.results):
             live = self.requests.get(item.request_id)
@@ -170,6 +232,16 @@ class Coordinator:
 
     # -- mechanics -------------------------------------------------------------------------
 
+    def _costs(self, tmpl: Template, px: int | None) -> list[float]:
+        key = (id(tmpl), px)
+        costs = self._node_costs.get(key)
+        if costs is None:
+            if len(self._node_costs) > 1024:
+                self._node_costs.clear()
+            costs = [self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in tmpl.nodes]
+            self._node_costs[key] = costs
+        return costs
+
     def _record(self, live: _Live, item: DispatchItem, outputs: dict[str, TensorRef], actions: Actions) -> None:
         tmpl = live.req.template
         node = item.node
@@ -185,6 +257,9 @@ class Coordinator:
                 if live.uses[k] == 0:
                     actions.frees.append(live.refs.pop(k))
         live.done += 1
+        cost = live.costs[node]
+        live.remaining_s -= cost
+        self._remaining_total -= cost
         actions.progressed.append(live.req.id)
         if live.done == len(tmpl.nodes):
             outs = {name: live.refs[k] for name, k in tmpl.outputs.items()}
@@ -200,6 +275,7 @@ class Coordinator:
         actions.finished.append(RequestOutcome(live.req.id, status, outputs, error, node))
         actions.frees.extend(live.refs.values())
         live.refs.clear()
+        self._remaining_total -= live.remaining_s
         self.stats.requests[status] += 1
         del self.requests[live.req.id]
 
@@ -210,17 +286,14 @@ class Coordinator:
             return
         sig = None
         if tn.concat_batch:
-            sig = tuple(
-                (inp.port, live.refs[(inp.node, inp.name)].shape[1:] if live.refs[(inp.node, inp.name)].shape else None)
-                for inp in tn.inputs
-                if inp.kind == FROM_NODE
-            )
-        key = (tn.op, tn.mode, tn.model, sig)
+            sig = tuple((inp.port, _tail(live.refs[(inp.node, inp.name)])) for inp in tn.inputs if inp.kind == FROM_NODE)
+        scope = live.req.workflow if self.policy.isolate_workflows else None
+        key = (tn.op, tn.mode, tn.model, sig, scope, live.pin)
         q = self.queues.get(key)
         if q is None:
             q = self.queues[key] = ReadyQueue()
-            self._components[key] = (tn.model, tn.component) if tn.component else None
-        q.push(live.seq, node, live.req.id)
+            self.classes[key] = ClassInfo(tn.op, tn.mode, tn.model, tn.component, live.px, scope, live.pin)
+        q.push(live.priority, node, live.req.id)
 
     def _item(self, live: _Live, node: int) -> DispatchItem:
         tn = live.req.template.nodes[node]
@@ -238,34 +311,53 @@ class Coordinator:
             out_ids[port] = self._next_tensor
         return DispatchItem(live.req.id, node, tn.key, refs, values, out_ids)
 
-    def _new_dispatch(self, worker: int, tn, items: list[DispatchItem], actions: Actions) -> None:
+    def _new_dispatch(self, worker: int, tn, scope: str | None, members: list[tuple[_Live, int]], actions: Actions) -> None:
         self._next_dispatch += 1
-        d = Dispatch(self._next_dispatch, worker, tn.op, tn.mode, tn.model, tn.component, items, tn.light)
-        self.inflight[d.id] = d
+        items = [self._item(live, node) for live, node in members]
+        d = Dispatch(self._next_dispatch, worker, tn.op, tn.mode, tn.model, tn.component, items, tn.light, scope)
+        w = self.workers[worker]
+        est = self.cost.exec_s(tn.op, tn.mode, tn.model, len(items), members[0][0].px)
+        if tn.component is not None:
+            comp = (tn.model, tn.component, scope)
+            if comp not in w.resident:
+                est += self.cost.load_s(tn.model, tn.component)
+                w.resident.add(comp)
+        w.reserved_s += est
+        self.inflight[d.id] = _Inflight(d, est)
         actions.dispatches.append(d)
+        self.stats.batch_sizes[(tn.op, len(items))] += 1
+        if len(items) > 1:
+            if len({it.request_id for it in items}) > 1:
+                self.stats.cross_request_batches += 1
+            if len({live.req.workflow for live, _ in members}) > 1:
+                self.stats.cross_workflow_batches += 1
 
     def _dispatch(self, actions: Actions) -> None:
         self._dispatch_light(actions)
-        if not self.queues:
+        if not self.queues or not self.eligible:
             return
         for a in self.policy.plan(self):
             q = self.queues.get(a.key)
             if q is None:
                 continue
-            items: list[DispatchItem] = []
-            tn = None
-            while q and len(items) < a.count:
+            members: list[tuple[_Live, int]] = []
+            while q and len(members) < a.count:
                 _, node, rid = q.pop()
                 live = self.requests.get(rid)
-                if live is None:  # failed or cancelled meanwhile
-                    continue
-                tn = live.req.template.nodes[node]
-                items.append(self._item(live, node))
+                if live is not None:  # else failed or cancelled meanwhile
+                    members.append((live, node))
             if not q:
                 del self.queues[a.key]
-            if items:
-                self.workers[a.worker].inflight += 1
-                self._new_dispatch(a.worker, tn, items, actions)
+                info = self.classes.pop(a.key)
+            else:
+                info = self.classes[a.key]
+            if members:
+                w = self.workers[a.worker]
+                w.inflight += 1
+                if w.inflight >= w.slots:
+                    self.eligible.discard(w.id)
+                tn = members[0][0].req.template.nodes[members[0][1]]
+                self._new_dispatch(a.worker, tn, info.scope, members, actions)
 
     def _dispatch_light(self, actions: Actions) -> None:
         """Glue runs where its inputs already are; same-op glue for one worker goes as one batch."""
@@ -276,18 +368,30 @@ class Coordinator:
             if live.status != RUNNING:
                 continue
             tn = live.req.template.nodes[node]
-            weight: Counter = Counter()
-            for inp in tn.inputs:
-                if inp.kind == FROM_NODE:
-                    ref = live.refs[(inp.node, inp.name)]
-                    weight[ref.worker] += ref.nbytes + 1
-            alive = [w for w in self.workers if w.alive]
-            if weight:
-                wid = max(weight, key=lambda i: (weight[i], -i))
-            else:
-                wid = min(alive, key=lambda w: (w.inflight, w.id)).id
+            wid = live.pin if live.pin is not None else self._light_home(live, tn)
             groups.setdefault((wid, tn.op, tn.mode, tn.model), []).append((live, node))
         self._light.clear()
+        scope_of = (lambda live: live.req.workflow) if self.policy.isolate_workflows else (lambda live: None)
         for (wid, *_), members in groups.items():
             tn = members[0][0].req.template.nodes[members[0][1]]
-            self._new_dispatch(wid, tn, [self._item(live, node) for live, node in members], actions)
+            self._new_dispatch(wid, tn, scope_of(members[0][0]), members, actions)
+
+    def _light_home(self, live: _Live, tn) -> int:
+        weight: Counter = Counter()
+        for inp in tn.inputs:
+            if inp.kind == FROM_NODE:
+                ref = live.refs[(inp.node, inp.name)]
+                weight[ref.worker] += ref.nbytes + 1
+        if weight:
+            return max(weight, key=lambda i: (weight[i], -i))
+        alive = [w for w in self.workers if w.alive]
+        return min(alive, key=lambda w: (w.reserved_s, w.inflight, w.id)).id
+
+
+def _tail(ref: TensorRef):
+    return ref.shape[1:] if ref.shape else None
+
+
+def _pixels(inputs: dict[str, Any]) -> int | None:
+    h, w = inputs.get("height"), inputs.get("width")
+    return h * w if isinstance(h, int) and isinstance(w, int) else None

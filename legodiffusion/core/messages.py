@@ -41,6 +41,7 @@ class Dispatch:
     component: str | None
     items: list[DispatchItem]
     light: bool = False  # glue: does not take one of the worker's slots
+    scope: str | None = None  # model-copy namespace: the workflow under bundle semantics, else shared
 
 
 @dataclass(slots=True)
@@ -56,7 +57,8 @@ class Completion:
     results: list[ItemResult]
     start_s: float = 0.0  # worker clock, for accounting only
     end_s: float = 0.0
-    loaded: list[tuple[str, str]] = field(default_factory=list)  # components loaded for this batch
+    loaded: list[tuple] = field(default_factory=list)  # (model, component, scope) made resident
+    evicted: list[tuple] = field(default_factory=list)  # (model, component, scope) dropped
 
 
 @dataclass(slots=True)

@@ -1,15 +1,21 @@
 """Scheduling policies: pure decisions over a read-only view of the coordinator.
 
-A policy never mutates what it is shown; it returns :class:`Assignment` s and the coordinator
-carries them out. Policies are chosen by name (:data:`POLICIES`).
+A policy never mutates what it is shown. It orders requests (:meth:`priority`), admits or rejects
+them on arrival (:meth:`admit`), may pin a request to one worker (:meth:`pin`, for the monolithic
+baseline) and plans dispatches (:meth:`plan`); the coordinator carries the decisions out.
+Policies are chosen by name: :data:`POLICIES`.
 """
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
-BatchKey = tuple  # (op, mode, model, shape signature)
+from legodiffusion.core.cost import CostModel
+
+BatchKey = tuple  # (op, mode, model, shape signature, scope, pinned worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,10 +25,17 @@ class Assignment:
     count: int  # how many ready nodes of ``key`` to batch into one dispatch
 
 
-class QueueView(Protocol):
-    def __len__(self) -> int: ...
+@dataclass(frozen=True, slots=True)
+class ClassInfo:
+    """What is known about one batch class (every node in it can share one dispatch)."""
 
-    def head_priority(self) -> tuple: ...
+    op: str
+    mode: str
+    model: str | None
+    component: str | None
+    px: int | None
+    scope: str | None  # workflow name when workflows are isolated (bundle), else None
+    pin: int | None  # the only worker allowed, or None
 
 
 class WorkerView(Protocol):
@@ -30,44 +43,155 @@ class WorkerView(Protocol):
     alive: bool
     inflight: int
     slots: int
+    reserved_s: float
     resident: set
 
 
+class RequestView(Protocol):
+    workflow: str
+    arrival_s: float
+    deadline_s: float | None
+
+
 class SchedulerView(Protocol):
-    queues: dict[BatchKey, QueueView]
-    workers: list[WorkerView]
+    queues: dict  # BatchKey -> queue with __len__ and head_priority()
+    classes: dict  # BatchKey -> ClassInfo
+    workers: list
+    eligible: set  # ids of live workers with a free slot
+    cost: CostModel
+    queue_threshold_s: float
 
-    def max_batch(self, op: str) -> int: ...
+    def batch_limits(self, op: str) -> tuple[int, int]: ...
 
-    def component_of(self, key: BatchKey) -> tuple[str, str] | None: ...
+    def locality(self, key: BatchKey, n: int) -> dict[int, int]: ...
+
+    def remaining_work(self) -> tuple[float, float, int]: ...
 
 
 class SchedulingPolicy:
     name = "base"
+    #: Bundle semantics: no model or batch is shared across workflows.
+    isolate_workflows = False
+
+    def priority(self, req: RequestView, seq: int, solo_s: float) -> tuple:
+        return (seq,)
+
+    def admit(self, view: SchedulerView, req: RequestView, solo_s: float, now: float) -> str | None:
+        """None to admit, else the reason for rejecting."""
+        return None
+
+    def pin(self, view: SchedulerView, req: RequestView) -> int | None:
+        return None
 
     def plan(self, view: SchedulerView) -> list[Assignment]:
         raise NotImplementedError
 
 
-class GreedyFifoPolicy(SchedulingPolicy):
-    """Oldest work first; batch everything of one class that is ready (up to the op's limit);
-    place on a free worker that already holds the model, else the least loaded one."""
+def _eligible(view: SchedulerView) -> dict[int, int]:
+    """Free slots of workers that may take work now: reserved queue under the threshold
+    (an idle worker always qualifies)."""
+    out = {}
+    for wid in view.eligible:
+        w = view.workers[wid]
+        if w.inflight == 0 or w.reserved_s <= view.queue_threshold_s:
+            out[wid] = w.slots - w.inflight
+    return out
 
-    name = "fifo"
 
-    def plan(self, view: SchedulerView) -> list[Assignment]:
-        free = {w.id: w.slots - w.inflight for w in view.workers if w.alive and w.inflight < w.slots}
+class MicroServingPolicy(SchedulingPolicy):
+    """The paper's decisions, each switchable for baselines and ablations.
+
+    - ordering ``slack``: earliest deadline first, then arrival; ``fcfs``: arrival only.
+    - admission: reject on arrival when max(sum W_r / N, max W_r) > slack, where W_r is the
+      profiled remaining work of in-flight requests and slack = deadline - now - solo latency.
+    - batching: a small latency-mode batch when there are enough free workers for every ready
+      class, a larger throughput-mode batch otherwise (``adaptive=False``: always throughput).
+      Latency mode spreads independent nodes of one request (the guidance branches) over idle
+      workers; throughput mode packs them into one batch on one worker.
+    - placement ``cost``: minimise reserved queue + input transfer + load (if not resident) +
+      execution; ``random``: any eligible worker (seeded).
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        ordering: str = "slack",
+        admission: bool = True,
+        placement: str = "cost",
+        adaptive: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if ordering not in ("slack", "fcfs"):
+            raise ValueError(f"ordering must be slack or fcfs, got {ordering!r}")
+        if placement not in ("cost", "random"):
+            raise ValueError(f"placement must be cost or random, got {placement!r}")
+        self.name = name
+        self.ordering = ordering
+        self.admission = admission
+        self.placement = placement
+        self.adaptive = adaptive
+        self._rng = random.Random(seed)
+
+    def priority(self, req, seq, solo_s):
+        if self.ordering == "slack" and req.deadline_s is not None:
+            return (0, req.deadline_s - solo_s, seq)
+        return (1 if self.ordering == "slack" else 0, 0.0, seq)
+
+    def admit(self, view, req, solo_s, now):
+        if not self.admission or req.deadline_s is None:
+            return None
+        slack = req.deadline_s - now - solo_s
+        total, longest, _ = view.remaining_work()
+        workers = max(1, sum(1 for w in view.workers if w.alive))
+        wait = max(total / workers, longest)
+        if slack < 0 or wait > slack:
+            return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
+        return None
+
+    def _choose(self, view, key, info: ClassInfo, n: int, free: dict[int, int], reserved: dict[int, float]) -> int:
+        if self.placement == "random":
+            return self._rng.choice(sorted(free))
+        cost = view.cost
+        exec_s = cost.exec_s(info.op, info.mode, info.model, n, info.px)
+        load_s = cost.load_s(info.model, info.component) if info.component else 0.0
+        where = view.locality(key, n)
+        total_bytes = sum(where.values())
+        comp = (info.model, info.component, info.scope) if info.component else None
+        best, best_cost = -1, math.inf
+        for wid in free:
+            w = view.workers[wid]
+            c = reserved.get(wid, w.reserved_s) + exec_s
+            if comp is not None and comp not in w.resident:
+                c += load_s
+            missing = total_bytes - where.get(wid, 0)
+            if missing > 0:
+                c += cost.transfer_s(missing)
+            if c < best_cost or (c == best_cost and wid < best):
+                best, best_cost = wid, c
+        reserved[best] = best_cost
+        return best
+
+    def plan(self, view):
+        free = _eligible(view)
         if not free:
             return []
+        keys = sorted(view.queues, key=lambda k: view.queues[k].head_priority())
+        limits = {k: view.batch_limits(view.classes[k].op) for k in keys}
+        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= sum(free.values())
         plan = []
-        by_id = {w.id: w for w in view.workers}
-        for key in sorted(view.queues, key=lambda k: view.queues[k].head_priority()):
+        reserved: dict[int, float] = {}
+        for key in keys:
+            info = view.classes[key]
             pending = len(view.queues[key])
-            limit = view.max_batch(key[0])
-            component = view.component_of(key)
+            limit = limits[key][0] if latency_mode else limits[key][1]
             while pending and free:
-                wid = min(free, key=lambda i: (component not in by_id[i].resident, by_id[i].inflight + (by_id[i].slots - free[i]), i))
                 n = min(pending, limit)
+                if info.pin is not None:
+                    if info.pin not in free:
+                        break
+                    wid = info.pin
+                else:
+                    wid = self._choose(view, key, info, n, free, reserved)
                 plan.append(Assignment(wid, key, n))
                 pending -= n
                 free[wid] -= 1
@@ -78,7 +202,47 @@ class GreedyFifoPolicy(SchedulingPolicy):
         return plan
 
 
-POLICIES: dict[str, type[SchedulingPolicy]] = {p.name: p for p in (GreedyFifoPolicy,)}
+class BundlePolicy(MicroServingPolicy):
+    """Monolithic baseline: each workflow owns whole-pipeline replicas (its own copy of every
+    model); a request runs start to finish on one replica; batches never mix workflows.
+
+    Replicas: ``replicas`` maps workflow -> worker ids; otherwise workers are dealt to workflows
+    in order of first appearance (several workflows share a worker when workers are scarce, each
+    with its own model copies)."""
+
+    isolate_workflows = True
+
+    def __init__(self, replicas: dict[str, list[int]] | None = None, name: str = "bundle") -> None:
+        super().__init__(name=name, ordering="fcfs", admission=False, adaptive=False)
+        self.replicas = dict(replicas or {})
+        self._order: list[str] = []
+
+    def replicas_of(self, workflow: str, n_workers: int) -> list[int]:
+        if workflow in self.replicas:
+            return self.replicas[workflow]
+        if workflow not in self._order:
+            self._order.append(workflow)
+        k = self._order.index(workflow)
+        fixed = [w for ws in self.replicas.values() for w in ws]
+        pool = [w for w in range(n_workers) if w not in fixed] or list(range(n_workers))
+        groups = max(len(self._order), 1)
+        if len(pool) >= groups:
+            return [w for i, w in enumerate(pool) if i % groups == k % groups] or pool[:1]
+        return [pool[k % len(pool)]]
+
+    def pin(self, view, req):
+        replicas = [w for w in self.replicas_of(req.workflow, len(view.workers)) if view.workers[w].alive]
+        if not replicas:
+            return None
+        return min(replicas, key=lambda w: (view.workers[w].reserved_s, view.workers[w].inflight, w))
+
+
+POLICIES = {
+    "default": lambda: MicroServingPolicy("default"),
+    "fcfs": lambda: MicroServingPolicy("fcfs", ordering="fcfs", admission=False),
+    "random": lambda: MicroServingPolicy("random", placement="random"),
+    "bundle": lambda: BundlePolicy(),
+}
 
 
 def make_policy(name: str) -> SchedulingPolicy:

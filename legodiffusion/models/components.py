@@ -31,6 +31,8 @@ class PipelineConfig:
     vae_scale_factor: int
     default_size: int
     scheduler_config: dict
+    text_length: int  # tokens per prompt embedding
+    text_dim: int  # width of the prompt embedding the denoiser reads
 
 
 def _model_index(folder: Path) -> dict:
@@ -68,12 +70,16 @@ def _pipeline_config(folder: Path) -> PipelineConfig:
     unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
     sched_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    tok_path = folder / "tokenizer" / "tokenizer_config.json"
+    text_length = json.loads(tok_path.read_text()).get("model_max_length", 77) if tok_path.exists() else 77
     scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
     return PipelineConfig(
         latent_channels=unet_cfg["in_channels"],
         vae_scale_factor=scale,
         default_size=unet_cfg["sample_size"] * scale,
         scheduler_config=sched_cfg,
+        text_length=min(int(text_length), 77),
+        text_dim=unet_cfg["cross_attention_dim"],
     )
 
 

@@ -1,14 +1,19 @@
-"""Where models live (name -> folder) and what a worker keeps resident."""
+"""Where models live (name -> folder), the process-wide host copies, and what a worker keeps
+resident on its device under a memory budget."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from legodiffusion.models.components import component_bytes, load_component
+import torch
+
+from legodiffusion.models.components import TextEncoder, component_bytes, load_component
 
 
 class ModelCatalog:
@@ -39,29 +44,90 @@ class ModelCatalog:
         return sorted(self._folders)
 
 
-@dataclass
-class ResidentModels:
-    """The components one worker holds, loaded on first use and counted."""
+class HostCache:
+    """Host-memory copies of components, loaded from disk once per process and shared by every
+    worker: a device copy evicted under memory pressure comes back from here, not from disk."""
 
-    catalog: ModelCatalog
-    loaded: dict[tuple[str, str], Any] = field(default_factory=dict)
-    bytes_by_key: dict[tuple[str, str], int] = field(default_factory=dict)
-    loads: int = 0
-    load_s: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self.catalog = catalog
+        self._objs: dict[tuple[str, str], Any] = {}
+        self._bytes: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self.disk_loads = 0
+        self.disk_load_s = 0.0
 
-    def get(self, model: str, component: str) -> Any:
+    def get(self, model: str, component: str) -> tuple[Any, int]:
         key = (model, component)
         with self._lock:
-            obj = self.loaded.get(key)
-            if obj is None:
+            if key not in self._objs:
                 t0 = time.perf_counter()
                 obj = load_component(self.catalog.folder(model), component)
-                self.load_s += time.perf_counter() - t0
-                self.loads += 1
-                self.loaded[key] = obj
-                self.bytes_by_key[key] = component_bytes(obj)
-            return obj
+                self.disk_load_s += time.perf_counter() - t0
+                self.disk_loads += 1
+                self._objs[key] = obj
+                self._bytes[key] = component_bytes(obj)
+            return self._objs[key], self._bytes[key]
 
-    def keys(self) -> set[tuple[str, str]]:
-        return set(self.loaded)
+
+def _to_device(obj: Any, device: str, private: bool) -> Any:
+    """A device copy of a host component. On the CPU the host copy itself serves unless a private
+    copy is wanted (bundle baseline: every workflow owns its weights)."""
+    if device == "cpu" and not private:
+        return obj
+    obj = copy.deepcopy(obj)
+    if isinstance(obj, TextEncoder):
+        obj.encoder.to(device)
+    elif isinstance(obj, torch.nn.Module):
+        obj.to(device)
+    return obj
+
+
+@dataclass
+class Residency:
+    obj: Any
+    loaded: list[tuple]
+    evicted: list[tuple]
+
+
+class ResidentModels:
+    """One worker's resident components: an LRU under ``budget_bytes`` (None: unlimited).
+
+    Keys are ``(model, component, scope)``; scope None means shared by every workflow. A component
+    that does not fit evicts the least recently used ones first; one that cannot fit even alone
+    raises ``MemoryError`` (which fails the batch, not the worker)."""
+
+    def __init__(self, host: HostCache, device: str = "cpu", budget_bytes: int | None = None) -> None:
+        self.host = host
+        self.device = device
+        self.budget_bytes = budget_bytes
+        self._lru: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self.used_bytes = 0
+        self.loads = 0
+        self.evictions = 0
+        self.load_s = 0.0
+
+    def acquire(self, model: str, component: str, scope: str | None = None) -> Residency:
+        key = (model, component, scope)
+        hit = self._lru.get(key)
+        if hit is not None:
+            self._lru.move_to_end(key)
+            return Residency(hit[0], [], [])
+        t0 = time.perf_counter()
+        host_obj, nbytes = self.host.get(model, component)
+        if self.budget_bytes is not None and nbytes > self.budget_bytes:
+            raise MemoryError(f"{model}/{component} needs {nbytes} bytes, more than this worker's budget of {self.budget_bytes} bytes")
+        evicted = []
+        while self.budget_bytes is not None and self.used_bytes + nbytes > self.budget_bytes:
+            old, (_, old_bytes) = self._lru.popitem(last=False)
+            self.used_bytes -= old_bytes
+            self.evictions += 1
+            evicted.append(old)
+        obj = _to_device(host_obj, self.device, private=scope is not None)
+        self._lru[key] = (obj, nbytes)
+        self.used_bytes += nbytes
+        self.loads += 1
+        self.load_s += time.perf_counter() - t0
+        return Residency(obj, [key], evicted)
+
+    def keys(self) -> list[tuple]:
+        return list(self._lru)

@@ -63,6 +63,10 @@ class Operator:
     def run(self, model: Any, mode: str, items: list[Item]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def example_items(self, cfg: Any, mode: str, batch: int, size: int, device: str) -> list[Item]:
+        """Synthetic inputs for profiling: ``batch`` items at ``size`` x ``size`` pixels."""
+        raise NotImplementedError(f"operator {self.name} cannot be profiled yet")
+
     @classmethod
     def describe(cls) -> dict:
         return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from legodiffusion.ops import sampling
+from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import Item, Operator, Port, Signature
 
 
@@ -36,3 +36,15 @@ class Denoise(Operator):
             noise = model(torch.cat(xs), torch.cat(ts), encoder_hidden_states=torch.cat(embs), return_dict=False)[0]
         sizes = [x.shape[0] for x in xs]
         return [{"noise": n} for n in torch.split(noise, sizes)]
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [
+            Item(
+                {
+                    "latents": examples.latents(cfg, size, device),
+                    "sampler": examples.sampler_state(cfg),
+                    "embedding": examples.embedding(cfg, device),
+                }
+            )
+            for _ in range(batch)
+        ]

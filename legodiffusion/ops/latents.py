@@ -45,3 +45,6 @@ class InitLatents(Operator):
             latents = randn_tensor(shape, generator=generator, dtype=torch.float32)
             out.append({"latents": latents * sampling.init_noise_sigma(state), "sampler": state})
         return out
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"seed": i, "steps": 20, "sampler": "euler", "height": size, "width": size}) for i in range(batch)]

@@ -23,3 +23,6 @@ class Noop(Operator):
             x = it.inputs.get("x")
             out.append({"y": x if x is not None else it.inputs.get("value", 0)})
         return out
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"value": i}) for i in range(batch)]

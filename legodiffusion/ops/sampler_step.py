@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from legodiffusion.ops import sampling
+import torch
+
+from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import Item, Operator, Port, Signature
 
 _COMMON = {"latents": Port("latent"), "sampler": Port("sampler")}
@@ -39,3 +41,15 @@ class SamplerStep(Operator):
             latents = sampling.step(state, noise, args["latents"])
             out.append({"latents": latents, "sampler": state.advanced()})
         return out
+
+    def example_items(self, cfg, mode, batch, size, device):
+        items = []
+        for _ in range(batch):
+            x = examples.latents(cfg, size, device)
+            args = {"latents": x, "sampler": examples.sampler_state(cfg)}
+            if mode == "guided":
+                args.update(noise_cond=torch.randn_like(x), noise_uncond=torch.randn_like(x), guidance_scale=7.5)
+            else:
+                args.update(noise=torch.randn_like(x))
+            items.append(Item(args))
+        return items

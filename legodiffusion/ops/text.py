@@ -21,8 +21,11 @@ class EncodePrompt(Operator):
         tok = model.tokenizer
         ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
         with torch.inference_mode():
-            emb = model.encoder(ids, attention_mask=None)[0]
+            emb = model.encoder(ids.to(model.encoder.device), attention_mask=None)[0]
         return [{"embedding": e.unsqueeze(0)} for e in emb]
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"text": f"a photo of a cat, number {i}"}) for i in range(batch)]
 
 
 class FormatText(Operator):
@@ -33,3 +36,6 @@ class FormatText(Operator):
 
     def run(self, model, mode: str, items: list[Item]):
         return [{"text": it.inputs["template"].replace("{text}", it.inputs["text"])} for it in items]
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"template": "a photo of {text}", "text": "a cat"}) for _ in range(batch)]

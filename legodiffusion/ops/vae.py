@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
+from legodiffusion.ops import examples
 from legodiffusion.ops.base import Item, Operator, Port, Signature
 
 
@@ -22,3 +23,6 @@ class VaeDecode(Operator):
         image = VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt")
         sizes = [it.inputs["latents"].shape[0] for it in items]
         return [{"image": im} for im in torch.split(image, sizes)]
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"latents": examples.latents(cfg, size, device)}) for _ in range(batch)]

@@ -18,8 +18,10 @@ from legodiffusion.config import EngineConfig
 from legodiffusion.core.coordinator import Coordinator, Request
 from legodiffusion.core.messages import Actions, Completion
 from legodiffusion.core.policy import make_policy
-from legodiffusion.models.store import ModelCatalog
+from legodiffusion.models.store import HostCache, ModelCatalog
 from legodiffusion.ops import OperatorRegistry, default_registry
+from legodiffusion.profiles.book import ProfileCost
+from legodiffusion.profiles.profiler import cached_profiles
 from legodiffusion.runtime.dataplane import LocalDataPlane
 from legodiffusion.runtime.worker import ThreadWorker, Worker
 from legodiffusion.workflow.expand import Expander, bind_inputs
@@ -30,7 +32,7 @@ from legodiffusion.workflow.spec import WorkflowSpec
 class RunResult:
     request_id: int
     workflow: str
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | cancelled | rejected (error starts with SLO_REJECTED)
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     node: str | None = None
@@ -66,13 +68,22 @@ class Engine:
         self.config = config or EngineConfig()
         self.registry = registry or default_registry()
         self.plane = LocalDataPlane()
-        self.workers: list[Worker] = [ThreadWorker(i, "cpu", self.registry, self.catalog, self.plane) for i in range(self.config.workers)]
+        self.host = HostCache(self.catalog)
+        cfg = self.config
+        self.workers: list[Worker] = [
+            ThreadWorker(i, dev, self.registry, self.host, self.plane, cfg.budget_for(dev)) for i, dev in enumerate(cfg.worker_devices())
+        ]
+        self.cost = ProfileCost(cached_profiles(self.catalog, cfg.worker_devices()[0], cfg.profile_dir))
         self.coordinator = Coordinator(
             len(self.workers),
-            make_policy(self.config.policy),
-            max_batch=self.config.max_batch,
-            default_max_batch=self.config.default_max_batch,
-            slots_per_worker=self.config.slots_per_worker,
+            make_policy(cfg.policy),
+            cost=self.cost,
+            latency_batch=cfg.latency_batch,
+            throughput_batch=cfg.throughput_batch,
+            default_latency_batch=cfg.default_latency_batch,
+            default_throughput_batch=cfg.default_throughput_batch,
+            slots_per_worker=cfg.slots_per_worker,
+            queue_threshold_s=cfg.queue_threshold_s,
         )
         self.workflows: dict[str, Expander] = {}
         self._runs: dict[int, Run] = {}
@@ -110,8 +121,13 @@ class Engine:
         self.workflows[name] = Expander(spec, self.registry)
         return name
 
-    def submit(self, workflow: str, inputs: dict[str, Any], on_progress: Callable[[Run], None] | None = None) -> Run:
-        """Expand and submit a request; raises WorkflowError/KeyError for bad input, before any work."""
+    def submit(
+        self, workflow: str, inputs: dict[str, Any], on_progress: Callable[[Run], None] | None = None, slo_s: float | None = None
+    ) -> Run:
+        """Expand and submit a request; raises WorkflowError/KeyError for bad input, before any work.
+
+        ``slo_s``: the request must finish within this many seconds; admission may reject it at once
+        (status ``rejected``, error starting ``SLO_REJECTED``) when current load makes that impossible."""
         if self._loop is None:
             raise RuntimeError("engine is not started (use `async with Engine(...)`)")
         try:
@@ -123,11 +139,13 @@ class Engine:
         rid = next(self._ids)
         run = Run(rid, workflow, len(template.nodes), self._loop.create_future(), time.perf_counter(), on_progress=on_progress)
         self._runs[rid] = run
-        self._apply(self.coordinator.submit(Request(rid, template, bound, workflow, self._now()), self._now()))
+        now = self._now()
+        deadline = None if slo_s is None else now + slo_s
+        self._apply(self.coordinator.submit(Request(rid, template, bound, workflow, now, deadline), now))
         return run
 
-    async def run(self, workflow: str, inputs: dict[str, Any], on_progress=None) -> RunResult:
-        return await self.submit(workflow, inputs, on_progress).future
+    async def run(self, workflow: str, inputs: dict[str, Any], on_progress=None, slo_s: float | None = None) -> RunResult:
+        return await self.submit(workflow, inputs, on_progress, slo_s).future
 
     def cancel(self, request_id: int) -> None:
         self._apply(self.coordinator.cancel(request_id, self._now()))
@@ -157,7 +175,7 @@ class Engine:
             run = self._runs.pop(outcome.request_id)
             outputs = {}
             if outcome.outputs:
-                outputs = {name: self.plane.get(ref, ref.worker) for name, ref in outcome.outputs.items()}
+                outputs = {name: _to_host(self.plane.get(ref, ref.worker)) for name, ref in outcome.outputs.items()}
             result = RunResult(
                 outcome.request_id,
                 run.workflow,
@@ -174,3 +192,7 @@ class Engine:
             self.plane.free(actions.frees)
         for d in actions.dispatches:
             self.workers[d.worker].submit(d)
+
+
+def _to_host(value: Any) -> Any:
+    return value.cpu() if hasattr(value, "cpu") else value

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import torch
 
 from legodiffusion.core.messages import Completion, Dispatch, ItemResult
 from legodiffusion.models.store import ResidentModels
@@ -14,31 +17,47 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _pull(plane: DataPlane, ref, worker: int, device: str) -> Any:
+    value = plane.get(ref, worker)
+    if isinstance(value, torch.Tensor) and str(value.device) != device:
+        value = value.to(device)
+    return value
+
+
 def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: ResidentModels, plane: DataPlane) -> Completion:
     start = time.perf_counter()
-    loads_before = models.loads
     op = registry.get(d.op)
-    try:
-        model = models.get(d.model, d.component) if d.component is not None else None
-    except Exception as exc:  # a model that cannot load fails its requests, not the worker
-        err = f"loading {d.model}/{d.component}: {_reason(exc)}"
-        return Completion(d.id, worker, [ItemResult(error=err) for _ in d.items], start, time.perf_counter())
+    loaded: list[tuple] = []
+    evicted: list[tuple] = []
+    model = None
+    if d.component is not None:
+        try:
+            res = models.acquire(d.model, d.component, d.scope)
+        except Exception as exc:  # a model that cannot load fails its requests, not the worker
+            err = f"loading {d.model}/{d.component}: {_reason(exc)}"
+            return Completion(d.id, worker, [ItemResult(error=err) for _ in d.items], start, time.perf_counter())
+        model, loaded, evicted = res.obj, res.loaded, res.evicted
+    results = _run(d, op, model, worker, models.device, plane)
+    return Completion(d.id, worker, results, start, time.perf_counter(), loaded, evicted)
+
+
+def _run(d: Dispatch, op, model, worker: int, device: str, plane: DataPlane) -> list[ItemResult]:
     results: list[ItemResult] = []
     try:
-        items = [Item({**it.values, **{p: plane.get(r, worker) for p, r in it.refs.items()}}, it.key) for it in d.items]
+        items = [Item({**it.values, **{p: _pull(plane, r, worker, device) for p, r in it.refs.items()}}, it.key) for it in d.items]
         outs = op.run(model, d.mode, items)
         if len(outs) != len(items):
             raise RuntimeError(f"operator {d.op} returned {len(outs)} results for {len(items)} items")
         for it, out in zip(d.items, outs):
             results.append(ItemResult({p: plane.put(it.output_ids[p], worker, out[p]) for p in it.output_ids}))
+        return results
     except Exception as exc:
         plane.free(r for res in results for r in (res.outputs or {}).values())
         if len(d.items) == 1:
-            results = [ItemResult(error=_reason(exc))]
-        else:  # isolate the culprit: one bad request must not fail its batch-mates
-            results = []
-            for it in d.items:
-                single = Dispatch(d.id, d.worker, d.op, d.mode, d.model, d.component, [it], d.light)
-                results.extend(execute(single, worker, registry, models, plane).results)
-    loaded = [(d.model, d.component)] if models.loads > loads_before else []
-    return Completion(d.id, worker, results, start, time.perf_counter(), loaded)
+            return [ItemResult(error=_reason(exc))]
+        # isolate the culprit: one bad request must not fail its batch-mates
+        out = []
+        for it in d.items:
+            single = Dispatch(d.id, d.worker, d.op, d.mode, d.model, d.component, [it], d.light, d.scope)
+            out.extend(_run(single, op, model, worker, device, plane))
+        return out

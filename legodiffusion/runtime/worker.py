@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from legodiffusion.core.messages import Completion, Dispatch
-from legodiffusion.models.store import ModelCatalog, ResidentModels
+from legodiffusion.models.store import HostCache, ResidentModels
 from legodiffusion.ops.base import OperatorRegistry
 from legodiffusion.runtime.dataplane import DataPlane
 from legodiffusion.runtime.execute import execute
@@ -23,6 +23,7 @@ class WorkerStats:
     busy_s: float
     dispatches: int
     loads: int
+    evictions: int
     load_s: float
     resident: list[str]
 
@@ -50,11 +51,13 @@ class Worker(ABC):
 class ThreadWorker(Worker):
     """A worker thread in this process, sharing the in-process data plane."""
 
-    def __init__(self, worker_id: int, device: str, registry: OperatorRegistry, catalog: ModelCatalog, plane: DataPlane) -> None:
+    def __init__(
+        self, worker_id: int, device: str, registry: OperatorRegistry, host: HostCache, plane: DataPlane, budget_bytes: int | None = None
+    ) -> None:
         self.id = worker_id
         self.device = device
         self.registry = registry
-        self.models = ResidentModels(catalog)
+        self.models = ResidentModels(host, device, budget_bytes)
         self.plane = plane
         self._inbox: queue.SimpleQueue[Dispatch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -92,6 +95,7 @@ class ThreadWorker(Worker):
             self.busy_s,
             self.dispatches,
             self.models.loads,
+            self.models.evictions,
             self.models.load_s,
-            sorted(f"{m}/{c}" for m, c in self.models.keys()),
+            [f"{m}/{c}" + (f"@{s}" if s else "") for m, c, s in self.models.keys()],
         )

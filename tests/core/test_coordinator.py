@@ -32,7 +32,7 @@ class Harness:
     """Executes dispatches instantly and in order, recording every tensor made and freed."""
 
     def __init__(self, workers=2, **kw):
-        self.coord = Coordinator(workers, make_policy("fifo"), **kw)
+        self.coord = Coordinator(workers, make_policy("fcfs"), **kw)
         self.pending = []
         self.made, self.freed = set(), []
         self.log = []
@@ -88,7 +88,7 @@ def test_decisions_are_deterministic():
 
 def test_ready_nodes_of_one_class_batch_across_requests():
     make = chain_template()
-    h = Harness(workers=1, slots_per_worker=1)
+    h = Harness(workers=1, slots_per_worker=1)  # one busy worker: throughput-mode batches
     for rid in range(4):
         h.submit(rid, make, steps=2)
     h.drain()
@@ -124,7 +124,7 @@ def test_cancel_frees_everything_and_later_completions_are_dropped():
 
 def test_a_worker_never_holds_more_heavy_dispatches_than_its_slots():
     make = chain_template()
-    h = Harness(workers=2, slots_per_worker=1, default_max_batch=1)
+    h = Harness(workers=2, slots_per_worker=1, default_throughput_batch=1)
     for rid in range(6):
         h.submit(rid, make, steps=2)
     heavy = [d for d in h.pending if not d.light]

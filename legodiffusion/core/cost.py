@@ -1,0 +1,67 @@
+"""What policies know about time and memory.
+
+Policies read profiles only through :class:`CostModel`. :class:`ProfileCost` answers from measured
+profiles (nearest measured point when the exact one is missing) and falls back to
+:class:`DefaultCost` for models that have not been profiled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+
+class CostModel(Protocol):
+    def exec_s(self, op: str, mode: str, model: str | None, batch: int, px: int | None) -> float:
+        """Seconds to run a batch of ``batch`` nodes at ``px`` image pixels (None: native size)."""
+
+    def load_s(self, model: str, component: str) -> float:
+        """Seconds to make a component resident on a worker."""
+
+    def transfer_s(self, nbytes: int) -> float:
+        """Seconds to pull ``nbytes`` from another worker."""
+
+    def weight_bytes(self, model: str, component: str) -> int: ...
+
+
+# Worker-to-worker fetch: ~60 us fixed, then bandwidth (DiFlow's measured intra-node figures).
+FETCH_FIXED_S = 60e-6
+FETCH_BYTES_PER_S = 160e9
+
+
+class DefaultCost:
+    """Order-of-magnitude guesses used before anything is profiled."""
+
+    LIGHT_OPS = frozenset({"sampler_step", "init_latents", "format_text", "noop"})
+
+    def __init__(self, heavy_s: float = 0.01, light_s: float = 2e-4, load_s: float = 0.5) -> None:
+        self.heavy_s = heavy_s
+        self.light_s = light_s
+        self._load_s = load_s
+
+    def exec_s(self, op, mode, model, batch, px) -> float:
+        base = self.light_s if op in self.LIGHT_OPS else self.heavy_s
+        return base * (1 + 0.5 * (batch - 1))
+
+    def load_s(self, model, component) -> float:
+        return self._load_s
+
+    def transfer_s(self, nbytes: int) -> float:
+        return 0.0 if nbytes <= 0 else FETCH_FIXED_S + nbytes / FETCH_BYTES_PER_S
+
+    def weight_bytes(self, model, component) -> int:
+        return 0
+
+
+def nearest(points, batch: int, px: int | None):
+    """The measured point closest to (batch, px) on log scales, and a batch scale factor for
+    batches beyond the largest measured one."""
+    best = min(
+        points,
+        key=lambda p: (
+            abs(math.log2(p.batch) - math.log2(batch)) + (abs(math.log2(max(p.px, 1)) - math.log2(max(px, 1))) if px and p.px else 0.0),
+            p.batch,
+        ),
+    )
+    scale = batch / best.batch if batch > best.batch else 1.0
+    return best, scale
