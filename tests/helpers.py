@@ -36,23 +36,23 @@ def as_hwc(image: torch.Tensor) -> np.ndarray:
     return image[0].permute(1, 2, 0).numpy()
 
 
-def run_requests(folder, requests: list[dict], workers=1, sequential=False, workflows=None, **config):
+def run_requests(folder, requests: list[dict], workers=1, sequential=False, workflows=None, models=None, slo_s=None, **config):
     """Run ``requests`` (dicts with an optional "workflow" key) on a fresh engine."""
 
     async def main():
-        async with Engine({"sd15": folder}, EngineConfig(workers=workers, **config)) as engine:
+        async with Engine(models or {"sd15": folder}, EngineConfig(workers=workers, device="cpu", **config)) as engine:
             for spec in workflows or [sd_txt2img("sd15")]:
                 engine.add_workflow(spec)
             results = []
             if sequential:
                 for r in requests:
                     r = dict(r)
-                    results.append(await engine.run(r.pop("workflow", "sd-txt2img"), r))
+                    results.append(await engine.run(r.pop("workflow", "sd-txt2img"), r, slo_s=slo_s))
             else:
                 runs = []
                 for r in requests:
                     r = dict(r)
-                    runs.append(engine.submit(r.pop("workflow", "sd-txt2img"), r))
+                    runs.append(engine.submit(r.pop("workflow", "sd-txt2img"), r, slo_s=slo_s))
                 results = [await run.future for run in runs]
             return results, engine
 

@@ -58,5 +58,33 @@ def demo(
     run_demo(requests, workers, size, steps, out, models or config.home() / "models")
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+def profile(
+    model: Path = typer.Option(..., help="a diffusers-format model folder"),
+    workflow: str = typer.Option("sd-txt2img", help="built-in workflow name or a JSON spec file: which operators to measure"),
+    device: str = typer.Option("auto", help="cpu, cuda or auto"),
+    batches: str = typer.Option("1,2,4,8", help="batch sizes"),
+    sizes: str = typer.Option("64,128,256", help="square image sizes in pixels"),
+    repeats: int = typer.Option(3, min=1, help="timed repeats per point (median kept)"),
+    force: bool = typer.Option(False, help="measure again even when a cached profile exists"),
+    out_dir: Path | None = typer.Option(None, help="profile cache folder (default $LEGODIFFUSION_HOME/profiles)"),
+) -> None:
+    """Measure latency and peak memory per (operator, mode, batch, resolution) and load times."""
+    from legodiffusion.cli.profile import run_profile
+
+    try:
+        run_profile(model, workflow, device, _ints(batches), _ints(sizes), repeats, force, out_dir)
+    except (FileNotFoundError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 if __name__ == "__main__":
     app()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,7 @@ class ResidentModels:
         self._lru: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self.used_bytes = 0
         self.loads = 0
+        self.load_counts: Counter = Counter()  # (model, component, scope) -> times made resident
         self.evictions = 0
         self.load_s = 0.0
 
@@ -126,6 +127,7 @@ class ResidentModels:
         self._lru[key] = (obj, nbytes)
         self.used_bytes += nbytes
         self.loads += 1
+        self.load_counts[key] += 1
         self.load_s += time.perf_counter() - t0
         return Residency(obj, [key], evicted)
 

@@ -1,11 +1,10 @@
 """The coordinator as a pure state machine, driven by hand with a model-free operator."""
 
-from legodiffusion.core.coordinator import Coordinator, Request
 from legodiffusion.core.messages import Completion, ItemResult, TensorRef
-from legodiffusion.core.policy import make_policy
 from legodiffusion.ops import default_registry
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.expand import Expander, bind_inputs
+from tests.core.harness import Harness
 
 
 def chain_template(steps=3, fail_at=-1):
@@ -26,41 +25,6 @@ def chain_template(steps=3, fail_at=-1):
     wf.output("y", out.y)
     ex = Expander(wf.build(), default_registry())
     return lambda **inputs: (ex.template(bind_inputs(ex.spec, inputs)), bind_inputs(ex.spec, inputs))
-
-
-class Harness:
-    """Executes dispatches instantly and in order, recording every tensor made and freed."""
-
-    def __init__(self, workers=2, **kw):
-        self.coord = Coordinator(workers, make_policy("fcfs"), **kw)
-        self.pending = []
-        self.made, self.freed = set(), []
-        self.log = []
-        self.finished = {}
-
-    def apply(self, actions):
-        for o in actions.finished:
-            self.finished[o.request_id] = o
-        self.freed.extend(r.id for r in actions.frees)
-        self.pending.extend(actions.dispatches)
-        self.log.extend((d.worker, d.op, tuple((i.request_id, i.key) for i in d.items)) for d in actions.dispatches)
-
-    def submit(self, rid, make, **inputs):
-        tmpl, bound = make(**inputs)
-        self.apply(self.coord.submit(Request(rid, tmpl, bound), 0.0))
-
-    def drain(self):
-        while self.pending:
-            d = self.pending.pop(0)
-            results = []
-            for it in d.items:
-                if it.values.get("fail"):
-                    results.append(ItemResult(error="boom"))
-                    continue
-                outs = {p: TensorRef(tid, d.worker, 8) for p, tid in it.output_ids.items()}
-                self.made.update(outs[p].id for p in outs)
-                results.append(ItemResult(outs))
-            self.apply(self.coord.on_complete(Completion(d.id, d.worker, results), 0.0))
 
 
 def test_all_requests_finish_and_every_tensor_is_freed_exactly_once():

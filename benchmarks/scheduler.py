@@ -1,0 +1,124 @@
+"""Coordinator + policy decision rate: 256 simulated workers, 1,000 in-flight requests of a
+50-step guided workflow (154 nodes each), no models. Closed loop: each finished request is
+replaced at once, so 1,000 stay in flight.
+
+    python benchmarks/scheduler.py [--workers 256] [--inflight 1000] [--steps 50] [--dispatches 300000] [--policy default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import itertools
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import report  # noqa: E402
+from legodiffusion.core.coordinator import Coordinator, Request  # noqa: E402
+from legodiffusion.core.cost import DefaultCost  # noqa: E402
+from legodiffusion.core.policy import make_policy  # noqa: E402
+from legodiffusion.ops import default_registry  # noqa: E402
+from legodiffusion.sim.cluster import Simulator  # noqa: E402
+from legodiffusion.workflow.catalog import sd_txt2img  # noqa: E402
+from legodiffusion.workflow.expand import Expander, bind_inputs  # noqa: E402
+
+
+def build(workers: int, inflight: int, steps: int, policy: str):
+    cost = DefaultCost(heavy_s=0.1, light_s=0.001)
+    coord = Coordinator(workers, make_policy(policy), cost=cost)
+    sim = Simulator(coord, cost)
+    ex = Expander(sd_txt2img("sd15"), default_registry())
+    ids = itertools.count(1)
+
+    def new_request(t: float) -> None:
+        inputs = bind_inputs(ex.spec, {"prompt": "x", "steps": steps, "height": 512, "width": 512})
+        sim.submit_at(t, Request(next(ids), ex.template(inputs), inputs, "sd", t))
+
+    sim.on_finish = lambda outcome, t: new_request(t)
+    for _ in range(inflight):
+        new_request(0.0)
+    return sim, ex
+
+
+def measure(args) -> dict:
+    sim, ex = build(args.workers, args.inflight, args.steps, args.policy)
+    sim.run(max_events=args.inflight)  # arrivals: every request is in flight
+    target = args.dispatches
+    start_nodes, start_disp = sim.dispatched_nodes, sim.dispatches
+    t0 = time.perf_counter()
+    while sim.dispatched_nodes - start_nodes < target:
+        sim.run(max_events=1000)
+    wall = time.perf_counter() - t0
+    nodes = sim.dispatched_nodes - start_nodes
+    disp = sim.dispatches - start_disp
+    busy = sum(w.busy_s for w in sim.workers)
+    return {
+        "nodes_per_s": nodes / wall,
+        "dispatches_per_s": disp / wall,
+        "mean_batch": nodes / disp,
+        "wall_s": wall,
+        "virtual_s": sim.now,
+        "utilisation": min(1.0, busy / (len(sim.workers) * sim.now)) if sim.now else 0.0,
+        "inflight": len(sim.coord.requests),
+        "nodes_per_request": len(ex.template(bind_inputs(ex.spec, {"prompt": "x", "steps": args.steps})).nodes),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=256)
+    ap.add_argument("--inflight", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--dispatches", type=int, default=300_000, help="node dispatches to time")
+    ap.add_argument("--policy", default="default")
+    args = ap.parse_args()
+    res = measure(args)
+    prof = cProfile.Profile()
+    small = argparse.Namespace(**{**vars(args), "dispatches": max(20_000, args.dispatches // 10)})
+    prof.enable()
+    measure(small)
+    prof.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf).sort_stats("tottime")
+    stats.print_stats(12)
+    top = []
+    for (file, line, fn), (cc, nc, tt, ct, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:12]:
+        top.append({"function": f"{Path(file).name}:{line}({fn})", "tottime_share": round(tt / stats.total_tt, 3), "calls": nc})
+    print(
+        f"{res['nodes_per_s']:,.0f} node dispatches/s ({res['dispatches_per_s']:,.0f} batches/s, mean batch {res['mean_batch']:.2f}) "
+        f"with {args.workers} workers and {res['inflight']} requests in flight; simulated utilisation {res['utilisation']:.0%}"
+    )
+    print("where the time goes (tottime share, cProfile):")
+    for t in top[:8]:
+        print(f"  {t['tottime_share']:6.1%}  {t['function']}  ({t['calls']} calls)")
+    figures = {
+        "workers": args.workers,
+        "inflight": res["inflight"],
+        "steps": args.steps,
+        "policy": args.policy,
+        "node_dispatches_per_s": round(res["nodes_per_s"]),
+        "batch_dispatches_per_s": round(res["dispatches_per_s"]),
+        "mean_batch": round(res["mean_batch"], 2),
+        "simulated_utilisation": round(res["utilisation"], 3),
+    }
+
+    def plot(path):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.barh([t["function"][:50] for t in top[:8]][::-1], [t["tottime_share"] for t in top[:8]][::-1])
+        ax.set_xlabel("share of coordinator time")
+        ax.set_title(f"{res['nodes_per_s']:,.0f} node dispatches/s, {args.workers} workers, {res['inflight']} in flight")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+
+    report("scheduler", {**figures, "profile_top": top[:8]}, plot)
+
+
+if __name__ == "__main__":
+    main()
