@@ -87,7 +87,7 @@ def main() -> None:
     stats = pstats.Stats(prof, stream=buf).sort_stats("tottime")
     stats.print_stats(12)
     top = []
-    for (file, line, fn), (cc, nc, tt, ct, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:12]:
+    for (file, line, fn), (_, nc, tt, _, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:12]:
         top.append({"function": f"{Path(file).name}:{line}({fn})", "tottime_share": round(tt / stats.total_tt, 3), "calls": nc})
     print(
         f"{res['nodes_per_s']:,.0f} node dispatches/s ({res['dispatches_per_s']:,.0f} batches/s, mean batch {res['mean_batch']:.2f}) "

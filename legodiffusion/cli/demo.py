@@ -41,14 +41,14 @@ async def _burst(engine: Engine, requests: int, size: int, steps: int) -> tuple[
     return results, time.perf_counter() - t0
 
 
-def run_demo(requests: int, workers: int, size: int, steps: int, out: Path, models_dir: Path) -> None:
+def run_demo(requests: int, workers: int, size: int, steps: int, out: Path, models_dir: Path, policy: str = "default") -> None:
     console = Console()
     console.print(f"models: {models_dir} (built if missing)")
     folders = write_tiny_models(models_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     async def main():
-        async with Engine({"sd15": folders["sd15"]}, EngineConfig(workers=workers)) as engine:
+        async with Engine({"sd15": folders["sd15"]}, EngineConfig(workers=workers, device="cpu", policy=policy)) as engine:
             engine.add_workflow(sd_txt2img("sd15"))
             engine.add_workflow(sd_txt2img("sd15", name="sd-styled", prompt_template="an oil painting of {text}, thick brush strokes"))
             results, wall = await _burst(engine, requests, size, steps)
@@ -59,7 +59,7 @@ def run_demo(requests: int, workers: int, size: int, steps: int, out: Path, mode
         if r.ok:
             to_pil(r.outputs["image"])[0].save(out / f"{i:03d}-{wf}.png")
 
-    table = Table(title=f"demo: {requests} concurrent requests, {workers} workers, {size}px")
+    table = Table(title=f"demo: {requests} concurrent requests, {workers} workers, {size}px, policy {policy}")
     table.add_column("what")
     table.add_column("value", justify="right")
     by_wf = Counter((wf, r.status) for wf, r in results)
@@ -67,8 +67,9 @@ def run_demo(requests: int, workers: int, size: int, steps: int, out: Path, mode
         table.add_row(f"requests {wf} {status}", str(n))
     for op, n in sorted(stats.nodes_by_op.items()):
         table.add_row(f"nodes run: {op}", f"{n} in {stats.dispatches_by_op[op]} batches")
+    table.add_row("batches mixing requests / workflows", f"{stats.cross_request_batches} / {stats.cross_workflow_batches}")
     for w in wstats:
-        table.add_row(f"worker {w.worker} busy share", f"{w.busy_s / wall:.0%} (loads {w.loads})")
+        table.add_row(f"worker {w.worker} busy share", f"{min(1.0, w.busy_s / wall):.0%} (model loads {w.loads})")
     lat = [r.latency_s for _, r in results]
     table.add_row("latency p50 / p95", f"{percentile(lat, 50):.2f} s / {percentile(lat, 95):.2f} s")
     table.add_row("throughput", f"{len(results) / wall:.2f} req/s")

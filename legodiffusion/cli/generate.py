@@ -15,7 +15,7 @@ from legodiffusion.workflow.catalog import sd_txt2img
 from legodiffusion.workflow.errors import WorkflowError
 
 
-def generate_one(model: Path, prompt, negative_prompt, steps, guidance, seed, height, width, sampler, workers, output: Path) -> int:
+def generate_one(model: Path, prompt, negative_prompt, steps, guidance, seed, height, width, sampler, workers, device, output: Path) -> int:
     console = Console(stderr=True)
     inputs = {
         "prompt": prompt,
@@ -30,7 +30,7 @@ def generate_one(model: Path, prompt, negative_prompt, steps, guidance, seed, he
 
     async def main() -> int:
         try:
-            engine = Engine({model.name: model}, EngineConfig(workers=workers))
+            engine = Engine({model.name: model}, EngineConfig(workers=workers, device=device))
         except FileNotFoundError as exc:
             console.print(f"[red]error:[/] {exc}")
             return 2

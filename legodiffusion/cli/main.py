@@ -35,12 +35,13 @@ def generate(
     width: int | None = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
     sampler: str = typer.Option("euler", help="euler or ddim"),
     workers: int = typer.Option(1, min=1, help="worker count"),
+    device: str = typer.Option("auto", help="cpu, cuda or auto"),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG file to write"),
 ) -> None:
     """Generate one image through the decomposed runtime."""
     from legodiffusion.cli.generate import generate_one
 
-    raise typer.Exit(generate_one(model, prompt, negative_prompt, steps, guidance, seed, height, width, sampler, workers, output))
+    raise typer.Exit(generate_one(model, prompt, negative_prompt, steps, guidance, seed, height, width, sampler, workers, device, output))
 
 
 @app.command()
@@ -51,11 +52,12 @@ def demo(
     steps: int = typer.Option(8, min=1, help="sampling steps of the first workflow"),
     out: Path = typer.Option(Path("demo-out"), help="folder for the images"),
     models: Path | None = typer.Option(None, help="tiny model folder (built if missing); default under $LEGODIFFUSION_HOME"),
+    policy: str = typer.Option("default", help="scheduling policy: default, fcfs, random or bundle"),
 ) -> None:
     """Build the tiny models if missing and serve a burst over two workflows sharing one base model."""
     from legodiffusion.cli.demo import run_demo
 
-    run_demo(requests, workers, size, steps, out, models or config.home() / "models")
+    run_demo(requests, workers, size, steps, out, models or config.home() / "models", policy)
 
 
 def _ints(text: str) -> list[int]:

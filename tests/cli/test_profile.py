@@ -1,0 +1,40 @@
+import json
+
+from typer.testing import CliRunner
+
+from legodiffusion.cli.main import app
+from legodiffusion.core.cost import DefaultCost
+from legodiffusion.models.store import ModelCatalog
+from legodiffusion.profiles.book import ModelProfile, OpPoint, ProfileCost
+from legodiffusion.profiles.profiler import cached_profiles
+
+runner = CliRunner()
+
+
+def test_profile_measures_caches_and_feeds_the_cost_model(sd15, tmp_path):
+    args = ["profile", "--model", str(sd15), "--device", "cpu", "--batches", "1,2", "--sizes", "64", "--repeats", "1", "--out-dir", str(tmp_path)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    (path,) = tmp_path.glob("*.json")
+    prof = ModelProfile.load(path)
+    ops = {(p.op, p.mode, p.batch) for p in prof.ops}
+    assert {("denoise", "default", 1), ("denoise", "default", 2), ("sampler_step", "guided", 2), ("vae_decode", "default", 1)} <= ops
+    assert prof.components["unet"].weight_bytes > 0 and prof.components["unet"].load_disk_s > 0
+    assert all(p.latency_s > 0 for p in prof.ops)
+    assert set(prof.versions) == {"torch", "diffusers", "transformers"}
+    second = runner.invoke(app, args)
+    assert "cached" in second.output and json.loads(path.read_text()) == prof.to_json()
+    found = cached_profiles(ModelCatalog({"sd15": sd15}), "cpu", tmp_path)
+    cost = ProfileCost(found)
+    assert cost.exec_s("denoise", "default", "sd15", 1, 64 * 64) == prof.latency("denoise", "default", 1, 64 * 64)
+    assert cost.load_s("sd15", "unet") > 0
+
+
+def test_missing_points_fall_back_to_the_nearest_measured_one():
+    prof = ModelProfile("k", "cpu", {}, [OpPoint("denoise", "default", b, px, 0.01 * b * px / 4096, 0) for b in (1, 4) for px in (4096, 65536)])
+    assert prof.latency("denoise", "default", 1, 4096) == 0.01
+    # nearest on log scales (batch 2 ties 1 and 4: the smaller wins), scaled linearly to the batch asked
+    assert abs(prof.latency("denoise", "default", 2, 5000) - 0.02) < 1e-12
+    assert prof.latency("denoise", "default", 8, 65536) == 2 * prof.latency("denoise", "default", 4, 65536)
+    cost = ProfileCost({"m": prof})
+    assert cost.exec_s("vae_decode", "default", "m", 1, None) == DefaultCost().exec_s("vae_decode", "default", "m", 1, None)
