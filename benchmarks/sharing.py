@@ -52,7 +52,7 @@ async def serve(folder: Path, policy: str, workers: int, reqs) -> dict:
             "p50_s": percentile(lat, 50),
             "p95_s": percentile(lat, 95),
             "cross_workflow_batches": stats.cross_workflow_batches,
-            "unet_copies": sum(1 for w in engine.workers for (m, c, s) in w.models.keys() if c == "unet"),
+            "unet_copies": sum(1 for w in engine.workers for (m, c, s) in w.models.keys() if c == "denoiser"),
         }
 
 

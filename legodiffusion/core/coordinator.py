@@ -286,7 +286,7 @@ class Coordinator:
             return
         sig = None
         if tn.concat_batch:
-            sig = tuple((inp.port, _tail(live.refs[(inp.node, inp.name)])) for inp in tn.inputs if inp.kind == FROM_NODE)
+            sig = tuple((inp.port, live.refs[(inp.node, inp.name)].batch_signature) for inp in tn.inputs if inp.kind == FROM_NODE)
         scope = live.req.workflow if self.policy.isolate_workflows else None
         key = (tn.op, tn.mode, tn.model, sig, scope, live.pin)
         q = self.queues.get(key)
@@ -386,10 +386,6 @@ class Coordinator:
             return max(weight, key=lambda i: (weight[i], -i))
         alive = [w for w in self.workers if w.alive]
         return min(alive, key=lambda w: (w.reserved_s, w.inflight, w.id)).id
-
-
-def _tail(ref: TensorRef):
-    return ref.shape[1:] if ref.shape else None
 
 
 def _pixels(inputs: dict[str, Any]) -> int | None:

@@ -17,6 +17,11 @@ class TensorRef:
     nbytes: int
     shape: tuple[int, ...] | None = None  # None for non-tensor values (sampler state, text)
     dtype: str | None = None
+    sig: tuple | None = None  # batch signature of a bundle of tensors; tensors use shape[1:]
+
+    @property
+    def batch_signature(self) -> tuple | None:
+        return self.shape[1:] if self.shape is not None else self.sig
 
 
 @dataclass(slots=True)

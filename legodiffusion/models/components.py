@@ -1,8 +1,9 @@
-"""Loading model components from diffusers-format folders.
+"""Loading model components from diffusers-format folders, for every supported family.
 
-A *component* is the unit of residency: ``(model name, component)`` such as ``("sd15", "unet")``.
-Classes are taken from the folder's ``model_index.json``, exactly as ``DiffusionPipeline`` does, so
-a real checkpoint folder loads through the same path as the tiny test models.
+A *component* is the unit of residency: ``(model name, component)`` such as ``("sd15",
+"denoiser")``. Classes are taken from the folder's ``model_index.json``, exactly as
+``DiffusionPipeline`` does, so a real checkpoint folder loads through the same path as the tiny
+test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``.
 """
 
 from __future__ import annotations
@@ -16,34 +17,98 @@ from typing import Any
 
 import torch
 
+FAMILY_OF_PIPELINE = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionControlNetPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLControlNetPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+    "FluxControlNetPipeline": "flux",
+}
+
+#: (tokenizer, text encoder) sub-folders per family, in the order the pipelines use them.
+TEXT_ENCODERS = {
+    "sd": [("tokenizer", "text_encoder")],
+    "sdxl": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
+    "sd3": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3")],
+    "flux": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
+}
+DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}
+FLOW_FAMILIES = frozenset({"sd3", "flux"})
+
 
 @dataclass
-class TextEncoder:
-    tokenizer: Any
-    encoder: Any
+class TextEncoders:
+    """A family's tokenizers and text encoders; an entry is None where the folder omits it
+    (SD3 without T5)."""
+
+    family: str
+    pairs: list[tuple[Any, Any] | None]
+    force_zeros_for_empty_prompt: bool = False
+    joint_attention_dim: int = 0  # SD3: width of the zero T5 embedding when T5 is absent
+
+    @property
+    def device(self) -> torch.device:
+        return next(p for p in self.pairs if p is not None)[1].device
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [p[1] for p in self.pairs if p is not None]
+
+
+@dataclass
+class Denoiser:
+    """The base model (UNet or transformer) with the facts its callers need."""
+
+    family: str
+    module: Any
+    vae_scale_factor: int
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.module]
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """Cheap facts ops need without loading weights."""
 
+    family: str
     latent_channels: int
     vae_scale_factor: int
     default_size: int
     scheduler_config: dict
-    text_length: int  # tokens per prompt embedding
+    text_length: int  # tokens per prompt embedding (CLIP)
     text_dim: int  # width of the prompt embedding the denoiser reads
+    pooled_dim: int = 0
+    patch_size: int = 1
 
 
-def _model_index(folder: Path) -> dict:
-    path = folder / "model_index.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{folder} is not a diffusers model folder (no model_index.json)")
+def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def model_index(folder: Path) -> dict:
+    path = Path(folder) / "model_index.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} is not a diffusers model folder (no model_index.json)")
+    return _json(path)
+
+
+def family_of(folder: Path) -> str:
+    name = model_index(folder).get("_class_name", "")
+    try:
+        return FAMILY_OF_PIPELINE[name]
+    except KeyError:
+        raise ValueError(f"{folder}: unsupported pipeline {name!r}; supported: {sorted(FAMILY_OF_PIPELINE)}") from None
+
+
+def _present(folder: Path, sub: str) -> bool:
+    entry = model_index(folder).get(sub)
+    return bool(entry) and entry[0] is not None and (folder / sub).exists()
+
+
 def _class_for(folder: Path, sub: str):
-    entry = _model_index(folder).get(sub)
+    entry = model_index(folder).get(sub)
     if not entry or entry[0] is None:
         raise FileNotFoundError(f"{folder} has no {sub!r} component in model_index.json")
     library, cls_name = entry
@@ -58,7 +123,7 @@ def _quiet() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def _from_pretrained(folder: Path, sub: str):
+def from_pretrained(folder: Path, sub: str):
     _quiet()
     obj = _class_for(folder, sub).from_pretrained(folder / sub)
     if isinstance(obj, torch.nn.Module):
@@ -66,30 +131,55 @@ def _from_pretrained(folder: Path, sub: str):
     return obj
 
 
-def _pipeline_config(folder: Path) -> PipelineConfig:
-    unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
-    vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
-    sched_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+def _vae_scale(folder: Path) -> int:
+    return 2 ** (len(_json(folder / "vae" / "config.json")["block_out_channels"]) - 1)
+
+
+def _text_encoders(folder: Path) -> TextEncoders:
+    family = family_of(folder)
+    pairs = []
+    for tok, enc in TEXT_ENCODERS[family]:
+        pairs.append((from_pretrained(folder, tok), from_pretrained(folder, enc)) if _present(folder, enc) else None)
+    if pairs[0] is None and family != "sd3":
+        raise FileNotFoundError(f"{folder}: text encoder missing")
+    index = model_index(folder)
+    joint = _json(folder / "transformer" / "config.json").get("joint_attention_dim", 0) if family == "sd3" else 0
+    return TextEncoders(family, pairs, bool(index.get("force_zeros_for_empty_prompt", False)), joint)
+
+
+def _denoiser(folder: Path) -> Denoiser:
+    family = family_of(folder)
+    return Denoiser(family, from_pretrained(folder, DENOISER[family]), _vae_scale(folder))
+
+
+def pipeline_config(folder: Path) -> PipelineConfig:
+    family = family_of(folder)
+    den_cfg = _json(folder / DENOISER[family] / "config.json")
+    scale = _vae_scale(folder)
     tok_path = folder / "tokenizer" / "tokenizer_config.json"
-    text_length = json.loads(tok_path.read_text()).get("model_max_length", 77) if tok_path.exists() else 77
-    scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
+    channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg["in_channels"]
+    default_size = 128 * scale if family == "flux" else den_cfg["sample_size"] * scale
+    text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim")
     return PipelineConfig(
-        latent_channels=unet_cfg["in_channels"],
+        family=family,
+        latent_channels=channels,
         vae_scale_factor=scale,
-        default_size=unet_cfg["sample_size"] * scale,
-        scheduler_config=sched_cfg,
+        default_size=default_size,
+        scheduler_config=_json(folder / "scheduler" / "scheduler_config.json"),
         text_length=min(int(text_length), 77),
-        text_dim=unet_cfg["cross_attention_dim"],
+        text_dim=int(text_dim),
+        pooled_dim=int(den_cfg.get("pooled_projection_dim") or den_cfg.get("projection_class_embeddings_input_dim") or 0),
+        patch_size=int(den_cfg.get("patch_size") or 1),
     )
 
 
 LOADERS = {
-    "text_encoder": lambda f: TextEncoder(_from_pretrained(f, "tokenizer"), _from_pretrained(f, "text_encoder")),
-    "unet": lambda f: _from_pretrained(f, "unet"),
-    "vae": lambda f: _from_pretrained(f, "vae"),
-    "config": _pipeline_config,
+    "text_encoder": _text_encoders,
+    "denoiser": _denoiser,
+    "vae": lambda f: from_pretrained(f, "vae"),
+    "config": pipeline_config,
 }
-
 
 # from_pretrained patches torch.nn.Module globally while it builds empty (meta) modules; two
 # threads loading at once can leave the patch in place for good. Loads in a process are serialised.
@@ -105,12 +195,16 @@ def load_component(folder: str | Path, component: str) -> Any:
         return loader(Path(folder))
 
 
+def modules_of(obj: Any) -> list[torch.nn.Module]:
+    if hasattr(obj, "modules") and not isinstance(obj, torch.nn.Module):
+        return obj.modules()
+    return [obj] if isinstance(obj, torch.nn.Module) else []
+
+
 def component_bytes(obj: Any) -> int:
     """Weight memory of a loaded component (parameters and buffers)."""
-    modules = [v for v in vars(obj).values()] if isinstance(obj, TextEncoder) else [obj]
     total = 0
-    for m in modules:
-        if isinstance(m, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in m.parameters())
-            total += sum(t.numel() * t.element_size() for t in m.buffers())
+    for m in modules_of(obj):
+        total += sum(t.numel() * t.element_size() for t in m.parameters())
+        total += sum(t.numel() * t.element_size() for t in m.buffers())
     return total

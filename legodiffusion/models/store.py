@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from legodiffusion.models.components import TextEncoder, component_bytes, load_component
+from legodiffusion.models.components import component_bytes, load_component, modules_of
 
 
 class ModelCatalog:
@@ -75,10 +73,8 @@ def _to_device(obj: Any, device: str, private: bool) -> Any:
     if device == "cpu" and not private:
         return obj
     obj = copy.deepcopy(obj)
-    if isinstance(obj, TextEncoder):
-        obj.encoder.to(device)
-    elif isinstance(obj, torch.nn.Module):
-        obj.to(device)
+    for module in modules_of(obj):
+        module.to(device)
     return obj
 
 

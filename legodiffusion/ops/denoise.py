@@ -1,4 +1,9 @@
-"""One denoiser (UNet) call: one guidance branch of one sampling step."""
+"""One denoiser call: one guidance branch of one sampling step, for every family.
+
+UNet families (SD, SDXL) scale the latents for the sampler's step; SDXL adds pooled and time-id
+conditioning; SD3 calls its MMDiT; Flux packs its latents into 2x2 patches, adds the distilled
+guidance embedding and unpacks the prediction (a permutation, so the sampler update is unchanged).
+"""
 
 from __future__ import annotations
 
@@ -8,43 +13,109 @@ from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import Item, Operator, Port, Signature
 
 
+def _cat(embs: list[dict], key: str) -> torch.Tensor:
+    return torch.cat([e[key] for e in embs])
+
+
+def _timesteps(items: list[Item]) -> tuple[list, list]:
+    scheds, ts = [], []
+    for it in items:
+        state = it.inputs["sampler"]
+        sched = sampling.scheduler_at(state)
+        scheds.append(sched)
+        ts.append(sched.timesteps[state.step_index])
+    return scheds, ts
+
+
+def _unet(model, items, xs, embs, ts, extra):
+    scheds = extra
+    xs = [s.scale_model_input(x, t) for s, x, t in zip(scheds, xs, ts)]
+    tvec = [t.reshape(1).expand(x.shape[0]) for t, x in zip(ts, xs)]
+    if len({t.dtype for t in tvec}) > 1:  # samplers disagree (int vs float timesteps)
+        tvec = [t.float() for t in tvec]
+    added = None
+    if "pooled" in embs[0]:  # SDXL: pooled text embeds and (original size, crop, target size)
+        f = model.vae_scale_factor
+        ids = [torch.tensor([[x.shape[-2] * f, x.shape[-1] * f, 0, 0, x.shape[-2] * f, x.shape[-1] * f]], dtype=e["prompt_embeds"].dtype) for x, e in zip(xs, embs)]
+        added = {"text_embeds": _cat(embs, "pooled"), "time_ids": torch.cat(ids).to(xs[0].device)}
+    return model.module(torch.cat(xs), torch.cat(tvec), encoder_hidden_states=_cat(embs, "prompt_embeds"), added_cond_kwargs=added, return_dict=False)[0]
+
+
+def _mmdit(model, items, xs, embs, ts, extra):
+    tvec = torch.cat([t.reshape(1).expand(x.shape[0]) for t, x in zip(ts, xs)])
+    return model.module(
+        hidden_states=torch.cat(xs), timestep=tvec, encoder_hidden_states=_cat(embs, "prompt_embeds"), pooled_projections=_cat(embs, "pooled"), return_dict=False
+    )[0]
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def _unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, c4 = x.shape
+    return x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
+
+
+def _image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(h // 2)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def _flux(model, items, xs, embs, ts, extra):
+    x = torch.cat(xs)
+    _, _, h, w = x.shape
+    packed = _pack(x)
+    tvec = torch.cat([t.reshape(1).expand(xi.shape[0]) for t, xi in zip(ts, xs)]).to(packed.dtype)
+    guidance = None
+    if model.module.config.guidance_embeds:
+        guidance = torch.cat([torch.full([xi.shape[0]], float(it.inputs.get("guidance") or 0.0), dtype=torch.float32) for it, xi in zip(items, xs)]).to(x.device)
+    out = model.module(
+        hidden_states=packed,
+        timestep=tvec / 1000,
+        guidance=guidance,
+        pooled_projections=_cat(embs, "pooled"),
+        encoder_hidden_states=_cat(embs, "prompt_embeds"),
+        txt_ids=embs[0]["text_ids"][0],
+        img_ids=_image_ids(h, w, x.device, x.dtype),
+        return_dict=False,
+    )[0]
+    return _unpack(out, h, w)
+
+
+_CALLS = {"sd": _unet, "sdxl": _unet, "sd3": _mmdit, "flux": _flux}
+
+
 class Denoise(Operator):
     name = "denoise"
-    doc = "Scale the latents for the sampler's current step and predict noise with the UNet."
-    component = "unet"
+    doc = "Predict noise (or flow) for the sampler's current step with the family's base model."
+    component = "denoiser"
     concat_batch = True
     modes = {
         "default": Signature(
-            inputs={"latents": Port("latent"), "sampler": Port("sampler"), "embedding": Port("embedding")},
+            inputs={
+                "latents": Port("latent"),
+                "sampler": Port("sampler"),
+                "embedding": Port("embedding"),
+                "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale"),
+            },
             outputs={"noise": "noise"},
         )
     }
 
     def run(self, model, mode: str, items: list[Item]):
-        xs, ts, embs = [], [], []
-        for it in items:
-            state = it.inputs["sampler"]
-            sched = sampling.scheduler_at(state)
-            t = sched.timesteps[state.step_index]
-            latents = it.inputs["latents"]
-            xs.append(sched.scale_model_input(latents, t))
-            ts.append(t.reshape(1).expand(latents.shape[0]))
-            embs.append(it.inputs["embedding"])
-        if len({t.dtype for t in ts}) > 1:  # samplers disagree (int vs float timesteps)
-            ts = [t.float() for t in ts]
+        scheds, ts = _timesteps(items)
+        xs = [it.inputs["latents"] for it in items]
+        embs = [it.inputs["embedding"] for it in items]
         with torch.inference_mode():
-            noise = model(torch.cat(xs), torch.cat(ts), encoder_hidden_states=torch.cat(embs), return_dict=False)[0]
-        sizes = [x.shape[0] for x in xs]
-        return [{"noise": n} for n in torch.split(noise, sizes)]
+            noise = _CALLS[model.family](model, items, xs, embs, ts, scheds)
+        return [{"noise": n} for n in torch.split(noise, [x.shape[0] for x in xs])]
 
     def example_items(self, cfg, mode, batch, size, device):
         return [
-            Item(
-                {
-                    "latents": examples.latents(cfg, size, device),
-                    "sampler": examples.sampler_state(cfg),
-                    "embedding": examples.embedding(cfg, device),
-                }
-            )
+            Item({"latents": examples.latents(cfg, size, device), "sampler": examples.sampler_state(cfg), "embedding": examples.embedding(cfg, device), "guidance": 3.5})
             for _ in range(batch)
         ]

@@ -1,4 +1,4 @@
-"""Synthetic tensors for profiling operators (shapes as the real workflow produces them)."""
+"""Synthetic inputs for profiling operators (shapes as the real workflow produces them)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ def latents(cfg, size: int, device: str) -> torch.Tensor:
     return torch.randn(1, cfg.latent_channels, size // f, size // f, device=device)
 
 
-def embedding(cfg, device: str) -> torch.Tensor:
-    return torch.randn(1, cfg.text_length, cfg.text_dim, device=device)
+def embedding(cfg, device: str) -> dict:
+    emb = {"prompt_embeds": torch.randn(1, cfg.text_length, cfg.text_dim, device=device)}
+    if cfg.family != "sd":
+        emb["pooled"] = torch.randn(1, cfg.pooled_dim if cfg.family != "sdxl" else cfg.pooled_dim, device=device)
+    if cfg.family == "flux":
+        emb["text_ids"] = torch.zeros(1, cfg.text_length, 3, device=device)
+    return emb
 
 
 def sampler_state(cfg, steps: int = 20) -> sampling.SamplerState:
-    return sampling.new_state("euler", cfg.scheduler_config, steps)
+    sampler = "flow_euler" if cfg.family in ("sd3", "flux") else "euler"
+    kwargs = {"sigmas": [1.0 - i / steps for i in range(steps)], "mu": 1.0} if cfg.family == "flux" else {}
+    return sampling.new_state(sampler, cfg.scheduler_config, steps, **kwargs)

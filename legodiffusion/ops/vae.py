@@ -9,6 +9,20 @@ from legodiffusion.ops import examples
 from legodiffusion.ops.base import Item, Operator, Port, Signature
 
 
+def unscale(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Undo the latent scaling the way each family's pipeline does before decoding."""
+    cfg = vae.config
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:  # SDXL variants with latent statistics
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        return latents * std / cfg.scaling_factor + mean
+    shift = getattr(cfg, "shift_factor", None)
+    if shift is not None:  # SD3, Flux
+        return latents / cfg.scaling_factor + shift
+    return latents / cfg.scaling_factor
+
+
 class VaeDecode(Operator):
     name = "vae_decode"
     doc = "Unscale the latents, decode them with the VAE and denormalise to [0, 1]."
@@ -19,7 +33,7 @@ class VaeDecode(Operator):
     def run(self, model, mode: str, items: list[Item]):
         latents = torch.cat([it.inputs["latents"] for it in items])
         with torch.inference_mode():
-            image = model.decode(latents / model.config.scaling_factor, return_dict=False)[0]
+            image = model.decode(unscale(model, latents), return_dict=False)[0]
         image = VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt")
         sizes = [it.inputs["latents"].shape[0] for it in items]
         return [{"image": im} for im in torch.split(image, sizes)]

@@ -19,7 +19,7 @@ def test_profile_measures_caches_and_feeds_the_cost_model(sd15, tmp_path):
     prof = ModelProfile.load(path)
     ops = {(p.op, p.mode, p.batch) for p in prof.ops}
     assert {("denoise", "default", 1), ("denoise", "default", 2), ("sampler_step", "guided", 2), ("vae_decode", "default", 1)} <= ops
-    assert prof.components["unet"].weight_bytes > 0 and prof.components["unet"].load_disk_s > 0
+    assert prof.components["denoiser"].weight_bytes > 0 and prof.components["denoiser"].load_disk_s > 0
     assert all(p.latency_s > 0 for p in prof.ops)
     assert set(prof.versions) == {"torch", "diffusers", "transformers"}
     second = runner.invoke(app, args)
@@ -27,7 +27,7 @@ def test_profile_measures_caches_and_feeds_the_cost_model(sd15, tmp_path):
     found = cached_profiles(ModelCatalog({"sd15": sd15}), "cpu", tmp_path)
     cost = ProfileCost(found)
     assert cost.exec_s("denoise", "default", "sd15", 1, 64 * 64) == prof.latency("denoise", "default", 1, 64 * 64)
-    assert cost.load_s("sd15", "unet") > 0
+    assert cost.load_s("sd15", "denoiser") > 0
 
 
 def test_missing_points_fall_back_to_the_nearest_measured_one():

@@ -58,7 +58,7 @@ def test_saturated_workers_batch_the_two_branches_together():
 
 def test_placement_prefers_the_worker_holding_the_model():
     h = Harness(workers=3, policy="default", cost=DefaultCost(load_s=5.0))
-    h.coord.workers[2].resident.add(("sd15", "unet", None))
+    h.coord.workers[2].resident.add(("sd15", "denoiser", None))
     h.coord.workers[2].resident.add(("sd15", "text_encoder", None))
     h.submit(1, sd_maker(), steps=1, guidance_scale=1.0)
     h.drain()

@@ -16,22 +16,22 @@ def two_models(tmp_path_factory, sd15):
 
 
 def model_bytes(folder):
-    return sum(component_bytes(load_component(folder, c)) for c in ("text_encoder", "unet", "vae"))
+    return sum(component_bytes(load_component(folder, c)) for c in ("text_encoder", "denoiser", "vae"))
 
 
 def test_lru_evicts_the_coldest_and_refuses_what_cannot_fit(sd15):
     host = HostCache(ModelCatalog({"a": sd15}))
-    unet = host.get("a", "unet")[1]
+    unet = host.get("a", "denoiser")[1]
     vae = host.get("a", "vae")[1]
     res = ResidentModels(host, "cpu", budget_bytes=unet + vae)
-    assert res.acquire("a", "unet").loaded == [("a", "unet", None)]
+    assert res.acquire("a", "denoiser").loaded == [("a", "denoiser", None)]
     res.acquire("a", "vae")
-    assert res.acquire("a", "unet").loaded == []  # hit; unet is now the most recently used
+    assert res.acquire("a", "denoiser").loaded == []  # hit; unet is now the most recently used
     got = res.acquire("a", "text_encoder")
     assert got.evicted == [("a", "vae", None)]
     assert res.evictions == 1 and res.used_bytes <= res.budget_bytes
     with pytest.raises(MemoryError, match="budget"):
-        ResidentModels(host, "cpu", budget_bytes=vae).acquire("a", "unet")
+        ResidentModels(host, "cpu", budget_bytes=vae).acquire("a", "denoiser")
 
 
 def test_alternating_models_complete_through_evictions(two_models):

@@ -30,7 +30,7 @@ def test_three_workflows_share_the_base_model_and_batch_across_workflows(sd15):
     results, engine = run_requests(sd15, requests, workers=2, workflows=WORKFLOWS)
     assert all(r.ok for r in results)
     for w in engine.workers:
-        assert w.models.load_counts[("sd15", "unet", None)] <= 1, "the base model is loaded at most once per worker"
+        assert w.models.load_counts[("sd15", "denoiser", None)] <= 1, "the base model is loaded at most once per worker"
         assert all(n == 1 for n in w.models.load_counts.values())
     assert engine.coordinator.stats.cross_workflow_batches > 0
     assert engine.plane.live_count() == 0
