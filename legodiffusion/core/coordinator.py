@@ -18,6 +18,7 @@ from legodiffusion.core.messages import Actions, Completion, Dispatch, DispatchI
 from legodiffusion.core.policy import BatchKey, ClassInfo, SchedulingPolicy
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
+PENDING = -1  # TensorRef.worker of a deferred input not produced yet: the reader waits for it
 
 
 @dataclass
@@ -33,13 +34,16 @@ class Request:
 class _Live:
     """Coordinator-side state of one running request."""
 
-    __slots__ = ("req", "priority", "indegree", "uses", "refs", "done", "status", "pin", "costs", "remaining_s", "px")
+    __slots__ = ("req", "priority", "indegree", "dwait", "uses", "refs", "out_ids", "pending", "done", "status", "pin", "costs", "remaining_s", "px")
 
     def __init__(self, req: Request, costs: list[float], px: int | None) -> None:
         self.req = req
         self.indegree = list(req.template.indegree)
+        self.dwait = list(req.template.deferred_deps)
         self.uses = dict(req.template.uses)
         self.refs: dict[tuple[int, str], TensorRef] = {}
+        self.out_ids: dict[tuple[int, str], int] = {}  # data-plane ids, assigned on first need
+        self.pending: set[int] = set()  # ids handed to deferred readers before they exist
         self.done = 0
         self.status = RUNNING
         self.pin: int | None = None
@@ -144,6 +148,7 @@ class Coordinator:
         self._next_tensor = 0
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
+        self._woken = False
 
     # -- the view policies read ------------------------------------------------------------
 
@@ -158,8 +163,8 @@ class Coordinator:
             if live is None:
                 continue
             for inp in live.req.template.nodes[node].inputs:
-                if inp.kind == FROM_NODE:
-                    ref = live.refs[(inp.node, inp.name)]
+                ref = live.refs.get((inp.node, inp.name)) if inp.kind == FROM_NODE else None
+                if ref is not None:
                     where[ref.worker] += ref.nbytes
         return where
 
@@ -246,6 +251,7 @@ class Coordinator:
         tmpl = live.req.template
         node = item.node
         for port, ref in outputs.items():
+            live.pending.discard(ref.id)
             if live.uses.get((node, port), 0) > 0:
                 live.refs[(node, port)] = ref
             else:
@@ -267,14 +273,16 @@ class Coordinator:
             return
         for consumer in tmpl.consumers[node]:
             live.indegree[consumer] -= 1
-            if live.indegree[consumer] == 0:
+            if live.indegree[consumer] == 0 and live.dwait[consumer] == 0:
                 self._make_ready(live, consumer)
 
     def _end(self, live: _Live, status: str, actions: Actions, outputs=None, error=None, node=None) -> None:
         live.status = status
         actions.finished.append(RequestOutcome(live.req.id, status, outputs, error, node))
         actions.frees.extend(live.refs.values())
+        actions.abandoned.extend(sorted(live.pending))
         live.refs.clear()
+        live.pending.clear()
         self._remaining_total -= live.remaining_s
         self.stats.requests[status] += 1
         del self.requests[live.req.id]
@@ -285,7 +293,9 @@ class Coordinator:
             self._light.append((live, node))
             return
         sig = None
-        if tn.concat_batch:
+        if any(inp.deferred for inp in tn.inputs):  # nodes with deferred inputs run alone
+            sig = ("deferred", live.req.id, node)
+        elif tn.concat_batch:
             sig = tuple((inp.port, live.refs[(inp.node, inp.name)].batch_signature) for inp in tn.inputs if inp.kind == FROM_NODE)
         scope = live.req.workflow if self.policy.isolate_workflows else None
         key = (tn.op, tn.mode, tn.model, sig, scope, live.pin)
@@ -300,16 +310,30 @@ class Coordinator:
         refs, values = {}, {}
         for inp in tn.inputs:
             if inp.kind == FROM_NODE:
-                refs[inp.port] = live.refs[(inp.node, inp.name)]
+                ref = live.refs.get((inp.node, inp.name))
+                if ref is None:  # a deferred input its producer has not written yet
+                    tid = self._out_id(live, inp.node, inp.name)
+                    live.pending.add(tid)
+                    ref = TensorRef(tid, PENDING, 0)
+                refs[inp.port] = ref
             elif inp.kind == FROM_INPUT:
                 values[inp.port] = live.req.inputs[inp.name]
             else:
                 values[inp.port] = inp.value
-        out_ids = {}
-        for port in live.req.template.out_ports[node]:
-            self._next_tensor += 1
-            out_ids[port] = self._next_tensor
+        out_ids = {port: self._out_id(live, node, port) for port in live.req.template.out_ports[node]}
+        for consumer in live.req.template.deferred_consumers[node]:  # they may start now
+            live.dwait[consumer] -= 1
+            if live.dwait[consumer] == 0 and live.indegree[consumer] == 0:
+                self._make_ready(live, consumer)
+                self._woken = True
         return DispatchItem(live.req.id, node, tn.key, refs, values, out_ids)
+
+    def _out_id(self, live: _Live, node: int, port: str) -> int:
+        tid = live.out_ids.get((node, port))
+        if tid is None:
+            self._next_tensor += 1
+            tid = live.out_ids[(node, port)] = self._next_tensor
+        return tid
 
     def _new_dispatch(self, worker: int, tn, scope: str | None, members: list[tuple[_Live, int]], actions: Actions) -> None:
         self._next_dispatch += 1
@@ -333,6 +357,12 @@ class Coordinator:
                 self.stats.cross_workflow_batches += 1
 
     def _dispatch(self, actions: Actions) -> None:
+        self._woken = True
+        while self._woken:  # dispatching a producer may free deferred readers to go too
+            self._woken = False
+            self._dispatch_once(actions)
+
+    def _dispatch_once(self, actions: Actions) -> None:
         self._dispatch_light(actions)
         if not self.queues or not self.eligible:
             return

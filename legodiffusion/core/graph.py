@@ -21,6 +21,7 @@ class TInput:
     node: int = -1  # producer index when FROM_NODE
     name: str = ""  # producer port (FROM_NODE) or request input name (FROM_INPUT)
     value: Any = None  # CONSTANT
+    deferred: bool = False  # the node may start before this input exists (blocks where it reads it)
 
 
 @dataclass(frozen=True)
@@ -46,23 +47,34 @@ class Template:
     #: output ports of each node, in the operator's order
     out_ports: list[tuple[str, ...]] = field(default_factory=list)
     sources: tuple[int, ...] = ()
+    #: distinct producers a node reads as deferred inputs: it waits for their dispatch only
+    deferred_deps: list[int] = field(default_factory=list)
+    deferred_consumers: list[tuple[int, ...]] = field(default_factory=list)
 
     def finish(self, out_ports: list[tuple[str, ...]]) -> Template:
         n = len(self.nodes)
         self.out_ports = out_ports
         producers: list[set[int]] = [set() for _ in range(n)]
         consumers: list[set[int]] = [set() for _ in range(n)]
+        dproducers: list[set[int]] = [set() for _ in range(n)]
+        dconsumers: list[set[int]] = [set() for _ in range(n)]
         uses: dict[tuple[int, str], int] = {(i, p): 0 for i in range(n) for p in out_ports[i]}
         for i, node in enumerate(self.nodes):
             for inp in node.inputs:
                 if inp.kind == FROM_NODE:
-                    producers[i].add(inp.node)
-                    consumers[inp.node].add(i)
+                    if inp.deferred:
+                        dproducers[i].add(inp.node)
+                        dconsumers[inp.node].add(i)
+                    else:
+                        producers[i].add(inp.node)
+                        consumers[inp.node].add(i)
                     uses[(inp.node, inp.name)] += 1
         for node_idx, port in self.outputs.values():
             uses[(node_idx, port)] += 1
         self.indegree = [len(p) for p in producers]
         self.consumers = [tuple(sorted(c)) for c in consumers]
         self.uses = uses
-        self.sources = tuple(i for i in range(n) if self.indegree[i] == 0)
+        self.deferred_deps = [len(p) for p in dproducers]
+        self.deferred_consumers = [tuple(sorted(c)) for c in dconsumers]
+        self.sources = tuple(i for i in range(n) if self.indegree[i] == 0 and self.deferred_deps[i] == 0)
         return self

@@ -78,9 +78,11 @@ class RequestOutcome:
 @dataclass(slots=True)
 class Actions:
     """What the driver must do after an event, in this order: read the outputs of ``finished``
-    requests, release ``frees`` from the data plane, then send ``dispatches``."""
+    requests, release ``frees`` and ``abandoned`` ids from the data plane (waking readers of the
+    latter with an error), then send ``dispatches``."""
 
     dispatches: list[Dispatch] = field(default_factory=list)
     finished: list[RequestOutcome] = field(default_factory=list)
     frees: list[TensorRef] = field(default_factory=list)
     progressed: list[int] = field(default_factory=list)  # request ids with newly finished nodes
+    abandoned: list[int] = field(default_factory=list)  # deferred ids that will never be written

@@ -174,7 +174,18 @@ def pipeline_config(folder: Path) -> PipelineConfig:
     )
 
 
+def _single_model(folder: Path):
+    """A model saved on its own (``config.json`` naming its class), such as a ControlNet."""
+    _quiet()
+    cls_name = _json(folder / "config.json")["_class_name"]
+    import diffusers
+
+    obj = getattr(diffusers, cls_name).from_pretrained(folder)
+    return obj.eval().requires_grad_(False)
+
+
 LOADERS = {
+    "controlnet": _single_model,
     "text_encoder": _text_encoders,
     "denoiser": _denoiser,
     "vae": lambda f: from_pretrained(f, "vae"),

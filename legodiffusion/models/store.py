@@ -25,8 +25,8 @@ class ModelCatalog:
 
     def add(self, name: str, folder: str | Path) -> None:
         folder = Path(folder)
-        if not (folder / "model_index.json").exists():
-            raise FileNotFoundError(f"model {name!r}: {folder} has no model_index.json")
+        if not (folder / "model_index.json").exists() and not (folder / "config.json").exists():
+            raise FileNotFoundError(f"model {name!r}: {folder} has no model_index.json (pipeline) or config.json (single model)")
         self._folders[name] = folder
 
     def folder(self, name: str) -> Path:

@@ -375,6 +375,8 @@ def write_tiny_controlnet(folder: str | Path, base_folder: str | Path, family: s
     get small random weights so the control image visibly changes the result.
     """
     folder, base_folder = Path(folder), Path(base_folder)
+    # The conditioning embedding of the sd15 ControlNet is freshly initialised from the global RNG.
+    torch.manual_seed(seed)
     if family == "sd15":
         from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -382,19 +384,18 @@ def write_tiny_controlnet(folder: str | Path, base_folder: str | Path, family: s
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
         zero_init = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
     elif family == "flux":
+        import inspect
+
         from diffusers import FluxControlNetModel, FluxTransformer2DModel
 
-        loaded = FluxTransformer2DModel.from_pretrained(base_folder / "transformer")
-        # A copy without ``_name_or_path`` in its config, which from_transformer would carry into ours.
-        transformer = FluxTransformer2DModel.from_config({k: v for k, v in loaded.config.items() if not k.startswith("_")})
-        transformer.load_state_dict(loaded.state_dict())
-        controlnet = FluxControlNetModel.from_transformer(
-            transformer,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=transformer.config.attention_head_dim,
-            num_attention_heads=transformer.config.num_attention_heads,
-        )
+        transformer = FluxTransformer2DModel.from_pretrained(base_folder / "transformer")
+        # As FluxControlNetModel.from_transformer, but with only the config keys a controlnet takes
+        # (no ``_name_or_path``, no ``out_channels``), so its config.json is reproducible and clean.
+        accepted = inspect.signature(FluxControlNetModel.__init__).parameters
+        config = {k: v for k, v in transformer.config.items() if k in accepted}
+        controlnet = FluxControlNetModel(**{**config, "num_layers": 1, "num_single_layers": 1})
+        for part in ("pos_embed", "time_text_embed", "context_embedder", "x_embedder", "transformer_blocks", "single_transformer_blocks"):
+            getattr(controlnet, part).load_state_dict(getattr(transformer, part).state_dict(), strict=False)
         zero_init = [controlnet.controlnet_x_embedder, *controlnet.controlnet_blocks, *controlnet.controlnet_single_blocks]
     else:
         raise ValueError(f"no tiny controlnet for family {family!r}")
@@ -409,7 +410,6 @@ _TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def _lora_state_dict(model, targets: list[str], rank: int, seed: int) -> dict[str, torch.Tensor]:
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=targets)
@@ -417,7 +417,7 @@ def _lora_state_dict(model, targets: list[str], rank: int, seed: int) -> dict[st
     lora = {name: p for name, p in model.named_parameters() if "lora_" in name}
     # lora_A ~ N(0, 1/in), lora_B ~ N(0, 0.1^2): a clearly visible but tame change to each layer.
     _randomise_(lora, seed, lambda name, p: p.shape[1] ** -0.5 if "lora_A" in name else 0.1)
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    return get_peft_model_state_dict(model)
 
 
 def write_tiny_lora(path: str | Path, base_folder: str | Path, seed: int = 0, rank: int = 4, text_encoder: bool = True) -> Path:
@@ -425,7 +425,10 @@ def write_tiny_lora(path: str | Path, base_folder: str | Path, seed: int = 0, ra
 
     It adapts the UNet's attention projections (and, with ``text_encoder``, the CLIP text encoder's)
     at ``rank`` with ``lora_alpha = rank`` (scale 1, which is also what diffusers assumes when
-    a file carries no alphas). ``StableDiffusionPipeline.load_lora_weights(path)`` loads it.
+    a file carries no alphas). Keys are in the PEFT layout diffusers saves and loads natively,
+    ``unet.<module>.lora_A.weight`` / ``text_encoder.<module>.lora_B.weight`` (transformers 5 module
+    names: ``text_encoder.encoder.layers.N...``, no ``text_model.``), with no alphas or metadata.
+    ``StableDiffusionPipeline.load_lora_weights(path)`` loads it.
     """
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel

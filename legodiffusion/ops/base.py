@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
 SCALAR_TYPES = frozenset({"text", "int", "float"})
-DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "any"})
+DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "control", "residual", "any"})
+#: types a request may carry as inputs (an image: PIL image, numpy array or tensor)
+REQUEST_TYPES = SCALAR_TYPES | {"image"}
 PORT_TYPES = SCALAR_TYPES | DATA_TYPES
 
 
@@ -24,6 +26,7 @@ class Port:
     type: str
     optional: bool = False
     per_request: bool = False
+    deferred: bool = False  # the node may start before this input exists and block where it reads it
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -37,6 +40,25 @@ class Signature:
 
     inputs: dict[str, Port]
     outputs: dict[str, str]
+
+
+class Deferred:
+    """A deferred input as an operator sees it: :meth:`get` blocks until the producer wrote it."""
+
+    def __init__(self, fetch) -> None:
+        self._fetch = fetch
+        self._value = None
+        self._done = False
+
+    def get(self):
+        if not self._done:
+            self._value = self._fetch()
+            self._done = True
+        return self._value
+
+
+def resolve(value):
+    return value.get() if isinstance(value, Deferred) else value
 
 
 @dataclass

@@ -11,6 +11,10 @@ import torch
 
 from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.controlnet import LazyResiduals
+
+#: deferred residual inputs of the ``controlnet`` mode, summed in this order
+CONTROL_PORTS = ("control_0", "control_1", "control_2")
 
 
 def _cat(embs: list[dict], key: str) -> torch.Tensor:
@@ -38,7 +42,20 @@ def _unet(model, items, xs, embs, ts, extra):
         f = model.vae_scale_factor
         ids = [torch.tensor([[x.shape[-2] * f, x.shape[-1] * f, 0, 0, x.shape[-2] * f, x.shape[-1] * f]], dtype=e["prompt_embeds"].dtype) for x, e in zip(xs, embs)]
         added = {"text_embeds": _cat(embs, "pooled"), "time_ids": torch.cat(ids).to(xs[0].device)}
-    return model.module(torch.cat(xs), torch.cat(tvec), encoder_hidden_states=_cat(embs, "prompt_embeds"), added_cond_kwargs=added, return_dict=False)[0]
+    residuals = [[it.inputs[p] for p in CONTROL_PORTS if it.inputs.get(p) is not None] for it in items]
+    down = mid = None
+    if any(residuals):
+        down = LazyResiduals(residuals)
+        mid = down.mid()
+    return model.module(
+        torch.cat(xs),
+        torch.cat(tvec),
+        encoder_hidden_states=_cat(embs, "prompt_embeds"),
+        added_cond_kwargs=added,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
 
 
 def _mmdit(model, items, xs, embs, ts, extra):
@@ -89,21 +106,30 @@ def _flux(model, items, xs, embs, ts, extra):
 _CALLS = {"sd": _unet, "sdxl": _unet, "sd3": _mmdit, "flux": _flux}
 
 
+_BASE = {
+    "latents": Port("latent"),
+    "sampler": Port("sampler"),
+    "embedding": Port("embedding"),
+    "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale"),
+}
+
+
 class Denoise(Operator):
     name = "denoise"
     doc = "Predict noise (or flow) for the sampler's current step with the family's base model."
     component = "denoiser"
     concat_batch = True
     modes = {
-        "default": Signature(
+        "default": Signature(inputs=_BASE, outputs={"noise": "noise"}),
+        "controlnet": Signature(
             inputs={
-                "latents": Port("latent"),
-                "sampler": Port("sampler"),
-                "embedding": Port("embedding"),
-                "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale"),
+                **_BASE,
+                "control_0": Port("residual", deferred=True, doc="first ControlNet's residuals"),
+                "control_1": Port("residual", optional=True, deferred=True),
+                "control_2": Port("residual", optional=True, deferred=True),
             },
             outputs={"noise": "noise"},
-        )
+        ),
     }
 
     def run(self, model, mode: str, items: list[Item]):

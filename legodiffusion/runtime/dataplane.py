@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from legodiffusion.core.coordinator import PENDING
 from legodiffusion.core.messages import TensorRef
 
 
@@ -38,6 +39,10 @@ class DataPlane(ABC):
     def free(self, refs: Iterable[TensorRef]) -> None: ...
 
     @abstractmethod
+    def abandon(self, tensor_ids: Iterable[int]) -> None:
+        """These deferred values will never be written: wake their readers with an error."""
+
+    @abstractmethod
     def live_count(self) -> int: ...
 
     @abstractmethod
@@ -47,10 +52,15 @@ class DataPlane(ABC):
 class LocalDataPlane(DataPlane):
     """One process, any number of worker threads: a shared dict, no copies."""
 
+    #: a deferred read that waits longer than this is treated as lost
+    WAIT_LIMIT_S = 600.0
+
     def __init__(self) -> None:
         self._values: dict[int, Any] = {}
         self._bytes: dict[int, int] = {}
+        self._abandoned: set[int] = set()
         self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)
         self.remote_reads = 0  # reads by a worker other than the producer (free here, counted)
         self.remote_bytes = 0
 
@@ -59,11 +69,16 @@ class LocalDataPlane(DataPlane):
         with self._lock:
             self._values[tensor_id] = value
             self._bytes[tensor_id] = ref.nbytes
+            self._written.notify_all()
         return ref
 
     def get(self, ref: TensorRef, worker: int) -> Any:
         with self._lock:
-            if ref.worker != worker:
+            if ref.worker == PENDING:  # a deferred input: block here until its producer writes it
+                ok = self._written.wait_for(lambda: ref.id in self._values or ref.id in self._abandoned, self.WAIT_LIMIT_S)
+                if not ok or ref.id in self._abandoned:
+                    raise RuntimeError(f"deferred input {ref.id} will not be produced (its producer failed or the request ended)")
+            elif ref.worker != worker:
                 self.remote_reads += 1
                 self.remote_bytes += ref.nbytes
             try:
@@ -76,6 +91,12 @@ class LocalDataPlane(DataPlane):
             for ref in refs:
                 self._values.pop(ref.id, None)
                 self._bytes.pop(ref.id, None)
+                self._abandoned.discard(ref.id)
+
+    def abandon(self, tensor_ids: Iterable[int]) -> None:
+        with self._lock:
+            self._abandoned.update(tensor_ids)
+            self._written.notify_all()
 
     def live_count(self) -> int:
         return len(self._values)

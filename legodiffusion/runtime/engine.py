@@ -190,6 +190,8 @@ class Engine:
                 run.future.set_result(result)
         if actions.frees:
             self.plane.free(actions.frees)
+        if actions.abandoned:
+            self.plane.abandon(actions.abandoned)
         for d in actions.dispatches:
             self.workers[d.worker].submit(d)
 

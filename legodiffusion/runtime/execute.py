@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import torch
 
+from legodiffusion.core.coordinator import PENDING
 from legodiffusion.core.messages import Completion, Dispatch, ItemResult
 from legodiffusion.models.store import ResidentModels
-from legodiffusion.ops.base import Item, OperatorRegistry
+from legodiffusion.ops.base import Deferred, Item, OperatorRegistry
 from legodiffusion.runtime.dataplane import DataPlane
 
 
@@ -22,6 +24,12 @@ def _pull(plane: DataPlane, ref, worker: int, device: str) -> Any:
     if isinstance(value, torch.Tensor) and str(value.device) != device:
         value = value.to(device)
     return value
+
+
+def _input(plane: DataPlane, ref, worker: int, device: str) -> Any:
+    if ref.worker == PENDING:  # deferred: the operator blocks only where it reads it
+        return Deferred(functools.partial(_pull, plane, ref, worker, device))
+    return _pull(plane, ref, worker, device)
 
 
 def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: ResidentModels, plane: DataPlane) -> Completion:
@@ -44,7 +52,7 @@ def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: Reside
 def _run(d: Dispatch, op, model, worker: int, device: str, plane: DataPlane) -> list[ItemResult]:
     results: list[ItemResult] = []
     try:
-        items = [Item({**it.values, **{p: _pull(plane, r, worker, device) for p, r in it.refs.items()}}, it.key) for it in d.items]
+        items = [Item({**it.values, **{p: _input(plane, r, worker, device) for p, r in it.refs.items()}}, it.key) for it in d.items]
         outs = op.run(model, d.mode, items)
         if len(outs) != len(items):
             raise RuntimeError(f"operator {d.op} returned {len(outs)} results for {len(items)} items")

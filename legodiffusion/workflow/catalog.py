@@ -1,62 +1,80 @@
-"""Built-in workflows."""
+"""Built-in workflows: text-to-image for every family.
+
+Each sampling step is one denoiser node per guidance branch plus a light ``sampler_step`` node;
+with ``guidance_scale <= 1`` (and always for Flux, whose guidance is distilled into the model)
+one denoiser node per step.
+"""
 
 from __future__ import annotations
 
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.spec import WorkflowSpec
 
+# family -> (default steps, default guidance, default negative prompt, default sampler)
+_DEFAULTS = {
+    "sd": (20, 7.5, "", "euler"),
+    "sdxl": (30, 5.0, None, "euler"),
+    "sd3": (28, 7.0, "", "flow_euler"),
+}
 
-def sd_txt2img(model: str = "sd15", name: str = "sd-txt2img", prompt_template: str | None = None) -> WorkflowSpec:
-    """Stable Diffusion text-to-image with classifier-free guidance when ``guidance_scale > 1``.
 
-    Each sampling step is two denoiser nodes (conditional and unconditional branch) and a light
-    ``sampler_step`` node; without guidance it is one denoiser node.
-    """
-    wf = WorkflowBuilder(name, models={"base": model})
+def _txt2img(family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = ()) -> WorkflowSpec:
+    steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
+    if len(controlnets) > 3:
+        raise ValueError("at most 3 ControlNets per workflow")
+    wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
-    negative = wf.input("negative_prompt", "text", default="", doc="what to steer away from")
-    steps = wf.input("steps", "int", default=20, doc="sampling steps")
-    guidance = wf.input("guidance_scale", "float", default=7.5, doc="classifier-free guidance; <= 1 disables it")
+    negative = wf.input("negative_prompt", "text", default=negative_d, doc="what to steer away from" + ("; null: zero embedding as SDXL does" if negative_d is None else ""))
+    steps = wf.input("steps", "int", default=steps_d, doc="sampling steps")
+    guidance = wf.input("guidance_scale", "float", default=guidance_d, doc="classifier-free guidance; <= 1 disables it")
     seed = wf.input("seed", "int", default=0, doc="seeds torch.Generator('cpu') exactly as diffusers does")
     height = wf.input("height", "int", default=None, doc="pixels; model's native size when null")
     width = wf.input("width", "int", default=None, doc="pixels; model's native size when null")
-    sampler = wf.input("sampler", "text", default="euler", doc="euler or ddim")
+    sampler = wf.input("sampler", "text", default=sampler_d, doc="euler or ddim (UNet families), flow_euler (SD3)")
+    extra = {}
+    if family == "sd3":
+        extra["max_sequence_length"] = wf.input("max_sequence_length", "int", default=256, doc="T5 tokens")
 
     text = prompt
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
-    cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt")
+    cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt", **extra)
     init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
+    controls = []
+    for i in range(len(controlnets)):
+        image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
+        scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
+        prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
+        controls.append((prep.control, scale))
+
+    def branch(latents, state, embedding, tag):
+        """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
+        if not controls:
+            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}")
+        residuals = {
+            f"control_{i}": wf.call("controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}").residual
+            for i, (c, sc) in enumerate(controls)
+        }
+        return wf.call("denoise", model="base", mode="controlnet", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **residuals)
 
     def guided():
-        uncond = wf.call("encode_prompt", model="base", text=negative, id="encode_negative")
+        uncond = wf.call("encode_prompt", model="base", text=negative, id="encode_negative", **extra)
 
         def step(latents, state):
-            c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="unet_cond")
-            u = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=uncond.embedding, id="unet_uncond")
-            s = wf.call(
-                "sampler_step",
-                mode="guided",
-                latents=latents,
-                sampler=state,
-                noise_cond=c.noise,
-                noise_uncond=u.noise,
-                guidance_scale=guidance,
-                id="step",
-            )
+            c = branch(latents, state, cond.embedding, "_cond")
+            u = branch(latents, state, uncond.embedding, "_uncond")
+            s = wf.call("sampler_step", mode="guided", latents=latents, sampler=state, noise_cond=c.noise, noise_uncond=u.noise, guidance_scale=guidance, id="step")
             return s.latents, s.sampler
 
-        loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise")
-        return {"latents": loop.latents}
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise").latents}
 
     def unguided():
         def step(latents, state):
-            c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="unet")
+            c = branch(latents, state, cond.embedding, "")
             s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
             return s.latents, s.sampler
 
-        loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain")
-        return {"latents": loop.latents}
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain").latents}
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
@@ -64,4 +82,59 @@ def sd_txt2img(model: str = "sd15", name: str = "sd-txt2img", prompt_template: s
     return wf.build()
 
 
-BUILTIN_WORKFLOWS = {"sd-txt2img": sd_txt2img}
+def sd_txt2img(model: str = "sd15", name: str = "sd-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()) -> WorkflowSpec:
+    """Stable Diffusion 1.x/2.x text-to-image, optionally with up to 3 ControlNets (model names);
+    each adds request inputs ``control_image[_i]`` and ``control_scale[_i]``."""
+    return _txt2img("sd", model, name, prompt_template, tuple(controlnets))
+
+
+def sdxl_txt2img(model: str = "sdxl", name: str = "sdxl-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()) -> WorkflowSpec:
+    """SDXL text-to-image: two CLIP encoders, pooled and time-id conditioning."""
+    return _txt2img("sdxl", model, name, prompt_template, tuple(controlnets))
+
+
+def sd3_txt2img(model: str = "sd3", name: str = "sd3-txt2img", prompt_template: str | None = None) -> WorkflowSpec:
+    """SD3 / SD3.5 text-to-image: CLIP-L, CLIP-G and (optional) T5, flow matching."""
+    return _txt2img("sd3", model, name, prompt_template)
+
+
+def flux_txt2img(model: str = "flux", name: str = "flux-txt2img", prompt_template: str | None = None, schnell: bool = False) -> WorkflowSpec:
+    """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
+
+    dev: a distilled ``guidance`` embedding (default 3.5), 28 steps; schnell: 4 steps, no guidance."""
+    wf = WorkflowBuilder(name, models={"base": model})
+    prompt = wf.input("prompt", "text", doc="what to draw")
+    steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
+    seed = wf.input("seed", "int", default=0, doc="seeds torch.Generator('cpu') exactly as diffusers does")
+    height = wf.input("height", "int", default=None, doc="pixels; model's native size when null")
+    width = wf.input("width", "int", default=None, doc="pixels; model's native size when null")
+    max_seq = wf.input("max_sequence_length", "int", default=256 if schnell else 512, doc="T5 tokens")
+    guidance = None if schnell else wf.input("guidance", "float", default=3.5, doc="distilled guidance scale (dev)")
+    text = prompt
+    if prompt_template is not None:
+        text = wf.call("format_text", template=prompt_template, text=prompt).text
+    cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt")
+    init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width)
+
+    def step(latents, state):
+        extra = {} if guidance is None else {"guidance": guidance}
+        c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="transformer", **extra)
+        s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
+        return s.latents, s.sampler
+
+    loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise")
+    wf.output("image", wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image)
+    return wf.build()
+
+
+def flux_schnell_txt2img(model: str = "flux-schnell", name: str = "flux-schnell-txt2img", prompt_template: str | None = None) -> WorkflowSpec:
+    return flux_txt2img(model, name, prompt_template, schnell=True)
+
+
+BUILTIN_WORKFLOWS = {
+    "sd-txt2img": sd_txt2img,
+    "sdxl-txt2img": sdxl_txt2img,
+    "sd3-txt2img": sd3_txt2img,
+    "flux-txt2img": flux_txt2img,
+    "flux-schnell-txt2img": flux_schnell_txt2img,
+}

@@ -172,10 +172,11 @@ class _Unroller:
             if isinstance(node, OpNode):
                 op = self.registry.get(node.op)
                 ins = []
+                ports = op.modes[node.mode].inputs
                 for port, src in node.inputs.items():
                     v = self.resolve(src, env, carry)
                     if v[0] == FROM_NODE:
-                        ins.append(TInput(port, FROM_NODE, node=v[1], name=v[2]))
+                        ins.append(TInput(port, FROM_NODE, node=v[1], name=v[2], deferred=ports[port].deferred))
                     elif v[0] == FROM_INPUT:
                         ins.append(TInput(port, FROM_INPUT, name=v[1]))
                     else:
@@ -183,9 +184,9 @@ class _Unroller:
                 idx = len(self.nodes)
                 model = self.spec.models[node.model] if node.model is not None else None
                 self.nodes.append(TNode(key, node.op, node.mode, model, tuple(ins), op.light, op.concat_batch, op.component))
-                ports = tuple(op.modes[node.mode].outputs)
-                self.out_ports.append(ports)
-                env[node.id] = {p: (FROM_NODE, idx, p) for p in ports}
+                outs = tuple(op.modes[node.mode].outputs)
+                self.out_ports.append(outs)
+                env[node.id] = {p: (FROM_NODE, idx, p) for p in outs}
                 if len(self.nodes) > MAX_EXPANDED_NODES:
                     raise WorkflowError([SpecIssue("too_large", key, f"expansion exceeds {MAX_EXPANDED_NODES} nodes")])
             elif isinstance(node, LoopNode):

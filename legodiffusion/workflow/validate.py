@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from legodiffusion.ops.base import DATA_TYPES, SCALAR_TYPES, OperatorRegistry
+from legodiffusion.ops.base import DATA_TYPES, REQUEST_TYPES, SCALAR_TYPES, OperatorRegistry
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.spec import (
     COMPARATORS,
@@ -32,6 +32,8 @@ class _Where:
 def literal_type(value) -> str | None:
     if isinstance(value, bool):
         return None
+    if _is_image(value):
+        return "image"
     if isinstance(value, int):
         return "int"
     if isinstance(value, float):
@@ -39,6 +41,12 @@ def literal_type(value) -> str | None:
     if isinstance(value, str):
         return "text"
     return None
+
+
+def _is_image(value) -> bool:
+    """PIL images, numpy arrays and tensors are images when a request carries them."""
+    kind = type(value).__module__.split(".")[0]
+    return kind in ("PIL", "numpy", "torch") and hasattr(value, "shape" if kind != "PIL" else "size")
 
 
 def assignable(src_type: str | None, port_type: str) -> bool:
@@ -275,8 +283,8 @@ class _Checker:
 
     def run(self) -> list[SpecIssue]:
         for name, spec in self.spec.inputs.items():
-            if spec.type not in SCALAR_TYPES:
-                self.fail("bad_input_type", f"inputs.{name}.type", f"request inputs are {sorted(SCALAR_TYPES)}, got {spec.type!r}")
+            if spec.type not in REQUEST_TYPES:
+                self.fail("bad_input_type", f"inputs.{name}.type", f"request inputs are {sorted(REQUEST_TYPES)}, got {spec.type!r}")
             elif not spec.required and spec.default is not None and not assignable(literal_type(spec.default), spec.type):
                 self.fail("type_mismatch", f"inputs.{name}.default", f"default {spec.default!r} is not a {spec.type}")
         self.index(self.spec.nodes, "nodes", (), ())

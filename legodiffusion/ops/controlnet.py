@@ -1,0 +1,123 @@
+"""ControlNet as its own nodes: prepare the control image once, then one ControlNet call per
+guidance branch per step, whose residuals the base model reads as *deferred* inputs."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+from legodiffusion.ops import examples, sampling
+from legodiffusion.ops.base import Item, Operator, Port, Signature, resolve
+
+
+class PrepareControlImage(Operator):
+    name = "prepare_control_image"
+    doc = "Resize a control image to the generation size and scale it to [0, 1], as diffusers' ControlNet pipelines do."
+    component = "config"
+    light = True
+    modes = {
+        "default": Signature(
+            inputs={"image": Port("image"), "height": Port("int", optional=True), "width": Port("int", optional=True)},
+            outputs={"control": "control"},
+        )
+    }
+
+    def run(self, model, mode: str, items: list[Item]):
+        proc = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+        out = []
+        for it in items:
+            h = it.inputs.get("height") or model.default_size
+            w = it.inputs.get("width") or model.default_size
+            out.append({"control": proc.preprocess(it.inputs["image"], height=h, width=w).to(dtype=torch.float32)})
+        return out
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"image": torch.rand(1, 3, size, size), "height": size, "width": size}) for _ in range(batch)]
+
+
+class ControlNet(Operator):
+    name = "controlnet"
+    doc = "Residuals of one ControlNet for one guidance branch of one step, scaled by `scale`."
+    component = "controlnet"
+    concat_batch = True
+    modes = {
+        "default": Signature(
+            inputs={
+                "latents": Port("latent"),
+                "sampler": Port("sampler"),
+                "embedding": Port("embedding"),
+                "control": Port("control"),
+                "scale": Port("float", optional=True, doc="conditioning scale (default 1.0)"),
+            },
+            outputs={"residual": "residual"},
+        )
+    }
+
+    def run(self, model, mode: str, items: list[Item]):
+        xs, ts, embs, conds = [], [], [], []
+        for it in items:
+            state = it.inputs["sampler"]
+            sched = sampling.scheduler_at(state)
+            t = sched.timesteps[state.step_index]
+            xs.append(sched.scale_model_input(it.inputs["latents"], t))
+            ts.append(t.reshape(1))
+            embs.append(it.inputs["embedding"]["prompt_embeds"])
+            conds.append(it.inputs["control"].to(xs[-1].device))
+        if len({t.dtype for t in ts}) > 1:
+            ts = [t.float() for t in ts]
+        with torch.inference_mode():
+            # scale 1.0 inside, each item's own scale after: x * 1.0 * s == x * s exactly
+            down, mid = model(torch.cat(xs), torch.cat(ts), encoder_hidden_states=torch.cat(embs), controlnet_cond=torch.cat(conds), conditioning_scale=1.0, guess_mode=False, return_dict=False)
+        out = []
+        for i, it in enumerate(items):
+            s = float(it.inputs.get("scale", 1.0) if it.inputs.get("scale") is not None else 1.0)
+            res = {f"down_{j:02d}": d[i : i + 1] * s for j, d in enumerate(down)}
+            res["mid"] = mid[i : i + 1] * s
+            out.append({"residual": res})
+        return out
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [
+            Item({"latents": examples.latents(cfg, size, device), "sampler": examples.sampler_state(cfg), "embedding": examples.embedding(cfg, device), "control": torch.rand(1, 3, size, size)})
+            for _ in range(batch)
+        ]
+
+
+class LazyResiduals:
+    """ControlNet residuals handed to a UNet before they exist: the UNet reads the down-block
+    residuals only after its own down blocks and the mid residual after its mid block, so it
+    computes that far while the ControlNets run elsewhere, and blocks only there."""
+
+    def __init__(self, per_item: list[list]) -> None:
+        self._per_item = per_item  # for each batch item, its residual inputs (Deferred or dict)
+        self._summed = None
+
+    def _load(self):
+        if self._summed is None:
+            items = []
+            for residuals in self._per_item:
+                total = None
+                for r in residuals:  # summed in port order, as MultiControlNetModel does
+                    r = resolve(r)
+                    total = dict(r) if total is None else {k: total[k] + r[k] for k in total}
+                items.append(total)
+            keys = sorted(k for k in items[0] if k.startswith("down_"))
+            self._summed = ([torch.cat([it[k] for it in items]) for k in keys], torch.cat([it["mid"] for it in items]))
+        return self._summed
+
+    def __iter__(self):
+        return iter(self._load()[0])
+
+    def __len__(self) -> int:
+        return len(self._load()[0])
+
+    def mid(self) -> _LazyMid:
+        return _LazyMid(self)
+
+
+class _LazyMid:
+    def __init__(self, parent: LazyResiduals) -> None:
+        self._parent = parent
+
+    def __radd__(self, other):
+        return other + self._parent._load()[1]
