@@ -34,7 +34,22 @@ class Request:
 class _Live:
     """Coordinator-side state of one running request."""
 
-    __slots__ = ("req", "priority", "indegree", "dwait", "uses", "refs", "out_ids", "pending", "done", "status", "pin", "costs", "remaining_s", "px")
+    __slots__ = (
+        "req",
+        "priority",
+        "indegree",
+        "dwait",
+        "uses",
+        "refs",
+        "out_ids",
+        "pending",
+        "done",
+        "status",
+        "pin",
+        "costs",
+        "remaining_s",
+        "px",
+    )
 
     def __init__(self, req: Request, costs: list[float], px: int | None) -> None:
         self.req = req
@@ -297,6 +312,13 @@ class Coordinator:
             sig = ("deferred", live.req.id, node)
         elif tn.concat_batch:
             sig = tuple((inp.port, live.refs[(inp.node, inp.name)].batch_signature) for inp in tn.inputs if inp.kind == FROM_NODE)
+        if tn.key_ports:  # e.g. the LoRA patch set: only equal ones share a batch
+            values = {
+                inp.port: (live.req.inputs.get(inp.name) if inp.kind == FROM_INPUT else inp.value)
+                for inp in tn.inputs
+                if inp.port in tn.key_ports
+            }
+            sig = (sig, tuple(sorted(values.items())))
         scope = live.req.workflow if self.policy.isolate_workflows else None
         key = (tn.op, tn.mode, tn.model, sig, scope, live.pin)
         q = self.queues.get(key)

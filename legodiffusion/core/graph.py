@@ -34,6 +34,7 @@ class TNode:
     light: bool
     concat_batch: bool
     component: str | None
+    key_ports: tuple[str, ...] = ()  # inputs whose values must match within a batch
 
 
 @dataclass

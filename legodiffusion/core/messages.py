@@ -53,6 +53,7 @@ class Dispatch:
 class ItemResult:
     outputs: dict[str, TensorRef] | None = None
     error: str | None = None
+    notes: dict | None = None  # e.g. {"lora_active": True, "step": 3}
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from legodiffusion.models.components import component_bytes, load_component, modules_of
+from legodiffusion.models.patches import load_lora_file
 
 
 class ModelCatalog:
@@ -25,8 +26,13 @@ class ModelCatalog:
 
     def add(self, name: str, folder: str | Path) -> None:
         folder = Path(folder)
+        if folder.is_file() and folder.suffix == ".safetensors":  # a LoRA
+            self._folders[name] = folder
+            return
         if not (folder / "model_index.json").exists() and not (folder / "config.json").exists():
-            raise FileNotFoundError(f"model {name!r}: {folder} has no model_index.json (pipeline) or config.json (single model)")
+            raise FileNotFoundError(
+                f"model {name!r}: {folder} has no model_index.json (pipeline) or config.json (single model), and is no .safetensors LoRA"
+            )
         self._folders[name] = folder
 
     def folder(self, name: str) -> Path:
@@ -51,8 +57,55 @@ class HostCache:
         self._objs: dict[tuple[str, str], Any] = {}
         self._bytes: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        self._loading: dict[tuple, threading.Event] = {}
         self.disk_loads = 0
         self.disk_load_s = 0.0
+
+    def lora(self, name: str, family: str) -> tuple:
+        """A LoRA's (state dict, alphas, metadata) in host memory, read from disk on first use."""
+        key = (name, "lora:" + family)
+        with self._lock:
+            event = self._loading.get(key)
+            if event is None and key not in self._objs:
+                event = self._loading[key] = threading.Event()
+                owner = True
+            else:
+                owner = False
+        if owner:
+            try:
+                t0 = time.perf_counter()
+                value = load_lora_file(self.catalog.folder(name), family)
+                with self._lock:
+                    self._objs[key] = value
+                    self.disk_loads += 1
+                    self.disk_load_s += time.perf_counter() - t0
+            finally:
+                event.set()
+                with self._lock:
+                    self._loading.pop(key, None)
+        elif event is not None:
+            event.wait()
+        with self._lock:
+            if key not in self._objs:
+                raise RuntimeError(f"LoRA {name!r} failed to load")
+            return self._objs[key]
+
+    def lora_ready(self, name: str, family: str) -> bool:
+        return (name, "lora:" + family) in self._objs
+
+    def prefetch_lora(self, name: str, family: str) -> None:
+        """Start reading a LoRA in the background (no-op when it is loaded or loading)."""
+        key = (name, "lora:" + family)
+        with self._lock:
+            busy = key in self._objs or key in self._loading
+        if not busy:
+            threading.Thread(target=self._quiet_lora, args=(name, family), daemon=True, name=f"lora-{name}").start()
+
+    def _quiet_lora(self, name: str, family: str) -> None:
+        try:
+            self.lora(name, family)
+        except Exception:  # reported to the request that waits for it
+            pass
 
     def get(self, model: str, component: str) -> tuple[Any, int]:
         key = (model, component)
@@ -67,11 +120,10 @@ class HostCache:
             return self._objs[key], self._bytes[key]
 
 
-def _to_device(obj: Any, device: str, private: bool) -> Any:
-    """A device copy of a host component. On the CPU the host copy itself serves unless a private
-    copy is wanted (bundle baseline: every workflow owns its weights)."""
-    if device == "cpu" and not private:
-        return obj
+def _to_device(obj: Any, device: str) -> Any:
+    """A worker's own copy of a host component on its device (on the CPU too: a worker stands for
+    a device with its own memory, and LoRA adapters injected into its copy must not leak into
+    another worker's batches)."""
     obj = copy.deepcopy(obj)
     for module in modules_of(obj):
         module.to(device)
@@ -102,6 +154,8 @@ class ResidentModels:
         self.load_counts: Counter = Counter()  # (model, component, scope) -> times made resident
         self.evictions = 0
         self.load_s = 0.0
+        self.patches: dict[tuple, set[str]] = {}  # resident key -> LoRA adapters injected into it
+        self.patch_loads = 0
 
     def acquire(self, model: str, component: str, scope: str | None = None) -> Residency:
         key = (model, component, scope)
@@ -117,9 +171,10 @@ class ResidentModels:
         while self.budget_bytes is not None and self.used_bytes + nbytes > self.budget_bytes:
             old, (_, old_bytes) = self._lru.popitem(last=False)
             self.used_bytes -= old_bytes
+            self.patches.pop(old, None)
             self.evictions += 1
             evicted.append(old)
-        obj = _to_device(host_obj, self.device, private=scope is not None)
+        obj = _to_device(host_obj, self.device)
         self._lru[key] = (obj, nbytes)
         self.used_bytes += nbytes
         self.loads += 1

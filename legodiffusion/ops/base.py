@@ -27,11 +27,19 @@ class Port:
     optional: bool = False
     per_request: bool = False
     deferred: bool = False  # the node may start before this input exists and block where it reads it
+    batch_key: bool = False  # only nodes with equal values here may share a batch (e.g. a LoRA patch set)
     doc: str = ""
 
     def __post_init__(self) -> None:
         if self.type not in PORT_TYPES:
             raise ValueError(f"unknown port type {self.type!r}; known: {sorted(PORT_TYPES)}")
+
+
+#: LoRA patch set and its asynchronous-loading bound, on every patchable operator
+PATCH_PORTS = {
+    "loras": Port("text", optional=True, batch_key=True, doc="LoRA patch set: NAME[:WEIGHT],..."),
+    "lora_k": Port("int", optional=True, doc="apply a LoRA still loading from step K at the latest (0: wait)"),
+}
 
 
 @dataclass(frozen=True)

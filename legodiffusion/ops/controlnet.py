@@ -67,7 +67,15 @@ class ControlNet(Operator):
             ts = [t.float() for t in ts]
         with torch.inference_mode():
             # scale 1.0 inside, each item's own scale after: x * 1.0 * s == x * s exactly
-            down, mid = model(torch.cat(xs), torch.cat(ts), encoder_hidden_states=torch.cat(embs), controlnet_cond=torch.cat(conds), conditioning_scale=1.0, guess_mode=False, return_dict=False)
+            down, mid = model(
+                torch.cat(xs),
+                torch.cat(ts),
+                encoder_hidden_states=torch.cat(embs),
+                controlnet_cond=torch.cat(conds),
+                conditioning_scale=1.0,
+                guess_mode=False,
+                return_dict=False,
+            )
         out = []
         for i, it in enumerate(items):
             s = float(it.inputs.get("scale", 1.0) if it.inputs.get("scale") is not None else 1.0)
@@ -78,7 +86,14 @@ class ControlNet(Operator):
 
     def example_items(self, cfg, mode, batch, size, device):
         return [
-            Item({"latents": examples.latents(cfg, size, device), "sampler": examples.sampler_state(cfg), "embedding": examples.embedding(cfg, device), "control": torch.rand(1, 3, size, size)})
+            Item(
+                {
+                    "latents": examples.latents(cfg, size, device),
+                    "sampler": examples.sampler_state(cfg),
+                    "embedding": examples.embedding(cfg, device),
+                    "control": torch.rand(1, 3, size, size),
+                }
+            )
             for _ in range(batch)
         ]
 

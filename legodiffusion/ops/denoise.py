@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from legodiffusion.ops import examples, sampling
-from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals
 
 #: deferred residual inputs of the ``controlnet`` mode, summed in this order
@@ -40,7 +40,10 @@ def _unet(model, items, xs, embs, ts, extra):
     added = None
     if "pooled" in embs[0]:  # SDXL: pooled text embeds and (original size, crop, target size)
         f = model.vae_scale_factor
-        ids = [torch.tensor([[x.shape[-2] * f, x.shape[-1] * f, 0, 0, x.shape[-2] * f, x.shape[-1] * f]], dtype=e["prompt_embeds"].dtype) for x, e in zip(xs, embs)]
+        ids = [
+            torch.tensor([[x.shape[-2] * f, x.shape[-1] * f, 0, 0, x.shape[-2] * f, x.shape[-1] * f]], dtype=e["prompt_embeds"].dtype)
+            for x, e in zip(xs, embs)
+        ]
         added = {"text_embeds": _cat(embs, "pooled"), "time_ids": torch.cat(ids).to(xs[0].device)}
     residuals = [[it.inputs[p] for p in CONTROL_PORTS if it.inputs.get(p) is not None] for it in items]
     down = mid = None
@@ -61,7 +64,11 @@ def _unet(model, items, xs, embs, ts, extra):
 def _mmdit(model, items, xs, embs, ts, extra):
     tvec = torch.cat([t.reshape(1).expand(x.shape[0]) for t, x in zip(ts, xs)])
     return model.module(
-        hidden_states=torch.cat(xs), timestep=tvec, encoder_hidden_states=_cat(embs, "prompt_embeds"), pooled_projections=_cat(embs, "pooled"), return_dict=False
+        hidden_states=torch.cat(xs),
+        timestep=tvec,
+        encoder_hidden_states=_cat(embs, "prompt_embeds"),
+        pooled_projections=_cat(embs, "pooled"),
+        return_dict=False,
     )[0]
 
 
@@ -89,7 +96,9 @@ def _flux(model, items, xs, embs, ts, extra):
     tvec = torch.cat([t.reshape(1).expand(xi.shape[0]) for t, xi in zip(ts, xs)]).to(packed.dtype)
     guidance = None
     if model.module.config.guidance_embeds:
-        guidance = torch.cat([torch.full([xi.shape[0]], float(it.inputs.get("guidance") or 0.0), dtype=torch.float32) for it, xi in zip(items, xs)]).to(x.device)
+        guidance = torch.cat(
+            [torch.full([xi.shape[0]], float(it.inputs.get("guidance") or 0.0), dtype=torch.float32) for it, xi in zip(items, xs)]
+        ).to(x.device)
     out = model.module(
         hidden_states=packed,
         timestep=tvec / 1000,
@@ -111,6 +120,7 @@ _BASE = {
     "sampler": Port("sampler"),
     "embedding": Port("embedding"),
     "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale"),
+    **PATCH_PORTS,
 }
 
 
@@ -142,6 +152,13 @@ class Denoise(Operator):
 
     def example_items(self, cfg, mode, batch, size, device):
         return [
-            Item({"latents": examples.latents(cfg, size, device), "sampler": examples.sampler_state(cfg), "embedding": examples.embedding(cfg, device), "guidance": 3.5})
+            Item(
+                {
+                    "latents": examples.latents(cfg, size, device),
+                    "sampler": examples.sampler_state(cfg),
+                    "embedding": examples.embedding(cfg, device),
+                    "guidance": 3.5,
+                }
+            )
             for _ in range(batch)
         ]

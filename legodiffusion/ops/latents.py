@@ -18,7 +18,13 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
         return {}
     if cfg.family == "flux":
         seq_len = (latent_h // 2) * (latent_w // 2)
-        mu = calculate_shift(seq_len, sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096), sc.get("base_shift", 0.5), sc.get("max_shift", 1.15))
+        mu = calculate_shift(
+            seq_len,
+            sc.get("base_image_seq_len", 256),
+            sc.get("max_image_seq_len", 4096),
+            sc.get("base_shift", 0.5),
+            sc.get("max_shift", 1.15),
+        )
         kwargs = {"mu": mu}
         if not sc.get("use_flow_sigmas"):
             kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps).tolist()
@@ -26,7 +32,15 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
     if sc.get("use_dynamic_shifting"):  # SD3.5 with dynamic shifting
         patch = cfg.patch_size
         seq_len = (latent_h // patch) * (latent_w // patch)
-        return {"mu": calculate_shift(seq_len, sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096), sc.get("base_shift", 0.5), sc.get("max_shift", 1.16))}
+        return {
+            "mu": calculate_shift(
+                seq_len,
+                sc.get("base_image_seq_len", 256),
+                sc.get("max_image_seq_len", 4096),
+                sc.get("base_shift", 0.5),
+                sc.get("max_shift", 1.16),
+            )
+        }
     return {}
 
 

@@ -50,7 +50,9 @@ def new_state(sampler: str, scheduler_config: dict, num_steps: int, **timestep_k
     check_sampler(sampler)
     if num_steps < 1:
         raise ValueError(f"steps must be >= 1, got {num_steps}")
-    return SamplerState(sampler, json.dumps(dict(scheduler_config), sort_keys=True), num_steps, 0, json.dumps(timestep_kwargs, sort_keys=True))
+    return SamplerState(
+        sampler, json.dumps(dict(scheduler_config), sort_keys=True), num_steps, 0, json.dumps(timestep_kwargs, sort_keys=True)
+    )
 
 
 _lock = threading.Lock()

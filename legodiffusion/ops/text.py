@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
 
 
 def _tokens(tokenizer, texts: list[str], max_length: int, device) -> torch.Tensor:
@@ -72,7 +72,11 @@ class EncodePrompt(Operator):
     component = "text_encoder"
     modes = {
         "default": Signature(
-            inputs={"text": Port("text", optional=True), "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux)")},
+            inputs={
+                "text": Port("text", optional=True),
+                "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux)"),
+                **PATCH_PORTS,
+            },
             outputs={"embedding": "embedding"},
         )
     }

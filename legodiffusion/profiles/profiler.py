@@ -115,7 +115,7 @@ def measure(
             host = load_component(folder, op.component)
             disk_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            obj = _to_device(host, device, private=False)
+            obj = _to_device(host, device)
             _sync(device)
             prof.components[op.component] = ComponentProfile(disk_s, time.perf_counter() - t0, component_bytes(obj))
             cache[op.component] = obj

@@ -16,14 +16,16 @@ from typing import Any
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.core.coordinator import Coordinator, Request
-from legodiffusion.core.messages import Actions, Completion
+from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.policy import make_policy
+from legodiffusion.models.patches import parse_patches
 from legodiffusion.models.store import HostCache, ModelCatalog
 from legodiffusion.ops import OperatorRegistry, default_registry
 from legodiffusion.profiles.book import ProfileCost
 from legodiffusion.profiles.profiler import cached_profiles
 from legodiffusion.runtime.dataplane import LocalDataPlane
 from legodiffusion.runtime.worker import ThreadWorker, Worker
+from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.spec import WorkflowSpec
 
@@ -38,6 +40,7 @@ class RunResult:
     node: str | None = None
     latency_s: float = 0.0
     nodes: int = 0
+    notes: dict = field(default_factory=dict)  # e.g. lora_active_from_step
 
     @property
     def ok(self) -> bool:
@@ -55,6 +58,7 @@ class Run:
     submitted_s: float
     nodes_done: int = 0
     on_progress: Callable[[Run], None] | None = None
+    notes: dict = field(default_factory=dict)
 
 
 class Engine:
@@ -89,6 +93,9 @@ class Engine:
         self._runs: dict[int, Run] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sent: dict[int, Dispatch] = {}
+        #: called on the event loop with (dispatch, completion) as each dispatch finishes
+        self.on_dispatch_done: Callable[[Dispatch, Completion], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -135,6 +142,7 @@ class Engine:
         except KeyError:
             raise KeyError(f"unknown workflow {workflow!r}; registered: {sorted(self.workflows)}") from None
         bound = bind_inputs(expander.spec, inputs)
+        self._check_patches(bound)
         template = expander.template(bound)
         rid = next(self._ids)
         run = Run(rid, workflow, len(template.nodes), self._loop.create_future(), time.perf_counter(), on_progress=on_progress)
@@ -143,6 +151,17 @@ class Engine:
         deadline = None if slo_s is None else now + slo_s
         self._apply(self.coordinator.submit(Request(rid, template, bound, workflow, now, deadline), now))
         return run
+
+    def _check_patches(self, bound: dict[str, Any]) -> None:
+        try:
+            patches = parse_patches(bound.get("loras"))
+        except ValueError as exc:
+            raise WorkflowError([SpecIssue("bad_value", "inputs.loras", str(exc))]) from None
+        unknown = [name for name, _ in patches if name not in self.catalog]
+        if unknown:
+            raise WorkflowError(
+                [SpecIssue("unknown_model", "inputs.loras", f"unknown LoRA {', '.join(map(repr, unknown))}; known: {self.catalog.names()}")]
+            )
 
     async def run(self, workflow: str, inputs: dict[str, Any], on_progress=None, slo_s: float | None = None) -> RunResult:
         return await self.submit(workflow, inputs, on_progress, slo_s).future
@@ -162,7 +181,23 @@ class Engine:
             loop.call_soon_threadsafe(self._on_completion, c)
 
     def _on_completion(self, c: Completion) -> None:
+        d = self._sent.pop(c.dispatch_id, None)
+        if d is not None:
+            self._note(d, c)
+            if self.on_dispatch_done is not None:
+                self.on_dispatch_done(d, c)
         self._apply(self.coordinator.on_complete(c, self._now()))
+
+    def _note(self, d: Dispatch, c: Completion) -> None:
+        """Record per request the sampling step from which its LoRA patch set was active."""
+        for item, res in zip(d.items, c.results):
+            notes = res.notes
+            run = self._runs.get(item.request_id)
+            if run is None or not notes or notes.get("step") is None:
+                continue
+            if notes["lora_active"]:
+                prev = run.notes.get("lora_active_from_step")
+                run.notes["lora_active_from_step"] = notes["step"] if prev is None else min(prev, notes["step"])
 
     def _apply(self, actions: Actions) -> None:
         for rid in actions.progressed:
@@ -185,6 +220,7 @@ class Engine:
                 outcome.node,
                 time.perf_counter() - run.submitted_s,
                 run.nodes_total,
+                run.notes,
             )
             if not run.future.done():
                 run.future.set_result(result)
@@ -193,6 +229,7 @@ class Engine:
         if actions.abandoned:
             self.plane.abandon(actions.abandoned)
         for d in actions.dispatches:
+            self._sent[d.id] = d
             self.workers[d.worker].submit(d)
 
 

@@ -13,6 +13,7 @@ from legodiffusion.core.messages import Completion, Dispatch, ItemResult
 from legodiffusion.models.store import ResidentModels
 from legodiffusion.ops.base import Deferred, Item, OperatorRegistry
 from legodiffusion.runtime.dataplane import DataPlane
+from legodiffusion.runtime.patching import lora_patches
 
 
 def _reason(exc: BaseException) -> str:
@@ -45,19 +46,25 @@ def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: Reside
             err = f"loading {d.model}/{d.component}: {_reason(exc)}"
             return Completion(d.id, worker, [ItemResult(error=err) for _ in d.items], start, time.perf_counter())
         model, loaded, evicted = res.obj, res.loaded, res.evicted
-    results = _run(d, op, model, worker, models.device, plane)
+    results = _run(d, op, model, worker, models, plane)
     return Completion(d.id, worker, results, start, time.perf_counter(), loaded, evicted)
 
 
-def _run(d: Dispatch, op, model, worker: int, device: str, plane: DataPlane) -> list[ItemResult]:
+def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: DataPlane) -> list[ItemResult]:
     results: list[ItemResult] = []
     try:
-        items = [Item({**it.values, **{p: _input(plane, r, worker, device) for p, r in it.refs.items()}}, it.key) for it in d.items]
-        outs = op.run(model, d.mode, items)
+        items = [Item({**it.values, **{p: _input(plane, r, worker, models.device) for p, r in it.refs.items()}}, it.key) for it in d.items]
+        with lora_patches(models, d, model, items) as lora_active:
+            outs = op.run(model, d.mode, items)
         if len(outs) != len(items):
             raise RuntimeError(f"operator {d.op} returned {len(outs)} results for {len(items)} items")
-        for it, out in zip(d.items, outs):
-            results.append(ItemResult({p: plane.put(it.output_ids[p], worker, out[p]) for p in it.output_ids}))
+        for it, item, out in zip(d.items, items, outs):
+            notes = (
+                None
+                if lora_active is None
+                else {"lora_active": lora_active, "step": getattr(item.inputs.get("sampler"), "step_index", None)}
+            )
+            results.append(ItemResult({p: plane.put(it.output_ids[p], worker, out[p]) for p in it.output_ids}, notes=notes))
         return results
     except Exception as exc:
         plane.free(r for res in results for r in (res.outputs or {}).values())
@@ -67,5 +74,5 @@ def _run(d: Dispatch, op, model, worker: int, device: str, plane: DataPlane) -> 
         out = []
         for it in d.items:
             single = Dispatch(d.id, d.worker, d.op, d.mode, d.model, d.component, [it], d.light, d.scope)
-            out.extend(_run(single, op, model, worker, device, plane))
+            out.extend(_run(single, op, model, worker, models, plane))
         return out

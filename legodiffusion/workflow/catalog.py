@@ -18,20 +18,33 @@ _DEFAULTS = {
 }
 
 
+def _lora_inputs(wf: WorkflowBuilder) -> dict:
+    return {
+        "loras": wf.input("loras", "text", default="", doc="LoRA patch set on the shared base model: NAME[:WEIGHT],..."),
+        "lora_k": wf.input("lora_k", "int", default=0, doc="a LoRA still loading is applied from this step at the latest; 0 waits for it"),
+    }
+
+
 def _txt2img(family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = ()) -> WorkflowSpec:
     steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
-    negative = wf.input("negative_prompt", "text", default=negative_d, doc="what to steer away from" + ("; null: zero embedding as SDXL does" if negative_d is None else ""))
+    negative = wf.input(
+        "negative_prompt",
+        "text",
+        default=negative_d,
+        doc="what to steer away from" + ("; null: zero embedding as SDXL does" if negative_d is None else ""),
+    )
     steps = wf.input("steps", "int", default=steps_d, doc="sampling steps")
     guidance = wf.input("guidance_scale", "float", default=guidance_d, doc="classifier-free guidance; <= 1 disables it")
     seed = wf.input("seed", "int", default=0, doc="seeds torch.Generator('cpu') exactly as diffusers does")
     height = wf.input("height", "int", default=None, doc="pixels; model's native size when null")
     width = wf.input("width", "int", default=None, doc="pixels; model's native size when null")
     sampler = wf.input("sampler", "text", default=sampler_d, doc="euler or ddim (UNet families), flow_euler (SD3)")
-    extra = {}
+    patch = _lora_inputs(wf)
+    extra = dict(patch)
     if family == "sd3":
         extra["max_sequence_length"] = wf.input("max_sequence_length", "int", default=256, doc="T5 tokens")
 
@@ -50,12 +63,24 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
     def branch(latents, state, embedding, tag):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
         if not controls:
-            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}")
+            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **patch)
         residuals = {
-            f"control_{i}": wf.call("controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}").residual
+            f"control_{i}": wf.call(
+                "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}"
+            ).residual
             for i, (c, sc) in enumerate(controls)
         }
-        return wf.call("denoise", model="base", mode="controlnet", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **residuals)
+        return wf.call(
+            "denoise",
+            model="base",
+            mode="controlnet",
+            latents=latents,
+            sampler=state,
+            embedding=embedding,
+            id=f"unet{tag}",
+            **residuals,
+            **patch,
+        )
 
     def guided():
         uncond = wf.call("encode_prompt", model="base", text=negative, id="encode_negative", **extra)
@@ -63,7 +88,16 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
         def step(latents, state):
             c = branch(latents, state, cond.embedding, "_cond")
             u = branch(latents, state, uncond.embedding, "_uncond")
-            s = wf.call("sampler_step", mode="guided", latents=latents, sampler=state, noise_cond=c.noise, noise_uncond=u.noise, guidance_scale=guidance, id="step")
+            s = wf.call(
+                "sampler_step",
+                mode="guided",
+                latents=latents,
+                sampler=state,
+                noise_cond=c.noise,
+                noise_uncond=u.noise,
+                guidance_scale=guidance,
+                id="step",
+            )
             return s.latents, s.sampler
 
         return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise").latents}
@@ -82,13 +116,17 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
     return wf.build()
 
 
-def sd_txt2img(model: str = "sd15", name: str = "sd-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()) -> WorkflowSpec:
+def sd_txt2img(
+    model: str = "sd15", name: str = "sd-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()
+) -> WorkflowSpec:
     """Stable Diffusion 1.x/2.x text-to-image, optionally with up to 3 ControlNets (model names);
     each adds request inputs ``control_image[_i]`` and ``control_scale[_i]``."""
     return _txt2img("sd", model, name, prompt_template, tuple(controlnets))
 
 
-def sdxl_txt2img(model: str = "sdxl", name: str = "sdxl-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()) -> WorkflowSpec:
+def sdxl_txt2img(
+    model: str = "sdxl", name: str = "sdxl-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()
+) -> WorkflowSpec:
     """SDXL text-to-image: two CLIP encoders, pooled and time-id conditioning."""
     return _txt2img("sdxl", model, name, prompt_template, tuple(controlnets))
 
@@ -98,7 +136,9 @@ def sd3_txt2img(model: str = "sd3", name: str = "sd3-txt2img", prompt_template: 
     return _txt2img("sd3", model, name, prompt_template)
 
 
-def flux_txt2img(model: str = "flux", name: str = "flux-txt2img", prompt_template: str | None = None, schnell: bool = False) -> WorkflowSpec:
+def flux_txt2img(
+    model: str = "flux", name: str = "flux-txt2img", prompt_template: str | None = None, schnell: bool = False
+) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
 
     dev: a distilled ``guidance`` embedding (default 3.5), 28 steps; schnell: 4 steps, no guidance."""
@@ -110,15 +150,16 @@ def flux_txt2img(model: str = "flux", name: str = "flux-txt2img", prompt_templat
     width = wf.input("width", "int", default=None, doc="pixels; model's native size when null")
     max_seq = wf.input("max_sequence_length", "int", default=256 if schnell else 512, doc="T5 tokens")
     guidance = None if schnell else wf.input("guidance", "float", default=3.5, doc="distilled guidance scale (dev)")
+    patch = _lora_inputs(wf)
     text = prompt
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
-    cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt")
+    cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
     init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width)
 
     def step(latents, state):
         extra = {} if guidance is None else {"guidance": guidance}
-        c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="transformer", **extra)
+        c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="transformer", **extra, **patch)
         s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
         return s.latents, s.sampler
 
@@ -127,7 +168,9 @@ def flux_txt2img(model: str = "flux", name: str = "flux-txt2img", prompt_templat
     return wf.build()
 
 
-def flux_schnell_txt2img(model: str = "flux-schnell", name: str = "flux-schnell-txt2img", prompt_template: str | None = None) -> WorkflowSpec:
+def flux_schnell_txt2img(
+    model: str = "flux-schnell", name: str = "flux-schnell-txt2img", prompt_template: str | None = None
+) -> WorkflowSpec:
     return flux_txt2img(model, name, prompt_template, schnell=True)
 
 

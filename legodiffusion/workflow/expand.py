@@ -183,7 +183,8 @@ class _Unroller:
                         ins.append(TInput(port, CONSTANT, value=v[1]))
                 idx = len(self.nodes)
                 model = self.spec.models[node.model] if node.model is not None else None
-                self.nodes.append(TNode(key, node.op, node.mode, model, tuple(ins), op.light, op.concat_batch, op.component))
+                key_ports = tuple(p for p in node.inputs if ports[p].batch_key)
+                self.nodes.append(TNode(key, node.op, node.mode, model, tuple(ins), op.light, op.concat_batch, op.component, key_ports))
                 outs = tuple(op.modes[node.mode].outputs)
                 self.out_ports.append(outs)
                 env[node.id] = {p: (FROM_NODE, idx, p) for p in outs}

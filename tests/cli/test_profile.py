@@ -12,7 +12,21 @@ runner = CliRunner()
 
 
 def test_profile_measures_caches_and_feeds_the_cost_model(sd15, tmp_path):
-    args = ["profile", "--model", str(sd15), "--device", "cpu", "--batches", "1,2", "--sizes", "64", "--repeats", "1", "--out-dir", str(tmp_path)]
+    args = [
+        "profile",
+        "--model",
+        str(sd15),
+        "--device",
+        "cpu",
+        "--batches",
+        "1,2",
+        "--sizes",
+        "64",
+        "--repeats",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     (path,) = tmp_path.glob("*.json")
@@ -31,7 +45,9 @@ def test_profile_measures_caches_and_feeds_the_cost_model(sd15, tmp_path):
 
 
 def test_missing_points_fall_back_to_the_nearest_measured_one():
-    prof = ModelProfile("k", "cpu", {}, [OpPoint("denoise", "default", b, px, 0.01 * b * px / 4096, 0) for b in (1, 4) for px in (4096, 65536)])
+    prof = ModelProfile(
+        "k", "cpu", {}, [OpPoint("denoise", "default", b, px, 0.01 * b * px / 4096, 0) for b in (1, 4) for px in (4096, 65536)]
+    )
     assert prof.latency("denoise", "default", 1, 4096) == 0.01
     # nearest on log scales (batch 2 ties 1 and 4: the smaller wins), scaled linearly to the batch asked
     assert abs(prof.latency("denoise", "default", 2, 5000) - 0.02) < 1e-12

@@ -29,7 +29,16 @@ def test_sdxl(tiny_models, guidance_scale):
     folder = tiny_models["sdxl"]
     args = dict(prompt="a lighthouse", steps=3, guidance_scale=guidance_scale, seed=3, height=64, width=96)
     got = ours("sdxl", folder, sdxl_txt2img("sdxl"), args)
-    ref = reference(StableDiffusionXLPipeline, folder, prompt="a lighthouse", num_inference_steps=3, guidance_scale=guidance_scale, seed=3, height=64, width=96)
+    ref = reference(
+        StableDiffusionXLPipeline,
+        folder,
+        prompt="a lighthouse",
+        num_inference_steps=3,
+        guidance_scale=guidance_scale,
+        seed=3,
+        height=64,
+        width=96,
+    )
     assert np.abs(got - ref).max() <= 1e-4
 
 
@@ -38,7 +47,9 @@ def test_sdxl_with_a_negative_prompt(tiny_models):
 
     folder = tiny_models["sdxl"]
     got = ours("sdxl", folder, sdxl_txt2img("sdxl"), dict(prompt="a fox", negative_prompt="blurry", steps=2, seed=1, height=64, width=64))
-    ref = reference(StableDiffusionXLPipeline, folder, prompt="a fox", negative_prompt="blurry", num_inference_steps=2, seed=1, height=64, width=64)
+    ref = reference(
+        StableDiffusionXLPipeline, folder, prompt="a fox", negative_prompt="blurry", num_inference_steps=2, seed=1, height=64, width=64
+    )
     assert np.abs(got - ref).max() <= 1e-4
 
 
@@ -47,8 +58,33 @@ def test_sd3(tiny_models, guidance_scale):
     from diffusers import StableDiffusion3Pipeline
 
     folder = tiny_models["sd3"]
-    got = ours("sd3", folder, sd3_txt2img("sd3"), dict(prompt="a red fox", negative_prompt="dark", steps=3, guidance_scale=guidance_scale, seed=5, height=64, width=64, max_sequence_length=32))
-    ref = reference(StableDiffusion3Pipeline, folder, prompt="a red fox", negative_prompt="dark", num_inference_steps=3, guidance_scale=guidance_scale, seed=5, height=64, width=64, max_sequence_length=32)
+    got = ours(
+        "sd3",
+        folder,
+        sd3_txt2img("sd3"),
+        dict(
+            prompt="a red fox",
+            negative_prompt="dark",
+            steps=3,
+            guidance_scale=guidance_scale,
+            seed=5,
+            height=64,
+            width=64,
+            max_sequence_length=32,
+        ),
+    )
+    ref = reference(
+        StableDiffusion3Pipeline,
+        folder,
+        prompt="a red fox",
+        negative_prompt="dark",
+        num_inference_steps=3,
+        guidance_scale=guidance_scale,
+        seed=5,
+        height=64,
+        width=64,
+        max_sequence_length=32,
+    )
     assert np.abs(got - ref).max() <= 1e-4
 
 
@@ -56,8 +92,23 @@ def test_flux_dev(tiny_models):
     from diffusers import FluxPipeline
 
     folder = tiny_models["flux"]
-    got = ours("flux", folder, flux_txt2img("flux"), dict(prompt="a castle", steps=3, guidance=3.5, seed=2, height=64, width=96, max_sequence_length=32))
-    ref = reference(FluxPipeline, folder, prompt="a castle", num_inference_steps=3, guidance_scale=3.5, seed=2, height=64, width=96, max_sequence_length=32)
+    got = ours(
+        "flux",
+        folder,
+        flux_txt2img("flux"),
+        dict(prompt="a castle", steps=3, guidance=3.5, seed=2, height=64, width=96, max_sequence_length=32),
+    )
+    ref = reference(
+        FluxPipeline,
+        folder,
+        prompt="a castle",
+        num_inference_steps=3,
+        guidance_scale=3.5,
+        seed=2,
+        height=64,
+        width=96,
+        max_sequence_length=32,
+    )
     assert np.abs(got - ref).max() <= 1e-4
 
 
@@ -65,6 +116,21 @@ def test_flux_schnell(tiny_models):
     from diffusers import FluxPipeline
 
     folder = tiny_models["flux-schnell"]
-    got = ours("flux-schnell", folder, flux_schnell_txt2img("flux-schnell"), dict(prompt="a castle", seed=4, height=64, width=64, max_sequence_length=32))
-    ref = reference(FluxPipeline, folder, prompt="a castle", num_inference_steps=4, guidance_scale=0.0, seed=4, height=64, width=64, max_sequence_length=32)
+    got = ours(
+        "flux-schnell",
+        folder,
+        flux_schnell_txt2img("flux-schnell"),
+        dict(prompt="a castle", seed=4, height=64, width=64, max_sequence_length=32),
+    )
+    ref = reference(
+        FluxPipeline,
+        folder,
+        prompt="a castle",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        seed=4,
+        height=64,
+        width=64,
+        max_sequence_length=32,
+    )
     assert np.abs(got - ref).max() <= 1e-4

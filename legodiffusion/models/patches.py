@@ -1,0 +1,113 @@
+"""LoRA as a patch on a shared, resident base model.
+
+A LoRA file loads once per process into host memory (its state dict). On a worker it is injected
+once into the resident module as a named PEFT adapter (cached), and each batch activates exactly
+its patch set with its weights, runs, and deactivates it again: requests with different LoRAs share
+one copy of the base weights, and only nodes with equal patch sets share a batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from legodiffusion.models.components import Denoiser, TextEncoders
+
+#: the pipeline whose LoRA loader mixin understands each family's checkpoints
+_PIPELINES = {
+    "sd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
+}
+
+
+def parse_patches(spec: str | None) -> tuple[tuple[str, float], ...]:
+    """``"name[:weight],..."`` -> ((name, weight), ...), sorted by name so equal sets compare equal."""
+    if not spec:
+        return ()
+    out = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, weight = part.partition(":")
+        try:
+            out[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"LoRA {part!r}: weight must be a number (NAME[:WEIGHT])") from None
+    return tuple(sorted(out.items()))
+
+
+def _pipeline_cls(family: str):
+    import diffusers
+
+    return getattr(diffusers, _PIPELINES[family])
+
+
+def load_lora_file(path: Path, family: str = "sd") -> tuple[dict, Any, Any]:
+    """(state dict, network alphas, metadata) as ``load_lora_weights`` reads them."""
+    return _pipeline_cls(family).lora_state_dict(str(path), return_lora_metadata=True)
+
+
+@dataclass
+class LoraFile:
+    path: Path
+    state: tuple | None = None
+
+
+class PatchSet:
+    """Adapters injected into one resident component on one worker."""
+
+    def __init__(self) -> None:
+        self.injected: set[str] = set()
+        self.lock = threading.Lock()
+
+
+def inject(obj: Any, name: str, lora: tuple, family: str) -> None:
+    """Add LoRA ``name`` to a resident denoiser or text-encoder bundle as a PEFT adapter."""
+    state_dict, alphas, metadata = lora
+    cls = _pipeline_cls(family)
+    if isinstance(obj, Denoiser):
+        if family in ("sd", "sdxl"):
+            cls.load_lora_into_unet(dict(state_dict), alphas, unet=obj.module, adapter_name=name, metadata=metadata)
+        else:
+            cls.load_lora_into_transformer(dict(state_dict), transformer=obj.module, adapter_name=name, metadata=metadata)
+    elif isinstance(obj, TextEncoders):
+        prefixes = ["text_encoder", "text_encoder_2"]
+        for prefix, pair in zip(prefixes, obj.pairs):
+            if pair is not None and any(k.startswith(prefix + ".") for k in state_dict):
+                cls.load_lora_into_text_encoder(
+                    dict(state_dict), alphas, text_encoder=pair[1], prefix=prefix, adapter_name=name, metadata=metadata
+                )
+
+
+def _te_modules(obj: TextEncoders) -> list:
+    return [p[1] for p in obj.pairs if p is not None and getattr(p[1], "peft_config", None)]
+
+
+def activate(obj: Any, patches: tuple[tuple[str, float], ...]) -> None:
+    """Make exactly ``patches`` active (empty: none) on an injected component."""
+    from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder, set_adapters_for_text_encoder
+
+    names = [n for n, _ in patches]
+    weights = [w for _, w in patches]
+    if isinstance(obj, Denoiser):
+        module = obj.module
+        if not getattr(module, "peft_config", None):
+            return
+        if patches:
+            module.enable_lora()
+            module.set_adapters(names, weights)
+        else:
+            module.disable_lora()
+    elif isinstance(obj, TextEncoders):
+        for te in _te_modules(obj):
+            present = [n for n in names if n in te.peft_config]
+            if present:
+                enable_lora_for_text_encoder(te)
+                set_adapters_for_text_encoder(present, te, [w for n, w in patches if n in te.peft_config])
+            else:
+                disable_lora_for_text_encoder(te)
