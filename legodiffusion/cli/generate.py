@@ -1,49 +1,117 @@
-"""``legodiffusion generate``: one request through the engine, with a progress bar."""
+"""``legodiffusion generate``: one request through the engine, with a progress bar.
+
+The model folder's pipeline class picks the family and its built-in workflow; ControlNets and
+LoRAs are registered next to the base model under their file or folder names.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from legodiffusion.config import EngineConfig
+from legodiffusion.models.components import family_of
 from legodiffusion.runtime.engine import Engine
 from legodiffusion.runtime.images import to_pil
-from legodiffusion.workflow.catalog import sd_txt2img
+from legodiffusion.workflow.catalog import flux_schnell_txt2img, flux_txt2img, sd3_txt2img, sd_txt2img, sdxl_txt2img
 from legodiffusion.workflow.errors import WorkflowError
 
 
-def generate_one(model: Path, prompt, negative_prompt, steps, guidance, seed, height, width, sampler, workers, device, output: Path) -> int:
+@dataclass
+class GenerateArgs:
+    model: Path
+    prompt: str
+    output: Path
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    sampler: str | None = None
+    workers: int = 1
+    device: str = "auto"
+    controlnets: list[Path] = field(default_factory=list)
+    control_images: list[Path] = field(default_factory=list)
+    control_scales: list[float] = field(default_factory=list)
+    loras: list[str] = field(default_factory=list)  # PATH[:WEIGHT]
+    lora_k: int = 0
+
+
+def _workflow(family: str, folder: Path, controlnets: tuple[str, ...]):
+    name = folder.name
+    if family == "flux":
+        guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
+        if controlnets:
+            raise ValueError("ControlNets are supported for the SD and SDXL families from the CLI")
+        return flux_txt2img(name) if guided else flux_schnell_txt2img(name, name="flux-txt2img")
+    if controlnets and family != "sd":
+        raise ValueError("ControlNets are supported for the SD family from the CLI")
+    builders = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
+    kwargs = {"controlnets": controlnets} if family in ("sd", "sdxl") else {}
+    return builders[family](name, **kwargs)
+
+
+def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str]) -> dict:
+    inputs = {"prompt": a.prompt, "seed": a.seed, "height": a.height, "width": a.width}
+    if a.steps is not None:
+        inputs["steps"] = a.steps
+    if family == "flux":
+        if a.guidance is not None and "guidance" in spec.inputs:
+            inputs["guidance"] = a.guidance
+    else:
+        if a.guidance is not None:
+            inputs["guidance_scale"] = a.guidance
+        if a.negative_prompt is not None:
+            inputs["negative_prompt"] = a.negative_prompt
+        if a.sampler is not None:
+            inputs["sampler"] = a.sampler
+    for i, path in enumerate(a.control_images):
+        suffix = f"_{i}" if i else ""
+        inputs["control_image" + suffix] = Image.open(path)
+        if i < len(a.control_scales):
+            inputs["control_scale" + suffix] = a.control_scales[i]
+    if lora_names:
+        inputs["loras"] = ",".join(lora_names)
+        inputs["lora_k"] = a.lora_k
+    return inputs
+
+
+def generate_one(a: GenerateArgs) -> int:
     console = Console(stderr=True)
-    inputs = {
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "steps": steps,
-        "guidance_scale": guidance,
-        "seed": seed,
-        "height": height,
-        "width": width,
-        "sampler": sampler,
-    }
+    if len(a.control_images) != len(a.controlnets):
+        console.print(f"[red]error:[/] {len(a.controlnets)} --controlnet but {len(a.control_images)} --control-image")
+        return 2
+    try:
+        family = family_of(a.model)
+        models = {a.model.name: a.model}
+        for cn in a.controlnets:
+            models[cn.name] = cn
+        lora_names = []
+        for spec in a.loras:
+            path, _, weight = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+            models[Path(path).stem] = Path(path)
+            lora_names.append(Path(path).stem + (f":{weight}" if weight else ""))
+        workflow = _workflow(family, a.model, tuple(cn.name for cn in a.controlnets))
+        engine = Engine(models, EngineConfig(workers=a.workers, device=a.device))
+        inputs = _inputs(a, family, workflow, lora_names)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
 
     async def main() -> int:
-        try:
-            engine = Engine({model.name: model}, EngineConfig(workers=workers, device=device))
-        except FileNotFoundError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            return 2
         async with engine:
-            engine.add_workflow(sd_txt2img(model.name))
-            with Progress(
-                TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("nodes"), TimeElapsedColumn(), console=console
-            ) as bar:
+            engine.add_workflow(workflow)
+            with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("nodes"), TimeElapsedColumn(), console=console) as bar:
                 task = bar.add_task("gen", total=None)
                 try:
-                    run = engine.submit(
-                        "sd-txt2img", inputs, on_progress=lambda r: bar.update(task, completed=r.nodes_done, total=r.nodes_total)
-                    )
+                    run = engine.submit(workflow.name, inputs, on_progress=lambda r: bar.update(task, completed=r.nodes_done, total=r.nodes_total))
                 except WorkflowError as exc:
                     console.print(f"[red]error:[/] {exc}")
                     return 2
@@ -51,8 +119,9 @@ def generate_one(model: Path, prompt, negative_prompt, steps, guidance, seed, he
         if not result.ok:
             console.print(f"[red]failed[/] at {result.node}: {result.error}")
             return 1
-        to_pil(result.outputs["image"])[0].save(output)
-        console.print(f"wrote {output} ({result.nodes} nodes, {result.latency_s:.2f} s)")
+        to_pil(result.outputs["image"])[0].save(a.output)
+        extra = f", LoRA active from step {result.notes['lora_active_from_step']}" if "lora_active_from_step" in result.notes else ""
+        console.print(f"wrote {a.output} ({family}, {result.nodes} nodes, {result.latency_s:.2f} s{extra})")
         return 0
 
     return asyncio.run(main())

@@ -25,23 +25,29 @@ def tiny_models(
 
 @app.command()
 def generate(
-    model: Path = typer.Option(..., help="a diffusers-format Stable Diffusion folder"),
+    model: Path = typer.Option(..., help="a diffusers-format folder: SD 1.x/2.x, SDXL, SD3/SD3.5 or Flux"),
     prompt: str = typer.Option(..., help="what to draw"),
-    negative_prompt: str = typer.Option("", help="what to steer away from"),
-    steps: int = typer.Option(20, min=1, help="sampling steps"),
-    guidance: float = typer.Option(7.5, help="classifier-free guidance scale; <= 1 disables it"),
+    negative_prompt: str | None = typer.Option(None, help="what to steer away from (not Flux)"),
+    steps: int | None = typer.Option(None, min=1, help="sampling steps (default: the family's)"),
+    guidance: float | None = typer.Option(None, help="guidance scale; <= 1 disables CFG; Flux dev: distilled guidance"),
     seed: int = typer.Option(0, help="seeds torch.Generator('cpu') exactly as diffusers does"),
-    height: int | None = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
-    width: int | None = typer.Option(None, help="pixels (multiple of 8); the model's native size by default"),
-    sampler: str = typer.Option("euler", help="euler or ddim"),
+    height: int | None = typer.Option(None, help="pixels; the model's native size by default"),
+    width: int | None = typer.Option(None, help="pixels; the model's native size by default"),
+    sampler: str | None = typer.Option(None, help="euler or ddim (SD, SDXL); flow_euler (SD3)"),
+    controlnet: list[Path] = typer.Option([], help="a ControlNet folder (repeatable, up to 3)"),
+    control_image: list[Path] = typer.Option([], help="the control image for each --controlnet"),
+    control_scale: list[float] = typer.Option([], help="the conditioning scale for each --controlnet"),
+    lora: list[str] = typer.Option([], help="a LoRA .safetensors file, PATH[:WEIGHT] (repeatable)"),
+    lora_k: int = typer.Option(0, min=0, help="apply a LoRA still loading from this step at the latest (0: wait)"),
     workers: int = typer.Option(1, min=1, help="worker count"),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG file to write"),
 ) -> None:
     """Generate one image through the decomposed runtime."""
-    from legodiffusion.cli.generate import generate_one
+    from legodiffusion.cli.generate import GenerateArgs, generate_one
 
-    raise typer.Exit(generate_one(model, prompt, negative_prompt, steps, guidance, seed, height, width, sampler, workers, device, output))
+    args = GenerateArgs(model, prompt, output, negative_prompt, steps, guidance, seed, height, width, sampler, workers, device, list(controlnet), list(control_image), list(control_scale), list(lora), lora_k)
+    raise typer.Exit(generate_one(args))
 
 
 @app.command()
