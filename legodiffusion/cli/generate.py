@@ -19,7 +19,7 @@ from legodiffusion.config import EngineConfig
 from legodiffusion.models.components import family_of
 from legodiffusion.runtime.engine import Engine
 from legodiffusion.runtime.images import to_pil
-from legodiffusion.workflow.catalog import flux_schnell_txt2img, flux_txt2img, sd3_txt2img, sd_txt2img, sdxl_txt2img
+from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img, sd_txt2img, sdxl_txt2img
 from legodiffusion.workflow.errors import WorkflowError
 
 
@@ -48,11 +48,9 @@ def _workflow(family: str, folder: Path, controlnets: tuple[str, ...]):
     name = folder.name
     if family == "flux":
         guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
-        if controlnets:
-            raise ValueError("ControlNets are supported for the SD and SDXL families from the CLI")
-        return flux_txt2img(name) if guided else flux_schnell_txt2img(name, name="flux-txt2img")
+        return flux_txt2img(name, schnell=not guided, controlnets=controlnets)
     if controlnets and family != "sd":
-        raise ValueError("ControlNets are supported for the SD family from the CLI")
+        raise ValueError("ControlNets are supported for the SD and Flux families")
     builders = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
     kwargs = {"controlnets": controlnets} if family in ("sd", "sdxl") else {}
     return builders[family](name, **kwargs)
@@ -108,10 +106,14 @@ def generate_one(a: GenerateArgs) -> int:
     async def main() -> int:
         async with engine:
             engine.add_workflow(workflow)
-            with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("nodes"), TimeElapsedColumn(), console=console) as bar:
+            with Progress(
+                TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("nodes"), TimeElapsedColumn(), console=console
+            ) as bar:
                 task = bar.add_task("gen", total=None)
                 try:
-                    run = engine.submit(workflow.name, inputs, on_progress=lambda r: bar.update(task, completed=r.nodes_done, total=r.nodes_total))
+                    run = engine.submit(
+                        workflow.name, inputs, on_progress=lambda r: bar.update(task, completed=r.nodes_done, total=r.nodes_total)
+                    )
                 except WorkflowError as exc:
                     console.print(f"[red]error:[/] {exc}")
                     return 2

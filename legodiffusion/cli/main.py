@@ -46,7 +46,25 @@ def generate(
     """Generate one image through the decomposed runtime."""
     from legodiffusion.cli.generate import GenerateArgs, generate_one
 
-    args = GenerateArgs(model, prompt, output, negative_prompt, steps, guidance, seed, height, width, sampler, workers, device, list(controlnet), list(control_image), list(control_scale), list(lora), lora_k)
+    args = GenerateArgs(
+        model,
+        prompt,
+        output,
+        negative_prompt,
+        steps,
+        guidance,
+        seed,
+        height,
+        width,
+        sampler,
+        workers,
+        device,
+        list(controlnet),
+        list(control_image),
+        list(control_scale),
+        list(lora),
+        lora_k,
+    )
     raise typer.Exit(generate_one(args))
 
 

@@ -1,7 +1,7 @@
 """The built-in operators and the default registry."""
 
 from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
-from legodiffusion.ops.controlnet import ControlNet, PrepareControlImage
+from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
 from legodiffusion.ops.denoise import Denoise
 from legodiffusion.ops.latents import InitLatents
 from legodiffusion.ops.noop import Noop
@@ -9,7 +9,18 @@ from legodiffusion.ops.sampler_step import SamplerStep
 from legodiffusion.ops.text import EncodePrompt, FormatText
 from legodiffusion.ops.vae import VaeDecode
 
-BUILTIN_OPERATORS = (EncodePrompt, FormatText, InitLatents, Denoise, PrepareControlImage, ControlNet, SamplerStep, VaeDecode, Noop)
+BUILTIN_OPERATORS = (
+    EncodePrompt,
+    FormatText,
+    InitLatents,
+    Denoise,
+    PrepareControlImage,
+    EncodeControlImage,
+    ControlNet,
+    SamplerStep,
+    VaeDecode,
+    Noop,
+)
 
 
 def default_registry() -> OperatorRegistry:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
 SCALAR_TYPES = frozenset({"text", "int", "float"})
-DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "control", "residual", "any"})
+DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "control", "residual", "rng", "any"})
 #: types a request may carry as inputs (an image: PIL image, numpy array or tensor)
 REQUEST_TYPES = SCALAR_TYPES | {"image"}
 PORT_TYPES = SCALAR_TYPES | DATA_TYPES

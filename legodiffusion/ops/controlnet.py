@@ -35,6 +35,50 @@ class PrepareControlImage(Operator):
         return [Item({"image": torch.rand(1, 3, size, size), "height": size, "width": size}) for _ in range(batch)]
 
 
+class EncodeControlImage(Operator):
+    name = "encode_control_image"
+    doc = (
+        "Flux ControlNets read the control image as VAE latents: preprocess, encode, sample with the "
+        "request's generator (seeded with `seed`, or continued from `rng`) and pass the generator on, "
+        "exactly as FluxControlNetPipeline draws from it before the initial noise."
+    )
+    component = "vae"
+    modes = {
+        "default": Signature(
+            inputs={
+                "image": Port("image"),
+                "seed": Port("int", per_request=True),
+                "rng": Port("rng", optional=True),
+                "height": Port("int", optional=True),
+                "width": Port("int", optional=True),
+            },
+            outputs={"control": "control", "rng": "rng"},
+        )
+    }
+
+    def run(self, model, mode: str, items: list[Item]):
+        factor = 2 ** (len(model.config.block_out_channels) - 1)
+        proc = VaeImageProcessor(vae_scale_factor=factor * 2)
+        out = []
+        for it in items:
+            generator = torch.Generator("cpu")
+            if it.inputs.get("rng") is not None:
+                generator.set_state(it.inputs["rng"])
+            else:
+                generator.manual_seed(int(it.inputs["seed"]))
+            h = it.inputs.get("height") or 128 * factor
+            w = it.inputs.get("width") or 128 * factor
+            image = proc.preprocess(it.inputs["image"], height=h, width=w).to(device=model.device, dtype=model.dtype)
+            with torch.inference_mode():
+                latents = model.encode(image).latent_dist.sample(generator)
+            latents = (latents - model.config.shift_factor) * model.config.scaling_factor
+            out.append({"control": latents, "rng": generator.get_state()})
+        return out
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"image": torch.rand(1, 3, size, size), "seed": i, "height": size, "width": size}) for i in range(batch)]
+
+
 class ControlNet(Operator):
     name = "controlnet"
     doc = "Residuals of one ControlNet for one guidance branch of one step, scaled by `scale`."
@@ -48,12 +92,15 @@ class ControlNet(Operator):
                 "embedding": Port("embedding"),
                 "control": Port("control"),
                 "scale": Port("float", optional=True, doc="conditioning scale (default 1.0)"),
+                "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale"),
             },
             outputs={"residual": "residual"},
         )
     }
 
     def run(self, model, mode: str, items: list[Item]):
+        if type(model).__name__.startswith("Flux"):
+            return self._run_flux(model, items)
         xs, ts, embs, conds = [], [], [], []
         for it in items:
             state = it.inputs["sampler"]
@@ -84,6 +131,22 @@ class ControlNet(Operator):
             out.append({"residual": res})
         return out
 
+    def _run_flux(self, model, items: list[Item]):
+        from legodiffusion.ops.denoise import flux_inputs, pack
+
+        x = torch.cat([it.inputs["latents"] for it in items])
+        control = torch.cat([it.inputs["control"].to(x.device) for it in items])
+        kwargs = flux_inputs(items, x, model.config.guidance_embeds)
+        with torch.inference_mode():
+            blocks, singles = model(controlnet_cond=pack(control), conditioning_scale=1.0, return_dict=False, **kwargs)
+        out = []
+        for i, it in enumerate(items):
+            s = float(it.inputs.get("scale") if it.inputs.get("scale") is not None else 1.0)
+            res = {f"block_{j:02d}": b[i : i + 1] * s for j, b in enumerate(blocks or [])}
+            res.update({f"single_{j:02d}": b[i : i + 1] * s for j, b in enumerate(singles or [])})
+            out.append({"residual": res})
+        return out
+
     def example_items(self, cfg, mode, batch, size, device):
         return [
             Item(
@@ -98,6 +161,16 @@ class ControlNet(Operator):
         ]
 
 
+def summed(residuals: list) -> dict:
+    """One item's residual inputs resolved and summed in port order (as the Multi-ControlNet
+    models do)."""
+    total = None
+    for r in residuals:
+        r = resolve(r)
+        total = dict(r) if total is None else {k: total[k] + r[k] for k in total}
+    return total
+
+
 class LazyResiduals:
     """ControlNet residuals handed to a UNet before they exist: the UNet reads the down-block
     residuals only after its own down blocks and the mid residual after its mid block, so it
@@ -109,13 +182,7 @@ class LazyResiduals:
 
     def _load(self):
         if self._summed is None:
-            items = []
-            for residuals in self._per_item:
-                total = None
-                for r in residuals:  # summed in port order, as MultiControlNetModel does
-                    r = resolve(r)
-                    total = dict(r) if total is None else {k: total[k] + r[k] for k in total}
-                items.append(total)
+            items = [summed(residuals) for residuals in self._per_item]
             keys = sorted(k for k in items[0] if k.startswith("down_"))
             self._summed = ([torch.cat([it[k] for it in items]) for k in keys], torch.cat([it["mid"] for it in items]))
         return self._summed

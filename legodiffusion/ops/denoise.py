@@ -11,7 +11,7 @@ import torch
 
 from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
-from legodiffusion.ops.controlnet import LazyResiduals
+from legodiffusion.ops.controlnet import LazyResiduals, summed
 
 #: deferred residual inputs of the ``controlnet`` mode, summed in this order
 CONTROL_PORTS = ("control_0", "control_1", "control_2")
@@ -72,7 +72,8 @@ def _mmdit(model, items, xs, embs, ts, extra):
     )[0]
 
 
-def _pack(x: torch.Tensor) -> torch.Tensor:
+def pack(x: torch.Tensor) -> torch.Tensor:
+    """Flux's 2x2 patch packing: (B, C, H, W) -> (B, H/2 * W/2, 4C)."""
     b, c, h, w = x.shape
     return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
 
@@ -89,26 +90,41 @@ def _image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
+def flux_inputs(items: list[Item], x: torch.Tensor, guidance_embeds: bool) -> dict:
+    """The keyword arguments FluxPipeline passes to its transformer (and its ControlNets)."""
+    _, ts = _timesteps(items)
+    _, _, h, w = x.shape
+    sizes = [it.inputs["latents"].shape[0] for it in items]
+    tvec = torch.cat([t.reshape(1).expand(n) for t, n in zip(ts, sizes)]).to(x.dtype)
+    guidance = None
+    if guidance_embeds:
+        guidance = torch.cat(
+            [torch.full([n], float(it.inputs.get("guidance") or 0.0), dtype=torch.float32) for it, n in zip(items, sizes)]
+        ).to(x.device)
+    embs = [it.inputs["embedding"] for it in items]
+    return {
+        "hidden_states": pack(x),
+        "timestep": tvec / 1000,
+        "guidance": guidance,
+        "pooled_projections": _cat(embs, "pooled"),
+        "encoder_hidden_states": _cat(embs, "prompt_embeds"),
+        "txt_ids": embs[0]["text_ids"][0],
+        "img_ids": _image_ids(h, w, x.device, x.dtype),
+    }
+
+
 def _flux(model, items, xs, embs, ts, extra):
     x = torch.cat(xs)
     _, _, h, w = x.shape
-    packed = _pack(x)
-    tvec = torch.cat([t.reshape(1).expand(xi.shape[0]) for t, xi in zip(ts, xs)]).to(packed.dtype)
-    guidance = None
-    if model.module.config.guidance_embeds:
-        guidance = torch.cat(
-            [torch.full([xi.shape[0]], float(it.inputs.get("guidance") or 0.0), dtype=torch.float32) for it, xi in zip(items, xs)]
-        ).to(x.device)
-    out = model.module(
-        hidden_states=packed,
-        timestep=tvec / 1000,
-        guidance=guidance,
-        pooled_projections=_cat(embs, "pooled"),
-        encoder_hidden_states=_cat(embs, "prompt_embeds"),
-        txt_ids=embs[0]["text_ids"][0],
-        img_ids=_image_ids(h, w, x.device, x.dtype),
-        return_dict=False,
-    )[0]
+    kwargs = flux_inputs(items, x, model.module.config.guidance_embeds)
+    residuals = [[it.inputs[p] for p in CONTROL_PORTS if it.inputs.get(p) is not None] for it in items]
+    if any(residuals):  # read eagerly: the transformer needs their count before its first block
+        per_item = [summed(r) for r in residuals]
+        for prefix, arg in (("block_", "controlnet_block_samples"), ("single_", "controlnet_single_block_samples")):
+            keys = sorted(k for k in per_item[0] if k.startswith(prefix))
+            kwargs[arg] = [torch.cat([p[k] for p in per_item]) for k in keys] or None
+        kwargs["controlnet_blocks_repeat"] = False
+    out = model.module(**kwargs, return_dict=False)[0]
     return _unpack(out, h, w)
 
 

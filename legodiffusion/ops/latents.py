@@ -61,6 +61,7 @@ class InitLatents(Operator):
                 "sampler": Port("text"),
                 "height": Port("int", optional=True, doc="pixels; the model's native size if null"),
                 "width": Port("int", optional=True),
+                "rng": Port("rng", optional=True, doc="continue a generator an earlier node drew from (Flux ControlNet)"),
             },
             outputs={"latents": "latent", "sampler": "sampler"},
         )
@@ -81,7 +82,11 @@ class InitLatents(Operator):
                 raise ValueError(f"sampler {sampler!r} does not fit a {model.family} model")
             h, w = height // model.vae_scale_factor, width // model.vae_scale_factor
             state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
-            generator = torch.Generator("cpu").manual_seed(int(args["seed"]))
+            generator = torch.Generator("cpu")
+            if args.get("rng") is not None:
+                generator.set_state(args["rng"])
+            else:
+                generator.manual_seed(int(args["seed"]))
             latents = randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=torch.float32)
             if model.family in ("sd", "sdxl"):
                 latents = latents * sampling.init_noise_sigma(state)

@@ -137,12 +137,21 @@ def sd3_txt2img(model: str = "sd3", name: str = "sd3-txt2img", prompt_template: 
 
 
 def flux_txt2img(
-    model: str = "flux", name: str = "flux-txt2img", prompt_template: str | None = None, schnell: bool = False
+    model: str = "flux",
+    name: str = "flux-txt2img",
+    prompt_template: str | None = None,
+    schnell: bool = False,
+    controlnets: tuple[str, ...] = (),
 ) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
 
-    dev: a distilled ``guidance`` embedding (default 3.5), 28 steps; schnell: 4 steps, no guidance."""
-    wf = WorkflowBuilder(name, models={"base": model})
+    dev: a distilled ``guidance`` embedding (default 3.5), 28 steps; schnell: 4 steps, no guidance.
+    With Flux ControlNets (model names), each adds ``control_image[_i]`` and ``control_scale[_i]``;
+    their control images are VAE-encoded with the request's generator before the initial noise is
+    drawn from it, as FluxControlNetPipeline does."""
+    if len(controlnets) > 3:
+        raise ValueError("at most 3 ControlNets per workflow")
+    wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
     seed = wf.input("seed", "int", default=0, doc="seeds torch.Generator('cpu') exactly as diffusers does")
@@ -155,11 +164,46 @@ def flux_txt2img(
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
-    init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width)
+    controls, rng = [], {}
+    for i in range(len(controlnets)):
+        image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
+        scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
+        enc = wf.call(
+            "encode_control_image", model="base", image=image, seed=seed, height=height, width=width, id=f"control_image_{i}", **rng
+        )
+        rng = {"rng": enc.rng}
+        controls.append((enc.control, scale))
+    init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
+    extra = {} if guidance is None else {"guidance": guidance}
 
     def step(latents, state):
-        extra = {} if guidance is None else {"guidance": guidance}
-        c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="transformer", **extra, **patch)
+        residuals = {
+            f"control_{i}": wf.call(
+                "controlnet",
+                model=f"cn{i}",
+                latents=latents,
+                sampler=state,
+                embedding=cond.embedding,
+                control=c,
+                scale=sc,
+                id=f"cn{i}",
+                **extra,
+            ).residual
+            for i, (c, sc) in enumerate(controls)
+        }
+        mode = "controlnet" if controls else "default"
+        c = wf.call(
+            "denoise",
+            model="base",
+            mode=mode,
+            latents=latents,
+            sampler=state,
+            embedding=cond.embedding,
+            id="transformer",
+            **extra,
+            **patch,
+            **residuals,
+        )
         s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
         return s.latents, s.sampler
 

@@ -71,7 +71,21 @@ def test_demo_runs_a_burst_over_two_workflows(sd15, tmp_path):
 def test_generate_covers_every_family_and_the_adapters(tiny_models, tmp_path):
     for family in ("sdxl", "sd3", "flux", "flux-schnell"):
         out = tmp_path / f"{family}.png"
-        args = ["generate", "--model", str(tiny_models[family]), "--prompt", "a boat", "--steps", "2", "--height", "64", "--width", "64", "-o", str(out)]
+        args = [
+            "generate",
+            "--model",
+            str(tiny_models[family]),
+            "--prompt",
+            "a boat",
+            "--steps",
+            "2",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "-o",
+            str(out),
+        ]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (family, result.output)
         assert Image.open(out).size == (64, 64)
@@ -79,12 +93,32 @@ def test_generate_covers_every_family_and_the_adapters(tiny_models, tmp_path):
     Image.fromarray(np.full((64, 64, 3), 200, dtype=np.uint8)).save(control)
     out = tmp_path / "adapters.png"
     args = [
-        "generate", "--model", str(tiny_models["sd15"]), "--prompt", "a boat", "--steps", "2", "--height", "64", "--width", "64",
-        "--controlnet", str(tiny_models["controlnet-sd15"]), "--control-image", str(control), "--control-scale", "0.8",
-        "--lora", f"{tiny_models['lora-sd15-a']}:0.7", "-o", str(out),
+        "generate",
+        "--model",
+        str(tiny_models["sd15"]),
+        "--prompt",
+        "a boat",
+        "--steps",
+        "2",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--controlnet",
+        str(tiny_models["controlnet-sd15"]),
+        "--control-image",
+        str(control),
+        "--control-scale",
+        "0.8",
+        "--lora",
+        f"{tiny_models['lora-sd15-a']}:0.7",
+        "-o",
+        str(out),
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "LoRA active from step 0" in " ".join(result.output.split())
-    bad = runner.invoke(app, ["generate", "--model", str(tiny_models["sd15"]), "--prompt", "x", "--controlnet", str(tiny_models["controlnet-sd15"])])
+    bad = runner.invoke(
+        app, ["generate", "--model", str(tiny_models["sd15"]), "--prompt", "x", "--controlnet", str(tiny_models["controlnet-sd15"])]
+    )
     assert bad.exit_code == 2 and "--control-image" in bad.output

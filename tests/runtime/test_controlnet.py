@@ -101,3 +101,42 @@ def test_controlnet_overlaps_the_base_model_on_two_workers(tiny_models):
         if c[4][0].rsplit(".", 1)[0] == u[4][0].rsplit(".", 1)[0] and c[1] != u[1] and u[2] < c[3] and c[2] < u[3]
     ]
     assert overlapping, f"no step's ControlNet overlapped its base model: {spans}"
+
+
+def test_flux_controlnet_matches_the_reference_pipeline(tiny_models):
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+
+    from legodiffusion.workflow.catalog import flux_txt2img
+
+    base, cn = tiny_models["flux"], tiny_models["controlnet-flux"]
+    image = control_image()
+    wf = flux_txt2img("flux", name="flux-cn", controlnets=("cn",))
+    args = dict(
+        prompt="a bridge",
+        steps=3,
+        guidance=3.5,
+        seed=4,
+        height=64,
+        width=64,
+        max_sequence_length=32,
+        control_image=image,
+        control_scale=0.6,
+    )
+    (result,), engine = run_requests(base, [dict(args, workflow="flux-cn")], models={"flux": base, "cn": cn}, workflows=[wf])
+    assert result.ok, result.error
+    pipe = FluxControlNetPipeline.from_pretrained(base, controlnet=FluxControlNetModel.from_pretrained(cn))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        "a bridge",
+        control_image=image,
+        num_inference_steps=3,
+        guidance_scale=3.5,
+        height=64,
+        width=64,
+        max_sequence_length=32,
+        controlnet_conditioning_scale=0.6,
+        generator=torch.Generator("cpu").manual_seed(4),
+        output_type="np",
+    ).images[0]
+    assert np.abs(as_hwc(result.outputs["image"]) - ref).max() <= 1e-4
+    assert engine.plane.live_count() == 0

@@ -134,3 +134,36 @@ def test_flux_schnell(tiny_models):
         max_sequence_length=32,
     )
     assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_sd3_without_t5(tiny_models, tmp_path):
+    """T5 is optional for SD3: a folder without it encodes zeros in its place, as diffusers does."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = tmp_path / "sd3-no-t5"
+    shutil.copytree(tiny_models["sd3"], folder, ignore=shutil.ignore_patterns("text_encoder_3", "tokenizer_3"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_3"] = index["tokenizer_3"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    got = ours(
+        "sd3",
+        folder,
+        sd3_txt2img("sd3"),
+        dict(prompt="a fox", steps=2, guidance_scale=5.0, seed=1, height=64, width=64, max_sequence_length=32),
+    )
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_models["sd3"], text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        "a fox",
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        height=64,
+        width=64,
+        max_sequence_length=32,
+        generator=torch.Generator("cpu").manual_seed(1),
+        output_type="np",
+    ).images[0]
+    assert np.abs(got - ref).max() <= 1e-4
