@@ -72,15 +72,23 @@ def inject(obj: Any, name: str, lora: tuple, family: str) -> None:
     cls = _pipeline_cls(family)
     if isinstance(obj, Denoiser):
         if family in ("sd", "sdxl"):
-            cls.load_lora_into_unet(dict(state_dict), alphas, unet=obj.module, adapter_name=name, metadata=metadata)
+            cls.load_lora_into_unet(dict(state_dict), alphas, unet=obj.module, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True)
         else:
-            cls.load_lora_into_transformer(dict(state_dict), transformer=obj.module, adapter_name=name, metadata=metadata)
+            cls.load_lora_into_transformer(
+                dict(state_dict), transformer=obj.module, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True
+            )
     elif isinstance(obj, TextEncoders):
         prefixes = ["text_encoder", "text_encoder_2"]
         for prefix, pair in zip(prefixes, obj.pairs):
             if pair is not None and any(k.startswith(prefix + ".") for k in state_dict):
                 cls.load_lora_into_text_encoder(
-                    dict(state_dict), alphas, text_encoder=pair[1], prefix=prefix, adapter_name=name, metadata=metadata
+                    dict(state_dict),
+                    alphas,
+                    text_encoder=pair[1],
+                    prefix=prefix,
+                    adapter_name=name,
+                    metadata=metadata,
+                    low_cpu_mem_usage=True,
                 )
 
 
