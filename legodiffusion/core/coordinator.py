@@ -48,6 +48,7 @@ class _Live:
         "pin",
         "costs",
         "remaining_s",
+        "solo_s",
         "px",
     )
 
@@ -63,7 +64,7 @@ class _Live:
         self.status = RUNNING
         self.pin: int | None = None
         self.costs = costs
-        self.remaining_s = sum(costs)
+        self.remaining_s = self.solo_s = sum(costs)
         self.px = px
         self.priority: tuple = ()
 
@@ -183,6 +184,10 @@ class Coordinator:
                     where[ref.worker] += ref.nbytes
         return where
 
+    def work_ahead(self, priority: tuple) -> float:
+        """Profiled remaining work of in-flight requests ordered before ``priority``."""
+        return sum(r.remaining_s for r in self.requests.values() if r.priority <= priority)
+
     def remaining_work(self) -> tuple[float, float, int]:
         """(total, largest, count) of the profiled remaining work of in-flight requests."""
         longest = max((r.remaining_s for r in self.requests.values()), default=0.0)
@@ -276,7 +281,9 @@ class Coordinator:
                 k = (inp.node, inp.name)
                 live.uses[k] -= 1
                 if live.uses[k] == 0:
-                    actions.frees.append(live.refs.pop(k))
+                    ref = live.refs.pop(k, None)
+                    if ref is not None:  # else a deferred input whose producer reports later: freed on arrival
+                        actions.frees.append(ref)
         live.done += 1
         cost = live.costs[node]
         live.remaining_s -= cost
@@ -312,6 +319,8 @@ class Coordinator:
             sig = ("deferred", live.req.id, node)
         elif tn.concat_batch:
             sig = tuple((inp.port, live.refs[(inp.node, inp.name)].batch_signature) for inp in tn.inputs if inp.kind == FROM_NODE)
+        if not getattr(self.policy, "cross_request", True):
+            sig = (sig, live.req.id)
         if tn.key_ports:  # e.g. the LoRA patch set: only equal ones share a batch
             values = {
                 inp.port: (live.req.inputs.get(inp.name) if inp.kind == FROM_INPUT else inp.value)

@@ -67,6 +67,8 @@ class SchedulerView(Protocol):
 
     def remaining_work(self) -> tuple[float, float, int]: ...
 
+    def work_ahead(self, priority: tuple) -> float: ...
+
 
 class SchedulingPolicy:
     name = "base"
@@ -88,22 +90,22 @@ class SchedulingPolicy:
 
 
 def _eligible(view: SchedulerView) -> dict[int, int]:
-    """Free slots of workers that may take work now: reserved queue under the threshold
-    (an idle worker always qualifies)."""
-    out = {}
-    for wid in view.eligible:
-        w = view.workers[wid]
-        if w.inflight == 0 or w.reserved_s <= view.queue_threshold_s:
-            out[wid] = w.slots - w.inflight
-    return out
+    """Free slots of live workers."""
+    return {wid: view.workers[wid].slots - view.workers[wid].inflight for wid in view.eligible}
+
+
+def _busy(view: SchedulerView, wid: int) -> bool:
+    """Reserved queue over the threshold (an idle worker never is)."""
+    w = view.workers[wid]
+    return w.inflight > 0 and w.reserved_s > view.queue_threshold_s
 
 
 class MicroServingPolicy(SchedulingPolicy):
     """The paper's decisions, each switchable for baselines and ablations.
 
     - ordering ``slack``: earliest deadline first, then arrival; ``fcfs``: arrival only.
-    - admission: reject on arrival when max(sum W_r / N, max W_r) > slack, where W_r is the
-      profiled remaining work of in-flight requests and slack = deadline - now - solo latency.
+    - admission: reject on arrival when sum W_r / N > slack, where W_r is the profiled remaining
+      work of in-flight requests, N the live workers and slack = deadline - now - solo latency.
     - batching: a small latency-mode batch when there are enough free workers for every ready
       class, a larger throughput-mode batch otherwise (``adaptive=False``: always throughput).
       Latency mode spreads independent nodes of one request (the guidance branches) over idle
@@ -120,6 +122,9 @@ class MicroServingPolicy(SchedulingPolicy):
         placement: str = "cost",
         adaptive: bool = True,
         seed: int = 0,
+        share: bool = True,
+        cross_request: bool = True,
+        static_partition: list[str] | None = None,
     ) -> None:
         if ordering not in ("slack", "fcfs"):
             raise ValueError(f"ordering must be slack or fcfs, got {ordering!r}")
@@ -131,6 +136,12 @@ class MicroServingPolicy(SchedulingPolicy):
         self.placement = placement
         self.adaptive = adaptive
         self._rng = random.Random(seed)
+        #: ablations: ``share=False`` gives every workflow its own model copies and batches;
+        #: ``cross_request=False`` batches only nodes of one request; ``static_partition`` pins
+        #: each listed model to a fixed share of the workers (no per-model scaling)
+        self.isolate_workflows = not share
+        self.cross_request = cross_request
+        self.static_partition = list(static_partition) if static_partition else None
 
     def priority(self, req, seq, solo_s):
         if self.ordering == "slack" and req.deadline_s is not None:
@@ -141,14 +152,36 @@ class MicroServingPolicy(SchedulingPolicy):
         if not self.admission or req.deadline_s is None:
             return None
         slack = req.deadline_s - now - solo_s
-        total, longest, _ = view.remaining_work()
         workers = max(1, sum(1 for w in view.workers if w.alive))
-        wait = max(total / workers, longest)
+        # Work that runs before this request: with slack ordering, only requests of higher
+        # priority (earlier latest-start time); with arrival order, everything in flight. DiFlow
+        # also rejects when the longest in-flight request exceeds the slack; with per-node
+        # scheduling on N workers one long request does not block a new one, and that term
+        # rejected most short requests of a mixed workload at low load.
+        mine = self.priority(req, float("inf"), solo_s)
+        wait = view.work_ahead(mine) / workers
         if slack < 0 or wait > slack:
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
         return None
 
-    def _choose(self, view, key, info: ClassInfo, n: int, free: dict[int, int], reserved: dict[int, float]) -> int:
+    def _allowed(self, model: str | None, n_workers: int, free: dict[int, int]) -> dict[int, int]:
+        if self.static_partition is None or model not in self.static_partition:
+            return free
+        k, parts = self.static_partition.index(model), len(self.static_partition)
+        mine = {w for w in range(n_workers) if (w % parts == k if n_workers >= parts else w == k % n_workers)}
+        return {w: n for w, n in free.items() if w in mine}
+
+    def _choose(self, view, key, info: ClassInfo, n: int, free: dict[int, int], reserved: dict[int, float]) -> int | None:
+        """Busy workers are skipped so work waits centrally, where it can still batch and move,
+        except a busy worker that holds the model when every idle candidate would have to load it."""
+        free = self._allowed(info.model, len(view.workers), free)
+        comp = (info.model, info.component, info.scope) if info.component else None
+        idle = {w: s for w, s in free.items() if not _busy(view, w)}
+        if not idle:
+            return None
+        if comp is not None and not any(comp in view.workers[w].resident for w in idle):
+            idle.update({w: s for w, s in free.items() if comp in view.workers[w].resident})
+        free = idle
         if self.placement == "random":
             return self._rng.choice(sorted(free))
         cost = view.cost
@@ -156,7 +189,6 @@ class MicroServingPolicy(SchedulingPolicy):
         load_s = cost.load_s(info.model, info.component) if info.component else 0.0
         where = view.locality(key, n)
         total_bytes = sum(where.values())
-        comp = (info.model, info.component, info.scope) if info.component else None
         best, best_cost = -1, math.inf
         for wid in free:
             w = view.workers[wid]
@@ -192,6 +224,8 @@ class MicroServingPolicy(SchedulingPolicy):
                     wid = info.pin
                 else:
                     wid = self._choose(view, key, info, n, free, reserved)
+                    if wid is None:
+                        break
                 plan.append(Assignment(wid, key, n))
                 pending -= n
                 free[wid] -= 1
@@ -202,20 +236,64 @@ class MicroServingPolicy(SchedulingPolicy):
         return plan
 
 
+def allocate(weights: dict[str, float], n_workers: int) -> dict[str, list[int]]:
+    """Workers per workflow in proportion to ``weights`` (demand x work). With at least as many
+    workers as workflows, each gets >= 1 by largest remainder; with fewer, workflows are packed onto
+    workers by weight (longest processing time first), sharing a worker."""
+    names = sorted(weights, key=lambda k: (-weights[k], k))
+    total = sum(weights.values()) or 1.0
+    if n_workers >= len(names):
+        quota = {k: max(1.0, n_workers * weights[k] / total) for k in names}
+        counts = {k: int(quota[k]) for k in names}
+        while sum(counts.values()) > n_workers:
+            k = max((k for k in names if counts[k] > 1), key=lambda k: counts[k] - quota[k])
+            counts[k] -= 1
+        for k in sorted(names, key=lambda k: -(quota[k] - counts[k]))[: n_workers - sum(counts.values())]:
+            counts[k] += 1
+        out, w = {}, 0
+        for k in names:
+            out[k] = list(range(w, w + counts[k]))
+            w += counts[k]
+        return out
+    load = [0.0] * n_workers
+    out = {}
+    for k in names:
+        w = min(range(n_workers), key=lambda i: (load[i], i))
+        load[w] += weights[k]
+        out[k] = [w]
+    return out
+
+
 class BundlePolicy(MicroServingPolicy):
     """Monolithic baseline: each workflow owns whole-pipeline replicas (its own copy of every
     model); a request runs start to finish on one replica; batches never mix workflows.
 
-    Replicas: ``replicas`` maps workflow -> worker ids; otherwise workers are dealt to workflows
-    in order of first appearance (several workflows share a worker when workers are scarce, each
-    with its own model copies)."""
+    Replicas: ``replicas`` maps workflow -> worker ids. With ``demand`` (workflow -> expected share
+    of the work), workers are allocated in proportion to it, and with ``autoscale_s`` the
+    allocation follows the observed work (arrivals x solo latency) of the last window, workers
+    moving between workflows and paying the load of the new pipeline on first use. Without either,
+    workers are dealt to workflows in order of first appearance."""
 
     isolate_workflows = True
 
-    def __init__(self, replicas: dict[str, list[int]] | None = None, name: str = "bundle") -> None:
+    def __init__(
+        self,
+        replicas: dict[str, list[int]] | None = None,
+        name: str = "bundle",
+        demand: dict[str, float] | None = None,
+        n_workers: int | None = None,
+        autoscale_s: float | None = None,
+    ) -> None:
         super().__init__(name=name, ordering="fcfs", admission=False, adaptive=False)
+        self.isolate_workflows = True
         self.replicas = dict(replicas or {})
+        if demand and n_workers:
+            self.replicas = allocate(demand, n_workers)
+        self.autoscale_s = autoscale_s
+        self._window: dict[str, float] = {}
+        self._window_start = 0.0
         self._order: list[str] = []
+        self.decisions: list[tuple[float, dict[str, int]]] = []
 
     def replicas_of(self, workflow: str, n_workers: int) -> list[int]:
         if workflow in self.replicas:
@@ -230,7 +308,18 @@ class BundlePolicy(MicroServingPolicy):
             return [w for i, w in enumerate(pool) if i % groups == k % groups] or pool[:1]
         return [pool[k % len(pool)]]
 
+    def _observe(self, req, solo_s: float, n_workers: int) -> None:
+        now = req.arrival_s
+        self._window[req.workflow] = self._window.get(req.workflow, 0.0) + solo_s
+        if now - self._window_start >= self.autoscale_s:
+            self.replicas = allocate(self._window, n_workers)
+            self.decisions.append((now, {k: len(v) for k, v in self.replicas.items()}))
+            self._window = {}
+            self._window_start = now
+
     def pin(self, view, req):
+        if self.autoscale_s is not None:
+            self._observe(req, req.solo_s, len(view.workers))
         replicas = [w for w in self.replicas_of(req.workflow, len(view.workers)) if view.workers[w].alive]
         if not replicas:
             return None

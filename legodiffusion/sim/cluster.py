@@ -28,6 +28,7 @@ class SimWorker:
     used_bytes: int = 0
     loads: int = 0
     evictions: int = 0
+    patches: set = field(default_factory=set)  # LoRAs attached on this worker
 
     def admit(self, key: tuple, nbytes: int) -> tuple[bool, list[tuple]]:
         """Make ``key`` resident; returns (was it loaded, what was evicted)."""
@@ -44,6 +45,11 @@ class SimWorker:
         self.loads += 1
         self.evictions += len(evicted)
         return True, evicted
+
+
+#: share of a base-model call left to run once its deferred ControlNet residuals arrive (the
+#: UNet reads them after its down blocks; DiTs add them block by block)
+DEFERRED_TAIL = 0.5
 
 
 def _sim_ref(tensor_id: int, worker: int, px: int | None) -> TensorRef:
@@ -66,6 +72,7 @@ class Simulator:
         self.outcomes: dict[int, RequestOutcome] = {}
         self.finish_s: dict[int, float] = {}
         self.arrival_s: dict[int, float] = {}
+        self._ready_at: dict[int, float] = {}  # when each output exists (for deferred readers)
         self.dispatched_nodes = 0
         self.dispatches = 0
         self.on_finish: Callable[[RequestOutcome, float], None] | None = None
@@ -92,9 +99,26 @@ class Simulator:
             loaded, evicted = w.admit(key, self.cost.weight_bytes(d.model, d.component))
             if loaded:
                 t += self.cost.load_s(d.model, d.component)
+        patches = d.items[0].values.get("loras")
+        if patches and d.component in ("denoiser", "text_encoder"):
+            for name in patches.split(","):
+                key = (d.model, d.component, name.split(":")[0])
+                if key not in w.patches:
+                    w.patches.add(key)
+                    t += getattr(self.cost, "lora_load_s", 0.3)
+        moved = sum(ref.nbytes for it in d.items for ref in it.refs.values() if ref.worker not in (d.worker, -1))
+        if moved:
+            t += self.cost.transfer_s(moved)
         begin = max(self.now, w.busy_until)
-        w.busy_until = begin + t
+        end = begin + t
+        waits = [self._ready_at[ref.id] for it in d.items for ref in it.refs.values() if ref.worker == -1 and ref.id in self._ready_at]
+        if waits:  # deferred inputs: the rest of the call (after the down blocks) waits for them
+            end = max(end, max(waits) + DEFERRED_TAIL * t)
+        w.busy_until = end
         w.busy_s += t
+        for it in d.items:
+            for tid in it.output_ids.values():
+                self._ready_at[tid] = end
         self.dispatches += 1
         self.dispatched_nodes += len(d.items)
         results = [ItemResult({p: _sim_ref(tid, d.worker, px) for p, tid in it.output_ids.items()}) for it in d.items]

@@ -131,9 +131,13 @@ def sdxl_txt2img(
     return _txt2img("sdxl", model, name, prompt_template, tuple(controlnets))
 
 
-def sd3_txt2img(model: str = "sd3", name: str = "sd3-txt2img", prompt_template: str | None = None) -> WorkflowSpec:
-    """SD3 / SD3.5 text-to-image: CLIP-L, CLIP-G and (optional) T5, flow matching."""
-    return _txt2img("sd3", model, name, prompt_template)
+def sd3_txt2img(
+    model: str = "sd3", name: str = "sd3-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()
+) -> WorkflowSpec:
+    """SD3 / SD3.5 text-to-image: CLIP-L, CLIP-G and (optional) T5, flow matching. ControlNet nodes
+    are laid out like SD's; executing SD3 ControlNet models is not implemented yet (the simulator
+    uses these graphs)."""
+    return _txt2img("sd3", model, name, prompt_template, tuple(controlnets))
 
 
 def flux_txt2img(

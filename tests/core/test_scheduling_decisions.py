@@ -107,14 +107,18 @@ def test_admission_rejects_impossible_deadlines_and_admits_loose_ones():
     h = Harness(workers=2, policy="default", cost=DefaultCost(heavy_s=0.1))
     make = sd_maker()
     h.submit(1, make, deadline_s=0.5, now=0.0, steps=10)  # ~2.3 s of work
-    h.submit(2, make, deadline_s=100.0, now=0.0, steps=10)
+    h.submit(2, make, deadline_s=3.0, now=0.0, steps=10)
     assert h.finished[1].status == "rejected" and h.finished[1].error.startswith("SLO_REJECTED")
     assert 2 not in h.finished
-    # with request 2 in flight, a request whose slack is below the queued work is rejected too
-    h.submit(3, make, deadline_s=2.5, now=0.0, steps=1)
+    # request 2 (2.3 s of work, latest start 0.7 s) runs before request 3 (0.5 s of work, latest
+    # start 0.7 s, later arrival): 1.15 s of work per worker ahead of it is more than its slack
+    h.submit(3, make, deadline_s=1.2, now=0.0, steps=1)
     assert h.finished[3].status == "rejected"
+    # with a later deadline, request 3 would be ordered after request 2 and still fit
+    h.submit(4, make, deadline_s=5.0, now=0.0, steps=1)
+    assert 4 not in h.finished
     h.drain()
-    assert h.finished[2].status == "succeeded"
+    assert h.finished[2].status == h.finished[4].status == "succeeded"
 
 
 def test_fcfs_never_rejects():
