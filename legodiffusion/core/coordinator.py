@@ -7,6 +7,7 @@ It never reads a clock, sleeps, spawns threads or does I/O. A driver feeds it ev
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
@@ -148,7 +149,11 @@ class Coordinator:
         self.policy = policy
         self.cost: CostModel = cost or DefaultCost()
         self.workers = [WorkerState(i, slots_per_worker) for i in range(n_workers)]
-        self.eligible: set[int] = set(range(n_workers))
+        self.eligible: set[int] = set(range(n_workers))  # live workers with a free slot
+        self.idle: list[int] = list(range(n_workers))  # live workers with nothing in flight, sorted
+        self.idle_set: set[int] = set(self.idle)
+        self.free_slots = n_workers * slots_per_worker
+        self.holders: dict[tuple, set[int]] = {}  # (model, component, scope) -> workers holding it
         self.queue_threshold_s = queue_threshold_s
         self.queues: dict[BatchKey, ReadyQueue] = {}
         self.classes: dict[BatchKey, ClassInfo] = {}
@@ -183,6 +188,11 @@ class Coordinator:
                 if ref is not None:
                     where[ref.worker] += ref.nbytes
         return where
+
+    def note_resident(self, worker: int, comp: tuple) -> None:
+        """Record that ``worker`` holds (or is about to load) ``comp`` = (model, component, scope)."""
+        self.workers[worker].resident.add(comp)
+        self.holders.setdefault(comp, set()).add(worker)
 
     def work_ahead(self, priority: tuple) -> float:
         """Profiled remaining work of in-flight requests ordered before ``priority``."""
@@ -226,10 +236,15 @@ class Coordinator:
         w.reserved_s = max(0.0, w.reserved_s - record.reserved_s)
         if not d.light:
             w.inflight -= 1
+            self.free_slots += 1
             if w.alive:
                 self.eligible.add(w.id)
+                if w.inflight == 0:
+                    bisect.insort(self.idle, w.id)
+                    self.idle_set.add(w.id)
         for key in c.evicted:
             w.resident.discard(key)
+            self.holders.get(key, set()).discard(w.id)
             self.stats.evictions_by_worker[w.id] += 1
         self.stats.loads_by_worker[w.id] += len(c.loaded)
         self.stats.dispatches_by_op[d.op] += 1
@@ -376,7 +391,7 @@ class Coordinator:
             comp = (tn.model, tn.component, scope)
             if comp not in w.resident:
                 est += self.cost.load_s(tn.model, tn.component)
-                w.resident.add(comp)
+                self.note_resident(worker, comp)
         w.reserved_s += est
         self.inflight[d.id] = _Inflight(d, est)
         actions.dispatches.append(d)
@@ -414,7 +429,11 @@ class Coordinator:
                 info = self.classes[a.key]
             if members:
                 w = self.workers[a.worker]
+                if w.inflight == 0:
+                    self.idle.remove(w.id)
+                    self.idle_set.discard(w.id)
                 w.inflight += 1
+                self.free_slots -= 1
                 if w.inflight >= w.slots:
                     self.eligible.discard(w.id)
                 tn = members[0][0].req.template.nodes[members[0][1]]

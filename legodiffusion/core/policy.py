@@ -8,6 +8,7 @@ Policies are chosen by name: :data:`POLICIES`.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ class SchedulerView(Protocol):
     eligible: set  # ids of live workers with a free slot
     cost: CostModel
     queue_threshold_s: float
+    idle: list  # sorted ids of live workers with nothing in flight
+    idle_set: set
+    free_slots: int
+    holders: dict  # (model, component, scope) -> ids of workers holding it
 
     def batch_limits(self, op: str) -> tuple[int, int]: ...
 
@@ -89,9 +94,31 @@ class SchedulingPolicy:
         raise NotImplementedError
 
 
-def _eligible(view: SchedulerView) -> dict[int, int]:
-    """Free slots of live workers."""
-    return {wid: view.workers[wid].slots - view.workers[wid].inflight for wid in view.eligible}
+_NONE: frozenset = frozenset()
+
+
+class _Slots:
+    """Free slots during one plan: the coordinator's counts minus what this plan has taken."""
+
+    def __init__(self, view: SchedulerView) -> None:
+        self.view = view
+        self.taken: dict[int, int] = {}
+        self.left = view.free_slots
+
+    def has(self, wid: int) -> bool:
+        if wid not in self.view.eligible:
+            return False
+        if not self.taken:
+            return True
+        w = self.view.workers[wid]
+        return w.slots - w.inflight - self.taken.get(wid, 0) > 0
+
+    def take(self, wid: int) -> None:
+        self.taken[wid] = self.taken.get(wid, 0) + 1
+        self.left -= 1
+
+    def any(self) -> bool:
+        return self.left > 0
 
 
 def _busy(view: SchedulerView, wid: int) -> bool:
@@ -164,33 +191,55 @@ class MicroServingPolicy(SchedulingPolicy):
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
         return None
 
-    def _allowed(self, model: str | None, n_workers: int, free: dict[int, int]) -> dict[int, int]:
+    def _allowed(self, model: str | None, n_workers: int, wid: int) -> bool:
         if self.static_partition is None or model not in self.static_partition:
-            return free
+            return True
         k, parts = self.static_partition.index(model), len(self.static_partition)
-        mine = {w for w in range(n_workers) if (w % parts == k if n_workers >= parts else w == k % n_workers)}
-        return {w: n for w, n in free.items() if w in mine}
+        return wid % parts == k if n_workers >= parts else wid == k % n_workers
 
-    def _choose(self, view, key, info: ClassInfo, n: int, free: dict[int, int], reserved: dict[int, float]) -> int | None:
-        """Busy workers are skipped so work waits centrally, where it can still batch and move,
-        except a busy worker that holds the model when every idle candidate would have to load it."""
-        free = self._allowed(info.model, len(view.workers), free)
+    def _candidates(self, view, key, info: ClassInfo, n: int, slots: _Slots, comp) -> list[int]:
+        """Workers worth costing: those holding the model, the emptiest idle ones, and those
+        holding the inputs; O(holders), not O(workers). Busy workers (reserved queue over the
+        threshold) are skipped so work waits centrally where it can still batch and move, except
+        a busy holder when every idle candidate would have to load the model."""
+        n_workers = len(view.workers)
+        idle = []
+        for w in view.idle:
+            if slots.has(w) and self._allowed(info.model, n_workers, w):
+                idle.append(w)
+                if len(idle) == 2:
+                    break
+        near = [w for w in view.locality(key, n) if slots.has(w) and self._allowed(info.model, n_workers, w)]
+        holders: list[int] = []
+        if comp is not None:
+            held = view.holders.get(comp, _NONE) & view.eligible
+            idle_held = held & view.idle_set
+            if idle_held:  # an idle holder costs only the execution: nothing can beat it by much
+                holders = [w for w in sorted(idle_held)[:4] if slots.has(w) and self._allowed(info.model, n_workers, w)]
+            else:
+                ok = (w for w in held if slots.has(w) and self._allowed(info.model, n_workers, w))
+                holders = heapq.nsmallest(3, ok, key=lambda w: (view.workers[w].reserved_s, w))
+        ready = [w for w in dict.fromkeys(idle + near + holders) if not _busy(view, w)]
+        if not ready:
+            return []
+        if comp is not None and not any(comp in view.workers[w].resident for w in ready):
+            ready += [w for w in holders if w not in ready]
+        return ready
+
+    def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float]) -> int | None:
         comp = (info.model, info.component, info.scope) if info.component else None
-        idle = {w: s for w, s in free.items() if not _busy(view, w)}
-        if not idle:
+        candidates = self._candidates(view, key, info, n, slots, comp)
+        if not candidates:
             return None
-        if comp is not None and not any(comp in view.workers[w].resident for w in idle):
-            idle.update({w: s for w, s in free.items() if comp in view.workers[w].resident})
-        free = idle
         if self.placement == "random":
-            return self._rng.choice(sorted(free))
+            return self._rng.choice(sorted(candidates))
         cost = view.cost
         exec_s = cost.exec_s(info.op, info.mode, info.model, n, info.px)
         load_s = cost.load_s(info.model, info.component) if info.component else 0.0
         where = view.locality(key, n)
         total_bytes = sum(where.values())
         best, best_cost = -1, math.inf
-        for wid in free:
+        for wid in candidates:
             w = view.workers[wid]
             c = reserved.get(wid, w.reserved_s) + exec_s
             if comp is not None and comp not in w.resident:
@@ -204,34 +253,32 @@ class MicroServingPolicy(SchedulingPolicy):
         return best
 
     def plan(self, view):
-        free = _eligible(view)
-        if not free:
+        if not view.eligible:
             return []
         keys = sorted(view.queues, key=lambda k: view.queues[k].head_priority())
         limits = {k: view.batch_limits(view.classes[k].op) for k in keys}
-        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= sum(free.values())
+        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= view.free_slots
         plan = []
+        slots = _Slots(view)
         reserved: dict[int, float] = {}
         for key in keys:
             info = view.classes[key]
             pending = len(view.queues[key])
             limit = limits[key][0] if latency_mode else limits[key][1]
-            while pending and free:
+            while pending and slots.any():
                 n = min(pending, limit)
                 if info.pin is not None:
-                    if info.pin not in free:
+                    if not slots.has(info.pin):
                         break
                     wid = info.pin
                 else:
-                    wid = self._choose(view, key, info, n, free, reserved)
+                    wid = self._choose(view, key, info, n, slots, reserved)
                     if wid is None:
                         break
                 plan.append(Assignment(wid, key, n))
                 pending -= n
-                free[wid] -= 1
-                if free[wid] == 0:
-                    del free[wid]
-            if not free:
+                slots.take(wid)
+            if not slots.any():
                 break
         return plan
 

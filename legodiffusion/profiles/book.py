@@ -79,8 +79,16 @@ class ProfileCost(DefaultCost):
     def __init__(self, profiles: dict[str, ModelProfile] | None = None, **defaults) -> None:
         super().__init__(**defaults)
         self.profiles = dict(profiles or {})
+        self._memo: dict[tuple, float] = {}
 
     def exec_s(self, op, mode, model, batch, px) -> float:
+        key = (op, mode, model, batch, px)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._lookup(op, mode, model, batch, px)
+        return hit
+
+    def _lookup(self, op, mode, model, batch, px) -> float:
         prof = self.profiles.get(model) if model is not None else None
         if prof is None and model is None and self.profiles:  # model-free glue: any profile measured it
             prof = next(iter(self.profiles.values()))

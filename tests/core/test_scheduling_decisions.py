@@ -58,8 +58,8 @@ def test_saturated_workers_batch_the_two_branches_together():
 
 def test_placement_prefers_the_worker_holding_the_model():
     h = Harness(workers=3, policy="default", cost=DefaultCost(load_s=5.0))
-    h.coord.workers[2].resident.add(("sd15", "denoiser", None))
-    h.coord.workers[2].resident.add(("sd15", "text_encoder", None))
+    h.coord.note_resident(2, ("sd15", "denoiser", None))
+    h.coord.note_resident(2, ("sd15", "text_encoder", None))
     h.submit(1, sd_maker(), steps=1, guidance_scale=1.0)
     h.drain()
     heavy = [d for d in h.dispatches if d.op in ("denoise", "encode_prompt")]
