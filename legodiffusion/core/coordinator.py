@@ -152,6 +152,7 @@ class Coordinator:
         self.eligible: set[int] = set(range(n_workers))  # live workers with a free slot
         self.idle: list[int] = list(range(n_workers))  # live workers with nothing in flight, sorted
         self.idle_set: set[int] = set(self.idle)
+        self.calm: set[int] = set(self.idle)  # reserved queue within the threshold, or idle
         self.free_slots = n_workers * slots_per_worker
         self.holders: dict[tuple, set[int]] = {}  # (model, component, scope) -> workers holding it
         self.queue_threshold_s = queue_threshold_s
@@ -234,6 +235,8 @@ class Coordinator:
         d = record.dispatch
         w = self.workers[d.worker]
         w.reserved_s = max(0.0, w.reserved_s - record.reserved_s)
+        if w.reserved_s <= self.queue_threshold_s or w.inflight <= (0 if d.light else 1):
+            self.calm.add(w.id)
         if not d.light:
             w.inflight -= 1
             self.free_slots += 1
@@ -393,6 +396,8 @@ class Coordinator:
                 est += self.cost.load_s(tn.model, tn.component)
                 self.note_resident(worker, comp)
         w.reserved_s += est
+        if w.reserved_s > self.queue_threshold_s and (w.inflight > 0 or not tn.light):
+            self.calm.discard(worker)
         self.inflight[d.id] = _Inflight(d, est)
         actions.dispatches.append(d)
         self.stats.batch_sizes[(tn.op, len(items))] += 1

@@ -9,6 +9,7 @@ Policies are chosen by name: :data:`POLICIES`.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class SchedulerView(Protocol):
     queue_threshold_s: float
     idle: list  # sorted ids of live workers with nothing in flight
     idle_set: set
+    calm: set  # live workers whose reserved queue is within the threshold (or that are idle)
     free_slots: int
     holders: dict  # (model, component, scope) -> ids of workers holding it
 
@@ -119,12 +121,6 @@ class _Slots:
 
     def any(self) -> bool:
         return self.left > 0
-
-
-def _busy(view: SchedulerView, wid: int) -> bool:
-    """Reserved queue over the threshold (an idle worker never is)."""
-    w = view.workers[wid]
-    return w.inflight > 0 and w.reserved_s > view.queue_threshold_s
 
 
 class MicroServingPolicy(SchedulingPolicy):
@@ -197,38 +193,43 @@ class MicroServingPolicy(SchedulingPolicy):
         k, parts = self.static_partition.index(model), len(self.static_partition)
         return wid % parts == k if n_workers >= parts else wid == k % n_workers
 
-    def _candidates(self, view, key, info: ClassInfo, n: int, slots: _Slots, comp) -> list[int]:
-        """Workers worth costing: those holding the model, the emptiest idle ones, and those
-        holding the inputs; O(holders), not O(workers). Busy workers (reserved queue over the
+    def _candidates(self, view, info: ClassInfo, slots: _Slots, comp, where: dict[int, int]) -> list[int]:
+        """Workers worth costing: the emptiest idle ones, those holding the inputs and those
+        holding the model; O(candidates), not O(workers). Busy workers (reserved queue over the
         threshold) are skipped so work waits centrally where it can still batch and move, except
-        a busy holder when every idle candidate would have to load the model."""
-        n_workers = len(view.workers)
-        idle = []
-        for w in view.idle:
-            if slots.has(w) and self._allowed(info.model, n_workers, w):
-                idle.append(w)
-                if len(idle) == 2:
-                    break
-        near = [w for w in view.locality(key, n) if slots.has(w) and self._allowed(info.model, n_workers, w)]
-        holders: list[int] = []
-        if comp is not None:
-            held = view.holders.get(comp, _NONE) & view.eligible
-            idle_held = held & view.idle_set
-            if idle_held:  # an idle holder costs only the execution: nothing can beat it by much
-                holders = [w for w in sorted(idle_held)[:4] if slots.has(w) and self._allowed(info.model, n_workers, w)]
-            else:
-                ok = (w for w in held if slots.has(w) and self._allowed(info.model, n_workers, w))
-                holders = heapq.nsmallest(3, ok, key=lambda w: (view.workers[w].reserved_s, w))
-        ready = [w for w in dict.fromkeys(idle + near + holders) if not _busy(view, w)]
-        if not ready:
+        a busy holder when every calm candidate would have to load the model."""
+        calm = view.calm & view.eligible
+        if not calm:
             return []
-        if comp is not None and not any(comp in view.workers[w].resident for w in ready):
-            ready += [w for w in holders if w not in ready]
+        n_workers = len(view.workers)
+
+        def usable(w: int) -> bool:
+            return slots.has(w) and self._allowed(info.model, n_workers, w)
+
+        picked = []
+        for w in view.idle:
+            if usable(w):
+                picked.append(w)
+                if len(picked) == 2:
+                    break
+        picked += [w for w in where if w in calm and usable(w)]
+        held = view.holders.get(comp, _NONE) & view.eligible if comp is not None else _NONE
+        if held:
+            idle_held = held & view.idle_set
+            if idle_held:  # an idle holder costs only its execution
+                picked += [w for w in sorted(idle_held)[:4] if usable(w)]
+            else:
+                picked += heapq.nsmallest(3, (w for w in held & calm if usable(w)), key=lambda w: (view.workers[w].reserved_s, w))
+        ready = list(dict.fromkeys(picked))
+        if held and ready and not any(w in held for w in ready):
+            busy = itertools.islice((w for w in held - calm if usable(w)), 16)  # a sample bounds the cost
+            ready += heapq.nsmallest(2, busy, key=lambda w: (view.workers[w].reserved_s, w))
         return ready
 
     def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float]) -> int | None:
         comp = (info.model, info.component, info.scope) if info.component else None
-        candidates = self._candidates(view, key, info, n, slots, comp)
+        where = view.locality(key, n)
+        candidates = self._candidates(view, info, slots, comp, where)
         if not candidates:
             return None
         if self.placement == "random":
@@ -236,7 +237,6 @@ class MicroServingPolicy(SchedulingPolicy):
         cost = view.cost
         exec_s = cost.exec_s(info.op, info.mode, info.model, n, info.px)
         load_s = cost.load_s(info.model, info.component) if info.component else 0.0
-        where = view.locality(key, n)
         total_bytes = sum(where.values())
         best, best_cost = -1, math.inf
         for wid in candidates:
