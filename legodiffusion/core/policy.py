@@ -283,10 +283,13 @@ class MicroServingPolicy(SchedulingPolicy):
         return plan
 
 
-def allocate(weights: dict[str, float], n_workers: int) -> dict[str, list[int]]:
+def allocate(
+    weights: dict[str, float], n_workers: int, memory: dict[str, int] | None = None, capacity: int | None = None
+) -> dict[str, list[int]]:
     """Workers per workflow in proportion to ``weights`` (demand x work). With at least as many
     workers as workflows, each gets >= 1 by largest remainder; with fewer, workflows are packed onto
-    workers by weight (longest processing time first), sharing a worker."""
+    workers by weight (longest processing time first), preferring a worker whose memory still holds
+    the workflow's whole pipeline (``memory`` bytes per workflow, ``capacity`` per worker)."""
     names = sorted(weights, key=lambda k: (-weights[k], k))
     total = sum(weights.values()) or 1.0
     if n_workers >= len(names):
@@ -303,10 +306,14 @@ def allocate(weights: dict[str, float], n_workers: int) -> dict[str, list[int]]:
             w += counts[k]
         return out
     load = [0.0] * n_workers
+    used = [0] * n_workers
     out = {}
     for k in names:
-        w = min(range(n_workers), key=lambda i: (load[i], i))
+        need = (memory or {}).get(k, 0)
+        fits = [i for i in range(n_workers) if capacity is None or used[i] + need <= capacity]
+        w = min(fits or range(n_workers), key=lambda i: (load[i], i))
         load[w] += weights[k]
+        used[w] += need
         out[k] = [w]
     return out
 
@@ -330,14 +337,20 @@ class BundlePolicy(MicroServingPolicy):
         demand: dict[str, float] | None = None,
         n_workers: int | None = None,
         autoscale_s: float | None = None,
+        memory: dict[str, int] | None = None,
+        capacity: int | None = None,
     ) -> None:
         super().__init__(name=name, ordering="fcfs", admission=False, adaptive=False)
         self.isolate_workflows = True
         self.replicas = dict(replicas or {})
+        self._memory, self._capacity = memory, capacity
+        self._weights = dict(demand or {})
         if demand and n_workers:
-            self.replicas = allocate(demand, n_workers)
+            self.replicas = allocate(demand, n_workers, memory, capacity)
+        self.initial = {k: list(v) for k, v in self.replicas.items()}
         self.autoscale_s = autoscale_s
         self._window: dict[str, float] = {}
+        self._arrivals = 0
         self._window_start = 0.0
         self._order: list[str] = []
         self.decisions: list[tuple[float, dict[str, int]]] = []
@@ -356,13 +369,23 @@ class BundlePolicy(MicroServingPolicy):
         return [pool[k % len(pool)]]
 
     def _observe(self, req, solo_s: float, n_workers: int) -> None:
+        """Autoscaling: smooth the observed work per workflow (half the last window, half the
+        history) and move replicas only when a workflow's count changes, so the baseline does not
+        thrash on noise and pay pipeline loads for nothing."""
         now = req.arrival_s
         self._window[req.workflow] = self._window.get(req.workflow, 0.0) + solo_s
-        if now - self._window_start >= self.autoscale_s:
-            self.replicas = allocate(self._window, n_workers)
-            self.decisions.append((now, {k: len(v) for k, v in self.replicas.items()}))
-            self._window = {}
-            self._window_start = now
+        self._arrivals += 1
+        if now - self._window_start < self.autoscale_s or self._arrivals < 20:
+            return
+        total = sum(self._window.values())
+        old_total = sum(self._weights.values()) or 1.0
+        names = set(self._weights) | set(self._window)
+        self._weights = {k: 0.5 * self._weights.get(k, 0.0) / old_total + 0.5 * self._window.get(k, 0.0) / total for k in names}
+        proposal = allocate(self._weights, n_workers, self._memory, self._capacity)
+        if {k: len(v) for k, v in proposal.items()} != {k: len(v) for k, v in self.replicas.items()}:
+            self.replicas = proposal
+            self.decisions.append((now, {k: len(v) for k, v in proposal.items()}))
+        self._window, self._arrivals, self._window_start = {}, 0, now
 
     def pin(self, view, req):
         if self.autoscale_s is not None:

@@ -35,7 +35,13 @@ def make_system(system: str, workload: Workload, gpus: int) -> SchedulingPolicy:
     if system == "bundle":
         # its best fair configuration: replicas in proportion to demand, re-allocated every
         # 30 s from the observed work; moved replicas pay the profiled load of their new pipeline
-        return BundlePolicy(demand=workload.demand(), n_workers=gpus, autoscale_s=30.0)
+        return BundlePolicy(
+            demand=workload.demand(),
+            n_workers=gpus,
+            autoscale_s=30.0,
+            memory=workload.pipeline_bytes(),
+            capacity=getattr(workload.cost, "memory_bytes", None),
+        )
     if system == "no-sharing":
         return MicroServingPolicy(system, share=False)
     if system == "no-per-model-scaling":
@@ -116,8 +122,10 @@ def run_trace(
     unfinished = sum(1 for rid in scored if rid not in sim.outcomes)
     config = ""
     if isinstance(policy, BundlePolicy):
-        config = "bundle replicas (initial, by demand): " + ", ".join(f"{k}={len(v)}" for k, v in sorted(policy.replicas.items()))
-        config += f"; autoscaling every 30 s ({len(policy.decisions)} re-allocations)"
+        config = "bundle replicas (initial, by demand x solo work; workflows packed by memory when GPUs < workflows): " + ", ".join(
+            f"{k}={v}" for k, v in sorted(policy.initial.items())
+        )
+        config += f"; autoscaling every 30 s with the profiled load time ({len(policy.decisions)} re-allocations)"
     return SimResult(
         system, gpus, len(scored), met, rejected, unfinished, met / max(1, len(scored)), lat, wall, sim.now, sim.dispatches, config
     )

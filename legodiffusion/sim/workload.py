@@ -108,6 +108,15 @@ class Workload:
         deadline = arrival_s + self.slo_scale * self.solo_s[workflow]
         return Request(rid, tmpl, bound, workflow, arrival_s, deadline)
 
+    def pipeline_bytes(self) -> dict[str, int]:
+        """Weight memory of each workflow's whole pipeline (what a monolithic replica holds)."""
+        out = {}
+        for wf in self.workflows:
+            tmpl = self._expanders[wf.name].template(self.bind(wf.name, {}))
+            comps = {(n.model, n.component) for n in tmpl.nodes if n.component}
+            out[wf.name] = sum(self.cost.weight_bytes(m, c) for m, c in comps)
+        return out
+
     def demand(self) -> dict[str, float]:
         """Expected share of the work per workflow: popularity x solo latency."""
         return {name: share * self.solo_s[name] for name, share in self.mix.items()}
