@@ -112,5 +112,41 @@ def profile(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def sim(
+    system: str = typer.Option(
+        "ours",
+        help="ours, bundle, fcfs, or an ablation (no-sharing, no-per-model-scaling, no-adaptive-parallelism, no-cross-request-batching, no-admission)",
+    ),
+    gpus: int = typer.Option(16, min=1, help="simulated reference GPUs (H100)"),
+    trace: str = typer.Option("poisson", help="poisson, bursty, gamma or csv"),
+    rate: float = typer.Option(2.0, min=0.0, help="requests per second (base rate for bursty)"),
+    duration: float = typer.Option(300.0, min=1.0, help="simulated seconds"),
+    multiplier: float = typer.Option(4.0, help="bursty: rate multiplier during the 30 s burst"),
+    cv: float = typer.Option(2.0, help="gamma: coefficient of variation of inter-arrival times"),
+    csv: Path | None = typer.Option(None, help="csv: a trace file with timestamp_s,workflow[,inputs...]"),
+    slo_scale: float = typer.Option(2.0, help="SLO as a multiple of each workflow's solo latency"),
+    seed: int = typer.Option(0, help="trace seed"),
+    warmup: float = typer.Option(30.0, help="seconds of cold start not scored"),
+) -> None:
+    """Simulate the 12-workflow paper workload on reference H100s with the serving coordinator."""
+    from legodiffusion.cli.sim import run_sim
+
+    raise typer.Exit(run_sim(system, gpus, trace, rate, duration, multiplier, cv, csv, slo_scale, seed, warmup))
+
+
+@app.command()
+def fidelity(
+    requests: int = typer.Option(40, min=10, help="requests in the trace"),
+    rate: float = typer.Option(4.0, help="requests per second"),
+    seed: int = typer.Option(0, help="trace seed"),
+    models: Path | None = typer.Option(None, help="tiny model folder (built if missing)"),
+) -> None:
+    """Serve one small trace live and in the simulator; print p50/p95 per workflow side by side."""
+    from legodiffusion.cli.sim import run_fidelity
+
+    raise typer.Exit(run_fidelity(requests, rate, seed, models or config.home() / "models"))
+
+
 if __name__ == "__main__":
     app()

@@ -61,9 +61,10 @@ def _sim_ref(tensor_id: int, worker: int, px: int | None) -> TensorRef:
 class Simulator:
     """Event-driven: request arrivals and dispatch completions in virtual time."""
 
-    def __init__(self, coordinator: Coordinator, cost: CostModel, budget_bytes: int | None = None) -> None:
+    def __init__(self, coordinator: Coordinator, cost: CostModel, budget_bytes: int | None = None, overhead_s: float = 0.0) -> None:
         self.coord = coordinator
         self.cost = cost
+        self.overhead_s = overhead_s  # per dispatch: the live runtime's hand-offs
         self.workers = [SimWorker(i, budget_bytes) for i in range(len(coordinator.workers))]
         self.now = 0.0
         self._events: list = []
@@ -92,7 +93,7 @@ class Simulator:
     def _start(self, d: Dispatch) -> None:
         w = self.workers[d.worker]
         px = self._px.get(d.items[0].request_id)
-        t = self.cost.exec_s(d.op, d.mode, d.model, len(d.items), px)
+        t = self.cost.exec_s(d.op, d.mode, d.model, len(d.items), px) + self.overhead_s
         loaded, evicted = False, []
         if d.component is not None:
             key = (d.model, d.component, d.scope)

@@ -1,0 +1,133 @@
+"""Fidelity check: one small trace served live (local backend, tiny models, real timing) and
+simulated with the profile measured on this machine; p50/p95 latency per workflow compared."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+from legodiffusion.config import EngineConfig
+from legodiffusion.core.coordinator import Coordinator
+from legodiffusion.core.policy import make_policy
+from legodiffusion.models.tiny import write_tiny_models
+from legodiffusion.ops import default_registry
+from legodiffusion.profiles.book import ModelProfile, OpPoint, ProfileCost
+from legodiffusion.runtime.engine import Engine
+from legodiffusion.sim.cluster import Simulator
+from legodiffusion.sim.traces import Arrival, poisson
+from legodiffusion.workflow.catalog import sd_txt2img
+from legodiffusion.workflow.expand import Expander, bind_inputs
+
+WORKFLOWS = {
+    "guided": (sd_txt2img("sd15", name="guided"), {"steps": 6, "guidance_scale": 7.0}),
+    "styled": (sd_txt2img("sd15", name="styled", prompt_template="a painting of {text}"), {"steps": 4, "guidance_scale": 1.0}),
+}
+SIZE = 64
+
+
+def _inputs(workflow: str, i: int) -> dict:
+    return {"prompt": f"subject {i}", "seed": i, "height": SIZE, "width": SIZE, **WORKFLOWS[workflow][1]}
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
+
+
+def profile_from_dispatches(records: list[tuple], model: str) -> ModelProfile:
+    """A profile of what the live runtime measured: the median duration of each (operator, mode,
+    batch size) over recorded dispatches, as its workers timed them."""
+    groups: dict[tuple, list[float]] = {}
+    for op, mode, batch, seconds in records:
+        groups.setdefault((op, mode, batch), []).append(seconds)
+    prof = ModelProfile(model, "cpu (in-situ)", {}, source="timed by the local runtime's workers")
+    for (op, mode, batch), times in sorted(groups.items()):
+        prof.ops.append(OpPoint(op, mode, batch, SIZE * SIZE, statistics.median(times), 0))
+    return prof
+
+
+async def _live(folder: Path, trace: list[Arrival], policy: str, records: list | None = None) -> dict[str, list[float]]:
+    async with Engine({"sd15": folder}, EngineConfig(workers=1, device="cpu", policy=policy)) as engine:
+        if records is not None:
+            engine.on_dispatch_done = lambda d, c: records.append((d.op, d.mode, len(d.items), c.end_s - c.start_s))
+        for spec, _ in WORKFLOWS.values():
+            engine.add_workflow(spec)
+        for name in WORKFLOWS:  # warm: every component resident, as in the simulation
+            await engine.run(name, _inputs(name, 0))
+        start = time.perf_counter()
+        runs = []
+        for i, a in enumerate(trace):
+            delay = a.t - (time.perf_counter() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            runs.append((a.workflow, engine.submit(a.workflow, _inputs(a.workflow, i))))
+        out: dict[str, list[float]] = {}
+        for wf, run in runs:
+            r = await run.future
+            out.setdefault(wf, []).append(r.latency_s)
+        return out
+
+
+def _simulated(cost: ProfileCost, trace: list[Arrival], policy: str, overhead_s: float) -> dict[str, list[float]]:
+    from legodiffusion.core.coordinator import Request
+
+    coord = Coordinator(1, make_policy(policy), cost=cost)
+    sim = Simulator(coord, cost, overhead_s=overhead_s)
+    registry = default_registry()
+    expanders = {name: Expander(spec, registry) for name, (spec, _) in WORKFLOWS.items()}
+    for name in WORKFLOWS:  # the same warm start: components resident
+        for comp in ("text_encoder", "denoiser", "vae", "config"):
+            sim.workers[0].admit(("sd15", comp, None), 0)
+            coord.note_resident(0, ("sd15", comp, None))
+    ids = itertools.count(1)
+    reqs = {}
+    for i, a in enumerate(trace):
+        bound = bind_inputs(expanders[a.workflow].spec, _inputs(a.workflow, i))
+        req = Request(next(ids), expanders[a.workflow].template(bound), bound, a.workflow, a.t)
+        reqs[req.id] = req
+        sim.submit_at(a.t, req)
+    sim.run()
+    out: dict[str, list[float]] = {}
+    for rid, req in reqs.items():
+        out.setdefault(req.workflow, []).append(sim.finish_s[rid] - req.arrival_s)
+    return out
+
+
+def fidelity(
+    models_dir: Path,
+    requests: int = 40,
+    rate: float = 4.0,
+    seed: int = 0,
+    policy: str = "default",
+    overhead_s: float = 2e-4,
+    progress=print,
+) -> dict:
+    """Run the comparison; returns {workflow: {live_p50, live_p95, sim_p50, sim_p95, err_p50, err_p95}}."""
+    folder = write_tiny_models(models_dir, families=("sd15",), extras=())["sd15"]
+    mix = {name: 1.0 for name in WORKFLOWS}
+    progress("measuring the profile on this machine (a calibration trace through the live runtime) ...")
+    records: list = []
+    asyncio.run(_live(folder, poisson(rate * 1.5, requests / rate, mix, seed + 1000), policy, records))
+    cost = ProfileCost({"sd15": profile_from_dispatches(records, "sd15")})
+    trace = poisson(rate, requests / rate, mix, seed)
+    progress(f"serving {len(trace)} requests live ...")
+    live = asyncio.run(_live(folder, trace, policy))
+    progress("simulating the same trace ...")
+    sim = _simulated(cost, trace, policy, overhead_s)
+    out = {}
+    for wf in WORKFLOWS:
+        lp50, lp95 = _pct(live[wf], 0.5), _pct(live[wf], 0.95)
+        sp50, sp95 = _pct(sim[wf], 0.5), _pct(sim[wf], 0.95)
+        out[wf] = {
+            "requests": len(live[wf]),
+            "live_p50": lp50,
+            "live_p95": lp95,
+            "sim_p50": sp50,
+            "sim_p95": sp95,
+            "err_p50": abs(sp50 - lp50) / lp50,
+            "err_p95": abs(sp95 - lp95) / lp95,
+        }
+    return out

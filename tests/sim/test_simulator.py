@@ -1,0 +1,100 @@
+"""The simulator drives the real coordinator on a virtual clock with reference profiles."""
+
+import csv
+import re
+
+from typer.testing import CliRunner
+
+from legodiffusion.cli.main import app
+from legodiffusion.core.policy import allocate
+from legodiffusion.sim.experiment import run_trace
+from legodiffusion.sim.reference import ReferenceCost, load_reference
+from legodiffusion.sim.traces import bursty, from_csv, gamma, poisson
+from legodiffusion.sim.workload import Workload, paper_workflows
+
+
+def workload():
+    return Workload(paper_workflows(), ReferenceCost())
+
+
+def test_reference_profiles_name_a_source_for_every_number():
+    data = load_reference("h100")
+    for name, model in data["models"].items():
+        for key, spec in model.items():
+            assert spec.get("source"), f"{name}.{key} has no source"
+            named = [k for k in data["sources"] if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", spec["source"])]
+            assert named, f"{name}.{key}: source {spec['source']!r} names no entry of 'sources'"
+
+
+def test_workload_has_twelve_paper_workflows_with_skewed_popularity():
+    wl = workload()
+    assert len(wl.names) == 12
+    steps = {wf.inputs["steps"] for wf in wl.workflows}
+    assert min(steps) == 4 and max(steps) == 50
+    mix = wl.mix
+    flux_dev = sum(v for k, v in mix.items() if k.startswith("flux-dev"))
+    assert flux_dev > 0.3, "a few base models carry most requests"
+    assert all(s > 0 for s in wl.solo_s.values())
+
+
+def test_simulation_is_deterministic_for_a_seed():
+    wl = workload()
+    trace = poisson(1.0, 60, wl.mix, seed=5)
+    a = run_trace(trace, wl, "ours", 8, warmup_s=10)
+    b = run_trace(trace, wl, "ours", 8, warmup_s=10)
+    assert (a.met, a.rejected, a.dispatches, a.percentiles()) == (b.met, b.rejected, b.dispatches, b.percentiles())
+
+
+def test_traces():
+    mix = {"a": 1.0, "b": 3.0}
+    p = poisson(10.0, 100.0, mix, seed=1)
+    assert 850 < len(p) < 1150 and all(0 <= x.t < 100 for x in p)
+    assert sum(1 for x in p if x.workflow == "b") > 2 * sum(1 for x in p if x.workflow == "a")
+    b = bursty(2.0, 8.0, 40.0, 20.0, 100.0, mix, seed=1)
+    inside = sum(1 for x in b if 40 <= x.t < 60)
+    assert inside > 4 * sum(1 for x in b if 0 <= x.t < 20)
+    g = gamma(5.0, 3.0, 200.0, mix, seed=1)
+    gaps = [y.t - x.t for x, y in zip(g, g[1:])]
+    mean = sum(gaps) / len(gaps)
+    cv = (sum((x - mean) ** 2 for x in gaps) / len(gaps)) ** 0.5 / mean
+    assert 0.15 < mean < 0.25 and cv > 2.0
+
+
+def test_a_csv_trace_we_did_not_design_replays_and_reports_attainment(tmp_path):
+    path = tmp_path / "trace.csv"
+    rows = [
+        (1000.25, "sd35t", ""),
+        (1000.25, "flux-schnell", 7),
+        (1001.9, "flux-dev", ""),
+        (1003.0, "sd3m-canny", 3),
+        (1003.5, "sd35l-lora", ""),
+        (1007.75, "flux-dev-canny", ""),
+    ]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp_s", "workflow", "seed"])
+        w.writerows(rows)
+    trace = from_csv(path)
+    assert trace[0].t == 0.0 and trace[-1].t == 7.5 and trace[1].inputs == {"seed": 7}
+    res = run_trace(trace, workload(), "ours", 4)
+    assert res.requests == 6 and 0.0 <= res.attainment <= 1.0
+    out = CliRunner().invoke(app, ["sim", "--trace", "csv", "--csv", str(path), "--gpus", "4", "--warmup", "0"])
+    assert out.exit_code == 0, out.output
+    assert "SLO attainment" in out.output
+
+
+def test_micro_serving_beats_the_monolithic_baseline_under_load():
+    wl = workload()
+    trace = poisson(1.2, 240, wl.mix, seed=3)
+    ours = run_trace(trace, wl, "ours", 8, warmup_s=30)
+    bundle = run_trace(trace, wl, "bundle", 8, warmup_s=30)
+    assert ours.attainment > bundle.attainment
+    assert "bundle replicas" in bundle.config
+
+
+def test_bundle_allocation_follows_demand():
+    alloc = allocate({"a": 6.0, "b": 2.0, "c": 0.5}, 8)
+    assert sorted(w for ws in alloc.values() for w in ws) == list(range(8))
+    assert len(alloc["a"]) > len(alloc["b"]) >= len(alloc["c"]) >= 1
+    packed = allocate({"a": 3.0, "b": 2.0, "c": 1.0}, 2, memory={"a": 50, "b": 40, "c": 30}, capacity=80)
+    assert packed["a"] != packed["b"], "two pipelines that do not fit together go to different workers"
