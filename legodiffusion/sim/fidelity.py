@@ -78,10 +78,9 @@ def _simulated(cost: ProfileCost, trace: list[Arrival], policy: str, overhead_s:
     sim = Simulator(coord, cost, overhead_s=overhead_s)
     registry = default_registry()
     expanders = {name: Expander(spec, registry) for name, (spec, _) in WORKFLOWS.items()}
-    for name in WORKFLOWS:  # the same warm start: components resident
-        for comp in ("text_encoder", "denoiser", "vae", "config"):
-            sim.workers[0].admit(("sd15", comp, None), 0)
-            coord.note_resident(0, ("sd15", comp, None))
+    for comp in ("text_encoder", "denoiser", "vae", "config"):  # the same warm start: resident
+        sim.workers[0].admit(("sd15", comp, None), 0)
+        coord.note_resident(0, ("sd15", comp, None))
     ids = itertools.count(1)
     reqs = {}
     for i, a in enumerate(trace):
