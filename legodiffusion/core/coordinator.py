@@ -165,7 +165,6 @@ class Coordinator:
         self._throughput_batch = dict(throughput_batch or {})
         self._default_batches = (default_latency_batch, default_throughput_batch)
         self._node_costs: dict[tuple[int, int | None], list[float]] = {}
-        self._remaining_total = 0.0
         self._seq = 0
         self._next_tensor = 0
         self._next_dispatch = 0
@@ -199,11 +198,6 @@ class Coordinator:
         """Profiled remaining work of in-flight requests ordered before ``priority``."""
         return sum(r.remaining_s for r in self.requests.values() if r.priority <= priority)
 
-    def remaining_work(self) -> tuple[float, float, int]:
-        """(total, largest, count) of the profiled remaining work of in-flight requests."""
-        longest = max((r.remaining_s for r in self.requests.values()), default=0.0)
-        return self._remaining_total, longest, len(self.requests)
-
     # -- events ----------------------------------------------------------------------------
 
     def submit(self, req: Request, now: float) -> Actions:
@@ -223,7 +217,6 @@ class Coordinator:
         live.priority = self.policy.priority(live, self._seq, solo)
         live.pin = self.policy.pin(self, live)
         self.requests[req.id] = live
-        self._remaining_total += live.remaining_s
         for node in req.template.sources:
             self._make_ready(live, node)
         self._dispatch(actions)
@@ -305,7 +298,6 @@ class Coordinator:
         live.done += 1
         cost = live.costs[node]
         live.remaining_s -= cost
-        self._remaining_total -= cost
         actions.progressed.append(live.req.id)
         if live.done == len(tmpl.nodes):
             outs = {name: live.refs[k] for name, k in tmpl.outputs.items()}
@@ -323,7 +315,6 @@ class Coordinator:
         actions.abandoned.extend(sorted(live.pending))
         live.refs.clear()
         live.pending.clear()
-        self._remaining_total -= live.remaining_s
         self.stats.requests[status] += 1
         del self.requests[live.req.id]
 
