@@ -255,7 +255,11 @@ class MicroServingPolicy(SchedulingPolicy):
             return []
         keys = sorted(view.queues, key=lambda k: view.queues[k].head_priority())
         limits = {k: view.batch_limits(view.classes[k].op) for k in keys}
-        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= view.free_slots
+        # latency mode while the workers that may take work now (calm ones) can give every ready
+        # class its small batches; throughput mode packs larger batches when they cannot
+        calm = view.calm & view.eligible
+        calm_slots = sum(view.workers[w].slots - view.workers[w].inflight for w in calm)
+        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= calm_slots
         plan = []
         slots = _Slots(view)
         reserved: dict[int, float] = {}

@@ -94,8 +94,10 @@ class Engine:
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sent: dict[int, Dispatch] = {}
-        #: called on the event loop with (dispatch, completion) as each dispatch finishes
+        #: called on the event loop with (dispatch, completion) as each dispatch finishes, and
+        #: with each dispatch as it is sent to its worker (for timelines and calibration)
         self.on_dispatch_done: Callable[[Dispatch, Completion], None] | None = None
+        self.on_dispatch_sent: Callable[[Dispatch], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -230,6 +232,8 @@ class Engine:
             self.plane.abandon(actions.abandoned)
         for d in actions.dispatches:
             self._sent[d.id] = d
+            if self.on_dispatch_sent is not None:
+                self.on_dispatch_sent(d)
             self.workers[d.worker].submit(d)
 
 

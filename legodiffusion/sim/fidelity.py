@@ -45,14 +45,41 @@ def profile_from_dispatches(records: list[tuple], model: str) -> ModelProfile:
         groups.setdefault((op, mode, batch), []).append(seconds)
     prof = ModelProfile(model, "cpu (in-situ)", {}, source="timed by the local runtime's workers")
     for (op, mode, batch), times in sorted(groups.items()):
-        prof.ops.append(OpPoint(op, mode, batch, SIZE * SIZE, statistics.median(times), 0))
+        prof.ops.append(OpPoint(op, mode, batch, SIZE * SIZE, statistics.fmean(times), 0))  # mean: it sets capacity
     return prof
 
 
-async def _live(folder: Path, trace: list[Arrival], policy: str, records: list | None = None) -> dict[str, list[float]]:
+class _Calibration:
+    """What the live runtime measures about itself: each dispatch's execution time on its worker,
+    and the hand-off latency around it (sent -> started while the worker was idle, and finished ->
+    seen by the event loop)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple] = []
+        self.hops: list[float] = []
+        self._sent: dict[int, float] = {}
+        self._worker_free_at = 0.0
+
+    def sent(self, d) -> None:
+        self._sent[d.id] = time.perf_counter()
+
+    def done(self, d, c) -> None:
+        now = time.perf_counter()
+        self.records.append((d.op, d.mode, len(d.items), c.end_s - c.start_s))
+        sent = self._sent.pop(d.id, None)
+        if sent is not None and sent >= self._worker_free_at:  # the worker was idle: a pure hand-off
+            self.hops.append((c.start_s - sent) + (now - c.end_s))
+        self._worker_free_at = c.end_s
+
+    def overhead_s(self) -> float:
+        return statistics.median(self.hops) if self.hops else 0.0
+
+
+async def _live(folder: Path, trace: list[Arrival], policy: str, calibration: _Calibration | None = None) -> dict[str, list[float]]:
     async with Engine({"sd15": folder}, EngineConfig(workers=1, device="cpu", policy=policy)) as engine:
-        if records is not None:
-            engine.on_dispatch_done = lambda d, c: records.append((d.op, d.mode, len(d.items), c.end_s - c.start_s))
+        if calibration is not None:
+            engine.on_dispatch_sent = calibration.sent
+            engine.on_dispatch_done = calibration.done
         for spec, _ in WORKFLOWS.values():
             engine.add_workflow(spec)
         for name in WORKFLOWS:  # warm: every component resident, as in the simulation
@@ -101,16 +128,17 @@ def fidelity(
     rate: float = 4.0,
     seed: int = 0,
     policy: str = "default",
-    overhead_s: float = 2e-4,
+    overhead_s: float | None = None,
     progress=print,
 ) -> dict:
     """Run the comparison; returns {workflow: {live_p50, live_p95, sim_p50, sim_p95, err_p50, err_p95}}."""
     folder = write_tiny_models(models_dir, families=("sd15",), extras=())["sd15"]
     mix = {name: 1.0 for name in WORKFLOWS}
     progress("measuring the profile on this machine (a calibration trace through the live runtime) ...")
-    records: list = []
-    asyncio.run(_live(folder, poisson(rate * 1.5, requests / rate, mix, seed + 1000), policy, records))
-    cost = ProfileCost({"sd15": profile_from_dispatches(records, "sd15")})
+    calibration = _Calibration()
+    asyncio.run(_live(folder, poisson(rate * 1.5, requests / rate, mix, seed + 1000), policy, calibration))
+    cost = ProfileCost({"sd15": profile_from_dispatches(calibration.records, "sd15")})
+    overhead_s = calibration.overhead_s() if overhead_s is None else overhead_s
     trace = poisson(rate, requests / rate, mix, seed)
     progress(f"serving {len(trace)} requests live ...")
     live = asyncio.run(_live(folder, trace, policy))
@@ -121,6 +149,7 @@ def fidelity(
         lp50, lp95 = _pct(live[wf], 0.5), _pct(live[wf], 0.95)
         sp50, sp95 = _pct(sim[wf], 0.5), _pct(sim[wf], 0.95)
         out[wf] = {
+            "overhead_ms": overhead_s * 1e3,
             "requests": len(live[wf]),
             "live_p50": lp50,
             "live_p95": lp95,
