@@ -137,8 +137,8 @@ def sim(
 
 @app.command()
 def fidelity(
-    requests: int = typer.Option(40, min=10, help="requests in the trace"),
-    rate: float = typer.Option(4.0, help="requests per second"),
+    requests: int = typer.Option(150, min=10, help="requests in the trace"),
+    rate: float = typer.Option(3.0, help="requests per second"),
     seed: int = typer.Option(0, help="trace seed"),
     models: Path | None = typer.Option(None, help="tiny model folder (built if missing)"),
 ) -> None:

@@ -124,8 +124,8 @@ def _simulated(cost: ProfileCost, trace: list[Arrival], policy: str, overhead_s:
 
 def fidelity(
     models_dir: Path,
-    requests: int = 40,
-    rate: float = 4.0,
+    requests: int = 150,
+    rate: float = 3.0,
     seed: int = 0,
     policy: str = "default",
     overhead_s: float | None = None,
@@ -134,14 +134,15 @@ def fidelity(
     """Run the comparison; returns {workflow: {live_p50, live_p95, sim_p50, sim_p95, err_p50, err_p95}}."""
     folder = write_tiny_models(models_dir, families=("sd15",), extras=())["sd15"]
     mix = {name: 1.0 for name in WORKFLOWS}
-    progress("measuring the profile on this machine (a calibration trace through the live runtime) ...")
+    trace = poisson(rate, requests / rate, mix, seed)
+    progress(f"serving {len(trace)} requests live, timing every dispatch ...")
+    # The profile is measured in the same run (each dispatch's execution time as its worker timed
+    # it, and the hand-off latency around it): on a shared machine whose speed drifts, a profile
+    # taken minutes earlier would compare two different machines.
     calibration = _Calibration()
-    asyncio.run(_live(folder, poisson(rate * 1.5, requests / rate, mix, seed + 1000), policy, calibration))
+    live = asyncio.run(_live(folder, trace, policy, calibration))
     cost = ProfileCost({"sd15": profile_from_dispatches(calibration.records, "sd15")})
     overhead_s = calibration.overhead_s() if overhead_s is None else overhead_s
-    trace = poisson(rate, requests / rate, mix, seed)
-    progress(f"serving {len(trace)} requests live ...")
-    live = asyncio.run(_live(folder, trace, policy))
     progress("simulating the same trace ...")
     sim = _simulated(cost, trace, policy, overhead_s)
     out = {}
