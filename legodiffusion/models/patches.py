@@ -49,7 +49,11 @@ def _pipeline_cls(family: str):
 
 def load_lora_file(path: Path, family: str = "sd") -> tuple[dict, Any, Any]:
     """(state dict, network alphas, metadata) as ``load_lora_weights`` reads them."""
-    return _pipeline_cls(family).lora_state_dict(str(path), return_lora_metadata=True)
+    cls = _pipeline_cls(family)
+    if family == "flux":  # Flux's loader hands back alphas only when asked for them
+        return cls.lora_state_dict(str(path), return_alphas=True, return_lora_metadata=True)
+    out = cls.lora_state_dict(str(path), return_lora_metadata=True)
+    return out if len(out) == 3 else (out[0], None, out[1])
 
 
 @dataclass
@@ -66,21 +70,26 @@ class PatchSet:
         self.lock = threading.Lock()
 
 
-def inject(obj: Any, name: str, lora: tuple, family: str) -> None:
-    """Add LoRA ``name`` to a resident denoiser or text-encoder bundle as a PEFT adapter."""
+def inject(obj: Any, name: str, lora: tuple, family: str) -> bool:
+    """Add LoRA ``name`` to a resident denoiser or text-encoder bundle as a PEFT adapter;
+    False when the LoRA has no weights for it."""
     state_dict, alphas, metadata = lora
     cls = _pipeline_cls(family)
     if isinstance(obj, Denoiser):
         if family in ("sd", "sdxl"):
             cls.load_lora_into_unet(dict(state_dict), alphas, unet=obj.module, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True)
         else:
+            extra = {"network_alphas": alphas} if family == "flux" else {}
             cls.load_lora_into_transformer(
-                dict(state_dict), transformer=obj.module, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True
+                dict(state_dict), transformer=obj.module, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True, **extra
             )
-    elif isinstance(obj, TextEncoders):
+        return True
+    if isinstance(obj, TextEncoders):
+        found = False
         prefixes = ["text_encoder", "text_encoder_2"]
         for prefix, pair in zip(prefixes, obj.pairs):
             if pair is not None and any(k.startswith(prefix + ".") for k in state_dict):
+                found = True
                 cls.load_lora_into_text_encoder(
                     dict(state_dict),
                     alphas,
@@ -90,6 +99,8 @@ def inject(obj: Any, name: str, lora: tuple, family: str) -> None:
                     metadata=metadata,
                     low_cpu_mem_usage=True,
                 )
+        return found
+    return False
 
 
 def _te_modules(obj: TextEncoders) -> list:

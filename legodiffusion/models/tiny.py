@@ -486,3 +486,15 @@ def write_tiny_models(root: str | Path, seed: int = 0, families=TINY_FAMILIES, e
             _EXTRA_WRITERS[name](path, out[base], seed)
         out[name] = path
     return out
+
+
+def write_tiny_flux_lora(path: str | Path, base_folder: str | Path, seed: int = 0, rank: int = 4) -> Path:
+    """A diffusers-format LoRA for the tiny Flux transformer's attention projections, as
+    ``FluxPipeline.load_lora_weights(path)`` accepts it."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    path, base_folder = Path(path), Path(base_folder)
+    transformer = FluxTransformer2DModel.from_pretrained(base_folder / "transformer")
+    layers = _lora_state_dict(transformer, _UNET_LORA_TARGETS, rank, seed)
+    FluxPipeline.save_lora_weights(save_directory=path.parent, transformer_lora_layers=layers, weight_name=path.name)
+    return path

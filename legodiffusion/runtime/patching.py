@@ -41,9 +41,9 @@ def lora_patches(models: ResidentModels, d: Dispatch, obj, items: list[Item]):
     injected = models.patches.setdefault((d.model, d.component, d.scope), set())
     for name, _ in patches:
         if name not in injected:
-            inject(obj, name, host.lora(name, family), family)
+            if inject(obj, name, host.lora(name, family), family):
+                models.patch_loads += 1
             injected.add(name)
-            models.patch_loads += 1
     activate(obj, patches)
     try:
         yield True

@@ -73,3 +73,35 @@ def test_unknown_lora_is_refused_before_any_work(tiny_models):
 
     with pytest.raises(WorkflowError, match="unknown LoRA 'nope'"):
         run_requests(tiny_models["sd15"], [dict(ARGS, seed=1, loras="nope:0.3")], models=models(tiny_models))
+
+
+def test_flux_lora_matches_load_lora_weights(tiny_models, tmp_path):
+    from diffusers import FluxPipeline
+
+    from legodiffusion.models.tiny import write_tiny_flux_lora
+    from legodiffusion.workflow.catalog import flux_txt2img
+
+    base = tiny_models["flux"]
+    lora = write_tiny_flux_lora(tmp_path / "flux-lora.safetensors", base, seed=3)
+    args = dict(prompt="a castle", steps=2, guidance=3.5, seed=2, height=64, width=64, max_sequence_length=32)
+    (r,), engine = run_requests(
+        base, [dict(args, workflow="flux-txt2img", loras="fl:0.8")], models={"flux": base, "fl": lora}, workflows=[flux_txt2img("flux")]
+    )
+    assert r.ok, r.error
+    pipe = FluxPipeline.from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora), adapter_name="x")
+    pipe.set_adapters(["x"], adapter_weights=[0.8])
+    ref = pipe(
+        "a castle",
+        num_inference_steps=2,
+        guidance_scale=3.5,
+        height=64,
+        width=64,
+        max_sequence_length=32,
+        generator=torch.Generator("cpu").manual_seed(2),
+        output_type="np",
+    ).images[0]
+    assert np.abs(as_hwc(r.outputs["image"]) - ref).max() <= 1e-4
+    (w,) = engine.workers
+    assert w.models.patch_loads == 1
