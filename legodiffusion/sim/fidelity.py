@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import statistics
 import time
 from pathlib import Path
@@ -98,11 +99,32 @@ async def _live(folder: Path, trace: list[Arrival], policy: str, calibration: _C
         return out
 
 
-def _simulated(cost: ProfileCost, trace: list[Arrival], policy: str, overhead_s: float) -> dict[str, list[float]]:
+class SampledCost(ProfileCost):
+    """Execution times drawn from the durations the workers measured (seeded, so deterministic):
+    service-time variance drives queueing tails, which a mean alone would understate. The
+    coordinator still plans with the means."""
+
+    def __init__(self, profile: ModelProfile, records: list[tuple], seed: int = 0) -> None:
+        super().__init__({profile.model_key: profile})
+        self._samples: dict[tuple, list[float]] = {}
+        for op, mode, batch, seconds in records:
+            self._samples.setdefault((op, mode, batch), []).append(seconds)
+        self._rng = random.Random(seed)
+
+    def exec_s(self, op, mode, model, batch, px) -> float:
+        samples = self._samples.get((op, mode, batch))
+        if samples:
+            return self._rng.choice(samples)
+        return super().exec_s(op, mode, model, batch, px)
+
+
+def _simulated(
+    cost: ProfileCost, trace: list[Arrival], policy: str, overhead_s: float, exec_cost: ProfileCost | None = None
+) -> dict[str, list[float]]:
     from legodiffusion.core.coordinator import Request
 
     coord = Coordinator(1, make_policy(policy), cost=cost)
-    sim = Simulator(coord, cost, overhead_s=overhead_s)
+    sim = Simulator(coord, exec_cost or cost, overhead_s=overhead_s)
     registry = default_registry()
     expanders = {name: Expander(spec, registry) for name, (spec, _) in WORKFLOWS.items()}
     for comp in ("text_encoder", "denoiser", "vae", "config"):  # the same warm start: resident
@@ -141,10 +163,11 @@ def fidelity(
     # taken minutes earlier would compare two different machines.
     calibration = _Calibration()
     live = asyncio.run(_live(folder, trace, policy, calibration))
-    cost = ProfileCost({"sd15": profile_from_dispatches(calibration.records, "sd15")})
+    profile = profile_from_dispatches(calibration.records, "sd15")
+    cost = ProfileCost({"sd15": profile})
     overhead_s = calibration.overhead_s() if overhead_s is None else overhead_s
     progress("simulating the same trace ...")
-    sim = _simulated(cost, trace, policy, overhead_s)
+    sim = _simulated(cost, trace, policy, overhead_s, SampledCost(profile, calibration.records, seed))
     out = {}
     for wf in WORKFLOWS:
         lp50, lp95 = _pct(live[wf], 0.5), _pct(live[wf], 0.95)
