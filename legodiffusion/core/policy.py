@@ -228,8 +228,8 @@ class MicroServingPolicy(SchedulingPolicy):
         comp = (info.model, info.component, info.scope) if info.component else None
         where = view.locality(key, n)
         candidates = self._candidates(view, info, slots, comp, where)
-        if not candidates:
-            return None
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
         if self.placement == "random":
             return self._rng.choice(sorted(candidates))
         cost = view.cost
@@ -253,13 +253,13 @@ class MicroServingPolicy(SchedulingPolicy):
     def plan(self, view):
         if not view.eligible:
             return []
-        keys = sorted(view.queues, key=lambda k: view.queues[k].head_priority())
+        queues = view.queues
+        keys = sorted(queues, key=lambda k: queues[k].head_priority()) if len(queues) > 1 else list(queues)
         limits = {k: view.batch_limits(view.classes[k].op) for k in keys}
-        # latency mode while the workers that may take work now (calm ones) can give every ready
-        # class its small batches; throughput mode packs larger batches when they cannot
-        calm = view.calm & view.eligible
-        calm_slots = sum(view.workers[w].slots - view.workers[w].inflight for w in calm)
-        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= calm_slots
+        # latency mode while there are enough workers that may take work now (calm ones) to give
+        # every ready class its small batches, each on its own worker; throughput mode packs larger
+        # batches when there are not (two slots of one worker are no parallelism)
+        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= len(view.calm & view.eligible)
         plan = []
         slots = _Slots(view)
         reserved: dict[int, float] = {}
