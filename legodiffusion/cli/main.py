@@ -137,7 +137,7 @@ def sim(
 
 @app.command()
 def fidelity(
-    requests: int = typer.Option(150, min=10, help="requests in the trace"),
+    requests: int = typer.Option(300, min=10, help="requests in the trace (p95 needs many)"),
     rate: float = typer.Option(3.0, help="requests per second"),
     seed: int = typer.Option(0, help="trace seed"),
     models: Path | None = typer.Option(None, help="tiny model folder (built if missing)"),

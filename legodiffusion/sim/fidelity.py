@@ -146,7 +146,7 @@ def _simulated(
 
 def fidelity(
     models_dir: Path,
-    requests: int = 150,
+    requests: int = 300,
     rate: float = 3.0,
     seed: int = 0,
     policy: str = "default",
