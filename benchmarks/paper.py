@@ -279,7 +279,13 @@ def write_summary() -> None:
         lines += [f"## Ablations ({abl['gpus']} GPUs, max sustainable rate)", "", "| variant | req/s | vs ours |", "|---|---|---|"] + [
             f"| {s} | {v['max_rate']:.2f} | {v['relative']:.2f} |" for s, v in abl["systems"].items()
         ]
-        lines += ["", "0.00: the variant never reaches 90% even at the lowest rate searched (0.01 req/s per GPU).", "", "Command: `python benchmarks/paper.py ablations`", ""]
+        lines += [
+            "",
+            "0.00: the variant never reaches 90% even at the lowest rate searched (0.01 req/s per GPU).",
+            "",
+            "Command: `python benchmarks/paper.py ablations`",
+            "",
+        ]
     scale = load("paper_scale")
     if scale:
         lines += [
