@@ -4,12 +4,11 @@ base model's own computation when two workers are free."""
 import asyncio
 
 import numpy as np
-import torch
 from PIL import Image
 
 from legodiffusion import Engine, EngineConfig
 from legodiffusion.workflow.catalog import sd_txt2img
-from tests.helpers import as_hwc, run_requests
+from tests.helpers import as_hwc, reference_pipeline, run_requests
 
 
 def control_image(size=64):
@@ -36,10 +35,12 @@ def test_sd_controlnet_matches_the_reference_pipeline(tiny_models):
     )
     (result,), engine = run_requests(base, [dict(args, workflow="sd-cn")], models={"sd15": base, "cn": cn}, workflows=[wf])
     assert result.ok, result.error
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(base, controlnet=ControlNetModel.from_pretrained(cn))
-    pipe.set_progress_bar_config(disable=True)
-    ref = pipe(
-        "a house",
+    ref = reference_pipeline(
+        StableDiffusionControlNetPipeline,
+        base,
+        seed=9,
+        components={"controlnet": ControlNetModel.from_pretrained(cn)},
+        prompt="a house",
         image=image,
         negative_prompt="fog",
         num_inference_steps=3,
@@ -47,9 +48,7 @@ def test_sd_controlnet_matches_the_reference_pipeline(tiny_models):
         height=64,
         width=64,
         controlnet_conditioning_scale=0.7,
-        generator=torch.Generator("cpu").manual_seed(9),
-        output_type="np",
-    ).images[0]
+    )
     assert np.abs(as_hwc(result.outputs["image"]) - ref).max() <= 1e-4
     assert engine.plane.live_count() == 0
 
@@ -124,10 +123,12 @@ def test_flux_controlnet_matches_the_reference_pipeline(tiny_models):
     )
     (result,), engine = run_requests(base, [dict(args, workflow="flux-cn")], models={"flux": base, "cn": cn}, workflows=[wf])
     assert result.ok, result.error
-    pipe = FluxControlNetPipeline.from_pretrained(base, controlnet=FluxControlNetModel.from_pretrained(cn))
-    pipe.set_progress_bar_config(disable=True)
-    ref = pipe(
-        "a bridge",
+    ref = reference_pipeline(
+        FluxControlNetPipeline,
+        base,
+        seed=4,
+        components={"controlnet": FluxControlNetModel.from_pretrained(cn)},
+        prompt="a bridge",
         control_image=image,
         num_inference_steps=3,
         guidance_scale=3.5,
@@ -135,8 +136,6 @@ def test_flux_controlnet_matches_the_reference_pipeline(tiny_models):
         width=64,
         max_sequence_length=32,
         controlnet_conditioning_scale=0.6,
-        generator=torch.Generator("cpu").manual_seed(4),
-        output_type="np",
-    ).images[0]
+    )
     assert np.abs(as_hwc(result.outputs["image"]) - ref).max() <= 1e-4
     assert engine.plane.live_count() == 0

@@ -5,14 +5,11 @@ import pytest
 import torch
 
 from legodiffusion.workflow.catalog import flux_schnell_txt2img, flux_txt2img, sd3_txt2img, sdxl_txt2img
-from tests.helpers import as_hwc, run_requests
+from tests.helpers import as_hwc, reference_pipeline, run_requests
 
 
 def reference(pipeline_cls, folder, **kwargs):
-    pipe = pipeline_cls.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    seed = kwargs.pop("seed")
-    return pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+    return reference_pipeline(pipeline_cls, folder, **kwargs)
 
 
 def ours(name, folder, workflow, inputs):

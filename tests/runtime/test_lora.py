@@ -1,19 +1,13 @@
 """LoRA as a patch on the shared base model, with bounded asynchronous loading."""
 
 import numpy as np
-import torch
 from diffusers import StableDiffusionPipeline
 
-from tests.helpers import as_hwc, run_requests
+from tests.helpers import as_hwc, reference_pipeline, run_requests
 
 
 def reference(base, lora, weight=1.0, **kwargs):
-    pipe = StableDiffusionPipeline.from_pretrained(base)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(lora), adapter_name="x")
-    pipe.set_adapters(["x"], adapter_weights=[weight])
-    seed = kwargs.pop("seed")
-    return pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+    return reference_pipeline(StableDiffusionPipeline, base, lora=lora, lora_weight=weight, **kwargs)
 
 
 def models(tiny):
@@ -88,20 +82,19 @@ def test_flux_lora_matches_load_lora_weights(tiny_models, tmp_path):
         base, [dict(args, workflow="flux-txt2img", loras="fl:0.8")], models={"flux": base, "fl": lora}, workflows=[flux_txt2img("flux")]
     )
     assert r.ok, r.error
-    pipe = FluxPipeline.from_pretrained(base)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(lora), adapter_name="x")
-    pipe.set_adapters(["x"], adapter_weights=[0.8])
-    ref = pipe(
-        "a castle",
+    ref = reference_pipeline(
+        FluxPipeline,
+        base,
+        seed=2,
+        lora=lora,
+        lora_weight=0.8,
+        prompt="a castle",
         num_inference_steps=2,
         guidance_scale=3.5,
         height=64,
         width=64,
         max_sequence_length=32,
-        generator=torch.Generator("cpu").manual_seed(2),
-        output_type="np",
-    ).images[0]
+    )
     assert np.abs(as_hwc(r.outputs["image"]) - ref).max() <= 1e-4
     (w,) = engine.workers
     assert w.models.patch_loads == 1
