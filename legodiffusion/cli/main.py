@@ -148,5 +148,35 @@ def fidelity(
     raise typer.Exit(run_fidelity(requests, rate, seed, models or config.home() / "models"))
 
 
+@app.command()
+def serve(
+    model_root: Path | None = typer.Option(
+        None, help="folder of diffusers-format models, ControlNets and LoRA files (default: the tiny models, built if missing)"
+    ),
+    host: str = typer.Option("127.0.0.1", help="address to bind"),
+    port: int = typer.Option(8000, help="port"),
+    workers: int | None = typer.Option(None, min=1, help="worker count (default: one per GPU, else 1)"),
+    device: str = typer.Option("auto", help="cpu, cuda or auto"),
+    policy: str = typer.Option("default", help="scheduling policy"),
+) -> None:
+    """Serve the native v1 API and the OpenAI-compatible images endpoint over HTTP."""
+    import uvicorn
+
+    from legodiffusion.config import EngineConfig
+    from legodiffusion.models.tiny import write_tiny_models
+    from legodiffusion.server.app import create_app
+    from legodiffusion.server.catalog import builtin_workflows, models_under
+
+    root = model_root or config.home() / "models"
+    if model_root is None:
+        write_tiny_models(root)
+    models = models_under(root)
+    if not models:
+        typer.echo(f"error: no models under {root}", err=True)
+        raise typer.Exit(2)
+    app_ = create_app(models, EngineConfig(workers=workers, device=device, policy=policy), builtin_workflows(models))
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,210 @@
+"""The HTTP server: a native v1 workflow API and an OpenAI-compatible images endpoint, over the
+embedded engine. (ComfyUI workflows, SSE progress, metrics, auth and the Python client are not
+built yet.)"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from legodiffusion.config import EngineConfig
+from legodiffusion.runtime.engine import Engine, Run, RunResult
+from legodiffusion.runtime.images import to_png
+from legodiffusion.server.errors import ApiError, install
+from legodiffusion.workflow.spec import spec_from_json
+from legodiffusion.workflow.validate import validate
+
+TERMINAL = ("succeeded", "failed", "rejected", "cancelled")
+
+
+@dataclass
+class RunRecord:
+    id: str
+    workflow: str
+    created_s: float
+    run: Run | None = None
+    result: RunResult | None = None
+    status: str = "running"
+
+    def to_json(self, images: bool = True) -> dict:
+        out: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": self.status, "created": self.created_s}
+        if self.run is not None:
+            out["progress"] = {"nodes_done": self.run.nodes_done, "nodes_total": self.run.nodes_total}
+        if self.result is not None:
+            out["latency_s"] = self.result.latency_s
+            if self.result.error:
+                out["error"] = {
+                    "code": "SLO_REJECTED" if self.status == "rejected" else "node_failed",
+                    "message": self.result.error,
+                    "node": self.result.node,
+                }
+            if images and self.result.ok and "image" in self.result.outputs:
+                out["images"] = [base64.b64encode(p).decode() for p in to_png(self.result.outputs["image"])]
+            if self.result.notes:
+                out["notes"] = self.result.notes
+        return out
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    runs: dict[str, RunRecord] = field(default_factory=dict)
+    counter: int = 0
+
+
+class WorkflowBody(BaseModel):
+    spec: dict
+
+
+class RunBody(BaseModel):
+    workflow: str = Field(description="a registered workflow id or name")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    slo_s: float | None = Field(default=None, gt=0, description="deadline in seconds; admission may reject")
+    wait: bool = Field(default=False, description="block until the run ends and return its images")
+
+
+class ImagesBody(BaseModel):
+    model: str
+    prompt: str
+    n: int = Field(default=1, ge=1, le=8)
+    size: str | None = None
+    response_format: str = "b64_json"
+    seed: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+
+
+def create_app(models: dict[str, str], config: EngineConfig | None = None, workflows: list | None = None) -> FastAPI:
+    holder: dict[str, ServerState] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = Engine(models, config or EngineConfig())
+        for spec in workflows or []:
+            engine.add_workflow(spec)
+        await engine.start()
+        holder["state"] = ServerState(engine)
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(title="legodiffusion", version="0.1.0", lifespan=lifespan)
+    install(app)
+
+    def state() -> ServerState:
+        return holder["state"]
+
+    def submit(workflow: str, inputs: dict, slo_s: float | None) -> RunRecord:
+        st = state()
+        if workflow not in st.engine.workflows:
+            raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(st.engine.workflows)}", "workflow")
+        st.counter += 1
+        rec = RunRecord(f"run-{st.counter}", workflow, time.time())
+        rec.run = st.engine.submit(workflow, inputs, slo_s=slo_s)
+
+        def finished(fut: asyncio.Future) -> None:
+            rec.result = fut.result()
+            rec.status = rec.result.status
+
+        rec.run.future.add_done_callback(finished)
+        st.runs[rec.id] = rec
+        return rec
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        return {"status": "ready" if "state" in holder else "starting"}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"models": state().engine.catalog.names()}
+
+    @app.get("/v1/operators")
+    async def list_operators():
+        return {"operators": [state().engine.registry.get(n).describe() for n in state().engine.registry.names()]}
+
+    @app.post("/v1/workflows/validate")
+    async def validate_workflow(body: WorkflowBody):
+        validate(spec_from_json(body.spec), state().engine.registry)
+        return {"valid": True}
+
+    @app.post("/v1/workflows")
+    async def register_workflow(body: WorkflowBody):
+        spec = spec_from_json(body.spec)
+        engine = state().engine
+        created = spec.id not in engine.workflows
+        try:
+            engine.add_workflow(spec, name=spec.id)
+        except KeyError as exc:
+            raise ApiError(400, "unknown_model", str(exc.args[0]), "models") from None
+        return {"id": spec.id, "created": created}
+
+    @app.get("/v1/workflows")
+    async def list_workflows():
+        return {"workflows": sorted(state().engine.workflows)}
+
+    @app.post("/v1/runs")
+    async def create_run(body: RunBody):
+        rec = submit(body.workflow, body.inputs, body.slo_s)
+        if body.wait:
+            await asyncio.shield(rec.run.future)
+            await asyncio.sleep(0)  # let the done-callback record the result
+            return rec.to_json()
+        return rec.to_json(images=False)
+
+    @app.get("/v1/runs/{run_id}")
+    async def get_run(run_id: str):
+        rec = state().runs.get(run_id)
+        if rec is None:
+            raise ApiError(404, "unknown_run", f"no run {run_id!r}", "run_id")
+        return rec.to_json()
+
+    @app.post("/v1/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str):
+        rec = state().runs.get(run_id)
+        if rec is None:
+            raise ApiError(404, "unknown_run", f"no run {run_id!r}", "run_id")
+        if rec.status not in TERMINAL:
+            state().engine.cancel(rec.run.request_id)
+            await asyncio.sleep(0)
+        return rec.to_json(images=False)
+
+    @app.post("/v1/images/generations")
+    async def openai_images(body: ImagesBody):
+        """OpenAI-compatible: ``model`` is a registered workflow id or name."""
+        if body.response_format != "b64_json":
+            raise ApiError(400, "unsupported_response_format", "only response_format=b64_json is supported", "response_format")
+        inputs: dict[str, Any] = {"prompt": body.prompt}
+        if body.size:
+            try:
+                w, h = (int(x) for x in body.size.lower().split("x"))
+            except ValueError:
+                raise ApiError(400, "invalid_size", f"size must be WIDTHxHEIGHT, got {body.size!r}", "size") from None
+            inputs.update(width=w, height=h)
+        for key in ("steps", "guidance_scale", "negative_prompt"):
+            if getattr(body, key) is not None:
+                inputs[key] = getattr(body, key)
+        base_seed = body.seed or 0
+        recs = [submit(body.model, {**inputs, "seed": base_seed + i}, None) for i in range(body.n)]
+        results = [await r.run.future for r in recs]
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise ApiError(
+                422 if failed[0].status == "failed" else 429, "generation_failed", failed[0].error or failed[0].status, failed[0].node
+            )
+        data = [{"b64_json": base64.b64encode(to_png(r.outputs["image"])[0]).decode()} for r in results]
+        return {"created": int(time.time()), "data": data}
+
+    return app

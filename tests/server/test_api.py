@@ -1,0 +1,80 @@
+"""The native v1 API and the OpenAI-compatible images endpoint, through FastAPI's test client."""
+
+import base64
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from legodiffusion.config import EngineConfig
+from legodiffusion.server.app import create_app
+from legodiffusion.workflow.catalog import sd_txt2img
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models):
+    app = create_app({"sd15": str(tiny_models["sd15"])}, EngineConfig(workers=1, device="cpu"), [sd_txt2img("sd15")])
+    with TestClient(app) as c:
+        yield c
+
+
+def test_health_catalogue_and_errors_are_stable_json(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/v1/models").json() == {"models": ["sd15"]}
+    names = [op["name"] for op in client.get("/v1/operators").json()["operators"]]
+    assert "denoise" in names and "encode_prompt" in names
+    r = client.post("/v1/runs", json={"workflow": "nope", "inputs": {}})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_workflow"
+    r = client.post("/v1/runs", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and set(r.json()["error"]) >= {"code", "message", "path", "retryable"}
+    r = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": {"prompt": 3}})
+    assert r.status_code == 400 and r.json()["error"] == {**r.json()["error"], "code": "type_mismatch", "path": "inputs.prompt"}
+
+
+def test_register_is_content_addressed_and_validation_names_the_path(client):
+    spec = sd_txt2img("sd15", name="mine").to_json()
+    first = client.post("/v1/workflows", json={"spec": spec}).json()
+    again = client.post("/v1/workflows", json={"spec": spec}).json()
+    assert first["created"] is True and again == {"id": first["id"], "created": False}
+    spec["nodes"][0]["op"] = "encode_promt"
+    r = client.post("/v1/workflows/validate", json={"spec": spec})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_op" and r.json()["error"]["path"] == "nodes.encode_prompt.op"
+
+
+def test_run_sync_async_poll_and_reject(client):
+    inputs = {"prompt": "a boat", "steps": 2, "height": 64, "width": 64}
+    done = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": inputs, "wait": True}).json()
+    assert done["status"] == "succeeded"
+    assert Image.open(io.BytesIO(base64.b64decode(done["images"][0]))).size == (64, 64)
+    started = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": inputs}).json()
+    assert started["status"] in ("running", "succeeded") and "images" not in started
+    for _ in range(200):
+        polled = client.get(f"/v1/runs/{started['id']}").json()
+        if polled["status"] == "succeeded":
+            break
+    assert polled["status"] == "succeeded" and polled["images"]
+    rejected = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": inputs, "slo_s": 1e-6, "wait": True}).json()
+    assert rejected["status"] == "rejected" and rejected["error"]["code"] == "SLO_REJECTED"
+    assert client.get("/v1/runs/run-999").status_code == 404
+
+
+def test_openai_images_endpoint(client):
+    r = client.post(
+        "/v1/images/generations",
+        json={"model": "sd-txt2img", "prompt": "a fox", "n": 2, "size": "64x64", "response_format": "b64_json", "steps": 2, "seed": 3},
+    )
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert len(data) == 2 and all(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).size == (64, 64) for d in data)
+    bad = client.post("/v1/images/generations", json={"model": "sd-txt2img", "prompt": "x", "size": "big"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_size"
+
+
+def test_serve_catalogue_registers_a_workflow_per_base_model(tiny_models):
+    from legodiffusion.server.catalog import builtin_workflows, models_under
+
+    models = models_under(tiny_models["sd15"].parent)
+    assert {"sd15", "sdxl", "sd3", "flux", "controlnet-sd15", "lora-sd15-a"} <= set(models)
+    names = {spec.name for spec in builtin_workflows(models)}
+    assert {"sd15-txt2img", "sdxl-txt2img", "sd3-txt2img", "flux-txt2img", "flux-schnell-txt2img"} <= names
