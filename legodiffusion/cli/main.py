@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -176,6 +177,50 @@ def serve(
         raise typer.Exit(2)
     app_ = create_app(models, EngineConfig(workers=workers, device=device, policy=policy), builtin_workflows(models))
     uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+@app.command()
+def run(
+    workflow: str = typer.Option(..., help="a workflow registered on the server"),
+    prompt: str = typer.Option(..., help="what to draw"),
+    url: str = typer.Option("http://127.0.0.1:8000", help="server address"),
+    api_key: str | None = typer.Option(None, envvar="LEGODIFFUSION_API_KEY", help="bearer token"),
+    steps: int | None = typer.Option(None, min=1),
+    seed: int = typer.Option(0),
+    height: int | None = typer.Option(None),
+    width: int | None = typer.Option(None),
+    input: list[str] = typer.Option([], "--input", help="extra input KEY=VALUE (repeatable)"),
+    output: Path = typer.Option(Path("out.png"), "-o", "--output"),
+) -> None:
+    """Send a request to a running server and save the image, with a progress bar fed by SSE."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from legodiffusion.client import ApiError, Client
+
+    inputs: dict = {"prompt": prompt, "seed": seed}
+    for key, value in (("steps", steps), ("height", height), ("width", width)):
+        if value is not None:
+            inputs[key] = value
+    for item in input:
+        key, _, value = item.partition("=")
+        inputs[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false", "null") else value
+    client = Client(url, api_key)
+    try:
+        with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn()) as bar:
+            task = bar.add_task("run", total=None)
+            result = client.run(
+                workflow,
+                inputs,
+                on_progress=lambda r: bar.update(task, completed=r["progress"]["nodes_done"], total=r["progress"]["nodes_total"]),
+            )
+    except ApiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if result["status"] != "succeeded":
+        typer.echo(f"{result['status']}: {result.get('error', {}).get('message')}", err=True)
+        raise typer.Exit(1)
+    output.write_bytes(result["png"][0])
+    typer.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.runtime.engine import Engine, Run, RunResult
 from legodiffusion.runtime.images import to_png
-from legodiffusion.server.errors import ApiError, install
+from legodiffusion.server.errors import ApiError, error_body, install
+from legodiffusion.server.limits import Limits
+from legodiffusion.server.metrics import Metrics
 from legodiffusion.workflow.spec import spec_from_json
 from legodiffusion.workflow.validate import validate
 
@@ -55,6 +59,7 @@ class RunRecord:
 @dataclass
 class ServerState:
     engine: Engine
+    metrics: Metrics
     runs: dict[str, RunRecord] = field(default_factory=dict)
     counter: int = 0
 
@@ -73,7 +78,7 @@ class RunBody(BaseModel):
 class ImagesBody(BaseModel):
     model: str
     prompt: str
-    n: int = Field(default=1, ge=1, le=8)
+    n: int = Field(default=1, ge=1)
     size: str | None = None
     response_format: str = "b64_json"
     seed: int | None = None
@@ -82,16 +87,26 @@ class ImagesBody(BaseModel):
     negative_prompt: str | None = None
 
 
-def create_app(models: dict[str, str], config: EngineConfig | None = None, workflows: list | None = None) -> FastAPI:
+def create_app(
+    models: dict[str, str],
+    config: EngineConfig | None = None,
+    workflows: list | None = None,
+    api_keys: set[str] | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
+    """``api_keys``: when given, every endpoint but the health checks needs ``Authorization: Bearer KEY``."""
     holder: dict[str, ServerState] = {}
+    limits = limits or Limits()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = Engine(models, config or EngineConfig())
         for spec in workflows or []:
             engine.add_workflow(spec)
+        metrics = Metrics()
+        engine.on_dispatch_done = metrics.on_dispatch
         await engine.start()
-        holder["state"] = ServerState(engine)
+        holder["state"] = ServerState(engine, metrics)
         try:
             yield
         finally:
@@ -100,6 +115,27 @@ def create_app(models: dict[str, str], config: EngineConfig | None = None, workf
     app = FastAPI(title="legodiffusion", version="0.1.0", lifespan=lifespan)
     install(app)
 
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if api_keys and request.url.path not in ("/healthz", "/readyz"):
+            auth = request.headers.get("authorization", "")
+            if not auth.startswith("Bearer ") or auth[7:] not in api_keys:
+                return Response(
+                    content=json.dumps(error_body("unauthorized", "a valid API key is required (Authorization: Bearer KEY)")),
+                    status_code=401,
+                    media_type="application/json",
+                )
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
+            return Response(
+                content=json.dumps(
+                    error_body("limit_exceeded", f"body of {size} bytes exceeds max_body_bytes={limits.max_body_bytes}", "body")
+                ),
+                status_code=413,
+                media_type="application/json",
+            )
+        return await call_next(request)
+
     def state() -> ServerState:
         return holder["state"]
 
@@ -107,6 +143,7 @@ def create_app(models: dict[str, str], config: EngineConfig | None = None, workf
         st = state()
         if workflow not in st.engine.workflows:
             raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(st.engine.workflows)}", "workflow")
+        limits.check(inputs, queued=len(st.engine.coordinator.requests))
         st.counter += 1
         rec = RunRecord(f"run-{st.counter}", workflow, time.time())
         rec.run = st.engine.submit(workflow, inputs, slo_s=slo_s)
@@ -114,6 +151,13 @@ def create_app(models: dict[str, str], config: EngineConfig | None = None, workf
         def finished(fut: asyncio.Future) -> None:
             rec.result = fut.result()
             rec.status = rec.result.status
+            st.metrics.requests.labels(workflow, rec.status).inc()
+            if rec.status == "rejected":
+                st.metrics.rejections.inc()
+            if slo_s is not None:
+                st.metrics.slo_total.inc()
+                if rec.status == "succeeded" and rec.result.latency_s <= slo_s:
+                    st.metrics.slo_met.inc()
 
         rec.run.future.add_done_callback(finished)
         st.runs[rec.id] = rec
@@ -126,6 +170,30 @@ def create_app(models: dict[str, str], config: EngineConfig | None = None, workf
     @app.get("/readyz")
     async def readyz():
         return {"status": "ready" if "state" in holder else "starting"}
+
+    @app.get("/metrics")
+    async def metrics():
+        st = state()
+        return Response(st.metrics.render(st.engine), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/runs/{run_id}/events")
+    async def run_events(run_id: str):
+        """Server-Sent Events: progress (nodes done / total) until the run ends, then its result."""
+        rec = state().runs.get(run_id)
+        if rec is None:
+            raise ApiError(404, "unknown_run", f"no run {run_id!r}", "run_id")
+
+        async def stream():
+            last = -1
+            while rec.status not in TERMINAL:
+                done = rec.run.nodes_done if rec.run else 0
+                if done != last:
+                    last = done
+                    yield f"event: progress\ndata: {json.dumps(rec.to_json(images=False))}\n\n"
+                await asyncio.sleep(0.05)
+            yield f"event: {rec.status}\ndata: {json.dumps(rec.to_json())}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
     @app.get("/v1/models")
     async def list_models():
@@ -184,6 +252,8 @@ def create_app(models: dict[str, str], config: EngineConfig | None = None, workf
     @app.post("/v1/images/generations")
     async def openai_images(body: ImagesBody):
         """OpenAI-compatible: ``model`` is a registered workflow id or name."""
+        if body.n > limits.max_n:
+            raise ApiError(400, "limit_exceeded", f"n={body.n} exceeds max_n={limits.max_n}", "n")
         if body.response_format != "b64_json":
             raise ApiError(400, "unsupported_response_format", "only response_format=b64_json is supported", "response_format")
         inputs: dict[str, Any] = {"prompt": body.prompt}
