@@ -12,6 +12,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
+def api_keys(file: Path | None = None) -> set[str]:
+    """API keys from ``file`` (one per line) and ``$LEGODIFFUSION_API_KEYS`` (comma-separated);
+    empty: the server is open."""
+    keys = {k.strip() for k in os.environ.get("LEGODIFFUSION_API_KEYS", "").split(",") if k.strip()}
+    if file is not None:
+        keys |= {line.strip() for line in Path(file).read_text().splitlines() if line.strip() and not line.startswith("#")}
+    return keys
+
+
 def home() -> Path:
     """Where tiny models and caches go: ``$LEGODIFFUSION_HOME`` or ``./.legodiffusion``."""
     return Path(os.environ.get("LEGODIFFUSION_HOME", ".legodiffusion")).resolve()

@@ -159,8 +159,9 @@ def serve(
     workers: int | None = typer.Option(None, min=1, help="worker count (default: one per GPU, else 1)"),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     policy: str = typer.Option("default", help="scheduling policy"),
+    api_keys_file: Path | None = typer.Option(None, help="file of API keys, one per line (also $LEGODIFFUSION_API_KEYS, comma-separated)"),
 ) -> None:
-    """Serve the native v1 API and the OpenAI-compatible images endpoint over HTTP."""
+    """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""
     import uvicorn
 
     from legodiffusion.config import EngineConfig
@@ -175,7 +176,8 @@ def serve(
     if not models:
         typer.echo(f"error: no models under {root}", err=True)
         raise typer.Exit(2)
-    app_ = create_app(models, EngineConfig(workers=workers, device=device, policy=policy), builtin_workflows(models))
+    keys = config.api_keys(api_keys_file)
+    app_ = create_app(models, EngineConfig(workers=workers, device=device, policy=policy), builtin_workflows(models), api_keys=keys or None)
     uvicorn.run(app_, host=host, port=port, log_level="info")
 
 
@@ -221,6 +223,28 @@ def run(
         raise typer.Exit(1)
     output.write_bytes(result["png"][0])
     typer.echo(f"wrote {output}")
+
+
+@app.command("import-comfy")
+def import_comfy(
+    file: Path = typer.Argument(..., help="a ComfyUI API-format prompt (JSON)"),
+    family: str = typer.Option("sd", help="model family of the checkpoint: sd, sdxl, sd3 or flux"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="write the spec here (default: stdout)"),
+) -> None:
+    """Convert a ComfyUI API-format prompt into our workflow spec, offline."""
+    from legodiffusion.server.comfy import ComfyError, to_spec
+
+    try:
+        data = json.loads(file.read_text())
+        spec = to_spec(data.get("prompt", data) if isinstance(data, dict) else data, family)
+    except (OSError, ValueError, ComfyError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    text = json.dumps(spec, indent=1)
+    if output:
+        output.write_text(text + "\n")
+    else:
+        typer.echo(text)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def create_app(
     """``api_keys``: when given, every endpoint but the health checks needs ``Authorization: Bearer KEY``."""
     holder: dict[str, ServerState] = {}
     limits = limits or Limits()
+    comfy_jobs: dict[str, tuple] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -248,6 +249,66 @@ def create_app(
             state().engine.cancel(rec.run.request_id)
             await asyncio.sleep(0)
         return rec.to_json(images=False)
+
+    # -- ComfyUI ------------------------------------------------------------------------------
+
+    @app.post("/prompt")
+    async def comfy_prompt(body: dict):
+        from legodiffusion.server.comfy import ComfyError, parse
+
+        st = state()
+        try:
+            job = parse(body.get("prompt"), set(st.engine.catalog.names()))
+            if job.workflow not in st.engine.workflows:
+                raise ComfyError(None, None, f"no built-in workflow {job.workflow!r} for that checkpoint")
+        except ComfyError as exc:
+            return Response(
+                json.dumps(
+                    {
+                        **error_body("unsupported_workflow", exc.message, f"prompt.{exc.node}" if exc.node else "prompt"),
+                        "node_errors": exc.node_errors(),
+                    }
+                ),
+                status_code=400,
+                media_type="application/json",
+            )
+        runs = [submit(job.workflow, {**job.inputs, "seed": job.inputs["seed"] + i}, None) for i in range(job.batch)]
+        st.counter += 1
+        prompt_id = f"prompt-{st.counter}"
+        comfy_jobs[prompt_id] = (job, [r.id for r in runs])
+        return {"prompt_id": prompt_id, "number": st.counter, "node_errors": {}}
+
+    @app.get("/history/{prompt_id}")
+    async def comfy_history(prompt_id: str):
+        if prompt_id not in comfy_jobs:
+            return {}
+        job, run_ids = comfy_jobs[prompt_id]
+        recs = [state().runs[r] for r in run_ids]
+        if any(r.status not in TERMINAL for r in recs):
+            return {}
+        ok = all(r.status == "succeeded" for r in recs)
+        images = [
+            {"filename": f"{prompt_id}_{i:05d}.png", "subfolder": "", "type": "output"}
+            for i, r in enumerate(recs)
+            if r.status == "succeeded"
+        ]
+        return {
+            prompt_id: {
+                "prompt": [],
+                "outputs": {job.output_node: {"images": images}},
+                "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": []},
+            }
+        }
+
+    @app.get("/view")
+    async def comfy_view(filename: str, subfolder: str = "", type: str = "output"):
+        prompt_id, _, index = filename.removesuffix(".png").rpartition("_")
+        if prompt_id not in comfy_jobs or not index.isdigit() or int(index) >= len(comfy_jobs[prompt_id][1]):
+            raise ApiError(404, "not_found", f"no image {filename!r}", "filename")
+        rec = state().runs[comfy_jobs[prompt_id][1][int(index)]]
+        if rec.result is None or not rec.result.ok:
+            raise ApiError(404, "not_found", f"image {filename!r} is not ready", "filename")
+        return Response(to_png(rec.result.outputs["image"])[0], media_type="image/png")
 
     @app.post("/v1/images/generations")
     async def openai_images(body: ImagesBody):

@@ -1,0 +1,138 @@
+"""ComfyUI API-format prompts mapped onto our workflows.
+
+A prompt is ``{node_id: {"class_type": ..., "inputs": {...}}}`` where an input is a literal or a
+link ``[node_id, output_index]``. The text-to-image graph (CheckpointLoaderSimple, CLIPTextEncode,
+EmptyLatentImage, KSampler / KSamplerAdvanced, VAEDecode, SaveImage / PreviewImage) becomes a
+request of the checkpoint's built-in ``<model>-txt2img`` workflow; anything else is refused up
+front, naming the node, so nothing is half-run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+SUPPORTED = {
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "EmptyLatentImage",
+    "KSampler",
+    "KSamplerAdvanced",
+    "VAEDecode",
+    "SaveImage",
+    "PreviewImage",
+}
+SAMPLERS = {"euler": "euler", "ddim": "ddim"}
+SCHEDULERS = {"normal", "simple", "ddim_uniform"}
+
+
+class ComfyError(ValueError):
+    def __init__(self, node: str | None, class_type: str | None, message: str) -> None:
+        super().__init__(message)
+        self.node, self.class_type, self.message = node, class_type, message
+
+    def node_errors(self) -> dict:
+        if self.node is None:
+            return {}
+        return {self.node: {"errors": [{"type": "unsupported", "message": self.message}], "class_type": self.class_type}}
+
+
+@dataclass
+class ComfyJob:
+    workflow: str
+    inputs: dict[str, Any]
+    batch: int
+    output_node: str
+    extra: dict = field(default_factory=dict)
+
+
+def _node(prompt: dict, link: Any, where: str) -> tuple[str, dict]:
+    if not (isinstance(link, list) and len(link) == 2 and str(link[0]) in prompt):
+        raise ComfyError(None, None, f"{where}: expected a link [node_id, output_index] to an existing node, got {link!r}")
+    nid = str(link[0])
+    return nid, prompt[nid]
+
+
+def _text(prompt: dict, link: Any, where: str) -> str:
+    nid, node = _node(prompt, link, where)
+    if node.get("class_type") != "CLIPTextEncode":
+        raise ComfyError(nid, node.get("class_type"), f"{where} must come from CLIPTextEncode")
+    text = node.get("inputs", {}).get("text")
+    if not isinstance(text, str):
+        raise ComfyError(nid, "CLIPTextEncode", "text must be a literal string")
+    return text
+
+
+def parse(prompt: Any, models: set[str]) -> ComfyJob:
+    """Map a ComfyUI API-format prompt onto a request of a built-in workflow."""
+    if not isinstance(prompt, dict) or not prompt:
+        raise ComfyError(None, None, "prompt must be a non-empty object of nodes")
+    for nid, node in prompt.items():
+        ct = node.get("class_type") if isinstance(node, dict) else None
+        if ct not in SUPPORTED:
+            raise ComfyError(str(nid), ct, f"node {nid} ({ct}) is not supported; supported: {sorted(SUPPORTED)}")
+    outputs = [nid for nid, n in prompt.items() if n["class_type"] in ("SaveImage", "PreviewImage")]
+    if len(outputs) != 1:
+        raise ComfyError(None, None, f"expected exactly one SaveImage/PreviewImage node, found {len(outputs)}")
+    out = outputs[0]
+    dec_id, dec = _node(prompt, prompt[out]["inputs"].get("images"), f"node {out} images")
+    if dec["class_type"] != "VAEDecode":
+        raise ComfyError(dec_id, dec["class_type"], "images must come from VAEDecode")
+    ks_id, ks = _node(prompt, dec["inputs"].get("samples"), f"node {dec_id} samples")
+    if ks["class_type"] not in ("KSampler", "KSamplerAdvanced"):
+        raise ComfyError(ks_id, ks["class_type"], "samples must come from KSampler or KSamplerAdvanced")
+    args = ks["inputs"]
+    ck_id, ck = _node(prompt, args.get("model"), f"node {ks_id} model")
+    if ck["class_type"] != "CheckpointLoaderSimple":
+        raise ComfyError(ck_id, ck["class_type"], "model must come from CheckpointLoaderSimple")
+    model = PurePath(str(ck["inputs"].get("ckpt_name", ""))).stem
+    if model not in models:
+        raise ComfyError(
+            ck_id, "CheckpointLoaderSimple", f"unknown checkpoint {ck['inputs'].get('ckpt_name')!r}; available: {sorted(models)}"
+        )
+    lat_id, lat = _node(prompt, args.get("latent_image"), f"node {ks_id} latent_image")
+    if lat["class_type"] != "EmptyLatentImage":
+        raise ComfyError(lat_id, lat["class_type"], "latent_image must come from EmptyLatentImage (img2img is not supported)")
+    sampler = SAMPLERS.get(args.get("sampler_name"))
+    if sampler is None:
+        raise ComfyError(ks_id, ks["class_type"], f"sampler {args.get('sampler_name')!r} is not supported; supported: {sorted(SAMPLERS)}")
+    if args.get("scheduler", "normal") not in SCHEDULERS:
+        raise ComfyError(ks_id, ks["class_type"], f"scheduler {args.get('scheduler')!r} is not supported; supported: {sorted(SCHEDULERS)}")
+    if ks["class_type"] == "KSampler":
+        seed, denoise = args.get("seed", 0), args.get("denoise", 1.0)
+    else:
+        seed, denoise = args.get("noise_seed", 0), 1.0
+        if args.get("start_at_step", 0) != 0 or args.get("add_noise", "enable") != "enable":
+            raise ComfyError(ks_id, "KSamplerAdvanced", "only start_at_step=0 with add_noise=enable is supported")
+    if denoise != 1.0:
+        raise ComfyError(ks_id, ks["class_type"], "denoise < 1 (img2img) is not supported")
+    inputs = {
+        "prompt": _text(prompt, args.get("positive"), f"node {ks_id} positive"),
+        "negative_prompt": _text(prompt, args.get("negative"), f"node {ks_id} negative"),
+        "steps": int(args.get("steps", 20)),
+        "guidance_scale": float(args.get("cfg", 7.0)),
+        "sampler": sampler,
+        "seed": int(seed),
+        "width": int(lat["inputs"].get("width", 512)),
+        "height": int(lat["inputs"].get("height", 512)),
+    }
+    return ComfyJob(f"{model}-txt2img", inputs, int(lat["inputs"].get("batch_size", 1)), out)
+
+
+def to_spec(prompt: Any, family: str = "sd") -> dict:
+    """The workflow spec a prompt maps to, with the prompt's values as the inputs' defaults."""
+    from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img, sd_txt2img, sdxl_txt2img
+
+    model = None
+    if isinstance(prompt, dict):
+        for node in prompt.values():
+            if isinstance(node, dict) and node.get("class_type") == "CheckpointLoaderSimple":
+                model = PurePath(str(node.get("inputs", {}).get("ckpt_name", ""))).stem
+    job = parse(prompt, {model} if model else set())
+    builders = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img, "flux": flux_txt2img}
+    spec = builders[family](model, name=job.workflow).to_json()
+    for name, value in job.inputs.items():
+        if name in spec["inputs"]:
+            spec["inputs"][name]["default"] = value
+    return spec
