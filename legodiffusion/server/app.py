@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -38,7 +39,10 @@ class RunRecord:
     status: str = "running"
 
     def to_json(self, images: bool = True) -> dict:
-        out: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": self.status, "created": self.created_s}
+        status = self.status
+        if status == "running" and self.run is not None and self.run.nodes_done == 0:
+            status = "queued"  # admitted, no node finished yet
+        out: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": status, "created": self.created_s}
         if self.run is not None:
             out["progress"] = {"nodes_done": self.run.nodes_done, "nodes_total": self.run.nodes_total}
         if self.result is not None:
@@ -98,6 +102,7 @@ def create_app(
     holder: dict[str, ServerState] = {}
     limits = limits or Limits()
     comfy_jobs: dict[str, tuple] = {}
+    uploads: dict[str, Any] = {}  # ComfyUI LoadImage inputs, by file name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -259,8 +264,16 @@ def create_app(
         st = state()
         try:
             job = parse(body.get("prompt"), set(st.engine.catalog.names()))
+            if job.controlnets and job.workflow not in st.engine.workflows:  # a ControlNet variant, made once
+                from legodiffusion.workflow.catalog import sd_txt2img
+
+                st.engine.add_workflow(sd_txt2img(job.model, name=job.workflow, controlnets=tuple(job.controlnets)))
             if job.workflow not in st.engine.workflows:
                 raise ComfyError(None, None, f"no built-in workflow {job.workflow!r} for that checkpoint")
+            for i, name in enumerate(job.images):
+                if name not in uploads:
+                    raise ComfyError(None, "LoadImage", f"image {name!r} was not uploaded (POST /upload/image)")
+                job.inputs["control_image" + (f"_{i}" if i else "")] = uploads[name]
         except ComfyError as exc:
             return Response(
                 json.dumps(
@@ -277,6 +290,17 @@ def create_app(
         prompt_id = f"prompt-{st.counter}"
         comfy_jobs[prompt_id] = (job, [r.id for r in runs])
         return {"prompt_id": prompt_id, "number": st.counter, "node_errors": {}}
+
+    @app.post("/upload/image")
+    async def comfy_upload(image: UploadFile = File(...), subfolder: str = Form(""), type: str = Form("input")):
+        from PIL import Image
+
+        data = await image.read()
+        try:
+            uploads[image.filename] = Image.open(io.BytesIO(data)).convert("RGB")
+        except Exception:
+            raise ApiError(400, "invalid_image", f"{image.filename!r} is not an image", "image") from None
+        return {"name": image.filename, "subfolder": subfolder, "type": type}
 
     @app.get("/history/{prompt_id}")
     async def comfy_history(prompt_id: str):

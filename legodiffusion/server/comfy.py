@@ -22,6 +22,11 @@ SUPPORTED = {
     "VAEDecode",
     "SaveImage",
     "PreviewImage",
+    "LoraLoader",
+    "ControlNetLoader",
+    "ControlNetApply",
+    "ControlNetApplyAdvanced",
+    "LoadImage",
 }
 SAMPLERS = {"euler": "euler", "ddim": "ddim"}
 SCHEDULERS = {"normal", "simple", "ddim_uniform"}
@@ -44,7 +49,9 @@ class ComfyJob:
     inputs: dict[str, Any]
     batch: int
     output_node: str
-    extra: dict = field(default_factory=dict)
+    model: str = ""
+    controlnets: list[str] = field(default_factory=list)  # ControlNet model names, in order
+    images: list[str] = field(default_factory=list)  # uploaded image names, one per ControlNet
 
 
 def _node(prompt: dict, link: Any, where: str) -> tuple[str, dict]:
@@ -54,14 +61,47 @@ def _node(prompt: dict, link: Any, where: str) -> tuple[str, dict]:
     return nid, prompt[nid]
 
 
-def _text(prompt: dict, link: Any, where: str) -> str:
+def _text(prompt: dict, link: Any, where: str, controls: list) -> str:
+    """The prompt text behind a conditioning link, collecting ControlNet applications on the way."""
     nid, node = _node(prompt, link, where)
-    if node.get("class_type") != "CLIPTextEncode":
-        raise ComfyError(nid, node.get("class_type"), f"{where} must come from CLIPTextEncode")
+    ct = node.get("class_type")
+    if ct in ("ControlNetApply", "ControlNetApplyAdvanced"):
+        args = node.get("inputs", {})
+        cn_id, cn = _node(prompt, args.get("control_net"), f"node {nid} control_net")
+        if cn.get("class_type") != "ControlNetLoader":
+            raise ComfyError(cn_id, cn.get("class_type"), "control_net must come from ControlNetLoader")
+        img_id, img = _node(prompt, args.get("image"), f"node {nid} image")
+        if img.get("class_type") != "LoadImage":
+            raise ComfyError(img_id, img.get("class_type"), "a control image must come from LoadImage")
+        if ct == "ControlNetApplyAdvanced" and (args.get("start_percent", 0.0) != 0.0 or args.get("end_percent", 1.0) != 1.0):
+            raise ComfyError(nid, ct, "only start_percent=0 and end_percent=1 are supported")
+        entry = (
+            PurePath(str(cn["inputs"].get("control_net_name", ""))).stem,
+            str(img["inputs"].get("image", "")),
+            float(args.get("strength", 1.0)),
+        )
+        if entry not in controls:
+            controls.append(entry)
+        return _text(prompt, args.get("conditioning") or args.get("positive"), f"node {nid} conditioning", controls)
+    if ct != "CLIPTextEncode":
+        raise ComfyError(nid, ct, f"{where} must come from CLIPTextEncode (or a ControlNetApply over it)")
     text = node.get("inputs", {}).get("text")
     if not isinstance(text, str):
         raise ComfyError(nid, "CLIPTextEncode", "text must be a literal string")
     return text
+
+
+def _model(prompt: dict, link: Any, where: str, loras: list) -> tuple[str, dict]:
+    """The checkpoint node behind a model link, collecting LoraLoaders on the way."""
+    nid, node = _node(prompt, link, where)
+    if node.get("class_type") == "LoraLoader":
+        args = node.get("inputs", {})
+        strength = float(args.get("strength_model", 1.0))
+        if float(args.get("strength_clip", strength)) != strength:
+            raise ComfyError(nid, "LoraLoader", "strength_clip must equal strength_model (one weight per LoRA)")
+        loras.append(f"{PurePath(str(args.get('lora_name', ''))).stem}:{strength}")
+        return _model(prompt, args.get("model"), f"node {nid} model", loras)
+    return nid, node
 
 
 def parse(prompt: Any, models: set[str]) -> ComfyJob:
@@ -83,7 +123,8 @@ def parse(prompt: Any, models: set[str]) -> ComfyJob:
     if ks["class_type"] not in ("KSampler", "KSamplerAdvanced"):
         raise ComfyError(ks_id, ks["class_type"], "samples must come from KSampler or KSamplerAdvanced")
     args = ks["inputs"]
-    ck_id, ck = _node(prompt, args.get("model"), f"node {ks_id} model")
+    loras: list[str] = []
+    ck_id, ck = _model(prompt, args.get("model"), f"node {ks_id} model", loras)
     if ck["class_type"] != "CheckpointLoaderSimple":
         raise ComfyError(ck_id, ck["class_type"], "model must come from CheckpointLoaderSimple")
     model = PurePath(str(ck["inputs"].get("ckpt_name", ""))).stem
@@ -107,9 +148,10 @@ def parse(prompt: Any, models: set[str]) -> ComfyJob:
             raise ComfyError(ks_id, "KSamplerAdvanced", "only start_at_step=0 with add_noise=enable is supported")
     if denoise != 1.0:
         raise ComfyError(ks_id, ks["class_type"], "denoise < 1 (img2img) is not supported")
+    controls: list = []
     inputs = {
-        "prompt": _text(prompt, args.get("positive"), f"node {ks_id} positive"),
-        "negative_prompt": _text(prompt, args.get("negative"), f"node {ks_id} negative"),
+        "prompt": _text(prompt, args.get("positive"), f"node {ks_id} positive", controls),
+        "negative_prompt": _text(prompt, args.get("negative"), f"node {ks_id} negative", controls),
         "steps": int(args.get("steps", 20)),
         "guidance_scale": float(args.get("cfg", 7.0)),
         "sampler": sampler,
@@ -117,7 +159,16 @@ def parse(prompt: Any, models: set[str]) -> ComfyJob:
         "width": int(lat["inputs"].get("width", 512)),
         "height": int(lat["inputs"].get("height", 512)),
     }
-    return ComfyJob(f"{model}-txt2img", inputs, int(lat["inputs"].get("batch_size", 1)), out)
+    if loras:
+        inputs["loras"] = ",".join(loras[::-1])
+    for i, (_, _, strength) in enumerate(controls):
+        inputs["control_scale" + (f"_{i}" if i else "")] = strength
+    cns = [c[0] for c in controls]
+    for name in cns:
+        if name not in models:
+            raise ComfyError(None, "ControlNetLoader", f"unknown ControlNet {name!r}; available: {sorted(models)}")
+    workflow = f"{model}-txt2img" if not cns else f"{model}-txt2img+" + "+".join(cns)
+    return ComfyJob(workflow, inputs, int(lat["inputs"].get("batch_size", 1)), out, model, cns, [c[1] for c in controls])
 
 
 def to_spec(prompt: Any, family: str = "sd") -> dict:

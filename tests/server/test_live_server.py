@@ -108,3 +108,47 @@ def test_cli_run_saves_the_image(server, tmp_path):
     assert Image.open(out).size == (64, 64)
     bad = CliRunner().invoke(cli, ["run", "--url", server, "--workflow", "sd-txt2img", "--prompt", "a cat"])
     assert bad.exit_code == 2 and "unauthorized" in bad.output
+
+
+def test_end_to_end_register_sync_async_sse_cancel_and_metrics(server):
+    import httpx
+
+    from legodiffusion.workflow.catalog import sd_txt2img
+
+    client = Client(server, api_key=KEY)
+    reg = client.register(sd_txt2img("sd15", name="e2e").to_json())
+    assert reg["created"] is True and client.register(sd_txt2img("sd15", name="e2e").to_json())["created"] is False
+    inputs = {"prompt": "a tree", "steps": 2, "height": 64, "width": 64}
+    sync = client._json("POST", "/v1/runs", json={"workflow": reg["id"], "inputs": inputs, "wait": True})
+    assert sync["status"] == "succeeded" and sync["images"]
+    # a burst: the last ones wait centrally; cancelling one of them ends it at once
+    runs = [client.submit(reg["id"], dict(inputs, steps=20, seed=i)) for i in range(6)]
+    queued = client.get(runs[-1]["id"])
+    assert queued["status"] == "queued"
+    cancelled = client.cancel(runs[-1]["id"])
+    events = list(client.events(runs[-1]["id"]))
+    assert events[-1][0] == "cancelled"
+    final = [client.run(reg["id"], inputs)] + [client.get(r["id"]) for r in runs[:-1]]
+    for _ in range(400):
+        final = [client.get(r["id"]) for r in runs[:-1]]
+        if all(f["status"] == "succeeded" for f in final):
+            break
+        time.sleep(0.05)
+    assert all(f["status"] == "succeeded" for f in final) and cancelled["id"] == runs[-1]["id"]
+    text = httpx.get(server + "/metrics", headers={"authorization": f"Bearer {KEY}"}).text
+    assert f'legodiffusion_requests_total{{status="cancelled",workflow="{reg["id"]}"}} 1.0' in text
+
+
+def test_without_a_valid_key_nothing_runs(server):
+    import httpx
+
+    before = httpx.get(server + "/metrics", headers={"authorization": f"Bearer {KEY}"}).text.count("legodiffusion_requests_total{")
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        r = httpx.post(
+            server + "/v1/runs", json={"workflow": "sd-txt2img", "inputs": {"prompt": "x", "steps": 1}, "wait": True}, headers=headers
+        )
+        assert r.status_code == 401
+    time.sleep(0.2)
+    metrics = httpx.get(server + "/metrics", headers={"authorization": f"Bearer {KEY}"}).text
+    assert metrics.count("legodiffusion_requests_total{") == before
+    assert "legodiffusion_requests_in_flight 0.0" in metrics
