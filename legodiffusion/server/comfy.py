@@ -110,8 +110,21 @@ def parse(prompt: Any, models: set[str]) -> ComfyJob:
         raise ComfyError(None, None, "prompt must be a non-empty object of nodes")
     for nid, node in prompt.items():
         ct = node.get("class_type") if isinstance(node, dict) else None
-        if ct not in SUPPORTED:
-            raise ComfyError(str(nid), ct, f"node {nid} ({ct}) is not supported; supported: {sorted(SUPPORTED)}")
+        if not isinstance(ct, str) or ct not in SUPPORTED:
+            raise ComfyError(
+                str(nid), ct if isinstance(ct, str) else None, f"node {nid} ({ct}) is not supported; supported: {sorted(SUPPORTED)}"
+            )
+        if not isinstance(node.get("inputs", {}), dict):
+            raise ComfyError(str(nid), ct, f"node {nid}: inputs must be an object")
+    try:
+        return _parse(prompt, models)
+    except ComfyError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:  # wrong literal types
+        raise ComfyError(None, None, f"malformed prompt: {type(exc).__name__}: {exc}") from None
+
+
+def _parse(prompt: dict, models: set[str]) -> ComfyJob:
     outputs = [nid for nid, n in prompt.items() if n["class_type"] in ("SaveImage", "PreviewImage")]
     if len(outputs) != 1:
         raise ComfyError(None, None, f"expected exactly one SaveImage/PreviewImage node, found {len(outputs)}")

@@ -314,8 +314,8 @@ def spec_from_json(data: Any) -> WorkflowSpec:
         nodes=p.nodes(d.get("nodes", []), "nodes"),
         outputs=p.sources(d.get("outputs", {}), "outputs"),
     )
-    for extra in sorted(set(d) - {"name", "inputs", "models", "nodes", "outputs"}):
-        p.fail(extra, f"unknown top-level field {extra!r}")
+    for extra in sorted(set(d) - {"name", "inputs", "models", "nodes", "outputs"}, key=str):
+        p.fail(str(extra) or "workflow", f"unknown top-level field {extra!r}")
     if p.issues:
         raise WorkflowError(p.issues)
     return spec
