@@ -176,6 +176,9 @@ def serve(
     if not models:
         typer.echo(f"error: no models under {root}", err=True)
         raise typer.Exit(2)
+    from legodiffusion.server.logs import configure
+
+    configure()
     keys = config.api_keys(api_keys_file)
     app_ = create_app(models, EngineConfig(workers=workers, device=device, policy=policy), builtin_workflows(models), api_keys=keys or None)
     uvicorn.run(app_, host=host, port=port, log_level="info")

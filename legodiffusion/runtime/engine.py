@@ -59,6 +59,7 @@ class Run:
     nodes_done: int = 0
     on_progress: Callable[[Run], None] | None = None
     notes: dict = field(default_factory=dict)
+    steps_done: int = 0  # sampling steps finished (sampler_step nodes)
 
 
 class Engine:
@@ -191,10 +192,13 @@ class Engine:
         self._apply(self.coordinator.on_complete(c, self._now()))
 
     def _note(self, d: Dispatch, c: Completion) -> None:
-        """Record per request the sampling step from which its LoRA patch set was active."""
+        """Count sampling steps, and record per request the step from which its LoRA patch set
+        was active."""
         for item, res in zip(d.items, c.results):
             notes = res.notes
             run = self._runs.get(item.request_id)
+            if run is not None and d.op == "sampler_step" and res.error is None:
+                run.steps_done += 1
             if run is None or not notes or notes.get("step") is None:
                 continue
             if notes["lora_active"]:

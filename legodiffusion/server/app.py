@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from legodiffusion.workflow.spec import spec_from_json
 from legodiffusion.workflow.validate import validate
 
 TERMINAL = ("succeeded", "failed", "rejected", "cancelled")
+log = logging.getLogger("legodiffusion.server")
 
 
 @dataclass
@@ -44,7 +46,7 @@ class RunRecord:
             status = "queued"  # admitted, no node finished yet
         out: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": status, "created": self.created_s}
         if self.run is not None:
-            out["progress"] = {"nodes_done": self.run.nodes_done, "nodes_total": self.run.nodes_total}
+            out["progress"] = {"nodes_done": self.run.nodes_done, "nodes_total": self.run.nodes_total, "steps_done": self.run.steps_done}
         if self.result is not None:
             out["latency_s"] = self.result.latency_s
             if self.result.error:
@@ -153,11 +155,17 @@ def create_app(
         st.counter += 1
         rec = RunRecord(f"run-{st.counter}", workflow, time.time())
         rec.run = st.engine.submit(workflow, inputs, slo_s=slo_s)
+        log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
 
         def finished(fut: asyncio.Future) -> None:
             rec.result = fut.result()
             rec.status = rec.result.status
             st.metrics.requests.labels(workflow, rec.status).inc()
+            log.info(
+                "run %s",
+                rec.status,
+                extra={"run_id": rec.id, "workflow": workflow, "latency_s": round(rec.result.latency_s, 4), "error": rec.result.error},
+            )
             if rec.status == "rejected":
                 st.metrics.rejections.inc()
             if slo_s is not None:
@@ -190,12 +198,23 @@ def create_app(
             raise ApiError(404, "unknown_run", f"no run {run_id!r}", "run_id")
 
         async def stream():
-            last = -1
+            last = None
             while rec.status not in TERMINAL:
-                done = rec.run.nodes_done if rec.run else 0
-                if done != last:
-                    last = done
-                    yield f"event: progress\ndata: {json.dumps(rec.to_json(images=False))}\n\n"
+                ahead = (
+                    sum(
+                        1
+                        for r in state().runs.values()
+                        if r.id < rec.id and r.status == "running" and r.run is not None and r.run.nodes_done == 0
+                    )
+                    if rec.run.nodes_done == 0
+                    else 0
+                )
+                now = (rec.run.nodes_done, ahead)
+                if now != last:
+                    last = now
+                    body = rec.to_json(images=False)
+                    body["queue_position"] = ahead
+                    yield f"event: progress\ndata: {json.dumps(body)}\n\n"
                 await asyncio.sleep(0.05)
             yield f"event: {rec.status}\ndata: {json.dumps(rec.to_json())}\n\n"
 

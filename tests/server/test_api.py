@@ -78,3 +78,19 @@ def test_serve_catalogue_registers_a_workflow_per_base_model(tiny_models):
     assert {"sd15", "sdxl", "sd3", "flux", "controlnet-sd15", "lora-sd15-a"} <= set(models)
     names = {spec.name for spec in builtin_workflows(models)}
     assert {"sd15-txt2img", "sdxl-txt2img", "sd3-txt2img", "flux-txt2img", "flux-schnell-txt2img"} <= names
+
+
+def test_structured_logs_carry_the_run_id(client, caplog):
+    import json
+    import logging
+
+    from legodiffusion.server.logs import JsonFormatter
+
+    with caplog.at_level(logging.INFO, logger="legodiffusion.server"):
+        done = client.post(
+            "/v1/runs", json={"workflow": "sd-txt2img", "inputs": {"prompt": "x", "steps": 1, "height": 64, "width": 64}, "wait": True}
+        ).json()
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    assert {"run submitted", "run succeeded"} <= {line["msg"] for line in lines}
+    assert all(line["run_id"] == done["id"] for line in lines)
+    assert done["progress"]["steps_done"] == 1
