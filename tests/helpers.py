@@ -6,18 +6,32 @@ import asyncio
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+)
 
 from legodiffusion import Engine, EngineConfig, sd_txt2img
 
-REFERENCE_SCHEDULERS = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler}
+REFERENCE_SCHEDULERS = {
+    "euler": (EulerDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "euler_karras": (EulerDiscreteScheduler, {"use_karras_sigmas": True}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+}
 
 
 def reference_image(
     folder, sampler="euler", prompt="a cat", negative_prompt="", steps=4, guidance_scale=7.5, seed=0, height=64, width=64
 ) -> np.ndarray:
     pipe = StableDiffusionPipeline.from_pretrained(folder)
-    pipe.scheduler = REFERENCE_SCHEDULERS[sampler].from_config(pipe.scheduler.config)
+    cls, overrides = REFERENCE_SCHEDULERS[sampler]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
         prompt,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -90,6 +92,8 @@ class InitLatents(Operator):
             latents = randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=torch.float32)
             if model.family in ("sd", "sdxl"):
                 latents = latents * sampling.init_noise_sigma(state)
+            if sampler in sampling.STOCHASTIC:  # later steps keep drawing from this generator
+                state = replace(state, rng=sampling.generator_state(generator))
             out.append({"latents": latents, "sampler": state})
         return out
 

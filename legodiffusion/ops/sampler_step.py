@@ -38,8 +38,8 @@ class SamplerStep(Operator):
                 noise = uncond + float(args["guidance_scale"]) * (cond - uncond)
             else:
                 noise = args["noise"]
-            latents = sampling.step(state, noise, args["latents"])
-            out.append({"latents": latents, "sampler": state.advanced()})
+            latents, next_state = sampling.step(state, noise, args["latents"])
+            out.append({"latents": latents, "sampler": next_state})
         return out
 
     def example_items(self, cfg, mode, batch, size, device):

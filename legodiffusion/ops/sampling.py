@@ -15,10 +15,35 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 
-SAMPLERS = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler, "flow_euler": FlowMatchEulerDiscreteScheduler}
+SAMPLERS = {
+    "euler": EulerDiscreteScheduler,
+    "euler_karras": EulerDiscreteScheduler,
+    "euler_ancestral": EulerAncestralDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "dpmpp_2m_karras": DPMSolverMultistepScheduler,
+    "flow_euler": FlowMatchEulerDiscreteScheduler,
+}
+#: scheduler-config overrides per sampler name (as ``Scheduler.from_config(config, **overrides)``)
+_DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+CONFIG_OVERRIDES = {
+    "euler_karras": {"use_karras_sigmas": True},
+    "dpmpp_2m": _DPMPP_2M,
+    "dpmpp_2m_karras": {**_DPMPP_2M, "use_karras_sigmas": True},
+}
+#: multistep samplers: their history of model outputs travels in the state
+MULTISTEP = frozenset({"dpmpp_2m", "dpmpp_2m_karras"})
 FLOW_SAMPLERS = frozenset({"flow_euler"})
+#: samplers that draw noise every step from the request's generator, whose state travels with them
+STOCHASTIC = frozenset({"euler_ancestral"})
 
 #: Keyword arguments the reference pipeline passes to ``step`` (``prepare_extra_step_kwargs``).
 _STEP_KWARGS = {"ddim": {"eta": 0.0}}
@@ -32,13 +57,28 @@ class SamplerState:
     step_index: int = 0
     #: extra ``set_timesteps`` arguments (Flux: ``sigmas`` and ``mu``), as JSON
     timesteps_json: str = "{}"
+    #: the request's torch.Generator state, for samplers that draw noise each step
+    rng: bytes | None = None
+    #: multistep samplers (DPM++): the last model outputs and how many lower-order steps ran
+    history: tuple = ()
+    order_nums: int = 0
 
     @property
     def done(self) -> bool:
         return self.step_index >= self.num_steps
 
-    def advanced(self) -> SamplerState:
-        return replace(self, step_index=self.step_index + 1)
+    def advanced(self, **updates) -> SamplerState:
+        return replace(self, step_index=self.step_index + 1, **updates)
+
+
+def generator_state(generator: torch.Generator) -> bytes:
+    return generator.get_state().numpy().tobytes()
+
+
+def generator_from(state: bytes) -> torch.Generator:
+    g = torch.Generator("cpu")
+    g.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    return g
 
 
 def check_sampler(name: str) -> None:
@@ -50,9 +90,8 @@ def new_state(sampler: str, scheduler_config: dict, num_steps: int, **timestep_k
     check_sampler(sampler)
     if num_steps < 1:
         raise ValueError(f"steps must be >= 1, got {num_steps}")
-    return SamplerState(
-        sampler, json.dumps(dict(scheduler_config), sort_keys=True), num_steps, 0, json.dumps(timestep_kwargs, sort_keys=True)
-    )
+    config = {**dict(scheduler_config), **CONFIG_OVERRIDES.get(sampler, {})}
+    return SamplerState(sampler, json.dumps(config, sort_keys=True), num_steps, 0, json.dumps(timestep_kwargs, sort_keys=True))
 
 
 _lock = threading.Lock()
@@ -87,8 +126,23 @@ def init_noise_sigma(state: SamplerState) -> float:
     return scheduler_at(state).init_noise_sigma
 
 
-def step(state: SamplerState, noise: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+def step(state: SamplerState, noise: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, SamplerState]:
+    """The sampler update: the new latents and the state of the next step (with the request's
+    generator state after this step's draw, or the multistep history, where the sampler has them)."""
     sched = scheduler_at(state)
     t = sched.timesteps[state.step_index]
-    kwargs = _STEP_KWARGS.get(state.sampler, {})
-    return sched.step(noise, t, latents, return_dict=False, **kwargs)[0]
+    kwargs = dict(_STEP_KWARGS.get(state.sampler, {}))
+    updates: dict = {}
+    if state.sampler in STOCHASTIC:
+        if state.rng is None:
+            raise ValueError(f"sampler {state.sampler!r} needs the request's generator state")
+        kwargs["generator"] = generator = generator_from(state.rng)
+    if state.sampler in MULTISTEP:  # a private history: the prototype's list must not be shared
+        sched.model_outputs = list(state.history) if state.history else [None] * sched.config.solver_order
+        sched.lower_order_nums = state.order_nums
+    out = sched.step(noise, t, latents, return_dict=False, **kwargs)[0]
+    if state.sampler in STOCHASTIC:
+        updates["rng"] = generator_state(generator)
+    if state.sampler in MULTISTEP:
+        updates.update(history=tuple(sched.model_outputs), order_nums=sched.lower_order_nums)
+    return out, state.advanced(**updates)

@@ -28,8 +28,9 @@ SUPPORTED = {
     "ControlNetApplyAdvanced",
     "LoadImage",
 }
-SAMPLERS = {"euler": "euler", "ddim": "ddim"}
-SCHEDULERS = {"normal", "simple", "ddim_uniform"}
+SAMPLERS = {"euler": "euler", "euler_ancestral": "euler_ancestral", "ddim": "ddim", "dpmpp_2m": "dpmpp_2m"}
+KARRAS = {"euler": "euler_karras", "dpmpp_2m": "dpmpp_2m_karras"}
+SCHEDULERS = {"normal", "simple", "ddim_uniform", "karras"}
 
 
 class ComfyError(ValueError):
@@ -153,6 +154,12 @@ def _parse(prompt: dict, models: set[str]) -> ComfyJob:
         raise ComfyError(ks_id, ks["class_type"], f"sampler {args.get('sampler_name')!r} is not supported; supported: {sorted(SAMPLERS)}")
     if args.get("scheduler", "normal") not in SCHEDULERS:
         raise ComfyError(ks_id, ks["class_type"], f"scheduler {args.get('scheduler')!r} is not supported; supported: {sorted(SCHEDULERS)}")
+    if args.get("scheduler") == "karras":
+        sampler = KARRAS.get(args.get("sampler_name"))
+        if sampler is None:
+            raise ComfyError(
+                ks_id, ks["class_type"], f"scheduler karras is supported with {sorted(KARRAS)}, not {args.get('sampler_name')!r}"
+            )
     if ks["class_type"] == "KSampler":
         seed, denoise = args.get("seed", 0), args.get("denoise", 1.0)
     else:

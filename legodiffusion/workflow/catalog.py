@@ -42,7 +42,12 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
     seed = wf.input("seed", "int", default=0, doc="seeds torch.Generator('cpu') exactly as diffusers does")
     height = wf.input("height", "int", default=None, doc="pixels; model's native size when null")
     width = wf.input("width", "int", default=None, doc="pixels; model's native size when null")
-    sampler = wf.input("sampler", "text", default=sampler_d, doc="euler or ddim (UNet families), flow_euler (SD3)")
+    sampler = wf.input(
+        "sampler",
+        "text",
+        default=sampler_d,
+        doc="euler, euler_karras, euler_ancestral, ddim, dpmpp_2m, dpmpp_2m_karras (UNet families); flow_euler (SD3)",
+    )
     patch = _lora_inputs(wf)
     extra = dict(patch)
     if family == "sd3":

@@ -32,3 +32,14 @@ def test_guidance_doubles_the_denoiser_nodes(sd15):
     (guided, plain), _ = run_requests(sd15, [dict(prompt="x", steps=3, guidance_scale=5.0), dict(prompt="x", steps=3, guidance_scale=1.0)])
     # guided: 2 encodes + init + 3 x (2 denoise + step) + decode; plain: 1 encode + init + 3 x 2 + decode
     assert (guided.nodes, plain.nodes) == (13, 9)
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "euler_karras", "dpmpp_2m", "dpmpp_2m_karras"])
+def test_stochastic_and_karras_samplers_match_too(sd15, sampler):
+    """euler_ancestral draws noise every step from the request's generator, whose state travels
+    in the sampler state from step to step; euler_karras uses Karras sigmas."""
+    args = dict(prompt="a fox", negative_prompt="", steps=4, guidance_scale=5.0, seed=11, height=64, width=64)
+    (result,), _ = run_requests(sd15, [dict(args, sampler=sampler)], workers=2)
+    assert result.ok, result.error
+    ref = reference_image(sd15, sampler=sampler, **args)
+    assert np.abs(as_hwc(result.outputs["image"]) - ref).max() <= 1e-4

@@ -174,3 +174,15 @@ def test_comfy_graph_with_a_lora_and_a_controlnet_equals_our_native_run(adapter_
     assert native.ok, native.error
     ref = (native.outputs["image"][0].permute(1, 2, 0).numpy() * 255).round()
     assert np.abs(ours - ref).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "sampler_name,scheduler,ours",
+    [("euler_ancestral", "normal", "euler_ancestral"), ("dpmpp_2m", "karras", "dpmpp_2m_karras"), ("euler", "karras", "euler_karras")],
+)
+def test_comfy_samplers_and_schedulers_map_onto_ours(sampler_name, scheduler, ours):
+    from legodiffusion.server.comfy import parse
+
+    prompt = copy.deepcopy(PROMPT)
+    prompt["3"]["inputs"].update(sampler_name=sampler_name, scheduler=scheduler)
+    assert parse(prompt, {"sd15"}).inputs["sampler"] == ours
