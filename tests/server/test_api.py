@@ -94,3 +94,32 @@ def test_structured_logs_carry_the_run_id(client, caplog):
     assert {"run submitted", "run succeeded"} <= {line["msg"] for line in lines}
     assert all(line["run_id"] == done["id"] for line in lines)
     assert done["progress"]["steps_done"] == 1
+
+
+def test_limits_name_themselves(tiny_models):
+    from legodiffusion.server.limits import Limits
+
+    app = create_app(
+        {"sd15": str(tiny_models["sd15"])},
+        EngineConfig(workers=1, device="cpu"),
+        [sd_txt2img("sd15")],
+        limits=Limits(max_body_bytes=200, max_steps=3, max_pixels=64 * 64),
+    )
+    with TestClient(app) as c:
+        r = c.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": {"prompt": "x" * 300}})
+        assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
+        r = c.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": {"prompt": "x", "steps": 9}})
+        assert r.status_code == 400 and r.json()["error"]["path"] == "inputs.steps" and "max_steps" in r.json()["error"]["message"]
+        r = c.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": {"prompt": "x", "height": 128, "width": 128}})
+        assert r.status_code == 400 and "max_pixels" in r.json()["error"]["message"]
+
+
+def test_api_keys_come_from_a_file_and_the_environment(tmp_path, monkeypatch):
+    from legodiffusion import config
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# ops\nalpha\n\nbeta\n")
+    monkeypatch.setenv("LEGODIFFUSION_API_KEYS", "gamma, delta")
+    assert config.api_keys(keys) == {"alpha", "beta", "gamma", "delta"}
+    monkeypatch.delenv("LEGODIFFUSION_API_KEYS")
+    assert config.api_keys() == set()
