@@ -51,11 +51,12 @@ def test_bounded_async_loading_applies_the_lora_by_step_k(tiny_models, monkeypat
     slow = store.load_lora_file
 
     def slow_load(path, family):
-        time.sleep(0.3)
+        time.sleep(1.0)
         return slow(path, family)
 
     monkeypatch.setattr(store, "load_lora_file", slow_load)
-    (r,), _ = run_requests(tiny_models["sd15"], [dict(ARGS, steps=6, seed=1, loras="lora-a", lora_k=2)], models=models(tiny_models))
+    warm = dict(ARGS, steps=1, seed=0)  # the base model resident first, so only the LoRA is slow
+    (_, r), _ = run_requests(tiny_models["sd15"], [warm, dict(ARGS, steps=6, seed=1, loras="lora-a", lora_k=2)], models=models(tiny_models), sequential=True)
     assert r.ok, r.error
     assert 0 < r.notes["lora_active_from_step"] <= 2
 
