@@ -34,7 +34,9 @@ def generate(
     seed: int = typer.Option(0, help="seeds torch.Generator('cpu') exactly as diffusers does"),
     height: int | None = typer.Option(None, help="pixels; the model's native size by default"),
     width: int | None = typer.Option(None, help="pixels; the model's native size by default"),
-    sampler: str | None = typer.Option(None, help="euler, euler_karras, euler_ancestral, ddim, dpmpp_2m, dpmpp_2m_karras (SD, SDXL); flow_euler (SD3)"),
+    sampler: str | None = typer.Option(
+        None, help="euler, euler_karras, euler_ancestral, ddim, dpmpp_2m, dpmpp_2m_karras (SD, SDXL); flow_euler (SD3)"
+    ),
     controlnet: list[Path] = typer.Option([], help="a ControlNet folder (repeatable, up to 3)"),
     control_image: list[Path] = typer.Option([], help="the control image for each --controlnet"),
     control_scale: list[float] = typer.Option([], help="the conditioning scale for each --controlnet"),

@@ -60,6 +60,7 @@ class Run:
     on_progress: Callable[[Run], None] | None = None
     notes: dict = field(default_factory=dict)
     steps_done: int = 0  # sampling steps finished (sampler_step nodes)
+    started: bool = False  # a model call of this request has finished (before: queued)
 
 
 class Engine:
@@ -197,8 +198,9 @@ class Engine:
         for item, res in zip(d.items, c.results):
             notes = res.notes
             run = self._runs.get(item.request_id)
-            if run is not None and d.op == "sampler_step" and res.error is None:
-                run.steps_done += 1
+            if run is not None and res.error is None:
+                run.steps_done += d.op == "sampler_step"
+                run.started = run.started or not d.light
             if run is None or not notes or notes.get("step") is None:
                 continue
             if notes["lora_active"]:

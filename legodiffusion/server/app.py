@@ -42,8 +42,8 @@ class RunRecord:
 
     def to_json(self, images: bool = True) -> dict:
         status = self.status
-        if status == "running" and self.run is not None and self.run.nodes_done == 0:
-            status = "queued"  # admitted, no node finished yet
+        if status == "running" and self.run is not None and not self.run.started:
+            status = "queued"  # admitted, no model call finished yet
         out: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": status, "created": self.created_s}
         if self.run is not None:
             out["progress"] = {"nodes_done": self.run.nodes_done, "nodes_total": self.run.nodes_total, "steps_done": self.run.steps_done}
@@ -200,13 +200,10 @@ def create_app(
         async def stream():
             last = None
             while rec.status not in TERMINAL:
+                queued = not rec.run.started
                 ahead = (
-                    sum(
-                        1
-                        for r in state().runs.values()
-                        if r.id < rec.id and r.status == "running" and r.run is not None and r.run.nodes_done == 0
-                    )
-                    if rec.run.nodes_done == 0
+                    sum(1 for r in state().runs.values() if r.created_s < rec.created_s and r.status == "running" and not r.run.started)
+                    if queued
                     else 0
                 )
                 now = (rec.run.nodes_done, ahead)

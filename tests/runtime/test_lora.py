@@ -56,7 +56,9 @@ def test_bounded_async_loading_applies_the_lora_by_step_k(tiny_models, monkeypat
 
     monkeypatch.setattr(store, "load_lora_file", slow_load)
     warm = dict(ARGS, steps=1, seed=0)  # the base model resident first, so only the LoRA is slow
-    (_, r), _ = run_requests(tiny_models["sd15"], [warm, dict(ARGS, steps=6, seed=1, loras="lora-a", lora_k=2)], models=models(tiny_models), sequential=True)
+    (_, r), _ = run_requests(
+        tiny_models["sd15"], [warm, dict(ARGS, steps=6, seed=1, loras="lora-a", lora_k=2)], models=models(tiny_models), sequential=True
+    )
     assert r.ok, r.error
     assert 0 < r.notes["lora_active_from_step"] <= 2
 
