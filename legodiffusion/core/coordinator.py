@@ -50,6 +50,8 @@ class _Live:
         "costs",
         "remaining_s",
         "solo_s",
+        "finished",
+        "queued",
         "px",
     )
 
@@ -66,6 +68,8 @@ class _Live:
         self.pin: int | None = None
         self.costs = costs
         self.remaining_s = self.solo_s = sum(costs)
+        self.finished: set[int] = set()  # nodes whose outputs were recorded
+        self.queued: set[int] = set()  # nodes in a ready queue (stale heap entries are skipped)
         self.px = px
         self.priority: tuple = ()
 
@@ -124,6 +128,7 @@ class CoordinatorStats:
     cross_request_batches: int = 0
     cross_workflow_batches: int = 0
     loads_by_worker: Counter = field(default_factory=Counter)
+    recoveries: int = 0  # requests that re-ran lost work after a worker died
     evictions_by_worker: Counter = field(default_factory=Counter)
 
 
@@ -170,6 +175,7 @@ class Coordinator:
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
         self._woken = False
+        self._orphans: set[tuple[int, int]] = set()  # (dispatch, node) whose result a recovery discards
 
     # -- the view policies read ------------------------------------------------------------
 
@@ -224,7 +230,10 @@ class Coordinator:
 
     def on_complete(self, c: Completion, now: float) -> Actions:
         actions = Actions()
-        record = self.inflight.pop(c.dispatch_id)
+        record = self.inflight.pop(c.dispatch_id, None)
+        if record is None:  # from a worker declared lost: its work is being redone elsewhere
+            actions.frees.extend(ref for res in c.results for ref in (res.outputs or {}).values())
+            return actions
         d = record.dispatch
         w = self.workers[d.worker]
         w.reserved_s = max(0.0, w.reserved_s - record.reserved_s)
@@ -246,7 +255,10 @@ class Coordinator:
         self.stats.dispatches_by_op[d.op] += 1
         for item, res in zip(d.items, c.results):
             live = self.requests.get(item.request_id)
-            if live is None or live.status != RUNNING:
+            orphan = (d.id, item.node) in self._orphans
+            if orphan:
+                self._orphans.discard((d.id, item.node))
+            if live is None or live.status != RUNNING or orphan:
                 actions.frees.extend((res.outputs or {}).values())
                 continue
             if res.error is not None:
@@ -257,6 +269,100 @@ class Coordinator:
             self._record(live, item, res.outputs or {}, actions)
         self._dispatch(actions)
         return actions
+
+    def on_worker_lost(self, worker: int, now: float) -> Actions:
+        """A worker died: its in-flight nodes and the tensors it held are gone. Every affected
+        request re-runs, from lineage, only the nodes whose outputs are needed and gone; one that
+        no live worker can serve, or that waits on a lost deferred input, fails with that reason."""
+        actions = Actions()
+        w = self.workers[worker]
+        if not w.alive:
+            return actions
+        w.alive = False
+        self.free_slots -= max(0, w.slots - w.inflight)
+        self.eligible.discard(worker)
+        self.calm.discard(worker)
+        self.idle_set.discard(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        for holders in self.holders.values():
+            holders.discard(worker)
+        w.resident.clear()
+        w.inflight, w.reserved_s = 0, 0.0
+        redo: dict[int, set[int]] = {}
+        for did in [d for d, rec in self.inflight.items() if rec.dispatch.worker == worker]:
+            for item in self.inflight.pop(did).dispatch.items:
+                redo.setdefault(item.request_id, set()).add(item.node)
+                actions.abandoned.extend(item.output_ids.values())  # whatever it still writes is dropped
+        for live in list(self.requests.values()):
+            lost = [k for k, ref in live.refs.items() if ref.worker == worker]
+            if not lost and live.req.id not in redo:
+                continue
+            if not any(x.alive for x in self.workers):
+                self._end(live, FAILED, actions, error="no live worker can run this request")
+            elif live.pending:
+                self._end(live, FAILED, actions, error=f"worker {worker} was lost while a deferred input was pending")
+            else:
+                self._recover(live, lost, redo.get(live.req.id, set()), actions)
+                self.stats.recoveries += 1
+        self._dispatch(actions)
+        return actions
+
+    def _recover(self, live: _Live, lost: list, inflight_lost: set[int], actions: Actions) -> None:
+        tmpl = live.req.template
+        lost_ids = {live.refs[k].id for k in lost}
+        for k in lost:
+            actions.frees.append(live.refs.pop(k))
+        rerun = set(inflight_lost) | {node for node, port in lost if live.uses.get((node, port), 0) > 0}
+        for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
+            for it in rec.dispatch.items:
+                if it.request_id == live.req.id and any(r.id in lost_ids for r in it.refs.values()):
+                    self._orphans.add((did, it.node))
+                    rerun.add(it.node)
+        work = list(rerun)
+        while work:  # lineage: a node to redo needs its inputs; redo the producers of gone ones
+            node = work.pop()
+            for inp in tmpl.nodes[node].inputs:
+                if inp.kind == FROM_NODE and (inp.node, inp.name) not in live.refs and inp.node in live.finished and inp.node not in rerun:
+                    rerun.add(inp.node)
+                    work.append(inp.node)
+        for node in rerun:
+            if node in live.finished:
+                live.finished.discard(node)
+                live.done -= 1
+                live.remaining_s += live.costs[node]
+                for inp in tmpl.nodes[node].inputs:  # it will read its present inputs again
+                    if inp.kind == FROM_NODE and (inp.node, inp.name) in live.refs:
+                        live.uses[(inp.node, inp.name)] += 1
+        for node in rerun:
+            for port in tmpl.out_ports[node]:
+                live.uses[(node, port)] = sum(
+                    1
+                    for c in tmpl.consumers[node]
+                    if c not in live.finished
+                    for inp in tmpl.nodes[c].inputs
+                    if inp.kind == FROM_NODE and inp.node == node and inp.name == port
+                )
+                live.uses[(node, port)] += sum(1 for n, p in tmpl.outputs.values() if (n, p) == (node, port))
+                live.out_ids.pop((node, port), None)
+        running = {
+            it.node
+            for did, rec in self.inflight.items()
+            for it in rec.dispatch.items
+            if it.request_id == live.req.id and (did, it.node) not in self._orphans
+        }
+        live.queued.clear()
+        if live.pin is not None and not self.workers[live.pin].alive:
+            live.pin = None
+        for node in range(len(tmpl.nodes)):
+            if node in live.finished:
+                continue
+            producers = {inp.node for inp in tmpl.nodes[node].inputs if inp.kind == FROM_NODE and not inp.deferred}
+            deferred = {inp.node for inp in tmpl.nodes[node].inputs if inp.kind == FROM_NODE and inp.deferred}
+            live.indegree[node] = sum(1 for p in producers if p not in live.finished)
+            live.dwait[node] = sum(1 for p in deferred if p not in live.finished and p not in running)
+            if live.indegree[node] == 0 and live.dwait[node] == 0 and node not in running:
+                self._make_ready(live, node)
 
     def cancel(self, request_id: int, now: float) -> Actions:
         actions = Actions()
@@ -296,6 +402,7 @@ class Coordinator:
                     if ref is not None:  # else a deferred input whose producer reports later: freed on arrival
                         actions.frees.append(ref)
         live.done += 1
+        live.finished.add(node)
         cost = live.costs[node]
         live.remaining_s -= cost
         actions.progressed.append(live.req.id)
@@ -344,6 +451,7 @@ class Coordinator:
             q = self.queues[key] = ReadyQueue()
             self.classes[key] = ClassInfo(tn.op, tn.mode, tn.model, tn.component, live.px, scope, live.pin)
         q.push(live.priority, node, live.req.id)
+        live.queued.add(node)
 
     def _item(self, live: _Live, node: int) -> DispatchItem:
         tn = live.req.template.nodes[node]
@@ -416,7 +524,8 @@ class Coordinator:
             while q and len(members) < a.count:
                 _, node, rid = q.pop()
                 live = self.requests.get(rid)
-                if live is not None:  # else failed or cancelled meanwhile
+                if live is not None and node in live.queued:  # else ended, or reset by a recovery
+                    live.queued.discard(node)
                     members.append((live, node))
             if not q:
                 del self.queues[a.key]

@@ -67,6 +67,8 @@ class LocalDataPlane(DataPlane):
     def put(self, tensor_id: int, worker: int, value: Any) -> TensorRef:
         ref = make_ref(tensor_id, worker, value)
         with self._lock:
+            if tensor_id in self._abandoned:  # written by a worker declared lost: nobody will read it
+                return ref
             self._values[tensor_id] = value
             self._bytes[tensor_id] = ref.nbytes
             self._written.notify_all()
@@ -95,7 +97,10 @@ class LocalDataPlane(DataPlane):
 
     def abandon(self, tensor_ids: Iterable[int]) -> None:
         with self._lock:
-            self._abandoned.update(tensor_ids)
+            for tid in tensor_ids:
+                self._abandoned.add(tid)
+                self._values.pop(tid, None)  # already written by a worker since declared lost
+                self._bytes.pop(tid, None)
             self._written.notify_all()
 
     def live_count(self) -> int:

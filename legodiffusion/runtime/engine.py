@@ -170,6 +170,14 @@ class Engine:
     async def run(self, workflow: str, inputs: dict[str, Any], on_progress=None, slo_s: float | None = None) -> RunResult:
         return await self.submit(workflow, inputs, on_progress, slo_s).future
 
+    def lose_worker(self, worker: int) -> None:
+        """Treat ``worker`` as dead (its thread stops at once): its in-flight work and the tensors it
+        held are redone elsewhere from lineage (the local stand-in for a lost device or node)."""
+        w = self.workers[worker]
+        if hasattr(w, "kill"):
+            w.kill()
+        self._apply(self.coordinator.on_worker_lost(worker, self._now()))
+
     def cancel(self, request_id: int) -> None:
         self._apply(self.coordinator.cancel(request_id, self._now()))
 

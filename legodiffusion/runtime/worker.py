@@ -63,6 +63,7 @@ class ThreadWorker(Worker):
         self._thread: threading.Thread | None = None
         self.busy_s = 0.0
         self.dispatches = 0
+        self._dead = False
 
     def start(self, on_complete: Callable[[Completion], None]) -> None:
         self._thread = threading.Thread(target=self._loop, args=(on_complete,), name=f"worker-{self.id}", daemon=True)
@@ -77,16 +78,22 @@ class ThreadWorker(Worker):
             self._thread.join()
             self._thread = None
 
+    def kill(self) -> None:
+        """Stop at once, as a crashed device would: queued work is dropped, nothing is reported."""
+        self._dead = True
+        self._inbox.put(None)
+
     def _loop(self, on_complete: Callable[[Completion], None]) -> None:
         while True:
             d = self._inbox.get()
-            if d is None:
+            if d is None or self._dead:
                 return
             t0 = time.perf_counter()
             c = execute(d, self.id, self.registry, self.models, self.plane)
             self.busy_s += time.perf_counter() - t0
             self.dispatches += 1
-            on_complete(c)
+            if not self._dead:
+                on_complete(c)
 
     def stats(self) -> WorkerStats:
         return WorkerStats(
