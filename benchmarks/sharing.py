@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
 from legodiffusion import Engine, EngineConfig, sd_txt2img  # noqa: E402
-from legodiffusion.cli.demo import percentile  # noqa: E402
 from legodiffusion.models.tiny import write_tiny_models  # noqa: E402
+from legodiffusion.stats import percentile  # noqa: E402
 
 WORKFLOWS = {
     "guided": (sd_txt2img("sd15", name="guided"), dict(steps=8, guidance_scale=7.0)),

@@ -14,17 +14,10 @@ from legodiffusion.config import EngineConfig
 from legodiffusion.models.tiny import write_tiny_models
 from legodiffusion.runtime.engine import Engine, RunResult
 from legodiffusion.runtime.images import to_pil
+from legodiffusion.stats import percentile
 from legodiffusion.workflow.catalog import sd_txt2img
 
 PROMPTS = ["a lighthouse at dusk", "a red fox in snow", "a bowl of ramen", "a sailing boat", "a city at night", "an old oak tree"]
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return 0.0
-    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[k]
 
 
 async def _burst(engine: Engine, requests: int, size: int, steps: int) -> tuple[list[tuple[str, RunResult]], float]:

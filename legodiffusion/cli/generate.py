@@ -7,7 +7,6 @@ LoRAs are registered next to the base model under their file or folder names.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from legodiffusion.config import EngineConfig
 from legodiffusion.models.components import family_of
 from legodiffusion.runtime.engine import Engine
 from legodiffusion.runtime.images import to_pil
-from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img, sd_txt2img, sdxl_txt2img
+from legodiffusion.server.catalog import txt2img_for
 from legodiffusion.workflow.errors import WorkflowError
 
 
@@ -42,18 +41,6 @@ class GenerateArgs:
     control_scales: list[float] = field(default_factory=list)
     loras: list[str] = field(default_factory=list)  # PATH[:WEIGHT]
     lora_k: int = 0
-
-
-def _workflow(family: str, folder: Path, controlnets: tuple[str, ...]):
-    name = folder.name
-    if family == "flux":
-        guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
-        return flux_txt2img(name, schnell=not guided, controlnets=controlnets)
-    if controlnets and family != "sd":
-        raise ValueError("ControlNets are supported for the SD and Flux families")
-    builders = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
-    kwargs = {"controlnets": controlnets} if family in ("sd", "sdxl") else {}
-    return builders[family](name, **kwargs)
 
 
 def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str]) -> dict:
@@ -96,7 +83,7 @@ def generate_one(a: GenerateArgs) -> int:
             path, _, weight = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
             models[Path(path).stem] = Path(path)
             lora_names.append(Path(path).stem + (f":{weight}" if weight else ""))
-        workflow = _workflow(family, a.model, tuple(cn.name for cn in a.controlnets))
+        workflow = txt2img_for(a.model, a.model.name, controlnets=tuple(cn.name for cn in a.controlnets))
         engine = Engine(models, EngineConfig(workers=a.workers, device=a.device))
         inputs = _inputs(a, family, workflow, lora_names)
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -210,7 +210,7 @@ class Coordinator:
         if req.id in self.requests:
             raise ValueError(f"request {req.id} is already running")
         actions = Actions()
-        px = _pixels(req.inputs)
+        px = pixels(req.inputs)
         costs = self._costs(req.template, px)
         live = _Live(req, costs, px)
         solo = live.remaining_s
@@ -573,6 +573,7 @@ class Coordinator:
         return min(alive, key=lambda w: (w.reserved_s, w.inflight, w.id)).id
 
 
-def _pixels(inputs: dict[str, Any]) -> int | None:
+def pixels(inputs: dict[str, Any]) -> int | None:
+    """Image pixels of a request (height x width), or None when it asks for the native size."""
     h, w = inputs.get("height"), inputs.get("width")
     return h * w if isinstance(h, int) and isinstance(w, int) else None

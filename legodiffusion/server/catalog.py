@@ -23,17 +23,20 @@ def models_under(root: Path) -> dict[str, str]:
     return out
 
 
+def txt2img_for(folder: str | Path, model: str, name: str | None = None, controlnets: tuple[str, ...] = ()):
+    """The built-in text-to-image workflow for a model folder's family (Flux dev or schnell by
+    whether its transformer has a guidance embedding)."""
+    folder = Path(folder)
+    family = family_of(folder)
+    name = name or f"{model}-txt2img"
+    if family == "flux":
+        guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
+        return flux_txt2img(model, name=name, schnell=not guided, controlnets=controlnets)
+    if controlnets and family != "sd":
+        raise ValueError("ControlNets are supported for the SD and Flux families")
+    return _BUILDERS[family](model, name=name, **({"controlnets": controlnets} if controlnets else {}))
+
+
 def builtin_workflows(models: dict[str, str]) -> list:
     """``<model>-txt2img`` for every pipeline model."""
-    specs = []
-    for name, folder in models.items():
-        folder = Path(folder)
-        if not (folder / "model_index.json").exists():
-            continue
-        family = family_of(folder)
-        if family == "flux":
-            guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
-            specs.append(flux_txt2img(name, name=f"{name}-txt2img", schnell=not guided))
-        else:
-            specs.append(_BUILDERS[family](name, name=f"{name}-txt2img"))
-    return specs
+    return [txt2img_for(folder, name) for name, folder in models.items() if (Path(folder) / "model_index.json").exists()]

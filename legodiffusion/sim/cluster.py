@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from legodiffusion.core.coordinator import Coordinator, Request
+from legodiffusion.core.coordinator import Coordinator, Request, pixels
 from legodiffusion.core.cost import CostModel
 from legodiffusion.core.messages import Actions, Completion, Dispatch, ItemResult, RequestOutcome, TensorRef
 
@@ -137,13 +137,8 @@ class Simulator:
             n += 1
             if kind == "arrive":
                 req = payload
-                self._px[req.id] = _pixels(req.inputs)
+                self._px[req.id] = pixels(req.inputs)
                 self.arrival_s[req.id] = t
                 self._apply(self.coord.submit(req, t))
             else:
                 self._apply(self.coord.on_complete(payload, t))
-
-
-def _pixels(inputs) -> int | None:
-    h, w = inputs.get("height"), inputs.get("width")
-    return h * w if isinstance(h, int) and isinstance(w, int) else None

@@ -13,6 +13,7 @@ from legodiffusion.core.policy import BundlePolicy, MicroServingPolicy, Scheduli
 from legodiffusion.sim.cluster import Simulator
 from legodiffusion.sim.traces import Arrival
 from legodiffusion.sim.workload import Workload
+from legodiffusion.stats import percentile
 
 SYSTEMS = (
     "ours",
@@ -71,11 +72,7 @@ class SimResult:
     config: str = ""
 
     def percentiles(self) -> dict[str, tuple[float, float]]:
-        out = {}
-        for wf, lat in self.latency_by_workflow.items():
-            s = sorted(lat)
-            out[wf] = (s[len(s) // 2], s[min(len(s) - 1, int(0.95 * (len(s) - 1) + 0.5))])
-        return out
+        return {wf: (percentile(lat, 50), percentile(lat, 95)) for wf, lat in self.latency_by_workflow.items()}
 
 
 def run_trace(

@@ -19,6 +19,7 @@ from legodiffusion.profiles.book import ModelProfile, OpPoint, ProfileCost
 from legodiffusion.runtime.engine import Engine
 from legodiffusion.sim.cluster import Simulator
 from legodiffusion.sim.traces import Arrival, poisson
+from legodiffusion.stats import percentile
 from legodiffusion.workflow.catalog import sd_txt2img
 from legodiffusion.workflow.expand import Expander, bind_inputs
 
@@ -31,11 +32,6 @@ SIZE = 64
 
 def _inputs(workflow: str, i: int) -> dict:
     return {"prompt": f"subject {i}", "seed": i, "height": SIZE, "width": SIZE, **WORKFLOWS[workflow][1]}
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
 
 
 def profile_from_dispatches(records: list[tuple], model: str) -> ModelProfile:
@@ -170,8 +166,8 @@ def fidelity(
     sim = _simulated(cost, trace, policy, overhead_s, SampledCost(profile, calibration.records, seed))
     out = {}
     for wf in WORKFLOWS:
-        lp50, lp95 = _pct(live[wf], 0.5), _pct(live[wf], 0.95)
-        sp50, sp95 = _pct(sim[wf], 0.5), _pct(sim[wf], 0.95)
+        lp50, lp95 = percentile(live[wf], 50), percentile(live[wf], 95)
+        sp50, sp95 = percentile(sim[wf], 50), percentile(sim[wf], 95)
         out[wf] = {
             "overhead_ms": overhead_s * 1e3,
             "requests": len(live[wf]),
