@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from legodiffusion.core.autoscale import AutoscaleConfig
+
 # Nothing may download weights at run time: every model loads from a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -30,6 +32,29 @@ def cuda_device_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass
+class RayConfig:
+    """How the ``ray`` backend joins a cluster and places worker actors (Ray is imported only by
+    the backend itself)."""
+
+    address: str = "auto"
+    """``auto`` (join the running cluster, else start one here), ``local`` (always start one here)
+    or ``ray://host:port`` (Ray Client)."""
+    namespace: str = "legodiffusion"
+    cpus_per_worker: float = 0.25
+    """Ray CPUs a CPU worker actor asks for: fractional, so several fit on a small node."""
+    torch_threads: int = 1
+    """Intra-op threads of a CPU worker actor (its share of the node's cores)."""
+    min_workers: int | None = None
+    """Autoscaling floor (default: the starting worker count)."""
+    max_workers: int | None = None
+    """Autoscaling ceiling (default: the starting worker count: no scaling)."""
+    request_resources: bool = True
+    """Ask Ray's autoscaler for the desired workers' resources (``ray.autoscaler.sdk``)."""
+    temp_dir: str | None = None
+    """Ray's session folder when this process starts the cluster (keep the path short)."""
 
 
 @dataclass
@@ -60,15 +85,25 @@ class EngineConfig:
     the device's total memory on GPU."""
     profile_dir: Path | None = None
     """Where cached profiles are looked up (default ``$LEGODIFFUSION_HOME/profiles``)."""
+    backend: str = "local"
+    """``local`` (worker threads in this process) or ``ray`` (worker actors across a Ray cluster)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
+    """Per-model replica targets; on the ray backend they also add and remove worker actors."""
+    autoscale_interval_s: float = 2.0
+    """How often the targets are re-evaluated (and, on ray, acted on); 0 turns the loop off."""
 
     def __post_init__(self) -> None:
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be local or ray, got {self.backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.device == "auto":
-            self.device = "cuda" if cuda_device_count() else "cpu"
-        if self.workers is None:
-            self.workers = max(1, cuda_device_count()) if self.device == "cuda" else 1
-        if self.workers < 1:
+        if self.backend == "local":  # on ray, the cluster decides devices and the worker count
+            if self.device == "auto":
+                self.device = "cuda" if cuda_device_count() else "cpu"
+            if self.workers is None:
+                self.workers = max(1, cuda_device_count()) if self.device == "cuda" else 1
+        if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.slots_per_worker < 1:
             raise ValueError(f"slots_per_worker must be >= 1, got {self.slots_per_worker}")
@@ -77,6 +112,11 @@ class EngineConfig:
             raise ValueError("batch limits must be >= 1")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
             raise ValueError("memory_budget_bytes must be positive")
+        r = self.ray
+        if r.cpus_per_worker <= 0 or r.torch_threads < 1:
+            raise ValueError("ray.cpus_per_worker must be positive and ray.torch_threads >= 1")
+        if r.min_workers is not None and r.max_workers is not None and not 0 <= r.min_workers <= r.max_workers:
+            raise ValueError(f"need 0 <= ray.min_workers <= ray.max_workers, got {r.min_workers} and {r.max_workers}")
 
     def worker_devices(self) -> list[str]:
         if self.device == "cpu":

@@ -53,6 +53,7 @@ class _Live:
         "finished",
         "queued",
         "px",
+        "making",
     )
 
     def __init__(self, req: Request, costs: list[float], px: int | None) -> None:
@@ -72,6 +73,7 @@ class _Live:
         self.queued: set[int] = set()  # nodes in a ready queue (stale heap entries are skipped)
         self.px = px
         self.priority: tuple = ()
+        self.making: dict[int, int] = {}  # output id -> the worker its producer was sent to
 
     # RequestView for policies
     @property
@@ -115,6 +117,7 @@ class WorkerState:
     inflight: int = 0
     reserved_s: float = 0.0  # estimated work assigned and not yet completed
     alive: bool = True
+    draining: bool = False  # takes no new work: still starting, or being retired once it holds nothing
     resident: set = field(default_factory=set)  # (model, component, scope) the worker holds
 
 
@@ -211,7 +214,7 @@ class Coordinator:
             raise ValueError(f"request {req.id} is already running")
         actions = Actions()
         px = pixels(req.inputs)
-        costs = self._costs(req.template, px)
+        costs = self.node_costs(req.template, px)
         live = _Live(req, costs, px)
         solo = live.remaining_s
         reason = self.policy.admit(self, live, solo, now)
@@ -237,12 +240,12 @@ class Coordinator:
         d = record.dispatch
         w = self.workers[d.worker]
         w.reserved_s = max(0.0, w.reserved_s - record.reserved_s)
-        if w.reserved_s <= self.queue_threshold_s or w.inflight <= (0 if d.light else 1):
+        if (w.reserved_s <= self.queue_threshold_s or w.inflight <= (0 if d.light else 1)) and not w.draining:
             self.calm.add(w.id)
         if not d.light:
             w.inflight -= 1
-            self.free_slots += 1
-            if w.alive:
+            if w.alive and not w.draining:
+                self.free_slots += 1
                 self.eligible.add(w.id)
                 if w.inflight == 0:
                     bisect.insort(self.idle, w.id)
@@ -279,7 +282,8 @@ class Coordinator:
         if not w.alive:
             return actions
         w.alive = False
-        self.free_slots -= max(0, w.slots - w.inflight)
+        if not w.draining:
+            self.free_slots -= max(0, w.slots - w.inflight)
         self.eligible.discard(worker)
         self.calm.discard(worker)
         self.idle_set.discard(worker)
@@ -364,6 +368,48 @@ class Coordinator:
             if live.indegree[node] == 0 and live.dwait[node] == 0 and node not in running:
                 self._make_ready(live, node)
 
+    def add_worker(self, slots: int | None = None) -> int:
+        """A new worker joins (scale-up) and returns its id; it holds nothing and takes no work
+        until :meth:`activate_worker` (it may still be starting)."""
+        wid = len(self.workers)
+        self.workers.append(WorkerState(wid, slots or (self.workers[0].slots if self.workers else 2), draining=True))
+        return wid
+
+    def activate_worker(self, worker: int, now: float) -> Actions:
+        """A joined worker is up: it takes work from now on."""
+        actions = Actions()
+        w = self.workers[worker]
+        if w.alive and w.draining:
+            w.draining = False
+            self.free_slots += max(0, w.slots - w.inflight)
+            if w.inflight < w.slots:
+                self.eligible.add(worker)
+            if w.inflight == 0:
+                bisect.insort(self.idle, worker)
+                self.idle_set.add(worker)
+                self.calm.add(worker)
+            self._dispatch(actions)
+        return actions
+
+    def drain_worker(self, worker: int) -> None:
+        """Send ``worker`` no new model calls (scale-down); :meth:`drained` says when it may go."""
+        w = self.workers[worker]
+        if not w.alive or w.draining:
+            return
+        w.draining = True
+        self.free_slots -= max(0, w.slots - w.inflight)
+        self.eligible.discard(worker)
+        self.calm.discard(worker)
+        self.idle_set.discard(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+
+    def drained(self, worker: int) -> bool:
+        """Nothing runs on ``worker`` and no live request needs a tensor it holds."""
+        if any(rec.dispatch.worker == worker for rec in self.inflight.values()):
+            return False
+        return not any(ref.worker == worker for live in self.requests.values() for ref in live.refs.values())
+
     def cancel(self, request_id: int, now: float) -> Actions:
         actions = Actions()
         live = self.requests.get(request_id)
@@ -374,7 +420,8 @@ class Coordinator:
 
     # -- mechanics -------------------------------------------------------------------------
 
-    def _costs(self, tmpl: Template, px: int | None) -> list[float]:
+    def node_costs(self, tmpl: Template, px: int | None) -> list[float]:
+        """Profiled solo execution time of each node of ``tmpl`` at ``px`` pixels."""
         key = (id(tmpl), px)
         costs = self._node_costs.get(key)
         if costs is None:
@@ -453,7 +500,7 @@ class Coordinator:
         q.push(live.priority, node, live.req.id)
         live.queued.add(node)
 
-    def _item(self, live: _Live, node: int) -> DispatchItem:
+    def _item(self, live: _Live, node: int, worker: int) -> DispatchItem:
         tn = live.req.template.nodes[node]
         refs, values = {}, {}
         for inp in tn.inputs:
@@ -462,13 +509,16 @@ class Coordinator:
                 if ref is None:  # a deferred input its producer has not written yet
                     tid = self._out_id(live, inp.node, inp.name)
                     live.pending.add(tid)
-                    ref = TensorRef(tid, PENDING, 0)
+                    ref = TensorRef(tid, PENDING, 0, source=live.making.get(tid, PENDING))
                 refs[inp.port] = ref
             elif inp.kind == FROM_INPUT:
                 values[inp.port] = live.req.inputs[inp.name]
             else:
                 values[inp.port] = inp.value
         out_ids = {port: self._out_id(live, node, port) for port in live.req.template.out_ports[node]}
+        if live.req.template.deferred_consumers[node]:
+            for tid in out_ids.values():
+                live.making[tid] = worker
         for consumer in live.req.template.deferred_consumers[node]:  # they may start now
             live.dwait[consumer] -= 1
             if live.dwait[consumer] == 0 and live.indegree[consumer] == 0:
@@ -485,7 +535,7 @@ class Coordinator:
 
     def _new_dispatch(self, worker: int, tn, scope: str | None, members: list[tuple[_Live, int]], actions: Actions) -> None:
         self._next_dispatch += 1
-        items = [self._item(live, node) for live, node in members]
+        items = [self._item(live, node, worker) for live, node in members]
         d = Dispatch(self._next_dispatch, worker, tn.op, tn.mode, tn.model, tn.component, items, tn.light, scope)
         w = self.workers[worker]
         est = self.cost.exec_s(tn.op, tn.mode, tn.model, len(items), members[0][0].px)
@@ -569,7 +619,7 @@ class Coordinator:
                 weight[ref.worker] += ref.nbytes + 1
         if weight:
             return max(weight, key=lambda i: (weight[i], -i))
-        alive = [w for w in self.workers if w.alive]
+        alive = [w for w in self.workers if w.alive and not w.draining] or [w for w in self.workers if w.alive]
         return min(alive, key=lambda w: (w.reserved_s, w.inflight, w.id)).id
 
 

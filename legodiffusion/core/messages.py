@@ -18,6 +18,7 @@ class TensorRef:
     shape: tuple[int, ...] | None = None  # None for non-tensor values (sampler state, text)
     dtype: str | None = None
     sig: tuple | None = None  # batch signature of a bundle of tensors; tensors use shape[1:]
+    source: int = -1  # for a deferred input (worker == PENDING): the worker its producer was sent to
 
     @property
     def batch_signature(self) -> tuple | None:
@@ -65,6 +66,7 @@ class Completion:
     end_s: float = 0.0
     loaded: list[tuple] = field(default_factory=list)  # (model, component, scope) made resident
     evicted: list[tuple] = field(default_factory=list)  # (model, component, scope) dropped
+    lost_peers: list[int] = field(default_factory=list)  # workers found dead while pulling inputs
 
 
 @dataclass(slots=True)

@@ -42,6 +42,9 @@ class DataPlane(ABC):
     def abandon(self, tensor_ids: Iterable[int]) -> None:
         """These deferred values will never be written: wake their readers with an error."""
 
+    def note_dispatch(self, d) -> None:  # noqa: B027  (a hook; the local plane needs nothing)
+        """A dispatch is about to be sent (a distributed plane records where copies will land)."""
+
     @abstractmethod
     def live_count(self) -> int: ...
 

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from legodiffusion.config import EngineConfig
-from legodiffusion.core.coordinator import Coordinator, Request
+from legodiffusion.core.autoscale import ReplicaAutoscaler
+from legodiffusion.core.coordinator import Coordinator, Request, pixels
 from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.policy import make_policy
 from legodiffusion.models.patches import parse_patches
-from legodiffusion.models.store import HostCache, ModelCatalog
+from legodiffusion.models.store import ModelCatalog
 from legodiffusion.ops import OperatorRegistry, default_registry
 from legodiffusion.profiles.book import ProfileCost
 from legodiffusion.profiles.profiler import cached_profiles
-from legodiffusion.runtime.dataplane import LocalDataPlane
-from legodiffusion.runtime.worker import ThreadWorker, Worker
+from legodiffusion.runtime.backend import make_backend
+from legodiffusion.runtime.scaling import Scaling
+from legodiffusion.runtime.worker import Worker
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.spec import WorkflowSpec
@@ -64,6 +67,8 @@ class Run:
 
 
 class Engine:
+    log = logging.getLogger("legodiffusion.engine")
+
     def __init__(
         self,
         models: ModelCatalog | dict[str, str],
@@ -73,13 +78,11 @@ class Engine:
         self.catalog = models if isinstance(models, ModelCatalog) else ModelCatalog(models)
         self.config = config or EngineConfig()
         self.registry = registry or default_registry()
-        self.plane = LocalDataPlane()
-        self.host = HostCache(self.catalog)
+        self.backend = make_backend(self.catalog, self.config, self.registry)
+        self.plane = self.backend.plane
+        self.workers: list[Worker] = self.backend.workers
         cfg = self.config
-        self.workers: list[Worker] = [
-            ThreadWorker(i, dev, self.registry, self.host, self.plane, cfg.budget_for(dev)) for i, dev in enumerate(cfg.worker_devices())
-        ]
-        self.cost = ProfileCost(cached_profiles(self.catalog, cfg.worker_devices()[0], cfg.profile_dir))
+        self.cost = ProfileCost(cached_profiles(self.catalog, self.backend.device, cfg.profile_dir))
         self.coordinator = Coordinator(
             len(self.workers),
             make_policy(cfg.policy),
@@ -100,19 +103,29 @@ class Engine:
         #: with each dispatch as it is sent to its worker (for timelines and calibration)
         self.on_dispatch_done: Callable[[Dispatch, Completion], None] | None = None
         self.on_dispatch_sent: Callable[[Dispatch], None] | None = None
+        self.autoscaler = ReplicaAutoscaler(cfg.autoscale)
+        self.scaling = Scaling()
+        self.workers_lost = 0  # died, as opposed to retired by autoscaling
+        self._ticker: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> Engine:
         self._loop = asyncio.get_running_loop()
         for w in self.workers:
-            w.start(self._completion_from_thread)
+            w.start(self._completion_from_thread, self._lost_from_thread)
+        if self.config.autoscale_interval_s > 0:
+            self._ticker = asyncio.create_task(self._autoscale_loop())
         return self
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for run in list(self._runs.values()):
             self._apply(self.coordinator.cancel(run.request_id, self._now()))
-        await asyncio.get_running_loop().run_in_executor(None, lambda: [w.stop() for w in self.workers])
+        live = [w for w in self.workers if self.coordinator.workers[w.id].alive]
+        await asyncio.get_running_loop().run_in_executor(None, self.backend.close, live)
         self._loop = None
 
     async def __aenter__(self) -> Engine:
@@ -153,7 +166,9 @@ class Engine:
         self._runs[rid] = run
         now = self._now()
         deadline = None if slo_s is None else now + slo_s
-        self._apply(self.coordinator.submit(Request(rid, template, bound, workflow, now, deadline), now))
+        request = Request(rid, template, bound, workflow, now, deadline)
+        self._observe_demand(request, now)
+        self._apply(self.coordinator.submit(request, now))
         return run
 
     def _check_patches(self, bound: dict[str, Any]) -> None:
@@ -171,15 +186,54 @@ class Engine:
         return await self.submit(workflow, inputs, on_progress, slo_s).future
 
     def lose_worker(self, worker: int) -> None:
-        """Treat ``worker`` as dead (its thread stops at once): its in-flight work and the tensors it
-        held are redone elsewhere from lineage (the local stand-in for a lost device or node)."""
+        """Treat ``worker`` as dead (it is stopped at once if it is not already): its in-flight
+        work and the tensors it held are redone elsewhere from lineage."""
+        if not self.coordinator.workers[worker].alive:
+            return
         w = self.workers[worker]
         if hasattr(w, "kill"):
             w.kill()
+        self.backend.forget(worker)
+        self.workers_lost += 1
+        self.scaling.joining.discard(worker)
+        self.scaling.retiring.discard(worker)
+        self._sent = {k: d for k, d in self._sent.items() if d.worker != worker}
+        before = self.coordinator.stats.recoveries
         self._apply(self.coordinator.on_worker_lost(worker, self._now()))
+        self.log.warning("worker %d lost; %d request(s) recovering from lineage", worker, self.coordinator.stats.recoveries - before)
 
     def cancel(self, request_id: int) -> None:
         self._apply(self.coordinator.cancel(request_id, self._now()))
+
+    # -- autoscaling -------------------------------------------------------------------------
+
+    def _observe_demand(self, request: Request, now: float) -> None:
+        work: dict[str, float] = {}
+        costs = self.coordinator.node_costs(request.template, pixels(request.inputs))
+        for node, cost in zip(request.template.nodes, costs):
+            if node.model is not None and not node.light:
+                work[node.model] = work.get(node.model, 0.0) + cost
+        for model, w in work.items():
+            self.autoscaler.observe(model, now, w)
+
+    def autoscale(self, now: float | None = None) -> dict[str, int]:
+        """Re-evaluate the per-model replica targets and, on a backend that can grow, add or
+        drain workers to match; returns the targets. Runs every ``autoscale_interval_s``."""
+        now = self._now() if now is None else now
+        seen = len(self.autoscaler.decisions)
+        targets = self.autoscaler.update(now)
+        for d in self.autoscaler.decisions[seen:]:
+            self.log.info("replica target of %s: %d -> %d (demand %.2f s/s)", d.model, d.old, d.new, d.demand_s_per_s)
+        self.scaling.step(self, targets, now)
+        return targets
+
+    async def _autoscale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.autoscale_interval_s)
+            try:
+                self.autoscale()
+            except Exception:  # a failed scaling step must not end the loop (or the server)
+                self.log.exception("autoscaling step failed")
 
     # -- the driver ------------------------------------------------------------------------
 
@@ -192,7 +246,14 @@ class Engine:
         if loop is not None:
             loop.call_soon_threadsafe(self._on_completion, c)
 
+    def _lost_from_thread(self, worker: int) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self.lose_worker, worker)
+
     def _on_completion(self, c: Completion) -> None:
+        for peer in c.lost_peers:  # learn of the death first, so this result counts as orphaned
+            self.lose_worker(peer)
         d = self._sent.pop(c.dispatch_id, None)
         if d is not None:
             self._note(d, c)
@@ -246,6 +307,7 @@ class Engine:
             self.plane.abandon(actions.abandoned)
         for d in actions.dispatches:
             self._sent[d.id] = d
+            self.plane.note_dispatch(d)
             if self.on_dispatch_sent is not None:
                 self.on_dispatch_sent(d)
             self.workers[d.worker].submit(d)

@@ -36,7 +36,8 @@ class Worker(ABC):
     device: str
 
     @abstractmethod
-    def start(self, on_complete: Callable[[Completion], None]) -> None: ...
+    def start(self, on_complete: Callable[[Completion], None], on_lost: Callable[[int], None] | None = None) -> None:
+        """Begin taking work; ``on_lost(worker_id)`` is called (from any thread) if the worker dies."""
 
     @abstractmethod
     def submit(self, d: Dispatch) -> None: ...
@@ -65,7 +66,7 @@ class ThreadWorker(Worker):
         self.dispatches = 0
         self._dead = False
 
-    def start(self, on_complete: Callable[[Completion], None]) -> None:
+    def start(self, on_complete: Callable[[Completion], None], on_lost: Callable[[int], None] | None = None) -> None:
         self._thread = threading.Thread(target=self._loop, args=(on_complete,), name=f"worker-{self.id}", daemon=True)
         self._thread.start()
 

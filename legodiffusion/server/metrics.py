@@ -27,6 +27,14 @@ class Metrics:
         self.model_evictions = Counter("legodiffusion_model_evictions_total", "Components evicted from a worker", ["worker"], registry=r)
         self.dataplane_bytes = Gauge("legodiffusion_dataplane_bytes", "Bytes held by the data plane", registry=r)
         self.inflight = Gauge("legodiffusion_requests_in_flight", "Requests admitted and not finished", registry=r)
+        self.recoveries = Counter("legodiffusion_recoveries", "Requests that re-ran lost work after a worker died", registry=r)
+        self.workers_lost = Counter("legodiffusion_workers_lost", "Workers that died (not retired by autoscaling)", registry=r)
+        self.workers = Gauge("legodiffusion_workers", "Workers by state", ["state"], registry=r)
+        self.replica_target = Gauge(
+            "legodiffusion_replica_target", "Autoscaling: workers that should keep a model resident", ["model"], registry=r
+        )
+        self.scale_events = Counter("legodiffusion_scale_events", "Autoscaling actions on workers", ["action"], registry=r)
+        self._seen = {"recoveries": 0, "lost": 0, "events": 0}
 
     def on_dispatch(self, d, c) -> None:
         self.node_seconds.labels(d.op).observe(max(0.0, c.end_s - c.start_s))
@@ -44,4 +52,24 @@ class Metrics:
             self.queue_depth.labels(op).set(depth.get(op, 0))
         self.dataplane_bytes.set(engine.plane.live_bytes())
         self.inflight.set(len(engine.coordinator.requests))
+        self._scaling(engine)
         return generate_latest(self.registry)
+
+    def _scaling(self, engine) -> None:
+        coord, scaling = engine.coordinator, engine.scaling
+        seen = self._seen
+        self.recoveries.inc(coord.stats.recoveries - seen["recoveries"])
+        self.workers_lost.inc(engine.workers_lost - seen["lost"])
+        for e in scaling.events[seen["events"] :]:
+            self.scale_events.labels(e.action).inc()
+        seen.update(recoveries=coord.stats.recoveries, lost=engine.workers_lost, events=len(scaling.events))
+        states = {"live": 0, "joining": len(scaling.joining), "draining": len(scaling.retiring), "lost": 0}
+        for w in coord.workers:
+            if not w.alive:
+                states["lost"] += 1
+            elif w.id not in scaling.joining and w.id not in scaling.retiring:
+                states["live"] += 1
+        for state, n in states.items():
+            self.workers.labels(state).set(n)
+        for model, n in engine.autoscaler.targets.items():
+            self.replica_target.labels(model).set(n)

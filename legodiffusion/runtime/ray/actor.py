@@ -1,0 +1,104 @@
+"""The worker actor: the local backend's :class:`ThreadWorker`, hosted in a Ray actor process.
+
+The engine sends dispatches with a sequence number (the actor runs them in that order, as a
+worker thread would) and long-polls for completions; other actors and the engine pull values
+with :meth:`fetch`. Pulls and polls have their own threads, so a blocked pull never holds up a
+submit or a poll; submits, releases and counts share one thread, so a count sees every release
+sent before it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import ray
+
+import legodiffusion.config  # noqa: F401  (offline hub settings, before any model code)
+from legodiffusion.core.messages import Completion, Dispatch
+from legodiffusion.models.store import HostCache, ModelCatalog
+from legodiffusion.ops import default_registry
+from legodiffusion.runtime.ray.plane import ActorPlane
+from legodiffusion.runtime.worker import ThreadWorker, WorkerStats
+
+CONCURRENCY = {"poll": 1, "io": 16}
+
+
+class WorkerActor:
+    def __init__(
+        self, worker_id: int, device: str, models: dict[str, str], budget: int | None, names: str, namespace: str, torch_threads: int
+    ) -> None:
+        import torch
+
+        if device == "cpu":
+            torch.set_num_threads(torch_threads)
+        elif budget is None:
+            budget = torch.cuda.get_device_properties(device).total_memory
+        self.id = worker_id
+        self._names = names
+        self._namespace = namespace
+        self._peers: dict[int, ray.actor.ActorHandle] = {}
+        self.plane = ActorPlane(worker_id, self._peer)
+        host = HostCache(ModelCatalog(models))
+        self.worker = ThreadWorker(worker_id, device, default_registry(), host, self.plane, budget)
+        self._cv = threading.Condition()
+        self._done: list[Completion] = []
+        self._next_seq = 1
+        self._early: dict[int, Dispatch] = {}
+        self.worker.start(self._finished)
+
+    def _peer(self, worker_id: int):
+        handle = self._peers.get(worker_id)
+        if handle is None:
+            handle = self._peers[worker_id] = ray.get_actor(self._names.format(worker_id), namespace=self._namespace)
+        return handle
+
+    def _finished(self, c: Completion) -> None:
+        c.lost_peers = self.plane.take_lost()
+        with self._cv:
+            self._done.append(c)
+            self._cv.notify_all()
+
+    # -- called by the engine ----------------------------------------------------------
+
+    def submit(self, d: Dispatch, seq: int) -> None:
+        """Queue ``d``; dispatches reach the worker thread in the engine's order."""
+        self._early[seq] = d
+        while self._next_seq in self._early:
+            self.worker.submit(self._early.pop(self._next_seq))
+            self._next_seq += 1
+
+    @ray.method(concurrency_group="poll")
+    def poll(self, timeout_s: float) -> list[Completion]:
+        """Completions since the last poll, waiting up to ``timeout_s`` for the first one."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._done, timeout_s)
+            out, self._done = self._done, []
+            return out
+
+    @ray.method(concurrency_group="io")
+    def fetch(self, tensor_id: int):
+        """A value held here, for a peer or the engine (it waits for a deferred one)."""
+        return self.plane.serve(tensor_id)
+
+    def free(self, tensor_ids: list[int]) -> None:
+        self.plane.free(tensor_ids)
+
+    def abandon(self, tensor_ids: list[int]) -> None:
+        self.plane.abandon(tensor_ids)
+
+    def plane_counts(self) -> tuple[int, int]:
+        return self.plane.live_count(), self.plane.live_bytes()
+
+    @ray.method(concurrency_group="io")
+    def traffic(self) -> dict:
+        p = self.plane
+        return {"pulls": p.pulls, "pulled_bytes": p.pulled_bytes, "served": p.served}
+
+    @ray.method(concurrency_group="io")
+    def stats(self) -> WorkerStats:
+        return self.worker.stats()
+
+    @ray.method(concurrency_group="io")
+    def where(self) -> dict:
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}

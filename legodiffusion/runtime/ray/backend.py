@@ -1,0 +1,196 @@
+"""Starting or joining a Ray cluster, and the engine's handles on its worker actors.
+
+One worker actor per device: a GPU each on GPU nodes, a fractional CPU share on CPU-only ones.
+The first workers go round-robin over the cluster's nodes; workers added by autoscaling are
+spread by Ray, which is what lets an autoscaling cluster start a node for one that does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from legodiffusion.config import EngineConfig, RayConfig
+from legodiffusion.core.messages import Completion, Dispatch
+from legodiffusion.models.store import ModelCatalog
+from legodiffusion.runtime.backend import Backend
+from legodiffusion.runtime.ray.actor import CONCURRENCY, WorkerActor
+from legodiffusion.runtime.ray.plane import DriverPlane
+from legodiffusion.runtime.worker import Worker, WorkerStats
+
+_Actor = ray.remote(concurrency_groups=CONCURRENCY)(WorkerActor)
+
+
+def connect(config: RayConfig) -> bool:
+    """Join or start a Ray cluster (unless this process already is connected); True if this
+    call started it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    here = {"include_dashboard": False, "_temp_dir": config.temp_dir}
+    if config.address == "local":
+        ray.init(namespace=config.namespace, **here)
+        return True
+    if config.address == "auto":
+        try:
+            ray.init(address="auto", namespace=config.namespace)
+            return False
+        except ConnectionError:  # no cluster running: start one in this process
+            ray.init(namespace=config.namespace, **here)
+            return True
+    ray.init(address=config.address, namespace=config.namespace)
+    return False
+
+
+class RayWorker(Worker):
+    """The engine's handle on one worker actor."""
+
+    POLL_S = 0.5
+
+    def __init__(self, worker_id: int, device: str, handle) -> None:
+        self.id = worker_id
+        self.device = device
+        self.handle = handle
+        self.ready = handle.where.remote()  # resolves once the actor is up
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self, on_complete: Callable[[Completion], None], on_lost: Callable[[int], None] | None = None) -> None:
+        self._thread = threading.Thread(target=self._poll, args=(on_complete, on_lost), name=f"ray-worker-{self.id}", daemon=True)
+        self._thread.start()
+
+    def _poll(self, on_complete, on_lost) -> None:
+        while not self._stopping:
+            try:
+                done = ray.get(self.handle.poll.remote(self.POLL_S))
+            except RayActorError:
+                if not self._stopping and on_lost is not None:
+                    on_lost(self.id)
+                return
+            for c in done:
+                on_complete(c)
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        ray.get(self.ready, timeout=timeout_s)
+
+    def submit(self, d: Dispatch) -> None:
+        self._seq += 1
+        self.handle.submit.remote(d, self._seq)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        ray.kill(self.handle, no_restart=True)
+
+    def retire(self) -> None:
+        """Stop for good without waiting (called on the event loop): the poll thread ends on its own."""
+        self._stopping = True
+        ray.kill(self.handle, no_restart=True)
+
+    def kill(self) -> None:
+        """Kill the actor at once (as a crash would); the poll thread then reports it lost."""
+        ray.kill(self.handle, no_restart=True)
+
+    def stats(self) -> WorkerStats:
+        try:
+            return ray.get(self.handle.stats.remote(), timeout=30)
+        except (RayActorError, GetTimeoutError):
+            return WorkerStats(self.id, self.device, 0.0, 0, 0, 0, 0.0, [])
+
+
+class RayBackend(Backend):
+    scalable = True
+
+    def __init__(self, catalog: ModelCatalog, config: EngineConfig) -> None:
+        r = self.config = config.ray
+        self.started_cluster = connect(r)
+        self._names = f"ld-{uuid.uuid4().hex[:8]}-w{{}}"
+        self._models = {name: str(catalog.folder(name)) for name in catalog.names()}
+        self._budget = config.memory_budget_bytes
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if config.device == "cuda" and not gpus:
+            raise RuntimeError("device=cuda, but the Ray cluster has no GPUs")
+        self._gpu = gpus > 0 and config.device != "cpu"
+        self.device = "cuda:0" if self._gpu else "cpu"  # what a worker sees (Ray sets CUDA_VISIBLE_DEVICES)
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        n = config.workers or (gpus if self._gpu else len(nodes))
+        self.handles: dict[int, object] = {}
+        self.plane = DriverPlane(self.handles)
+        self.workers: list[Worker] = [self._spawn(i, nodes[i % len(nodes)]) for i in range(n)]
+        self.min_workers = n if r.min_workers is None else r.min_workers
+        self.max_workers = max(n, self.min_workers) if r.max_workers is None else r.max_workers
+        self.requested: list[dict] = []  # the last resource request sent to Ray's autoscaler
+        self.last_traffic: dict = {}
+        self.last_counts: list[tuple[int, int]] = []
+        #: worker id -> Ray node id it runs on
+        self.placement = {w.id: p["node"] for w, p in zip(self.workers, ray.get([w.ready for w in self.workers]))}
+
+    def _spawn(self, worker_id: int, node: str | None = None) -> RayWorker:
+        r = self.config
+        opts: dict = {
+            "name": self._names.format(worker_id),
+            "namespace": r.namespace,
+            "max_restarts": 0,
+            "num_cpus": r.cpus_per_worker,
+            "scheduling_strategy": "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=True),
+        }
+        if self._gpu:
+            opts["num_gpus"] = 1
+        handle = _Actor.options(**opts).remote(
+            worker_id, self.device, self._models, self._budget, self._names, r.namespace, r.torch_threads
+        )
+        self.handles[worker_id] = handle
+        return RayWorker(worker_id, self.device, handle)
+
+    def bundle(self) -> dict:
+        """The resources one worker actor asks for."""
+        return {"CPU": self.config.cpus_per_worker, **({"GPU": 1} if self._gpu else {})}
+
+    def add_worker(self, worker_id: int) -> RayWorker:
+        w = self._spawn(worker_id)
+        self.workers.append(w)
+        return w
+
+    def retire_worker(self, worker_id: int) -> None:
+        self.handles.pop(worker_id, None)
+        self.workers[worker_id].retire()
+
+    def forget(self, worker_id: int) -> None:
+        """A worker died: releases must no longer go to it."""
+        self.handles.pop(worker_id, None)
+
+    def request_resources(self, workers: int) -> None:
+        if not self.config.request_resources:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        self.requested = [self.bundle()] * workers
+        request_resources(bundles=self.requested)
+
+    def traffic(self) -> dict:
+        """Worker-to-worker pulls summed over the live actors, and what the engine read."""
+        parts = ray.get([h.traffic.remote() for h in self.handles.values()])
+        out = {k: sum(p[k] for p in parts) for k in ("pulls", "pulled_bytes", "served")}
+        out["engine_output_bytes"] = self.plane.output_bytes
+        out["engine_held_bytes"] = self.plane.held_bytes
+        return out
+
+    def close(self, live: list[Worker]) -> None:
+        """Keep the final traffic and value counts (for accounting after the run), then stop."""
+        try:
+            self.last_traffic = self.traffic()
+            self.last_counts = self.plane.counts()
+        except RayActorError:
+            pass
+        super().close(live)
+        if self.started_cluster:
+            ray.shutdown()

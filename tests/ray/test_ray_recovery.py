@@ -1,0 +1,86 @@
+"""Killing a worker actor in the middle of a 20-step request: the request still succeeds, its
+image equals the undisturbed run's, and the metrics count one recovery."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import ray
+
+from legodiffusion import Engine, EngineConfig, sd_txt2img
+from legodiffusion.server.metrics import Metrics
+from legodiffusion.workflow.builder import WorkflowBuilder
+
+pytestmark = pytest.mark.ray
+
+ARGS = {"prompt": "a harbour", "negative_prompt": "fog", "steps": 20, "guidance_scale": 6.0, "seed": 3, "height": 64, "width": 64}
+VAE = ("sd15", "vae", None)
+CONFIG = ("sd15", "config", None)  # the scheduler config: no weights
+
+
+def weights(engine, worker) -> set:
+    return engine.coordinator.workers[worker].resident - {CONFIG}
+
+
+def decode_only():
+    """Decode a noise latent: sent while the other workers are busy, it leaves the idle one
+    holding the VAE and nothing else."""
+    wf = WorkflowBuilder("decode-only", models={"base": "sd15"})
+    seed = wf.input("seed", "int", default=0)
+    init = wf.call("init_latents", model="base", seed=seed, steps=1, sampler="euler", height=64, width=64)
+    wf.output("image", wf.call("vae_decode", model="base", latents=init.latents, id="decode").image)
+    return wf.build()
+
+
+def run(folder, kill_when=None, workers=2):
+    """The 20-step request on the Ray backend; ``kill_when(engine, run, dispatch)`` picks the
+    moment to ``ray.kill`` the actor a dispatch was sent to (once)."""
+
+    async def main():
+        async with Engine({"sd15": folder}, EngineConfig(workers=workers, device="cpu", backend="ray")) as engine:
+            engine.add_workflow(sd_txt2img("sd15"))
+            engine.add_workflow(decode_only())
+            state = {"run": None, "killed": None, "held": None}
+
+            def sent(d):
+                r = state["run"]
+                if state["killed"] is None and r is not None and kill_when(engine, r, d):
+                    state["killed"], state["held"] = d.worker, weights(engine, d.worker)
+                    ray.kill(engine.workers[d.worker].handle, no_restart=True)  # the engine is not told
+
+            if kill_when is not None:
+                engine.on_dispatch_sent = sent
+            state["run"] = r = engine.submit("sd-txt2img", ARGS)  # its first nodes go out at once
+            if workers == 3:  # the third, idle worker decodes this, then holds only the VAE
+                assert (await engine.run("decode-only", {"seed": 1})).ok
+            result = await r.future
+            metrics = Metrics().render(engine).decode()
+            return result, engine, state, metrics
+
+    return asyncio.run(main())
+
+
+def kill_denoiser_at_step_10(engine, r, d):
+    return d.op == "denoise" and r.steps_done >= 10
+
+
+def kill_vae_only_decoder(engine, r, d):
+    return d.op == "vae_decode" and d.items[0].request_id == r.request_id and weights(engine, d.worker) == {VAE}
+
+
+@pytest.mark.parametrize("kill_when,workers", [(kill_denoiser_at_step_10, 2), (kill_vae_only_decoder, 3)], ids=["base-model", "vae-only"])
+def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, workers):
+    base, *_ = run(sd15)
+    result, engine, state, metrics = run(sd15, kill_when, workers)
+    assert state["killed"] is not None, "the moment to kill never came"
+    if kill_when is kill_vae_only_decoder:
+        assert state["held"] == {VAE}
+    else:
+        assert ("sd15", "denoiser", None) in state["held"]
+    assert result.ok, result.error
+    assert np.abs(result.outputs["image"].numpy() - base.outputs["image"].numpy()).max() <= 1e-4
+    assert engine.coordinator.stats.recoveries == 1
+    assert "legodiffusion_recoveries_total 1.0" in metrics
+    assert "legodiffusion_workers_lost_total 1.0" in metrics
+    assert not engine.coordinator.workers[state["killed"]].alive
+    assert all(c == (0, 0) for c in engine.backend.last_counts), "the surviving actors released everything"
