@@ -158,15 +158,22 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="address to bind"),
     port: int = typer.Option(8000, help="port"),
-    workers: int | None = typer.Option(None, min=1, help="worker count (default: one per GPU, else 1)"),
+    workers: int | None = typer.Option(
+        None, min=1, help="worker count (default: one per GPU, else 1; on ray: one per GPU in the cluster, else one per node)"
+    ),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     policy: str = typer.Option("default", help="scheduling policy"),
     api_keys_file: Path | None = typer.Option(None, help="file of API keys, one per line (also $LEGODIFFUSION_API_KEYS, comma-separated)"),
+    backend: str = typer.Option("local", help="local (worker threads here) or ray (worker actors across a Ray cluster)"),
+    address: str = typer.Option("auto", help="ray: auto (join the running cluster, else start one), local, or ray://host:port"),
+    cpus_per_worker: float = typer.Option(0.25, min=0.01, help="ray: CPUs a CPU-only worker actor asks for"),
+    min_workers: int | None = typer.Option(None, min=0, help="ray autoscaling floor (default: the starting count)"),
+    max_workers: int | None = typer.Option(None, min=1, help="ray autoscaling ceiling (default: the starting count)"),
 ) -> None:
     """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""
     import uvicorn
 
-    from legodiffusion.config import EngineConfig
+    from legodiffusion.config import EngineConfig, RayConfig
     from legodiffusion.models.tiny import write_tiny_models
     from legodiffusion.server.app import create_app
     from legodiffusion.server.catalog import builtin_workflows, models_under
@@ -182,7 +189,13 @@ def serve(
 
     configure()
     keys = config.api_keys(api_keys_file)
-    app_ = create_app(models, EngineConfig(workers=workers, device=device, policy=policy), builtin_workflows(models), api_keys=keys or None)
+    try:
+        ray_config = RayConfig(address=address, cpus_per_worker=cpus_per_worker, min_workers=min_workers, max_workers=max_workers)
+        engine_config = EngineConfig(workers=workers, device=device, policy=policy, backend=backend, ray=ray_config)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    app_ = create_app(models, engine_config, builtin_workflows(models), api_keys=keys or None)
     uvicorn.run(app_, host=host, port=port, log_level="info")
 
 
