@@ -4,7 +4,8 @@
    worker and a completion back: a thread hand-off locally, a Ray actor call and poll on Ray).
    For scale, one empty Ray actor call is timed too: a node costs a submit and a poll reply.
 2. End-to-end latency of one 20-step guided SD request (tiny model, 64 px) on 1 and on 2
-   workers; on 2 Ray workers the tensors move actor to actor through the object store.
+   workers; on 2 Ray workers the tensors move actor to actor through the object store, and in a
+   third configuration over GLOO with Ray's direct tensor transport.
 
 Both backends compute with one intra-op thread per worker. Ray runs as a local one-node cluster
 started by this script (actors are separate processes, as on a real cluster).
@@ -30,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import report  # noqa: E402
 from benchmarks.overhead import noop_chain  # noqa: E402
 from legodiffusion import Engine, EngineConfig, sd_txt2img  # noqa: E402
+from legodiffusion.config import RayConfig  # noqa: E402
 from legodiffusion.models.tiny import write_tiny_models  # noqa: E402
 
 REQUEST = {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "steps": 20, "guidance_scale": 7.5, "height": 64, "width": 64}
 
 
-def config(backend: str, workers: int) -> EngineConfig:
-    return EngineConfig(workers=workers, device="cpu", backend=backend, autoscale_interval_s=0)
+def config(backend: str, workers: int, transport: str = "object_store") -> EngineConfig:
+    return EngineConfig(workers=workers, device="cpu", backend=backend, autoscale_interval_s=0, ray=RayConfig(tensor_transport=transport))
 
 
 async def per_node_us(backend: str, nodes: int, repeats: int) -> float:
@@ -52,11 +54,16 @@ async def per_node_us(backend: str, nodes: int, repeats: int) -> float:
 
 
 async def latencies(folder: Path, workers: int, repeats: int) -> dict[str, list[float]]:
-    """Both backends up at once; requests alternate between them so drift hits both alike."""
-    out: dict[str, list[float]] = {"local": [], "ray": []}
-    async with Engine({"sd15": folder}, config("local", workers)) as local, Engine({"sd15": folder}, config("ray", workers)) as on_ray:
-        engines = {"local": local, "ray": on_ray}
+    """All backends up at once; requests rotate between them so drift hits each alike. On 2
+    workers, Ray runs twice: pulls through the object store, and pushes over GLOO (RDT)."""
+    configs = {"local": config("local", workers), "ray": config("ray", workers)}
+    if workers > 1:
+        configs["ray_gloo"] = config("ray", workers, "gloo")
+    engines = {name: Engine({"sd15": folder}, c) for name, c in configs.items()}
+    out: dict[str, list[float]] = {name: [] for name in engines}
+    try:
         for e in engines.values():
+            await e.start()
             e.add_workflow(sd_txt2img("sd15"))
             await e.run("sd-txt2img", dict(REQUEST, seed=0))  # warm: every worker loads what it runs
         for i in range(repeats):
@@ -65,7 +72,13 @@ async def latencies(folder: Path, workers: int, repeats: int) -> dict[str, list[
                 r = await e.run("sd-txt2img", dict(REQUEST, seed=i))
                 assert r.ok, r.error
                 out[name].append(time.perf_counter() - t)
-        out["ray_pulled_bytes"] = [on_ray.backend.traffic()["pulled_bytes"]]
+        for name, e in engines.items():
+            if name != "local":
+                traffic = e.backend.traffic()
+                out[f"{name}_moved_bytes"] = [traffic["pulled_bytes"] + traffic["pushed_bytes"]]
+    finally:
+        for e in engines.values():
+            await e.stop()
     return out
 
 
@@ -107,7 +120,7 @@ def main() -> None:
             lat = {w: asyncio.run(latencies(folder, w, args.repeats)) for w in (1, 2)}
     finally:
         ray.shutdown()
-    med = {w: {b: statistics.median(lat[w][b]) for b in ("local", "ray")} for w in lat}
+    med = {w: {b: statistics.median(lat[w][b]) for b in ("local", "ray", "ray_gloo") if b in lat[w]} for w in lat}
     print(
         f"per no-op node, 1 worker: local {node['local']:.0f} us, ray {node['ray']:.0f} us ({node['ray'] / node['local']:.1f}x); "
         f"one bare Ray actor call here: {floor:.0f} us"
@@ -115,8 +128,12 @@ def main() -> None:
     for w in (1, 2):
         print(
             f"20-step guided request, {w} worker(s): local {med[w]['local'] * 1e3:.0f} ms, ray {med[w]['ray'] * 1e3:.0f} ms "
-            f"(ray/local {med[w]['ray'] / med[w]['local']:.2f}; {lat[w]['ray_pulled_bytes'][0] / 1e6:.2f} MB pulled actor to actor)"
+            f"(ray/local {med[w]['ray'] / med[w]['local']:.2f}; {lat[w]['ray_moved_bytes'][0] / 1e6:.2f} MB moved actor to actor)"
         )
+    print(
+        f"20-step guided request, 2 workers, ray with GLOO direct transport: {med[2]['ray_gloo'] * 1e3:.0f} ms "
+        f"(ray_gloo/local {med[2]['ray_gloo'] / med[2]['local']:.2f}; {lat[2]['ray_gloo_moved_bytes'][0] / 1e6:.2f} MB moved)"
+    )
     figures = {
         "noop_nodes": args.noop_nodes,
         "local_us_per_node": round(node["local"], 1),
@@ -126,6 +143,8 @@ def main() -> None:
         **{f"local_latency_s_{w}w": round(med[w]["local"], 4) for w in (1, 2)},
         **{f"ray_latency_s_{w}w": round(med[w]["ray"], 4) for w in (1, 2)},
         **{f"ray_over_local_latency_{w}w": round(med[w]["ray"] / med[w]["local"], 3) for w in (1, 2)},
+        "ray_gloo_latency_s_2w": round(med[2]["ray_gloo"], 4),
+        "ray_gloo_over_local_latency_2w": round(med[2]["ray_gloo"] / med[2]["local"], 3),
         "repeats": args.repeats,
     }
 

@@ -55,6 +55,12 @@ class RayConfig:
     """Ask Ray's autoscaler for the desired workers' resources (``ray.autoscaler.sdk``)."""
     temp_dir: str | None = None
     """Ray's session folder when this process starts the cluster (keep the path short)."""
+    tensor_transport: str = "auto"
+    """How tensors move between worker actors: ``object_store`` (the consumer pulls through Ray's
+    object store), ``nccl`` / ``gloo`` (the engine has the producer send tensors straight to the
+    consumer with Ray's direct tensor transport over a collective group of the starting workers;
+    NCCL for device tensors, GLOO for host ones), or ``auto`` (nccl on GPU workers, else
+    object_store). Other values (sampler state) and workers added later use the object store."""
 
 
 @dataclass
@@ -113,6 +119,8 @@ class EngineConfig:
         if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
             raise ValueError("memory_budget_bytes must be positive")
         r = self.ray
+        if r.tensor_transport not in ("auto", "object_store", "nccl", "gloo"):
+            raise ValueError(f"ray.tensor_transport must be auto, object_store, nccl or gloo, got {r.tensor_transport!r}")
         if r.cpus_per_worker <= 0 or r.torch_threads < 1:
             raise ValueError("ray.cpus_per_worker must be positive and ray.torch_threads >= 1")
         if r.min_workers is not None and r.max_workers is not None and not 0 <= r.min_workers <= r.max_workers:

@@ -169,6 +169,7 @@ def serve(
     cpus_per_worker: float = typer.Option(0.25, min=0.01, help="ray: CPUs a CPU-only worker actor asks for"),
     min_workers: int | None = typer.Option(None, min=0, help="ray autoscaling floor (default: the starting count)"),
     max_workers: int | None = typer.Option(None, min=1, help="ray autoscaling ceiling (default: the starting count)"),
+    tensor_transport: str = typer.Option("auto", help="ray: object_store, nccl, gloo or auto (nccl on GPU workers, else object_store)"),
 ) -> None:
     """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""
     import uvicorn
@@ -190,7 +191,13 @@ def serve(
     configure()
     keys = config.api_keys(api_keys_file)
     try:
-        ray_config = RayConfig(address=address, cpus_per_worker=cpus_per_worker, min_workers=min_workers, max_workers=max_workers)
+        ray_config = RayConfig(
+            address=address,
+            cpus_per_worker=cpus_per_worker,
+            min_workers=min_workers,
+            max_workers=max_workers,
+            tensor_transport=tensor_transport,
+        )
         engine_config = EngineConfig(workers=workers, device=device, policy=policy, backend=backend, ray=ray_config)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

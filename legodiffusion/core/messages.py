@@ -19,6 +19,7 @@ class TensorRef:
     dtype: str | None = None
     sig: tuple | None = None  # batch signature of a bundle of tensors; tensors use shape[1:]
     source: int = -1  # for a deferred input (worker == PENDING): the worker its producer was sent to
+    device: str | None = None  # where a tensor's memory is (cpu, cuda:0); None for other values
 
     @property
     def batch_signature(self) -> tuple | None:

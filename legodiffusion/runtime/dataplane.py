@@ -21,9 +21,8 @@ from legodiffusion.core.messages import TensorRef
 
 def make_ref(tensor_id: int, worker: int, value: Any) -> TensorRef:
     if isinstance(value, torch.Tensor):
-        return TensorRef(
-            tensor_id, worker, value.numel() * value.element_size(), tuple(value.shape), str(value.dtype).removeprefix("torch.")
-        )
+        dtype = str(value.dtype).removeprefix("torch.")
+        return TensorRef(tensor_id, worker, value.numel() * value.element_size(), tuple(value.shape), dtype, device=str(value.device))
     return TensorRef(tensor_id, worker, sys.getsizeof(value))
 
 

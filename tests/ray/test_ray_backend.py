@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from legodiffusion.config import RayConfig
 from tests.helpers import run_requests
 from tests.runtime.test_sharing import WORKFLOWS, mix
 
@@ -38,12 +39,23 @@ def test_three_workflow_mix_on_two_ray_nodes_equals_the_local_backend(ray_cluste
     assert engine.coordinator.stats.cross_workflow_batches > 0
 
 
-def test_tensors_move_worker_to_worker_and_everything_is_released(ray_cluster, sd15):
+@pytest.mark.parametrize("transport", ["object_store", "gloo"])
+def test_tensors_move_worker_to_worker_and_everything_is_released(ray_cluster, sd15, transport):
+    """Through the object store, consumers pull; with Ray's direct tensor transport (GLOO here,
+    NCCL on GPUs: the same code path), the engine has each holder push tensors to the consumer."""
     requests = mix(6)
-    results, engine = run_requests(sd15, requests, workers=2, workflows=WORKFLOWS, backend="ray")
+    local, _ = run_requests(sd15, requests, workers=2, workflows=WORKFLOWS)
+    results, engine = run_requests(sd15, requests, workers=2, workflows=WORKFLOWS, backend="ray", ray=RayConfig(tensor_transport=transport))
     assert all(r.ok for r in results)
+    for a, b in zip(local, results, strict=True):
+        assert np.abs(a.outputs["image"].numpy() - b.outputs["image"].numpy()).max() <= 1e-4
     traffic = engine.backend.last_traffic
+    assert traffic["transport"] == transport
     assert traffic["pulls"] > 0 and traffic["pulled_bytes"] > 0, "consumers pulled inputs from the other actor"
+    if transport == "gloo":
+        assert traffic["pushes"] > 0 and traffic["pushed_bytes"] > 0, "plain tensors went actor to actor over the collective group"
+    else:
+        assert traffic["pushes"] == 0
     assert traffic["engine_held_bytes"] == 0, "the engine never stores a value"
     images = sum(r.outputs["image"].numel() * r.outputs["image"].element_size() for r in results)
     assert traffic["engine_output_bytes"] == images, "the only bytes the engine read are the final images"

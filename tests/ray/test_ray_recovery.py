@@ -8,6 +8,7 @@ import pytest
 import ray
 
 from legodiffusion import Engine, EngineConfig, sd_txt2img
+from legodiffusion.config import RayConfig
 from legodiffusion.server.metrics import Metrics
 from legodiffusion.workflow.builder import WorkflowBuilder
 
@@ -32,12 +33,13 @@ def decode_only():
     return wf.build()
 
 
-def run(folder, kill_when=None, workers=2):
+def run(folder, kill_when=None, workers=2, transport="object_store"):
     """The 20-step request on the Ray backend; ``kill_when(engine, run, dispatch)`` picks the
     moment to ``ray.kill`` the actor a dispatch was sent to (once)."""
 
     async def main():
-        async with Engine({"sd15": folder}, EngineConfig(workers=workers, device="cpu", backend="ray")) as engine:
+        config = EngineConfig(workers=workers, device="cpu", backend="ray", ray=RayConfig(tensor_transport=transport))
+        async with Engine({"sd15": folder}, config) as engine:
             engine.add_workflow(sd_txt2img("sd15"))
             engine.add_workflow(decode_only())
             state = {"run": None, "killed": None, "held": None}
@@ -68,10 +70,14 @@ def kill_vae_only_decoder(engine, r, d):
     return d.op == "vae_decode" and d.items[0].request_id == r.request_id and weights(engine, d.worker) == {VAE}
 
 
-@pytest.mark.parametrize("kill_when,workers", [(kill_denoiser_at_step_10, 2), (kill_vae_only_decoder, 3)], ids=["base-model", "vae-only"])
-def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, workers):
+@pytest.mark.parametrize(
+    "kill_when,workers,transport",
+    [(kill_denoiser_at_step_10, 2, "object_store"), (kill_vae_only_decoder, 3, "object_store"), (kill_denoiser_at_step_10, 2, "gloo")],
+    ids=["base-model", "vae-only", "base-model-direct-transport"],
+)
+def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, workers, transport):
     base, *_ = run(sd15)
-    result, engine, state, metrics = run(sd15, kill_when, workers)
+    result, engine, state, metrics = run(sd15, kill_when, workers, transport)
     assert state["killed"] is not None, "the moment to kill never came"
     if kill_when is kill_vae_only_decoder:
         assert state["held"] == {VAE}

@@ -81,6 +81,26 @@ class WorkerActor:
         """A value held here, for a peer or the engine (it waits for a deferred one)."""
         return self.plane.serve(tensor_id)
 
+    @ray.method(concurrency_group="io", tensor_transport="nccl")
+    def send_nccl(self, tensor_id: int):
+        """A value held here; its tensors go straight to the receiving actor over NCCL."""
+        return self.plane.serve(tensor_id)
+
+    @ray.method(concurrency_group="io", tensor_transport="gloo")
+    def send_gloo(self, tensor_id: int):
+        """A value held here; its tensors go straight to the receiving actor over GLOO."""
+        return self.plane.serve(tensor_id)
+
+    @ray.method(concurrency_group="io")
+    def receive(self, tensor_id: int, value) -> None:
+        self.plane.receive(tensor_id, value)
+
+    def lost_inputs(self, tensor_ids: list[int], holder: int) -> None:
+        self.plane.lost_inputs(tensor_ids, holder)
+
+    def set_direct(self, transport: str, group: list[int]) -> None:
+        self.plane.direct = (transport, frozenset(group))
+
     def free(self, tensor_ids: list[int]) -> None:
         self.plane.free(tensor_ids)
 
@@ -93,7 +113,7 @@ class WorkerActor:
     @ray.method(concurrency_group="io")
     def traffic(self) -> dict:
         p = self.plane
-        return {"pulls": p.pulls, "pulled_bytes": p.pulled_bytes, "served": p.served}
+        return {"pulls": p.pulls, "pulled_bytes": p.pulled_bytes, "pushes": p.pushes, "pushed_bytes": p.pushed_bytes, "served": p.served}
 
     @ray.method(concurrency_group="io")
     def stats(self) -> WorkerStats:

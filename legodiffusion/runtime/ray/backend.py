@@ -133,6 +133,23 @@ class RayBackend(Backend):
         self.last_counts: list[tuple[int, int]] = []
         #: worker id -> Ray node id it runs on
         self.placement = {w.id: p["node"] for w, p in zip(self.workers, ray.get([w.ready for w in self.workers]))}
+        self.transport = self._direct_transport(r.tensor_transport)
+
+    def _direct_transport(self, asked: str) -> str:
+        """Set up Ray's direct tensor transport over a collective group of the starting workers
+        (``nccl`` / ``gloo``), or keep to the object store; returns what is in use."""
+        transport = ("nccl" if self._gpu else "object_store") if asked == "auto" else asked
+        if transport == "nccl" and not self._gpu:
+            raise RuntimeError("tensor_transport=nccl needs GPU workers; use gloo or object_store on CPU")
+        if transport == "object_store" or len(self.handles) < 2:
+            return "object_store"
+        from ray.experimental.collective import create_collective_group
+
+        ids = sorted(self.handles)
+        create_collective_group([self.handles[i] for i in ids], backend=transport)
+        ray.get([self.handles[i].set_direct.remote(transport, ids) for i in ids])
+        self.plane.direct = (transport, frozenset(ids))
+        return transport
 
     def _spawn(self, worker_id: int, node: str | None = None) -> RayWorker:
         r = self.config
@@ -165,8 +182,9 @@ class RayBackend(Backend):
         self.workers[worker_id].retire()
 
     def forget(self, worker_id: int) -> None:
-        """A worker died: releases must no longer go to it."""
+        """A worker died: releases must no longer go to it, nor wait for its pushes."""
         self.handles.pop(worker_id, None)
+        self.plane.forget(worker_id)
 
     def request_resources(self, workers: int) -> None:
         if not self.config.request_resources:
@@ -179,7 +197,8 @@ class RayBackend(Backend):
     def traffic(self) -> dict:
         """Worker-to-worker pulls summed over the live actors, and what the engine read."""
         parts = ray.get([h.traffic.remote() for h in self.handles.values()])
-        out = {k: sum(p[k] for p in parts) for k in ("pulls", "pulled_bytes", "served")}
+        out = {k: sum(p[k] for p in parts) for k in ("pulls", "pulled_bytes", "pushes", "pushed_bytes", "served")}
+        out["transport"] = self.transport
         out["engine_output_bytes"] = self.plane.output_bytes
         out["engine_held_bytes"] = self.plane.held_bytes
         return out

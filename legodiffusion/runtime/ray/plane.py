@@ -23,6 +23,20 @@ from legodiffusion.runtime.dataplane import DataPlane, make_ref
 #: errors that mean "the worker holding this value is gone"
 PEER_LOST = (RayActorError, ValueError)  # ValueError: ray.get_actor found no such (killed) actor
 
+#: direct transports and the tensors they carry
+DIRECT_DEVICES = {"nccl": "cuda", "gloo": "cpu"}
+
+
+def pushed(ref: TensorRef, holder: int, dst: int, direct: tuple[str, frozenset[int]] | None) -> bool:
+    """Does ``ref``'s value reach worker ``dst`` by a direct push from ``holder`` (Ray's tensor
+    transport over the collective group), rather than by a pull through the object store? Both
+    the engine and the actors decide with this same rule. Only plain tensors already written, on
+    the transport's kind of device, between members of the group, go direct."""
+    if direct is None or ref.worker == PENDING or ref.shape is None or ref.device is None:
+        return False
+    transport, group = direct
+    return holder in group and dst in group and ref.device.startswith(DIRECT_DEVICES[transport])
+
 
 class ActorPlane(DataPlane):
     """One worker actor's store, plus pulls from its peers."""
@@ -35,18 +49,24 @@ class ActorPlane(DataPlane):
         self._peer = peer  # worker id -> actor handle
         self._values: dict[int, Any] = {}
         self._bytes: dict[int, int] = {}
-        self._abandoned: set[int] = set()
+        # ids released, abandoned or lost before their value got here: a late write or push is
+        # dropped and a reader fails at once (few: only failures, cancellations and losses)
+        self._gone: set[int] = set()
         self._lock = threading.Lock()
         self._written = threading.Condition(self._lock)
         self._lost: set[int] = set()
-        self.pulls = 0  # values pulled from a peer
+        self._lost_inputs: dict[int, int] = {}  # pushed value id -> the lost worker that held it
+        self.direct: tuple[str, frozenset[int]] | None = None  # (transport, group) once set up
+        self.pulls = 0  # values pulled from a peer through the object store
         self.pulled_bytes = 0
+        self.pushes = 0  # values a peer sent here directly (tensor transport)
+        self.pushed_bytes = 0
         self.served = 0  # values sent to a peer or the engine
 
     def put(self, tensor_id: int, worker: int, value: Any) -> TensorRef:
         ref = make_ref(tensor_id, self.worker, value)
         with self._lock:
-            if tensor_id not in self._abandoned:
+            if tensor_id not in self._gone:
                 self._values[tensor_id] = value
                 self._bytes[tensor_id] = ref.nbytes
                 self._written.notify_all()
@@ -55,6 +75,8 @@ class ActorPlane(DataPlane):
     def get(self, ref: TensorRef, worker: int) -> Any:
         holder = ref.source if ref.worker == PENDING else ref.worker
         if holder in (self.worker, PENDING):
+            return self.wait(ref.id)
+        if pushed(ref, holder, self.worker, self.direct):  # the engine has the holder send it here
             return self.wait(ref.id)
         with self._lock:
             if ref.id in self._values:  # pulled before for another consumer here
@@ -68,7 +90,7 @@ class ActorPlane(DataPlane):
             self.pulls += 1
             nbytes = make_ref(ref.id, holder, value).nbytes
             self.pulled_bytes += nbytes
-            if ref.id not in self._abandoned:
+            if ref.id not in self._gone:
                 self._values[ref.id] = value
                 self._bytes[ref.id] = nbytes
         return value
@@ -77,8 +99,12 @@ class ActorPlane(DataPlane):
         """The value of ``tensor_id`` held here, waiting for it if a deferred producer has not
         written it yet."""
         with self._lock:
-            ok = self._written.wait_for(lambda: tensor_id in self._values or tensor_id in self._abandoned, self.WAIT_LIMIT_S)
-            if not ok or tensor_id in self._abandoned:
+            ok = self._written.wait_for(lambda: tensor_id in self._values or tensor_id in self._gone, self.WAIT_LIMIT_S)
+            if tensor_id in self._lost_inputs:
+                holder = self._lost_inputs[tensor_id]
+                self._lost.add(holder)
+                raise RuntimeError(f"input {tensor_id} was held by worker {holder}, which is lost")
+            if not ok or tensor_id in self._gone:
                 raise RuntimeError(f"value {tensor_id} will not be produced (its producer failed or the request ended)")
             return self._values[tensor_id]
 
@@ -87,24 +113,48 @@ class ActorPlane(DataPlane):
         self.served += 1
         return value
 
+    def receive(self, tensor_id: int, value: Any) -> None:
+        """A value pushed here by a peer for a consumer on this worker."""
+        nbytes = make_ref(tensor_id, self.worker, value).nbytes
+        with self._lock:
+            self.pushes += 1
+            self.pushed_bytes += nbytes
+            if tensor_id not in self._gone:
+                self._values[tensor_id] = value
+                self._bytes[tensor_id] = nbytes
+                self._written.notify_all()
+
+    def lost_inputs(self, tensor_ids: Iterable[int], holder: int) -> None:
+        """Values that were to be pushed here from ``holder``, which died: wake their readers."""
+        with self._lock:
+            for tid in tensor_ids:
+                if tid not in self._values:
+                    self._lost_inputs[tid] = holder
+                    self._gone.add(tid)
+            self._written.notify_all()
+
     def take_lost(self) -> list[int]:
         with self._lock:
             lost, self._lost = sorted(self._lost), set()
             return lost
 
     def free(self, refs: Iterable) -> None:
-        """Release values by ref or by id (the engine sends ids)."""
+        """Release values by ref or by id (the engine sends ids). An id not here yet (a push or
+        a write still on its way, or a reader still to come) is remembered as gone."""
         with self._lock:
             for r in refs:
                 tid = r if isinstance(r, int) else r.id
-                self._values.pop(tid, None)
-                self._bytes.pop(tid, None)
-                self._abandoned.discard(tid)
+                if tid in self._values:
+                    del self._values[tid]
+                    self._bytes.pop(tid, None)
+                else:
+                    self._gone.add(tid)
+            self._written.notify_all()
 
     def abandon(self, tensor_ids: Iterable[int]) -> None:
         with self._lock:
             for tid in tensor_ids:
-                self._abandoned.add(tid)
+                self._gone.add(tid)
                 self._values.pop(tid, None)
                 self._bytes.pop(tid, None)
             self._written.notify_all()
@@ -124,15 +174,48 @@ class DriverPlane(DataPlane):
     def __init__(self, handles: dict[int, Any]) -> None:
         self._handles = handles  # live worker id -> actor handle (owned by the backend)
         self._copies: dict[int, set[int]] = {}
+        self.direct: tuple[str, frozenset[int]] | None = None  # (transport, group), set by the backend
+        self._pushes: dict[int, tuple[int, set[int]]] = {}  # value id -> (holder, workers it was pushed to)
+        self.pushes = 0
         self.output_bytes = 0  # bytes of final outputs read by the engine: the only bytes it sees
         self.held_bytes = 0  # values kept here: stays 0, the engine never stores a value
 
     def note_dispatch(self, d: Dispatch) -> None:
+        """Record where copies will land; with a direct transport, have each holder send its
+        plain tensors to this dispatch's worker now (once per value and worker)."""
         for item in d.items:
             for ref in item.refs.values():
                 holder = ref.source if ref.worker == PENDING else ref.worker
-                if holder != d.worker:
-                    self._copies.setdefault(ref.id, set()).add(d.worker)
+                if holder == d.worker:
+                    continue
+                copies = self._copies.setdefault(ref.id, set())
+                if d.worker in copies:
+                    continue
+                copies.add(d.worker)
+                if pushed(ref, holder, d.worker, self.direct):
+                    self._push(ref.id, holder, d.worker)
+
+    def _push(self, tensor_id: int, holder: int, dst: int) -> None:
+        src, to = self._handles.get(holder), self._handles.get(dst)
+        if src is None or to is None:
+            return
+        sent = getattr(src, f"send_{self.direct[0]}").remote(tensor_id)  # bytes go holder -> dst directly
+        to.receive.remote(tensor_id, sent)
+        self._pushes.setdefault(tensor_id, (holder, set()))[1].add(dst)
+        self.pushes += 1
+
+    def forget(self, worker: int) -> None:
+        """``worker`` died: values it was to push will never arrive; wake their readers."""
+        lost: dict[int, list[int]] = {}
+        for tid, (holder, dsts) in list(self._pushes.items()):
+            if holder == worker:
+                del self._pushes[tid]
+                for dst in dsts:
+                    lost.setdefault(dst, []).append(tid)
+        for dst, ids in lost.items():
+            handle = self._handles.get(dst)
+            if handle is not None:
+                handle.lost_inputs.remote(ids, worker)
 
     def put(self, tensor_id: int, worker: int, value: Any) -> TensorRef:
         raise RuntimeError("the engine holds no values on the ray backend; workers put their own outputs")
@@ -148,6 +231,7 @@ class DriverPlane(DataPlane):
     def free(self, refs: Iterable[TensorRef]) -> None:
         by_worker: dict[int, list[int]] = {}
         for ref in refs:
+            self._pushes.pop(ref.id, None)
             holders = self._copies.pop(ref.id, set())
             holders.add(ref.source if ref.worker == PENDING else ref.worker)
             for w in holders:
@@ -161,6 +245,7 @@ class DriverPlane(DataPlane):
         ids = list(tensor_ids)
         for tid in ids:
             self._copies.pop(tid, None)
+            self._pushes.pop(tid, None)
         for handle in list(self._handles.values()):
             handle.abandon.remote(ids)
 
