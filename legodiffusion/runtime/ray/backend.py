@@ -8,6 +8,7 @@ spread by Ray, which is what lets an autoscaling cluster start a node for one th
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable
@@ -29,10 +30,21 @@ _Actor = ray.remote(concurrency_groups=CONCURRENCY)(WorkerActor)
 
 def connect(config: RayConfig) -> bool:
     """Join or start a Ray cluster (unless this process already is connected); True if this
-    call started it."""
+    call started it. The process keeps its own SIGTERM handling (``ray.init`` replaces it with
+    an immediate exit, which would cut a server's graceful shutdown short)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
+    if threading.current_thread() is not threading.main_thread():
+        return _init(config)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return _init(config)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _init(config: RayConfig) -> bool:
     here = {"include_dashboard": False, "_temp_dir": config.temp_dir}
     if config.address == "local":
         ray.init(namespace=config.namespace, **here)
