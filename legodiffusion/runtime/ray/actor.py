@@ -1,16 +1,18 @@
 """The worker actor: the local backend's :class:`ThreadWorker`, hosted in a Ray actor process.
 
-The engine sends dispatches with a sequence number (the actor runs them in that order, as a
-worker thread would) and long-polls for completions; other actors and the engine pull values
-with :meth:`fetch`. Pulls and polls have their own threads, so a blocked pull never holds up a
-submit or a poll; submits, releases and counts share one thread, so a count sees every release
-sent before it.
+The engine calls :meth:`run` once per dispatch, with a sequence number: the dispatch reaches
+the worker thread in the engine's order (as a local worker's would) and the call returns its
+completion, so a node costs one actor call. Other actors and the engine pull values with
+:meth:`fetch`. Runs, pulls and the engine's watch each have their own threads, so a blocked pull
+never holds up a run; releases and counts share one thread, so a count sees every release sent
+before it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future
 
 import ray
 
@@ -21,7 +23,8 @@ from legodiffusion.ops import default_registry
 from legodiffusion.runtime.ray.plane import ActorPlane
 from legodiffusion.runtime.worker import ThreadWorker, WorkerStats
 
-CONCURRENCY = {"poll": 1, "io": 16}
+#: threads per kind of call; more ``run`` calls than threads just wait in Ray's queue, in order
+CONCURRENCY = {"run": 64, "watch": 1, "io": 16}
 
 
 class WorkerActor:
@@ -41,10 +44,11 @@ class WorkerActor:
         self.plane = ActorPlane(worker_id, self._peer)
         host = HostCache(ModelCatalog(models))
         self.worker = ThreadWorker(worker_id, device, default_registry(), host, self.plane, budget)
-        self._cv = threading.Condition()
-        self._done: list[Completion] = []
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Future] = {}  # dispatch id -> its completion
         self._next_seq = 1
         self._early: dict[int, Dispatch] = {}
+        self._stopped = threading.Event()
         self.worker.start(self._finished)
 
     def _peer(self, worker_id: int):
@@ -55,26 +59,29 @@ class WorkerActor:
 
     def _finished(self, c: Completion) -> None:
         c.lost_peers = self.plane.take_lost()
-        with self._cv:
-            self._done.append(c)
-            self._cv.notify_all()
+        with self._lock:
+            done = self._waiting.pop(c.dispatch_id, None)
+        if done is not None:
+            done.set_result(c)
 
     # -- called by the engine ----------------------------------------------------------
 
-    def submit(self, d: Dispatch, seq: int) -> None:
-        """Queue ``d``; dispatches reach the worker thread in the engine's order."""
-        self._early[seq] = d
-        while self._next_seq in self._early:
-            self.worker.submit(self._early.pop(self._next_seq))
-            self._next_seq += 1
+    @ray.method(concurrency_group="run")
+    def run(self, d: Dispatch, seq: int) -> Completion:
+        """Run ``d`` after every dispatch the engine sent before it; returns its completion."""
+        done: Future = Future()
+        with self._lock:
+            self._waiting[d.id] = done
+            self._early[seq] = d
+            while self._next_seq in self._early:
+                self.worker.submit(self._early.pop(self._next_seq))
+                self._next_seq += 1
+        return done.result()
 
-    @ray.method(concurrency_group="poll")
-    def poll(self, timeout_s: float) -> list[Completion]:
-        """Completions since the last poll, waiting up to ``timeout_s`` for the first one."""
-        with self._cv:
-            self._cv.wait_for(lambda: self._done, timeout_s)
-            out, self._done = self._done, []
-            return out
+    @ray.method(concurrency_group="watch")
+    def watch(self) -> None:
+        """Never returns while the actor lives: the engine learns of its death when this fails."""
+        self._stopped.wait()
 
     @ray.method(concurrency_group="io")
     def fetch(self, tensor_id: int):

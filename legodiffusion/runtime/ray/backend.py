@@ -18,7 +18,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from legodiffusion.config import EngineConfig, RayConfig
-from legodiffusion.core.messages import Completion, Dispatch
+from legodiffusion.core.messages import Completion, Dispatch, ItemResult
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.runtime.backend import Backend
 from legodiffusion.runtime.ray.actor import CONCURRENCY, WorkerActor
@@ -61,9 +61,8 @@ def _init(config: RayConfig) -> bool:
 
 
 class RayWorker(Worker):
-    """The engine's handle on one worker actor."""
-
-    POLL_S = 0.5
+    """The engine's handle on one worker actor: a dispatch is one ``run`` call whose result is
+    its completion; a ``watch`` call that fails only when the actor dies reports its loss."""
 
     def __init__(self, worker_id: int, device: str, handle) -> None:
         self.id = worker_id
@@ -71,45 +70,51 @@ class RayWorker(Worker):
         self.handle = handle
         self.ready = handle.where.remote()  # resolves once the actor is up
         self._seq = 0
-        self._thread: threading.Thread | None = None
         self._stopping = False
+        self._calls: dict[int, ray.ObjectRef] = {}  # dispatch id -> its run call, until it returns
+        self._on_complete: Callable[[Completion], None] | None = None
+        self._on_lost: Callable[[int], None] | None = None
 
     def start(self, on_complete: Callable[[Completion], None], on_lost: Callable[[int], None] | None = None) -> None:
-        self._thread = threading.Thread(target=self._poll, args=(on_complete, on_lost), name=f"ray-worker-{self.id}", daemon=True)
-        self._thread.start()
+        self._on_complete, self._on_lost = on_complete, on_lost
+        self._watch = self.handle.watch.remote()
+        self._watch.future().add_done_callback(lambda _: self._lost())
 
-    def _poll(self, on_complete, on_lost) -> None:
-        while not self._stopping:
-            try:
-                done = ray.get(self.handle.poll.remote(self.POLL_S))
-            except RayActorError:
-                if not self._stopping and on_lost is not None:
-                    on_lost(self.id)
-                return
-            for c in done:
-                on_complete(c)
+    def _lost(self) -> None:
+        if not self._stopping and self._on_lost is not None:
+            self._on_lost(self.id)
+
+    def submit(self, d: Dispatch) -> None:
+        self._seq += 1
+        call = self._calls[d.id] = self.handle.run.remote(d, self._seq)
+        call.future().add_done_callback(lambda f, d=d: self._returned(d, f))
+
+    def _returned(self, d: Dispatch, f) -> None:
+        """Called on a Ray thread when a run call ends."""
+        self._calls.pop(d.id, None)
+        try:
+            c = f.result()
+        except RayActorError:
+            self._lost()
+            return
+        except Exception as exc:  # the call itself failed: fail its items, never leave them waiting
+            c = Completion(d.id, self.id, [ItemResult(error=f"worker {self.id}: {type(exc).__name__}: {exc}") for _ in d.items])
+        if not self._stopping and self._on_complete is not None:
+            self._on_complete(c)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         ray.get(self.ready, timeout=timeout_s)
 
-    def submit(self, d: Dispatch) -> None:
-        self._seq += 1
-        self.handle.submit.remote(d, self._seq)
-
     def stop(self) -> None:
-        self._stopping = True
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        ray.kill(self.handle, no_restart=True)
+        self.retire()
 
     def retire(self) -> None:
-        """Stop for good without waiting (called on the event loop): the poll thread ends on its own."""
+        """Stop for good; calls still out end with the actor and are not reported."""
         self._stopping = True
         ray.kill(self.handle, no_restart=True)
 
     def kill(self) -> None:
-        """Kill the actor at once (as a crash would); the poll thread then reports it lost."""
+        """Kill the actor at once, as a crash would; its watch then reports it lost."""
         ray.kill(self.handle, no_restart=True)
 
     def stats(self) -> WorkerStats:
