@@ -275,8 +275,9 @@ class Coordinator:
 
     def on_worker_lost(self, worker: int, now: float) -> Actions:
         """A worker died: its in-flight nodes and the tensors it held are gone. Every affected
-        request re-runs, from lineage, only the nodes whose outputs are needed and gone; one that
-        no live worker can serve, or that waits on a lost deferred input, fails with that reason."""
+        request re-runs, from lineage, only the nodes whose outputs are needed and gone (a reader
+        of a deferred input the lost worker was producing runs again with its producer); one that
+        no live worker can serve fails with that reason."""
         actions = Actions()
         w = self.workers[worker]
         if not w.alive:
@@ -304,17 +305,18 @@ class Coordinator:
                 continue
             if not any(x.alive for x in self.workers):
                 self._end(live, FAILED, actions, error="no live worker can run this request")
-            elif live.pending:
-                self._end(live, FAILED, actions, error=f"worker {worker} was lost while a deferred input was pending")
             else:
-                self._recover(live, lost, redo.get(live.req.id, set()), actions)
+                self._recover(live, lost, redo.get(live.req.id, set()), actions, worker)
                 self.stats.recoveries += 1
         self._dispatch(actions)
         return actions
 
-    def _recover(self, live: _Live, lost: list, inflight_lost: set[int], actions: Actions) -> None:
+    def _recover(self, live: _Live, lost: list, inflight_lost: set[int], actions: Actions, worker: int) -> None:
         tmpl = live.req.template
         lost_ids = {live.refs[k].id for k in lost}
+        unwritten = {tid for tid in live.pending if live.making.get(tid) == worker}  # deferred, never to come
+        live.pending -= unwritten  # (abandoned with the lost dispatch's outputs: its readers wake and are redone)
+        lost_ids |= unwritten
         for k in lost:
             actions.frees.append(live.refs.pop(k))
         rerun = set(inflight_lost) | {node for node, port in lost if live.uses.get((node, port), 0) > 0}
@@ -342,7 +344,7 @@ class Coordinator:
             for port in tmpl.out_ports[node]:
                 live.uses[(node, port)] = sum(
                     1
-                    for c in tmpl.consumers[node]
+                    for c in (*tmpl.consumers[node], *tmpl.deferred_consumers[node])
                     if c not in live.finished
                     for inp in tmpl.nodes[c].inputs
                     if inp.kind == FROM_NODE and inp.node == node and inp.name == port

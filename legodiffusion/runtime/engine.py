@@ -199,7 +199,9 @@ class Engine:
         self.scaling.retiring.discard(worker)
         self._sent = {k: d for k, d in self._sent.items() if d.worker != worker}
         before = self.coordinator.stats.recoveries
-        self._apply(self.coordinator.on_worker_lost(worker, self._now()))
+        now = self._now()
+        self.scaling.replace(self, worker, now)  # replacements first: affected requests wait for them
+        self._apply(self.coordinator.on_worker_lost(worker, now))
         self.log.warning("worker %d lost; %d request(s) recovering from lineage", worker, self.coordinator.stats.recoveries - before)
 
     def cancel(self, request_id: int) -> None:

@@ -54,6 +54,16 @@ class Scaling:
             self.wanted = want
             backend.request_resources(want)
 
+    def replace(self, engine, lost: int, now: float) -> None:
+        """``lost`` died: if that leaves fewer workers than the floor, start replacements now, so
+        that the requests it affected wait for them rather than fail for want of a worker."""
+        backend, coord = engine.backend, engine.coordinator
+        if not backend.scalable:
+            return
+        active = [w.id for w in coord.workers if w.alive and w.id != lost and w.id not in self.retiring]
+        for _ in range(backend.min_workers - len(active)):
+            active.append(self._add(engine, now, len(active) + 1, f"worker {lost} lost, floor {backend.min_workers}"))
+
     def _add(self, engine, now: float, count: int, reason: str) -> int:
         wid = engine.coordinator.add_worker()
         worker = engine.backend.add_worker(wid)

@@ -85,8 +85,83 @@ def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, 
         assert ("sd15", "denoiser", None) in state["held"]
     assert result.ok, result.error
     assert np.abs(result.outputs["image"].numpy() - base.outputs["image"].numpy()).max() <= 1e-4
-    assert engine.coordinator.stats.recoveries == 1
-    assert "legodiffusion_recoveries_total 1.0" in metrics
-    assert "legodiffusion_workers_lost_total 1.0" in metrics
+    if transport == "object_store":
+        assert engine.coordinator.stats.recoveries == 1
+        assert "legodiffusion_recoveries_total 1.0" in metrics
+        assert "legodiffusion_workers_lost_total 1.0" in metrics
+    else:  # Ray kills both ends of a failed direct transfer: the receiver may be lost as well
+        n = engine.coordinator.stats.recoveries
+        assert n >= 1 and f"legodiffusion_recoveries_total {float(n)}" in metrics
     assert not engine.coordinator.workers[state["killed"]].alive
     assert all(c == (0, 0) for c in engine.backend.last_counts), "the surviving actors released everything"
+
+
+def test_a_controlnet_request_survives_a_killed_controlnet_actor(ray_cluster, tiny_models):
+    """The base model reads the ControlNet's residuals as a deferred input pulled from the
+    ControlNet's actor; when that actor dies, the reader is redone with the re-run ControlNet."""
+    from tests.runtime.test_controlnet import control_image
+
+    models = {"sd15": tiny_models["sd15"], "cn": tiny_models["controlnet-sd15"]}
+    args = dict(ARGS, steps=6, control_image=control_image(), control_scale=0.7)
+
+    async def main(kill_at_step):
+        async with Engine(models, EngineConfig(workers=2, device="cpu", backend="ray", autoscale_interval_s=0)) as engine:
+            engine.add_workflow(sd_txt2img("sd15", name="sd-cn", controlnets=("cn",)))
+            state = {"run": None, "killed": None}
+
+            def sent(d):
+                r = state["run"]
+                if kill_at_step is not None and state["killed"] is None and d.op == "controlnet" and r.steps_done >= kill_at_step:
+                    state["killed"] = d.worker
+                    ray.kill(engine.workers[d.worker].handle, no_restart=True)
+
+            engine.on_dispatch_sent = sent
+            state["run"] = r = engine.submit("sd-cn", args)
+            return await r.future, engine, state["killed"]
+
+    plain, *_ = asyncio.run(main(None))
+    result, engine, killed = asyncio.run(main(3))
+    assert killed is not None
+    assert result.ok, result.error
+    assert np.abs(result.outputs["image"].numpy() - plain.outputs["image"].numpy()).max() <= 1e-4
+    assert engine.coordinator.stats.recoveries == 1
+
+
+def test_requests_survive_the_loss_of_a_ray_node(ray_cluster, sd15):
+    """A third Ray node joins and takes one of three worker actors; it is removed while three
+    requests are running (its raylet and every process on it stop): the requests complete on
+    the other nodes with the same images."""
+    node = ray_cluster.add_node(num_cpus=1)
+    ray_cluster.wait_for_nodes()
+    requests = [dict(ARGS, seed=s) for s in (1, 2, 3)]
+    try:
+
+        async def main(lose):
+            async with Engine({"sd15": sd15}, EngineConfig(workers=3, device="cpu", backend="ray", autoscale_interval_s=0)) as engine:
+                engine.add_workflow(sd_txt2img("sd15"))
+                on_node = [w for w, n in engine.backend.placement.items() if n == node.node_id]
+                state = {"runs": [], "lost": None}
+                loop = asyncio.get_running_loop()
+
+                def sent(d):
+                    steps = sum(r.steps_done for r in state["runs"])
+                    if lose and state["lost"] is None and d.op == "denoise" and d.worker in on_node and steps >= 6:
+                        state["lost"] = d.worker
+                        loop.run_in_executor(None, ray_cluster.remove_node, node)
+
+                engine.on_dispatch_sent = sent
+                state["runs"] = runs = [engine.submit("sd-txt2img", r) for r in requests]
+                return [await r.future for r in runs], engine, on_node, state["lost"]
+
+        plain, *_ = asyncio.run(main(False))
+        results, engine, on_node, lost = asyncio.run(main(True))
+    finally:
+        if node in ray_cluster.worker_nodes:
+            ray_cluster.remove_node(node)
+    assert on_node, "a worker actor was placed on the third node"
+    assert lost is not None, "a denoiser step went to that node's worker"
+    for a, b in zip(plain, results, strict=True):
+        assert b.ok, b.error
+        assert np.abs(a.outputs["image"].numpy() - b.outputs["image"].numpy()).max() <= 1e-4
+    assert engine.coordinator.stats.recoveries >= 1
+    assert not engine.coordinator.workers[lost].alive

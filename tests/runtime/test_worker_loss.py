@@ -72,3 +72,37 @@ def test_coordinator_reruns_lost_work_from_lineage_and_frees_everything_once():
     assert {o.status for o in h.finished.values()} == {"succeeded"}
     assert dropped and h.coord.stats.recoveries >= 1
     assert sorted(set(h.freed)) == sorted(h.made)
+
+
+def test_a_controlnet_request_survives_the_loss_of_the_controlnet_worker(tiny_models):
+    """The base model waits on the ControlNet's residuals as a deferred input; when the worker
+    running the ControlNet dies, the reader is redone with the re-run ControlNet."""
+    from tests.runtime.test_controlnet import control_image
+
+    base, cn = tiny_models["sd15"], tiny_models["controlnet-sd15"]
+    wf = sd_txt2img("sd15", name="sd-cn", controlnets=("cn",))
+    args = dict(ARGS, steps=6, control_image=control_image(), control_scale=0.7)
+
+    async def main(lose_at_step):
+        async with Engine({"sd15": base, "cn": cn}, EngineConfig(workers=2, device="cpu")) as engine:
+            engine.add_workflow(wf)
+            state = {"run": None, "lost": None}
+            loop = asyncio.get_running_loop()
+
+            def sent(d):
+                run = state["run"]
+                if lose_at_step is not None and state["lost"] is None and d.op == "controlnet" and run.steps_done >= lose_at_step:
+                    state["lost"] = d.worker
+                    loop.call_soon(engine.lose_worker, d.worker)
+
+            engine.on_dispatch_sent = sent
+            state["run"] = run = engine.submit("sd-cn", args)
+            return await run.future, engine, state["lost"]
+
+    plain, *_ = asyncio.run(main(None))
+    result, engine, lost = asyncio.run(main(3))
+    assert lost is not None
+    assert result.ok, result.error
+    assert np.abs(result.outputs["image"].numpy() - plain.outputs["image"].numpy()).max() <= 1e-4
+    assert engine.coordinator.stats.recoveries == 1
+    assert engine.plane.live_count() == 0

@@ -67,9 +67,11 @@ class WorkerActor:
     # -- called by the engine ----------------------------------------------------------
 
     @ray.method(concurrency_group="run")
-    def run(self, d: Dispatch, seq: int) -> Completion:
-        """Run ``d`` after every dispatch the engine sent before it; returns its completion."""
+    def run(self, d: Dispatch, seq: int, pushed: set[int]) -> Completion:
+        """Run ``d`` after every dispatch the engine sent before it; returns its completion.
+        ``pushed``: its inputs that peers send here (wait for them, do not pull them)."""
         done: Future = Future()
+        self.plane.expect(pushed)
         with self._lock:
             self._waiting[d.id] = done
             self._early[seq] = d
@@ -104,9 +106,6 @@ class WorkerActor:
 
     def lost_inputs(self, tensor_ids: list[int], holder: int) -> None:
         self.plane.lost_inputs(tensor_ids, holder)
-
-    def set_direct(self, transport: str, group: list[int]) -> None:
-        self.plane.direct = (transport, frozenset(group))
 
     def free(self, tensor_ids: list[int]) -> None:
         self.plane.free(tensor_ids)

@@ -7,6 +7,7 @@ spread by Ray, which is what lets an autoscaling cluster start a node for one th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -25,6 +26,7 @@ from legodiffusion.runtime.ray.actor import CONCURRENCY, WorkerActor
 from legodiffusion.runtime.ray.plane import DriverPlane
 from legodiffusion.runtime.worker import Worker, WorkerStats
 
+log = logging.getLogger("legodiffusion.ray")
 _Actor = ray.remote(concurrency_groups=CONCURRENCY)(WorkerActor)
 
 
@@ -64,10 +66,11 @@ class RayWorker(Worker):
     """The engine's handle on one worker actor: a dispatch is one ``run`` call whose result is
     its completion; a ``watch`` call that fails only when the actor dies reports its loss."""
 
-    def __init__(self, worker_id: int, device: str, handle) -> None:
+    def __init__(self, worker_id: int, device: str, handle, plane: DriverPlane) -> None:
         self.id = worker_id
         self.device = device
         self.handle = handle
+        self._plane = plane
         self.ready = handle.where.remote()  # resolves once the actor is up
         self._seq = 0
         self._stopping = False
@@ -86,7 +89,7 @@ class RayWorker(Worker):
 
     def submit(self, d: Dispatch) -> None:
         self._seq += 1
-        call = self._calls[d.id] = self.handle.run.remote(d, self._seq)
+        call = self._calls[d.id] = self.handle.run.remote(d, self._seq, self._plane.take_pushed(d.id))
         call.future().add_done_callback(lambda f, d=d: self._returned(d, f))
 
     def _returned(self, d: Dispatch, f) -> None:
@@ -164,7 +167,6 @@ class RayBackend(Backend):
 
         ids = sorted(self.handles)
         create_collective_group([self.handles[i] for i in ids], backend=transport)
-        ray.get([self.handles[i].set_direct.remote(transport, ids) for i in ids])
         self.plane.direct = (transport, frozenset(ids))
         return transport
 
@@ -183,7 +185,7 @@ class RayBackend(Backend):
             worker_id, self.device, self._models, self._budget, self._names, r.namespace, r.torch_threads
         )
         self.handles[worker_id] = handle
-        return RayWorker(worker_id, self.device, handle)
+        return RayWorker(worker_id, self.device, handle, self.plane)
 
     def bundle(self) -> dict:
         """The resources one worker actor asks for."""
@@ -199,8 +201,11 @@ class RayBackend(Backend):
         self.workers[worker_id].retire()
 
     def forget(self, worker_id: int) -> None:
-        """A worker died: releases must no longer go to it, nor wait for its pushes."""
+        """A worker died: releases must no longer go to it, nor readers wait for its pushes."""
         self.handles.pop(worker_id, None)
+        if self.plane.direct is not None:
+            log.warning("worker %d lost: tensors move through the object store from now on (was %s)", worker_id, self.transport)
+            self.transport = "object_store"
         self.plane.forget(worker_id)
 
     def request_resources(self, workers: int) -> None:
@@ -213,7 +218,7 @@ class RayBackend(Backend):
 
     def traffic(self) -> dict:
         """Worker-to-worker pulls summed over the live actors, and what the engine read."""
-        parts = ray.get([h.traffic.remote() for h in self.handles.values()])
+        parts = ray.get([h.traffic.remote() for h in list(self.handles.values())])
         out = {k: sum(p[k] for p in parts) for k in ("pulls", "pulled_bytes", "pushes", "pushed_bytes", "served")}
         out["transport"] = self.transport
         out["engine_output_bytes"] = self.plane.output_bytes
@@ -225,8 +230,8 @@ class RayBackend(Backend):
         try:
             self.last_traffic = self.traffic()
             self.last_counts = self.plane.counts()
-        except RayActorError:
-            pass
+        except RayActorError as exc:  # an actor died meanwhile: the figures are not complete
+            log.warning("final traffic and counts not read: %s", exc)
         super().close(live)
         if self.started_cluster:
             ray.shutdown()

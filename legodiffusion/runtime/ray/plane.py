@@ -28,10 +28,10 @@ DIRECT_DEVICES = {"nccl": "cuda", "gloo": "cpu"}
 
 
 def pushed(ref: TensorRef, holder: int, dst: int, direct: tuple[str, frozenset[int]] | None) -> bool:
-    """Does ``ref``'s value reach worker ``dst`` by a direct push from ``holder`` (Ray's tensor
-    transport over the collective group), rather than by a pull through the object store? Both
-    the engine and the actors decide with this same rule. Only plain tensors already written, on
-    the transport's kind of device, between members of the group, go direct."""
+    """Should ``ref``'s value reach worker ``dst`` by a direct push from ``holder`` (Ray's tensor
+    transport over the collective group), rather than by a pull through the object store? Only
+    plain tensors already written, on the transport's kind of device, between members of the
+    group, go direct. The engine decides, and tells the worker which inputs to wait for."""
     if direct is None or ref.worker == PENDING or ref.shape is None or ref.device is None:
         return False
     transport, group = direct
@@ -56,7 +56,7 @@ class ActorPlane(DataPlane):
         self._written = threading.Condition(self._lock)
         self._lost: set[int] = set()
         self._lost_inputs: dict[int, int] = {}  # pushed value id -> the lost worker that held it
-        self.direct: tuple[str, frozenset[int]] | None = None  # (transport, group) once set up
+        self._expected: set[int] = set()  # ids the engine has a peer push here (not to be pulled)
         self.pulls = 0  # values pulled from a peer through the object store
         self.pulled_bytes = 0
         self.pushes = 0  # values a peer sent here directly (tensor transport)
@@ -76,7 +76,7 @@ class ActorPlane(DataPlane):
         holder = ref.source if ref.worker == PENDING else ref.worker
         if holder in (self.worker, PENDING):
             return self.wait(ref.id)
-        if pushed(ref, holder, self.worker, self.direct):  # the engine has the holder send it here
+        if ref.id in self._expected:  # the engine has the holder send it here
             return self.wait(ref.id)
         with self._lock:
             if ref.id in self._values:  # pulled before for another consumer here
@@ -113,6 +113,11 @@ class ActorPlane(DataPlane):
         self.served += 1
         return value
 
+    def expect(self, tensor_ids: Iterable[int]) -> None:
+        """These values will be pushed here (told with the dispatch that reads them)."""
+        with self._lock:
+            self._expected.update(tensor_ids)
+
     def receive(self, tensor_id: int, value: Any) -> None:
         """A value pushed here by a peer for a consumer on this worker."""
         nbytes = make_ref(tensor_id, self.worker, value).nbytes
@@ -144,6 +149,7 @@ class ActorPlane(DataPlane):
         with self._lock:
             for r in refs:
                 tid = r if isinstance(r, int) else r.id
+                self._expected.discard(tid)
                 if tid in self._values:
                     del self._values[tid]
                     self._bytes.pop(tid, None)
@@ -176,24 +182,35 @@ class DriverPlane(DataPlane):
         self._copies: dict[int, set[int]] = {}
         self.direct: tuple[str, frozenset[int]] | None = None  # (transport, group), set by the backend
         self._pushes: dict[int, tuple[int, set[int]]] = {}  # value id -> (holder, workers it was pushed to)
+        self._expect: dict[int, set[int]] = {}  # dispatch id -> its inputs that arrive by push
         self.pushes = 0
         self.output_bytes = 0  # bytes of final outputs read by the engine: the only bytes it sees
         self.held_bytes = 0  # values kept here: stays 0, the engine never stores a value
 
     def note_dispatch(self, d: Dispatch) -> None:
         """Record where copies will land; with a direct transport, have each holder send its
-        plain tensors to this dispatch's worker now (once per value and worker)."""
+        plain tensors to this dispatch's worker now (once per value and worker), and note which
+        inputs the worker is to wait for (:meth:`take_pushed`) rather than pull."""
+        expect = set()
         for item in d.items:
             for ref in item.refs.values():
                 holder = ref.source if ref.worker == PENDING else ref.worker
                 if holder == d.worker:
                     continue
                 copies = self._copies.setdefault(ref.id, set())
-                if d.worker in copies:
-                    continue
-                copies.add(d.worker)
-                if pushed(ref, holder, d.worker, self.direct):
-                    self._push(ref.id, holder, d.worker)
+                if d.worker not in copies:
+                    copies.add(d.worker)
+                    if pushed(ref, holder, d.worker, self.direct):
+                        self._push(ref.id, holder, d.worker)
+                push = self._pushes.get(ref.id)
+                if push is not None and d.worker in push[1]:
+                    expect.add(ref.id)
+        if expect:
+            self._expect[d.id] = expect
+
+    def take_pushed(self, dispatch_id: int) -> set[int]:
+        """The inputs of a dispatch that reach its worker by push."""
+        return self._expect.pop(dispatch_id, set())
 
     def _push(self, tensor_id: int, holder: int, dst: int) -> None:
         src, to = self._handles.get(holder), self._handles.get(dst)
@@ -205,7 +222,10 @@ class DriverPlane(DataPlane):
         self.pushes += 1
 
     def forget(self, worker: int) -> None:
-        """``worker`` died: values it was to push will never arrive; wake their readers."""
+        """``worker`` died: values it was to push will never arrive; wake their readers. Direct
+        transfers stop for good (Ray ends the collective group, and the other end, of a transfer
+        that fails): everything moves through the object store from now on."""
+        self.direct = None
         lost: dict[int, list[int]] = {}
         for tid, (holder, dsts) in list(self._pushes.items()):
             if holder == worker:
@@ -251,7 +271,7 @@ class DriverPlane(DataPlane):
 
     def counts(self) -> list[tuple[int, int]]:
         """(values, bytes) held by each live worker actor."""
-        return ray.get([h.plane_counts.remote() for h in self._handles.values()])
+        return ray.get([h.plane_counts.remote() for h in list(self._handles.values())])
 
     def live_count(self) -> int:
         return sum(n for n, _ in self.counts())
