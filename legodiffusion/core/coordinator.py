@@ -283,13 +283,7 @@ class Coordinator:
         if not w.alive:
             return actions
         w.alive = False
-        if not w.draining:
-            self.free_slots -= max(0, w.slots - w.inflight)
-        self.eligible.discard(worker)
-        self.calm.discard(worker)
-        self.idle_set.discard(worker)
-        if worker in self.idle:
-            self.idle.remove(worker)
+        self._withdraw(w)
         for holders in self.holders.values():
             holders.discard(worker)
         w.resident.clear()
@@ -396,15 +390,19 @@ class Coordinator:
     def drain_worker(self, worker: int) -> None:
         """Send ``worker`` no new model calls (scale-down); :meth:`drained` says when it may go."""
         w = self.workers[worker]
-        if not w.alive or w.draining:
-            return
-        w.draining = True
-        self.free_slots -= max(0, w.slots - w.inflight)
-        self.eligible.discard(worker)
-        self.calm.discard(worker)
-        self.idle_set.discard(worker)
-        if worker in self.idle:
-            self.idle.remove(worker)
+        if w.alive:
+            self._withdraw(w)
+
+    def _withdraw(self, w: WorkerState) -> None:
+        """``w`` takes no new work (it is leaving, or lost)."""
+        if not w.draining:
+            w.draining = True
+            self.free_slots -= max(0, w.slots - w.inflight)
+        self.eligible.discard(w.id)
+        self.calm.discard(w.id)
+        self.idle_set.discard(w.id)
+        if w.id in self.idle:
+            self.idle.remove(w.id)
 
     def drained(self, worker: int) -> bool:
         """Nothing runs on ``worker`` and no live request needs a tensor it holds."""

@@ -51,8 +51,9 @@ class DataPlane(ABC):
     def live_bytes(self) -> int: ...
 
 
-class LocalDataPlane(DataPlane):
-    """One process, any number of worker threads: a shared dict, no copies."""
+class ValueStore(DataPlane):
+    """Values held in this process, by id, with their sizes; ``_gone`` ids will not be written
+    (a late write is dropped, a reader fails at once)."""
 
     #: a deferred read that waits longer than this is treated as lost
     WAIT_LIMIT_S = 600.0
@@ -60,16 +61,38 @@ class LocalDataPlane(DataPlane):
     def __init__(self) -> None:
         self._values: dict[int, Any] = {}
         self._bytes: dict[int, int] = {}
-        self._abandoned: set[int] = set()
+        self._gone: set[int] = set()
         self._lock = threading.Lock()
         self._written = threading.Condition(self._lock)
+
+    def abandon(self, tensor_ids: Iterable[int]) -> None:
+        with self._lock:
+            for tid in tensor_ids:
+                self._gone.add(tid)
+                self._values.pop(tid, None)  # already written by a worker since declared lost
+                self._bytes.pop(tid, None)
+            self._written.notify_all()
+
+    def live_count(self) -> int:
+        return len(self._values)
+
+    def live_bytes(self) -> int:
+        with self._lock:
+            return sum(self._bytes.values())
+
+
+class LocalDataPlane(ValueStore):
+    """One process, any number of worker threads: a shared dict, no copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.remote_reads = 0  # reads by a worker other than the producer (free here, counted)
         self.remote_bytes = 0
 
     def put(self, tensor_id: int, worker: int, value: Any) -> TensorRef:
         ref = make_ref(tensor_id, worker, value)
         with self._lock:
-            if tensor_id in self._abandoned:  # written by a worker declared lost: nobody will read it
+            if tensor_id in self._gone:  # written by a worker declared lost: nobody will read it
                 return ref
             self._values[tensor_id] = value
             self._bytes[tensor_id] = ref.nbytes
@@ -79,8 +102,8 @@ class LocalDataPlane(DataPlane):
     def get(self, ref: TensorRef, worker: int) -> Any:
         with self._lock:
             if ref.worker == PENDING:  # a deferred input: block here until its producer writes it
-                ok = self._written.wait_for(lambda: ref.id in self._values or ref.id in self._abandoned, self.WAIT_LIMIT_S)
-                if not ok or ref.id in self._abandoned:
+                ok = self._written.wait_for(lambda: ref.id in self._values or ref.id in self._gone, self.WAIT_LIMIT_S)
+                if not ok or ref.id in self._gone:
                     raise RuntimeError(f"deferred input {ref.id} will not be produced (its producer failed or the request ended)")
             elif ref.worker != worker:
                 self.remote_reads += 1
@@ -95,19 +118,4 @@ class LocalDataPlane(DataPlane):
             for ref in refs:
                 self._values.pop(ref.id, None)
                 self._bytes.pop(ref.id, None)
-                self._abandoned.discard(ref.id)
-
-    def abandon(self, tensor_ids: Iterable[int]) -> None:
-        with self._lock:
-            for tid in tensor_ids:
-                self._abandoned.add(tid)
-                self._values.pop(tid, None)  # already written by a worker since declared lost
-                self._bytes.pop(tid, None)
-            self._written.notify_all()
-
-    def live_count(self) -> int:
-        return len(self._values)
-
-    def live_bytes(self) -> int:
-        with self._lock:
-            return sum(self._bytes.values())
+                self._gone.discard(ref.id)

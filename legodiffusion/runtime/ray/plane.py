@@ -9,7 +9,6 @@ value or a copy of it, and reads final outputs from their holder.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +17,7 @@ from ray.exceptions import RayActorError
 
 from legodiffusion.core.coordinator import PENDING
 from legodiffusion.core.messages import Dispatch, TensorRef
-from legodiffusion.runtime.dataplane import DataPlane, make_ref
+from legodiffusion.runtime.dataplane import DataPlane, ValueStore, make_ref
 
 #: errors that mean "the worker holding this value is gone"
 PEER_LOST = (RayActorError, ValueError)  # ValueError: ray.get_actor found no such (killed) actor
@@ -38,22 +37,13 @@ def pushed(ref: TensorRef, holder: int, dst: int, direct: tuple[str, frozenset[i
     return holder in group and dst in group and ref.device.startswith(DIRECT_DEVICES[transport])
 
 
-class ActorPlane(DataPlane):
+class ActorPlane(ValueStore):
     """One worker actor's store, plus pulls from its peers."""
 
-    #: a deferred read that waits longer than this is treated as lost
-    WAIT_LIMIT_S = 600.0
-
     def __init__(self, worker: int, peer: Callable[[int], Any]) -> None:
+        super().__init__()  # _gone also takes ids released before their value got here
         self.worker = worker
         self._peer = peer  # worker id -> actor handle
-        self._values: dict[int, Any] = {}
-        self._bytes: dict[int, int] = {}
-        # ids released, abandoned or lost before their value got here: a late write or push is
-        # dropped and a reader fails at once (few: only failures, cancellations and losses)
-        self._gone: set[int] = set()
-        self._lock = threading.Lock()
-        self._written = threading.Condition(self._lock)
         self._lost: set[int] = set()
         self._lost_inputs: dict[int, int] = {}  # pushed value id -> the lost worker that held it
         self._expected: set[int] = set()  # ids the engine has a peer push here (not to be pulled)
@@ -156,21 +146,6 @@ class ActorPlane(DataPlane):
                 else:
                     self._gone.add(tid)
             self._written.notify_all()
-
-    def abandon(self, tensor_ids: Iterable[int]) -> None:
-        with self._lock:
-            for tid in tensor_ids:
-                self._gone.add(tid)
-                self._values.pop(tid, None)
-                self._bytes.pop(tid, None)
-            self._written.notify_all()
-
-    def live_count(self) -> int:
-        return len(self._values)
-
-    def live_bytes(self) -> int:
-        with self._lock:
-            return sum(self._bytes.values())
 
 
 class DriverPlane(DataPlane):
