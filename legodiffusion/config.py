@@ -48,13 +48,15 @@ class RayConfig:
     torch_threads: int = 1
     """Intra-op threads of a CPU worker actor (its share of the node's cores)."""
     min_workers: int | None = None
-    """Autoscaling floor (default: the starting worker count)."""
+    """Autoscaling floor (default: the starting worker count; at least 1)."""
     max_workers: int | None = None
     """Autoscaling ceiling (default: the starting worker count: no scaling)."""
     request_resources: bool = True
     """Ask Ray's autoscaler for the desired workers' resources (``ray.autoscaler.sdk``)."""
     temp_dir: str | None = None
     """Ray's session folder when this process starts the cluster (keep the path short)."""
+    start_timeout_s: float = 600.0
+    """A worker added by autoscaling that is not up by then (no node for it) counts as lost."""
     tensor_transport: str = "auto"
     """How tensors move between worker actors: ``object_store`` (the consumer pulls through Ray's
     object store), ``nccl`` / ``gloo`` (the engine has the producer send tensors straight to the
@@ -123,8 +125,10 @@ class EngineConfig:
             raise ValueError(f"ray.tensor_transport must be auto, object_store, nccl or gloo, got {r.tensor_transport!r}")
         if r.cpus_per_worker <= 0 or r.torch_threads < 1:
             raise ValueError("ray.cpus_per_worker must be positive and ray.torch_threads >= 1")
-        if r.min_workers is not None and r.max_workers is not None and not 0 <= r.min_workers <= r.max_workers:
-            raise ValueError(f"need 0 <= ray.min_workers <= ray.max_workers, got {r.min_workers} and {r.max_workers}")
+        if r.min_workers is not None and r.min_workers < 1:
+            raise ValueError(f"ray.min_workers must be >= 1 (models scale to zero, workers do not), got {r.min_workers}")
+        if r.min_workers is not None and r.max_workers is not None and r.min_workers > r.max_workers:
+            raise ValueError(f"need ray.min_workers <= ray.max_workers, got {r.min_workers} and {r.max_workers}")
 
     def worker_devices(self) -> list[str]:
         if self.device == "cpu":

@@ -217,6 +217,10 @@ class Coordinator:
         costs = self.node_costs(req.template, px)
         live = _Live(req, costs, px)
         solo = live.remaining_s
+        if not any(w.alive for w in self.workers):
+            actions.finished.append(RequestOutcome(req.id, FAILED, error="no live worker can run this request"))
+            self.stats.requests[FAILED] += 1
+            return actions
         reason = self.policy.admit(self, live, solo, now)
         if reason is not None:
             actions.finished.append(RequestOutcome(req.id, REJECTED, error=reason))
@@ -295,7 +299,7 @@ class Coordinator:
                 actions.abandoned.extend(item.output_ids.values())  # whatever it still writes is dropped
         for live in list(self.requests.values()):
             lost = [k for k, ref in live.refs.items() if ref.worker == worker]
-            if not lost and live.req.id not in redo:
+            if not lost and live.req.id not in redo and live.pin != worker:
                 continue
             if not any(x.alive for x in self.workers):
                 self._end(live, FAILED, actions, error="no live worker can run this request")
@@ -314,18 +318,32 @@ class Coordinator:
         for k in lost:
             actions.frees.append(live.refs.pop(k))
         rerun = set(inflight_lost) | {node for node, port in lost if live.uses.get((node, port), 0) > 0}
-        for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
-            for it in rec.dispatch.items:
-                if it.request_id == live.req.id and any(r.id in lost_ids for r in it.refs.values()):
-                    self._orphans.add((did, it.node))
-                    rerun.add(it.node)
-        work = list(rerun)
-        while work:  # lineage: a node to redo needs its inputs; redo the producers of gone ones
-            node = work.pop()
-            for inp in tmpl.nodes[node].inputs:
-                if inp.kind == FROM_NODE and (inp.node, inp.name) not in live.refs and inp.node in live.finished and inp.node not in rerun:
-                    rerun.add(inp.node)
-                    work.append(inp.node)
+        while True:
+            for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
+                for it in rec.dispatch.items:
+                    if it.request_id == live.req.id and any(r.id in lost_ids for r in it.refs.values()):
+                        self._orphans.add((did, it.node))
+                        rerun.add(it.node)
+            work = list(rerun)
+            while work:  # lineage: a node to redo needs its inputs; redo the producers of gone ones
+                node = work.pop()
+                for inp in tmpl.nodes[node].inputs:
+                    if (
+                        inp.kind == FROM_NODE
+                        and (inp.node, inp.name) not in live.refs
+                        and inp.node in live.finished
+                        and inp.node not in rerun
+                    ):
+                        rerun.add(inp.node)
+                        work.append(inp.node)
+            # a producer redone while its first run still goes on elsewhere: that run's deferred
+            # outputs are dropped, so their readers are redone too (until nothing more is found)
+            stale = {tid for (n, _), tid in live.out_ids.items() if n in rerun and tid in live.pending}
+            if not stale:
+                break
+            live.pending -= stale
+            actions.abandoned.extend(sorted(stale))
+            lost_ids |= stale
         for node in rerun:
             if node in live.finished:
                 live.finished.discard(node)

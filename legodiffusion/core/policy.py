@@ -392,7 +392,7 @@ class BundlePolicy(MicroServingPolicy):
     def pin(self, view, req):
         if self.autoscale_s is not None:
             self._observe(req, req.solo_s, len(view.workers))
-        replicas = [w for w in self.replicas_of(req.workflow, len(view.workers)) if view.workers[w].alive]
+        replicas = [w for w in self.replicas_of(req.workflow, len(view.workers)) if view.workers[w].alive and not view.workers[w].draining]
         if not replicas:
             return None
         return min(replicas, key=lambda w: (view.workers[w].reserved_s, view.workers[w].inflight, w))

@@ -19,6 +19,9 @@ class Backend:
     def add_worker(self, worker_id: int) -> Worker:
         raise NotImplementedError(f"the {type(self).__name__} cannot add workers")
 
+    def worker_up(self, worker_id: int) -> None:
+        """An added worker has started."""
+
     def retire_worker(self, worker_id: int) -> None:
         """Stop a drained worker for good (scale-down)."""
         raise NotImplementedError(f"the {type(self).__name__} cannot remove workers")

@@ -195,12 +195,12 @@ class Engine:
             w.kill()
         self.backend.forget(worker)
         self.workers_lost += 1
+        now = self._now()
+        self.scaling.replace(self, worker, now)  # replacements first: affected requests wait for them
         self.scaling.joining.discard(worker)
         self.scaling.retiring.discard(worker)
         self._sent = {k: d for k, d in self._sent.items() if d.worker != worker}
         before = self.coordinator.stats.recoveries
-        now = self._now()
-        self.scaling.replace(self, worker, now)  # replacements first: affected requests wait for them
         self._apply(self.coordinator.on_worker_lost(worker, now))
         self.log.warning("worker %d lost; %d request(s) recovering from lineage", worker, self.coordinator.stats.recoveries - before)
 
@@ -287,15 +287,18 @@ class Engine:
                     run.on_progress(run)
         for outcome in actions.finished:
             run = self._runs.pop(outcome.request_id)
-            outputs = {}
+            outputs, status, error = {}, outcome.status, outcome.error
             if outcome.outputs:
-                outputs = {name: _to_host(self.plane.get(ref, ref.worker)) for name, ref in outcome.outputs.items()}
+                try:
+                    outputs = {name: _to_host(self.plane.get(ref, ref.worker)) for name, ref in outcome.outputs.items()}
+                except Exception as exc:  # its holder died after reporting: the request fails, the engine goes on
+                    outputs, status, error = {}, "failed", f"reading the outputs: {type(exc).__name__}: {exc}"
             result = RunResult(
                 outcome.request_id,
                 run.workflow,
-                outcome.status,
+                status,
                 outputs,
-                outcome.error,
+                error,
                 outcome.node,
                 time.perf_counter() - run.submitted_s,
                 run.nodes_total,

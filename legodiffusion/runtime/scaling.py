@@ -60,13 +60,15 @@ class Scaling:
         backend, coord = engine.backend, engine.coordinator
         if not backend.scalable:
             return
+        if lost in self.joining:  # one that never came up is not replaced at once (the next step may)
+            return
         active = [w.id for w in coord.workers if w.alive and w.id != lost and w.id not in self.retiring]
         for _ in range(backend.min_workers - len(active)):
             active.append(self._add(engine, now, len(active) + 1, f"worker {lost} lost, floor {backend.min_workers}"))
 
     def _add(self, engine, now: float, count: int, reason: str) -> int:
+        worker = engine.backend.add_worker(len(engine.coordinator.workers))  # spawn first: a failure adds nothing
         wid = engine.coordinator.add_worker()
-        worker = engine.backend.add_worker(wid)
         worker.start(engine._completion_from_thread, engine._lost_from_thread)
         self.joining.add(wid)
         self._event(now, "add", wid, count, reason)
@@ -75,13 +77,15 @@ class Scaling:
 
     async def _activate(self, engine, worker) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(None, worker.wait_ready)
+            timeout = engine.config.ray.start_timeout_s
+            await asyncio.get_running_loop().run_in_executor(None, worker.wait_ready, timeout)
         except Exception as exc:  # it never came up: treat it as lost
             log.warning("worker %d failed to start: %s", worker.id, exc)
             engine.lose_worker(worker.id)
             return
         if worker.id in self.joining:
             self.joining.discard(worker.id)
+            engine.backend.worker_up(worker.id)
             engine._apply(engine.coordinator.activate_worker(worker.id, engine._now()))
 
     def _retire_drained(self, engine, now: float) -> None:

@@ -62,3 +62,30 @@ def test_tensors_move_worker_to_worker_and_everything_is_released(ray_cluster, s
     assert wait_store_empty() == 0, "Ray's object store holds none of our objects after the run"
 
     assert engine.backend.last_counts == [(0, 0), (0, 0)], "every value was released where it was held (and where copies were pulled)"
+
+
+@pytest.mark.timeout(120)
+def test_a_cancelled_request_leaves_the_workers_free_and_empty(ray_cluster, sd15):
+    """Cancelling mid-run releases its values while some of its nodes are still queued on the
+    actors: those fail at once (nothing waits for a released value) and the next request runs."""
+    import asyncio
+
+    from legodiffusion import Engine, EngineConfig, sd_txt2img
+
+    args = {"prompt": "a harbour", "negative_prompt": "fog", "steps": 20, "guidance_scale": 6.0, "seed": 3, "height": 64, "width": 64}
+
+    async def main():
+        async with Engine({"sd15": sd15}, EngineConfig(workers=2, device="cpu", backend="ray", autoscale_interval_s=0)) as engine:
+            engine.add_workflow(sd_txt2img("sd15"))
+            first = engine.submit("sd-txt2img", args)
+            while first.steps_done < 3:
+                await asyncio.sleep(0.01)
+            engine.cancel(first.request_id)
+            cancelled = await first.future
+            after = await engine.run("sd-txt2img", dict(args, steps=4))
+            return cancelled, after, engine
+
+    cancelled, after, engine = asyncio.run(main())
+    assert cancelled.status == "cancelled"
+    assert after.ok, after.error
+    assert engine.backend.last_counts == [(0, 0), (0, 0)]

@@ -24,7 +24,7 @@ from legodiffusion.runtime.ray.plane import ActorPlane
 from legodiffusion.runtime.worker import ThreadWorker, WorkerStats
 
 #: threads per kind of call; more ``run`` calls than threads just wait in Ray's queue, in order
-CONCURRENCY = {"run": 64, "watch": 1, "io": 16}
+CONCURRENCY = {"run": 64, "watch": 1, "io": 16, "recv": 4}
 
 
 class WorkerActor:
@@ -86,21 +86,21 @@ class WorkerActor:
         self._stopped.wait()
 
     @ray.method(concurrency_group="io")
-    def fetch(self, tensor_id: int):
-        """A value held here, for a peer or the engine (it waits for a deferred one)."""
-        return self.plane.serve(tensor_id)
+    def fetch(self, tensor_id: int, deferred: bool = False):
+        """A value held here, for a peer or the engine (a deferred one is waited for)."""
+        return self.plane.serve(tensor_id, deferred)
 
     @ray.method(concurrency_group="io", tensor_transport="nccl")
     def send_nccl(self, tensor_id: int):
         """A value held here; its tensors go straight to the receiving actor over NCCL."""
-        return self.plane.serve(tensor_id)
+        return self.plane.serve(tensor_id, False)
 
     @ray.method(concurrency_group="io", tensor_transport="gloo")
     def send_gloo(self, tensor_id: int):
         """A value held here; its tensors go straight to the receiving actor over GLOO."""
-        return self.plane.serve(tensor_id)
+        return self.plane.serve(tensor_id, False)
 
-    @ray.method(concurrency_group="io")
+    @ray.method(concurrency_group="recv")
     def receive(self, tensor_id: int, value) -> None:
         self.plane.receive(tensor_id, value)
 

@@ -19,7 +19,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from legodiffusion.config import EngineConfig, RayConfig
-from legodiffusion.core.messages import Completion, Dispatch, ItemResult
+from legodiffusion.core.messages import Completion, Dispatch
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.runtime.backend import Backend
 from legodiffusion.runtime.ray.actor import CONCURRENCY, WorkerActor
@@ -100,12 +100,16 @@ class RayWorker(Worker):
         except RayActorError:
             self._lost()
             return
-        except Exception as exc:  # the call itself failed: fail its items, never leave them waiting
-            c = Completion(d.id, self.id, [ItemResult(error=f"worker {self.id}: {type(exc).__name__}: {exc}") for _ in d.items])
+        except Exception as exc:  # the call failed outside the worker: its order on the actor is broken
+            log.error("worker %d: a dispatch call failed (%s: %s); treating the worker as lost", self.id, type(exc).__name__, exc)
+            self.kill()
+            self._lost()
+            return
         if not self._stopping and self._on_complete is not None:
             self._on_complete(c)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Block until the actor is up (or raise: it failed to start, or took over ``timeout_s``)."""
         ray.get(self.ready, timeout=timeout_s)
 
     def stop(self) -> None:
@@ -153,6 +157,7 @@ class RayBackend(Backend):
         self.last_counts: list[tuple[int, int]] = []
         #: worker id -> Ray node id it runs on
         self.placement = {w.id: p["node"] for w, p in zip(self.workers, ray.get([w.ready for w in self.workers]))}
+        self.plane.up.update(self.placement)
         self.transport = self._direct_transport(r.tensor_transport)
 
     def _direct_transport(self, asked: str) -> str:
@@ -192,17 +197,24 @@ class RayBackend(Backend):
         return {"CPU": self.config.cpus_per_worker, **({"GPU": 1} if self._gpu else {})}
 
     def add_worker(self, worker_id: int) -> RayWorker:
+        if worker_id != len(self.workers):
+            raise ValueError(f"worker ids are dense: expected {len(self.workers)}, got {worker_id}")
         w = self._spawn(worker_id)
         self.workers.append(w)
         return w
 
+    def worker_up(self, worker_id: int) -> None:
+        self.plane.up.add(worker_id)
+
     def retire_worker(self, worker_id: int) -> None:
         self.handles.pop(worker_id, None)
+        self.plane.up.discard(worker_id)
         self.workers[worker_id].retire()
 
     def forget(self, worker_id: int) -> None:
         """A worker died: releases must no longer go to it, nor readers wait for its pushes."""
         self.handles.pop(worker_id, None)
+        self.plane.up.discard(worker_id)
         if self.plane.direct is not None:
             log.warning("worker %d lost: tensors move through the object store from now on (was %s)", worker_id, self.transport)
             self.transport = "object_store"
@@ -218,7 +230,7 @@ class RayBackend(Backend):
 
     def traffic(self) -> dict:
         """Worker-to-worker pulls summed over the live actors, and what the engine read."""
-        parts = ray.get([h.traffic.remote() for h in list(self.handles.values())])
+        parts = ray.get([h.traffic.remote() for w, h in list(self.handles.items()) if w in self.plane.up], timeout=self.plane.ASK_TIMEOUT_S)
         out = {k: sum(p[k] for p in parts) for k in ("pulls", "pulled_bytes", "pushes", "pushed_bytes", "served")}
         out["transport"] = self.transport
         out["engine_output_bytes"] = self.plane.output_bytes
@@ -230,7 +242,7 @@ class RayBackend(Backend):
         try:
             self.last_traffic = self.traffic()
             self.last_counts = self.plane.counts()
-        except RayActorError as exc:  # an actor died meanwhile: the figures are not complete
+        except (RayActorError, GetTimeoutError) as exc:  # an actor died or hangs: the figures are not complete
             log.warning("final traffic and counts not read: %s", exc)
         super().close(live)
         if self.started_cluster:

@@ -55,58 +55,64 @@ class ActorPlane(ValueStore):
 
     def put(self, tensor_id: int, worker: int, value: Any) -> TensorRef:
         ref = make_ref(tensor_id, self.worker, value)
-        with self._lock:
-            if tensor_id not in self._gone:
-                self._values[tensor_id] = value
-                self._bytes[tensor_id] = ref.nbytes
-                self._written.notify_all()
+        self._store(tensor_id, value, ref.nbytes)
         return ref
+
+    def _store(self, tensor_id: int, value: Any, nbytes: int) -> None:
+        """Keep a written, pushed or pulled value, unless it was released before it got here."""
+        with self._lock:
+            if tensor_id in self._gone:
+                self._gone.discard(tensor_id)  # the late value is dropped; the tombstone has done its job
+                return
+            self._values[tensor_id] = value
+            self._bytes[tensor_id] = nbytes
+            self._written.notify_all()
 
     def get(self, ref: TensorRef, worker: int) -> Any:
         holder = ref.source if ref.worker == PENDING else ref.worker
         if holder in (self.worker, PENDING):
-            return self.wait(ref.id)
+            return self.value(ref.id, wait=ref.worker == PENDING)
         if ref.id in self._expected:  # the engine has the holder send it here
-            return self.wait(ref.id)
+            return self.value(ref.id, wait=True)
         with self._lock:
             if ref.id in self._values:  # pulled before for another consumer here
                 return self._values[ref.id]
         try:
-            value = ray.get(self._peer(holder).fetch.remote(ref.id))
+            value = ray.get(self._peer(holder).fetch.remote(ref.id, ref.worker == PENDING))
         except PEER_LOST as exc:
             self._lost.add(holder)
             raise RuntimeError(f"input {ref.id} was held by worker {holder}, which is lost") from exc
+        nbytes = make_ref(ref.id, holder, value).nbytes
         with self._lock:
             self.pulls += 1
-            nbytes = make_ref(ref.id, holder, value).nbytes
             self.pulled_bytes += nbytes
-            if ref.id not in self._gone:
-                self._values[ref.id] = value
-                self._bytes[ref.id] = nbytes
+        self._store(ref.id, value, nbytes)
         return value
 
-    def wait(self, tensor_id: int) -> Any:
-        """The value of ``tensor_id`` held here, waiting for it if a deferred producer has not
-        written it yet."""
+    def value(self, tensor_id: int, wait: bool) -> Any:
+        """The value of ``tensor_id`` held here. Only a deferred or pushed one is waited for;
+        any other is here or gone (released, or its producer failed)."""
         with self._lock:
-            ok = self._written.wait_for(lambda: tensor_id in self._values or tensor_id in self._gone, self.WAIT_LIMIT_S)
+            ok = True
+            if wait:
+                ok = self._written.wait_for(lambda: tensor_id in self._values or tensor_id in self._gone, self.WAIT_LIMIT_S)
             if tensor_id in self._lost_inputs:
                 holder = self._lost_inputs[tensor_id]
                 self._lost.add(holder)
                 raise RuntimeError(f"input {tensor_id} was held by worker {holder}, which is lost")
-            if not ok or tensor_id in self._gone:
-                raise RuntimeError(f"value {tensor_id} will not be produced (its producer failed or the request ended)")
+            if not ok or tensor_id not in self._values:
+                raise RuntimeError(f"value {tensor_id} is not here: released, or its producer failed or was lost")
             return self._values[tensor_id]
 
-    def serve(self, tensor_id: int) -> Any:
-        value = self.wait(tensor_id)
+    def serve(self, tensor_id: int, wait: bool) -> Any:
+        value = self.value(tensor_id, wait)
         self.served += 1
         return value
 
     def expect(self, tensor_ids: Iterable[int]) -> None:
         """These values will be pushed here (told with the dispatch that reads them)."""
         with self._lock:
-            self._expected.update(tensor_ids)
+            self._expected.update(t for t in tensor_ids if t not in self._gone)
 
     def receive(self, tensor_id: int, value: Any) -> None:
         """A value pushed here by a peer for a consumer on this worker."""
@@ -114,10 +120,7 @@ class ActorPlane(ValueStore):
         with self._lock:
             self.pushes += 1
             self.pushed_bytes += nbytes
-            if tensor_id not in self._gone:
-                self._values[tensor_id] = value
-                self._bytes[tensor_id] = nbytes
-                self._written.notify_all()
+        self._store(tensor_id, value, nbytes)
 
     def lost_inputs(self, tensor_ids: Iterable[int], holder: int) -> None:
         """Values that were to be pushed here from ``holder``, which died: wake their readers."""
@@ -140,6 +143,7 @@ class ActorPlane(ValueStore):
             for r in refs:
                 tid = r if isinstance(r, int) else r.id
                 self._expected.discard(tid)
+                self._lost_inputs.pop(tid, None)
                 if tid in self._values:
                     del self._values[tid]
                     self._bytes.pop(tid, None)
@@ -152,8 +156,12 @@ class DriverPlane(DataPlane):
     """The engine's side: metadata only. It knows which actors hold each value (the producer, and
     any consumer that pulled a copy) so that a release reaches all of them."""
 
+    #: how long the engine waits for figures from the actors
+    ASK_TIMEOUT_S = 10.0
+
     def __init__(self, handles: dict[int, Any]) -> None:
         self._handles = handles  # live worker id -> actor handle (owned by the backend)
+        self.up: set[int] = set()  # workers whose actor has started (joining ones are not asked)
         self._copies: dict[int, set[int]] = {}
         self.direct: tuple[str, frozenset[int]] | None = None  # (transport, group), set by the backend
         self._pushes: dict[int, tuple[int, set[int]]] = {}  # value id -> (holder, workers it was pushed to)
@@ -192,7 +200,13 @@ class DriverPlane(DataPlane):
         if src is None or to is None:
             return
         sent = getattr(src, f"send_{self.direct[0]}").remote(tensor_id)  # bytes go holder -> dst directly
-        to.receive.remote(tensor_id, sent)
+        got = to.receive.remote(tensor_id, sent)
+
+        def check(f) -> None:  # a transfer that fails wakes its reader rather than leave it waiting
+            if f.exception() is not None and dst in self._handles:
+                to.lost_inputs.remote([tensor_id], holder)
+
+        got.future().add_done_callback(check)
         self._pushes.setdefault(tensor_id, (holder, set()))[1].add(dst)
         self.pushes += 1
 
@@ -246,7 +260,7 @@ class DriverPlane(DataPlane):
 
     def counts(self) -> list[tuple[int, int]]:
         """(values, bytes) held by each live worker actor."""
-        return ray.get([h.plane_counts.remote() for h in list(self._handles.values())])
+        return ray.get([h.plane_counts.remote() for w, h in list(self._handles.items()) if w in self.up], timeout=self.ASK_TIMEOUT_S)
 
     def live_count(self) -> int:
         return sum(n for n, _ in self.counts())
