@@ -452,6 +452,9 @@ class Coordinator:
     def _record(self, live: _Live, item: DispatchItem, outputs: dict[str, TensorRef], actions: Actions) -> None:
         tmpl = live.req.template
         node = item.node
+        if node in live.finished:  # a second result for a node (a recovery re-made it): keep the first
+            actions.frees.extend(outputs.values())
+            return
         for port, ref in outputs.items():
             live.pending.discard(ref.id)
             if live.uses.get((node, port), 0) > 0:

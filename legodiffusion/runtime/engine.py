@@ -68,6 +68,8 @@ class Run:
 
 class Engine:
     log = logging.getLogger("legodiffusion.engine")
+    #: on stop, how long dispatches already sent may take to report back
+    STOP_DRAIN_S = 10.0
 
     def __init__(
         self,
@@ -124,6 +126,9 @@ class Engine:
             self._ticker = None
         for run in list(self._runs.values()):
             self._apply(self.coordinator.cancel(run.request_id, self._now()))
+        deadline = time.monotonic() + self.STOP_DRAIN_S
+        while self.coordinator.inflight and time.monotonic() < deadline:  # let sent work report, so its values are released
+            await asyncio.sleep(0.01)
         live = [w for w in self.workers if self.coordinator.workers[w.id].alive]
         await asyncio.get_running_loop().run_in_executor(None, self.backend.close, live)
         self._loop = None
