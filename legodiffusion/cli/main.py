@@ -167,7 +167,7 @@ def serve(
     backend: str = typer.Option("local", help="local (worker threads here) or ray (worker actors across a Ray cluster)"),
     address: str = typer.Option("auto", help="ray: auto (join the running cluster, else start one), local, or ray://host:port"),
     cpus_per_worker: float = typer.Option(0.25, min=0.01, help="ray: CPUs a CPU-only worker actor asks for"),
-    min_workers: int | None = typer.Option(None, min=0, help="ray autoscaling floor (default: the starting count)"),
+    min_workers: int | None = typer.Option(None, min=1, help="ray autoscaling floor (default: the starting count)"),
     max_workers: int | None = typer.Option(None, min=1, help="ray autoscaling ceiling (default: the starting count)"),
     tensor_transport: str = typer.Option("auto", help="ray: object_store, nccl, gloo or auto (nccl on GPU workers, else object_store)"),
 ) -> None:
