@@ -3,11 +3,12 @@ guidance branch per step, whose residuals the base model reads as *deferred* inp
 
 from __future__ import annotations
 
-import torch
-from diffusers.image_processor import VaeImageProcessor
-
 from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import Item, Operator, Port, Signature, resolve
+from legodiffusion.ops.lazy import lazy_module
+
+torch = lazy_module("torch")
+image_processor = lazy_module("diffusers.image_processor")
 
 
 class PrepareControlImage(Operator):
@@ -23,7 +24,7 @@ class PrepareControlImage(Operator):
     }
 
     def run(self, model, mode: str, items: list[Item]):
-        proc = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+        proc = image_processor.VaeImageProcessor(vae_scale_factor=model.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
         out = []
         for it in items:
             h = it.inputs.get("height") or model.default_size
@@ -58,7 +59,7 @@ class EncodeControlImage(Operator):
 
     def run(self, model, mode: str, items: list[Item]):
         factor = 2 ** (len(model.config.block_out_channels) - 1)
-        proc = VaeImageProcessor(vae_scale_factor=factor * 2)
+        proc = image_processor.VaeImageProcessor(vae_scale_factor=factor * 2)
         out = []
         for it in items:
             generator = torch.Generator("cpu")

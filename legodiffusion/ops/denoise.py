@@ -7,11 +7,12 @@ guidance embedding and unpacks the prediction (a permutation, so the sampler upd
 
 from __future__ import annotations
 
-import torch
-
 from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals, summed
+from legodiffusion.ops.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 #: deferred residual inputs of the ``controlnet`` mode, summed in this order
 CONTROL_PORTS = ("control_0", "control_1", "control_2")

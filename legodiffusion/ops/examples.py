@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from legodiffusion.ops import sampling
+from legodiffusion.ops.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 
 def latents(cfg, size: int, device: str) -> torch.Tensor:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import torch
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-from diffusers.utils.torch_utils import randn_tensor
 
 from legodiffusion.ops import sampling
 from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.lazy import lazy_module
+
+torch = lazy_module("torch")
+pipeline_flux = lazy_module("diffusers.pipelines.flux.pipeline_flux")  # calculate_shift
+torch_utils = lazy_module("diffusers.utils.torch_utils")  # randn_tensor
 
 
 def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int) -> dict:
@@ -20,7 +22,7 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
         return {}
     if cfg.family == "flux":
         seq_len = (latent_h // 2) * (latent_w // 2)
-        mu = calculate_shift(
+        mu = pipeline_flux.calculate_shift(
             seq_len,
             sc.get("base_image_seq_len", 256),
             sc.get("max_image_seq_len", 4096),
@@ -35,7 +37,7 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
         patch = cfg.patch_size
         seq_len = (latent_h // patch) * (latent_w // patch)
         return {
-            "mu": calculate_shift(
+            "mu": pipeline_flux.calculate_shift(
                 seq_len,
                 sc.get("base_image_seq_len", 256),
                 sc.get("max_image_seq_len", 4096),
@@ -89,7 +91,7 @@ class InitLatents(Operator):
                 generator.set_state(args["rng"])
             else:
                 generator.manual_seed(int(args["seed"]))
-            latents = randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=torch.float32)
+            latents = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=torch.float32)
             if model.family in ("sd", "sdxl"):
                 latents = latents * sampling.init_noise_sigma(state)
             if sampler in sampling.STOCHASTIC:  # later steps keep drawing from this generator

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
 from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 _COMMON = {"latents": Port("latent"), "sampler": Port("sampler")}
 _OUT = {"latents": "latent", "sampler": "sampler"}

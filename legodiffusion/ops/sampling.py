@@ -14,23 +14,20 @@ import threading
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-)
+from legodiffusion.ops.lazy import lazy_module
 
+torch = lazy_module("torch")
+diffusers = lazy_module("diffusers")
+
+#: sampler name -> its diffusers scheduler class (by name: diffusers is imported on first use)
 SAMPLERS = {
-    "euler": EulerDiscreteScheduler,
-    "euler_karras": EulerDiscreteScheduler,
-    "euler_ancestral": EulerAncestralDiscreteScheduler,
-    "ddim": DDIMScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-    "dpmpp_2m_karras": DPMSolverMultistepScheduler,
-    "flow_euler": FlowMatchEulerDiscreteScheduler,
+    "euler": "EulerDiscreteScheduler",
+    "euler_karras": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
 }
 #: scheduler-config overrides per sampler name (as ``Scheduler.from_config(config, **overrides)``)
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
@@ -99,7 +96,7 @@ _lock = threading.Lock()
 
 @lru_cache(maxsize=64)
 def _prototype(sampler: str, config_json: str, num_steps: int, timesteps_json: str):
-    sched = SAMPLERS[sampler].from_config(json.loads(config_json))
+    sched = getattr(diffusers, SAMPLERS[sampler]).from_config(json.loads(config_json))
     kwargs = json.loads(timesteps_json)
     if "sigmas" in kwargs:  # as diffusers' retrieve_timesteps: sigmas replace the step count
         sched.set_timesteps(**kwargs)

@@ -6,9 +6,10 @@ The output ``embedding`` is a dict of tensors, each with a batch axis of 1:
 
 from __future__ import annotations
 
-import torch
-
 from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
+from legodiffusion.ops.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 
 def _tokens(tokenizer, texts: list[str], max_length: int, device) -> torch.Tensor:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from diffusers.image_processor import VaeImageProcessor
-
 from legodiffusion.ops import examples
 from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.lazy import lazy_module
+
+torch = lazy_module("torch")
+image_processor = lazy_module("diffusers.image_processor")
 
 
 def unscale(vae, latents: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ class VaeDecode(Operator):
         latents = torch.cat([it.inputs["latents"] for it in items])
         with torch.inference_mode():
             image = model.decode(unscale(model, latents), return_dict=False)[0]
-        image = VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt")
+        image = image_processor.VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt")
         sizes = [it.inputs["latents"].shape[0] for it in items]
         return [{"image": im} for im in torch.split(image, sizes)]
 
