@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: TensorRef.worker of a deferred input not produced yet: the reader waits for it
+PENDING = -1
+
 
 @dataclass(frozen=True, slots=True)
 class TensorRef:
@@ -18,7 +21,7 @@ class TensorRef:
     shape: tuple[int, ...] | None = None  # None for non-tensor values (sampler state, text)
     dtype: str | None = None
     sig: tuple | None = None  # batch signature of a bundle of tensors; tensors use shape[1:]
-    source: int = -1  # for a deferred input (worker == PENDING): the worker its producer was sent to
+    source: int = PENDING  # for a deferred input (worker == PENDING): the worker its producer was sent to
     device: str | None = None  # where a tensor's memory is (cpu, cuda:0); None for other values
 
     @property

@@ -24,23 +24,6 @@ _PIPELINES = {
 }
 
 
-def parse_patches(spec: str | None) -> tuple[tuple[str, float], ...]:
-    """``"name[:weight],..."`` -> ((name, weight), ...), sorted by name so equal sets compare equal."""
-    if not spec:
-        return ()
-    out = {}
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, _, weight = part.partition(":")
-        try:
-            out[name.strip()] = float(weight) if weight else 1.0
-        except ValueError:
-            raise ValueError(f"LoRA {part!r}: weight must be a number (NAME[:WEIGHT])") from None
-    return tuple(sorted(out.items()))
-
-
 def _pipeline_cls(family: str):
     import diffusers
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from legodiffusion.core.residency import LRUBudget
 from legodiffusion.models.components import component_bytes, load_component, modules_of
 from legodiffusion.models.patches import load_lora_file
 
@@ -142,45 +143,54 @@ class ResidentModels:
 
     Keys are ``(model, component, scope)``; scope None means shared by every workflow. A component
     that does not fit evicts the least recently used ones first; one that cannot fit even alone
-    raises ``MemoryError`` (which fails the batch, not the worker)."""
+    raises ``MemoryError`` (which fails the batch, not the worker). The eviction decisions are
+    :class:`~legodiffusion.core.residency.LRUBudget`'s, as in the simulator."""
 
     def __init__(self, host: HostCache, device: str = "cpu", budget_bytes: int | None = None) -> None:
         self.host = host
         self.device = device
-        self.budget_bytes = budget_bytes
-        self._lru: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
-        self.used_bytes = 0
-        self.loads = 0
+        self.lru = LRUBudget(budget_bytes)
+        self._objs: dict[tuple, Any] = {}
         self.load_counts: Counter = Counter()  # (model, component, scope) -> times made resident
-        self.evictions = 0
         self.load_s = 0.0
         self.patches: dict[tuple, set[str]] = {}  # resident key -> LoRA adapters injected into it
         self.patch_loads = 0
 
+    @property
+    def budget_bytes(self) -> int | None:
+        return self.lru.budget_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        return self.lru.used_bytes
+
+    @property
+    def loads(self) -> int:
+        return self.lru.loads
+
+    @property
+    def evictions(self) -> int:
+        return self.lru.evictions
+
     def acquire(self, model: str, component: str, scope: str | None = None) -> Residency:
         key = (model, component, scope)
-        hit = self._lru.get(key)
-        if hit is not None:
-            self._lru.move_to_end(key)
-            return Residency(hit[0], [], [])
+        if self.lru.touch(key):
+            return Residency(self._objs[key], [], [])
         t0 = time.perf_counter()
         host_obj, nbytes = self.host.get(model, component)
-        if self.budget_bytes is not None and nbytes > self.budget_bytes:
-            raise MemoryError(f"{model}/{component} needs {nbytes} bytes, more than this worker's budget of {self.budget_bytes} bytes")
-        evicted = []
-        while self.budget_bytes is not None and self.used_bytes + nbytes > self.budget_bytes:
-            old, (_, old_bytes) = self._lru.popitem(last=False)
-            self.used_bytes -= old_bytes
+        try:
+            _, evicted = self.lru.admit(key, nbytes)
+        except MemoryError:
+            raise MemoryError(
+                f"{model}/{component} needs {nbytes} bytes, more than this worker's budget of {self.budget_bytes} bytes"
+            ) from None
+        for old in evicted:
+            del self._objs[old]
             self.patches.pop(old, None)
-            self.evictions += 1
-            evicted.append(old)
-        obj = _to_device(host_obj, self.device)
-        self._lru[key] = (obj, nbytes)
-        self.used_bytes += nbytes
-        self.loads += 1
+        self._objs[key] = _to_device(host_obj, self.device)
         self.load_counts[key] += 1
         self.load_s += time.perf_counter() - t0
-        return Residency(obj, [key], evicted)
+        return Residency(self._objs[key], [key], evicted)
 
     def keys(self) -> list[tuple]:
-        return list(self._lru)
+        return self.lru.keys()

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from legodiffusion.core.coordinator import PENDING
-from legodiffusion.core.messages import TensorRef
+from legodiffusion.core.messages import PENDING, TensorRef
 
 
 def make_ref(tensor_id: int, worker: int, value: Any) -> TensorRef:

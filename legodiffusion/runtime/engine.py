@@ -19,8 +19,8 @@ from legodiffusion.config import EngineConfig
 from legodiffusion.core.autoscale import ReplicaAutoscaler
 from legodiffusion.core.coordinator import Coordinator, Request, pixels
 from legodiffusion.core.messages import Actions, Completion, Dispatch
+from legodiffusion.core.patchset import parse_patches
 from legodiffusion.core.policy import make_policy
-from legodiffusion.models.patches import parse_patches
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.ops import OperatorRegistry, default_registry
 from legodiffusion.profiles.book import ProfileCost

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from legodiffusion.core.coordinator import PENDING
-from legodiffusion.core.messages import Completion, Dispatch, ItemResult
+from legodiffusion.core.messages import PENDING, Completion, Dispatch, ItemResult
 from legodiffusion.models.store import ResidentModels
 from legodiffusion.ops.base import Deferred, Item, OperatorRegistry
 from legodiffusion.runtime.dataplane import DataPlane

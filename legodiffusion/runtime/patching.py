@@ -10,7 +10,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from legodiffusion.core.messages import Dispatch
-from legodiffusion.models.patches import activate, inject, parse_patches
+from legodiffusion.core.patchset import parse_patches
+from legodiffusion.models.patches import activate, inject
 from legodiffusion.models.store import ResidentModels
 from legodiffusion.ops.base import Item
 

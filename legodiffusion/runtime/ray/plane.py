@@ -15,8 +15,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from legodiffusion.core.coordinator import PENDING
-from legodiffusion.core.messages import Dispatch, TensorRef
+from legodiffusion.core.messages import PENDING, Dispatch, TensorRef
 from legodiffusion.runtime.dataplane import DataPlane, ValueStore, make_ref
 
 #: errors that mean "the worker holding this value is gone"
