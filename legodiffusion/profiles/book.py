@@ -66,11 +66,16 @@ class ModelProfile:
         return cls.from_json(json.loads(Path(path).read_text()))
 
     def latency(self, op: str, mode: str, batch: int, px: int | None) -> float | None:
+        found = self._point(op, mode, batch, px)
+        return found[0].latency_s * found[1] if found else None
+
+    def peak_bytes(self, op: str, mode: str, batch: int, px: int | None) -> int | None:
+        found = self._point(op, mode, batch, px)
+        return int(found[0].peak_bytes * found[1]) if found else None
+
+    def _point(self, op: str, mode: str, batch: int, px: int | None):
         points = [p for p in self.ops if p.op == op and p.mode == mode] or [p for p in self.ops if p.op == op]
-        if not points:
-            return None
-        best, scale = nearest(points, batch, px)
-        return best.latency_s * scale
+        return nearest(points, batch, px) if points else None
 
 
 class ProfileCost(DefaultCost):
@@ -96,11 +101,26 @@ class ProfileCost(DefaultCost):
         return found if found is not None else super().exec_s(op, mode, model, batch, px)
 
     def load_s(self, model, component) -> float:
-        prof = self.profiles.get(model)
-        c = prof.components.get(component) if prof is not None else None
-        return c.load_disk_s + c.load_device_s if c is not None else super().load_s(model, component)
+        """Host memory -> device: the cost of a load once a host copy exists (host copies are
+        kept, so this is the steady state); :meth:`disk_load_s` is the first read."""
+        c = self._component(model, component)
+        return c.load_device_s if c is not None else super().load_s(model, component)
+
+    def disk_load_s(self, model, component) -> float:
+        """Disk -> host memory, paid when no host copy of the component exists."""
+        c = self._component(model, component)
+        return c.load_disk_s if c is not None else 0.0
 
     def weight_bytes(self, model, component) -> int:
-        prof = self.profiles.get(model)
-        c = prof.components.get(component) if prof is not None else None
+        c = self._component(model, component)
         return c.weight_bytes if c is not None else 0
+
+    def activation_bytes(self, op, mode, model, batch, px) -> int:
+        """Peak activation memory of a call beside the weights (0 where not profiled)."""
+        prof = self.profiles.get(model) if model is not None else None
+        found = prof.peak_bytes(op, mode, batch, px) if prof is not None else None
+        return found or 0
+
+    def _component(self, model, component) -> ComponentProfile | None:
+        prof = self.profiles.get(model)
+        return prof.components.get(component) if prof is not None else None

@@ -1,85 +1,165 @@
 """A cluster on a virtual clock, driving the real coordinator and policies.
 
-Only the workers and the clock are simulated: each simulated worker runs its dispatches in order,
-taking the time the cost model (profiles) gives, plus the load time of components it does not
-hold. Scheduling, batching, placement, residency decisions and admission are the serving code's.
+Only the workers, their memory and the clock are simulated. Each simulated worker runs its
+dispatches in order, taking the time the cost model gives for the call plus what real hardware
+charges around it:
+
+- a load when the component is not resident: disk -> host at disk bandwidth when the node's host
+  memory (an LRU under its budget) has no copy, then host -> device;
+- device memory: weights in an LRU under the device budget, plus the call's activation memory,
+  which can force evictions; the component a call uses is never evicted for it;
+- inputs held elsewhere: their real sizes over the link between the two GPUs (same node: peer
+  copy; across nodes: the network), a ControlNet's residuals included;
+- a fixed per-dispatch overhead (coordinator + runtime hand-offs).
+
+Scheduling, batching, placement and admission are the serving code's, and the LRU is the one
+live workers use (:class:`~legodiffusion.core.residency.LRUBudget`).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from legodiffusion.core.coordinator import Coordinator, Request, pixels
-from legodiffusion.core.cost import CostModel
-from legodiffusion.core.messages import Actions, Completion, Dispatch, ItemResult, RequestOutcome, TensorRef
+from legodiffusion.core.cost import FETCH_BYTES_PER_S, FETCH_FIXED_S, CostModel
+from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, ItemResult, RequestOutcome, TensorRef
+from legodiffusion.core.patchset import parse_patches
+from legodiffusion.core.residency import LRUBudget
+from legodiffusion.sim.reference import Link
+
+#: share of a base-model call left to run once its deferred ControlNet residuals arrive (the
+#: UNet reads them after its down blocks; DiTs add them block by block)
+DEFERRED_TAIL = 0.5
+PATCHABLE = ("denoiser", "text_encoder")
 
 
 @dataclass
 class SimWorker:
     id: int
+    node: int = 0
     budget_bytes: int | None = None
     busy_until: float = 0.0
     busy_s: float = 0.0
-    resident: OrderedDict = field(default_factory=OrderedDict)  # key -> bytes, LRU order
-    used_bytes: int = 0
-    loads: int = 0
-    evictions: int = 0
-    patches: set = field(default_factory=set)  # LoRAs attached on this worker
+    patches: set = field(default_factory=set)  # (model, component, scope, LoRA) attached here
+    memory: LRUBudget = field(init=False)
 
-    def admit(self, key: tuple, nbytes: int) -> tuple[bool, list[tuple]]:
-        """Make ``key`` resident; returns (was it loaded, what was evicted)."""
-        if key in self.resident:
-            self.resident.move_to_end(key)
-            return False, []
-        evicted = []
-        while self.budget_bytes is not None and self.resident and self.used_bytes + nbytes > self.budget_bytes:
-            old, old_bytes = self.resident.popitem(last=False)
-            self.used_bytes -= old_bytes
-            evicted.append(old)
-        self.resident[key] = nbytes
-        self.used_bytes += nbytes
-        self.loads += 1
-        self.evictions += len(evicted)
-        return True, evicted
+    def __post_init__(self) -> None:
+        self.memory = LRUBudget(self.budget_bytes)
 
+    @property
+    def loads(self) -> int:
+        return self.memory.loads
 
-#: share of a base-model call left to run once its deferred ControlNet residuals arrive (the
-#: UNet reads them after its down blocks; DiTs add them block by block)
-DEFERRED_TAIL = 0.5
+    @property
+    def evictions(self) -> int:
+        return self.memory.evictions
+
+    def admit(self, key: tuple, nbytes: int, activation_bytes: int = 0) -> tuple[bool, list[tuple]]:
+        """Make ``key`` resident beside ``activation_bytes`` of working memory; returns (was it
+        loaded, what was evicted). Raises ``MemoryError`` when it cannot fit."""
+        loaded, evicted = self.memory.admit(key, nbytes, activation_bytes, in_use=(key,))
+        if evicted:
+            gone = set(evicted)
+            self.patches = {p for p in self.patches if p[:3] not in gone}
+        return loaded, evicted
 
 
-def _sim_ref(tensor_id: int, worker: int, px: int | None) -> TensorRef:
-    # stand-in metadata: one fp32 latent with 4 channels at 1/8 of the image side
-    px = px or 512 * 512
-    return TensorRef(tensor_id, worker, px // 4, (1, px), "float32")
+class Topology:
+    """Which node each GPU is on, and what moving bytes between two GPUs costs."""
+
+    def __init__(self, gpus_per_node: int, same_node: Link, cross_node: Link) -> None:
+        self.gpus_per_node = max(1, gpus_per_node)
+        self.same_node = same_node
+        self.cross_node = cross_node
+
+    def node(self, worker: int) -> int:
+        return worker // self.gpus_per_node
+
+    def transfer_s(self, nbytes: int, src: int, dst: int) -> float:
+        if src == dst or nbytes <= 0:
+            return 0.0
+        link = self.same_node if self.node(src) == self.node(dst) else self.cross_node
+        return link.seconds(nbytes)
+
+
+def _sim_ref(tensor_id: int, worker: int, nbytes: int, px: int | None) -> TensorRef:
+    # the shape only has to give equal batch signatures to equal requests
+    return TensorRef(tensor_id, worker, nbytes, (1, px or 512 * 512), "bfloat16")
 
 
 class Simulator:
-    """Event-driven: request arrivals and dispatch completions in virtual time."""
+    """Event-driven: request arrivals and dispatch completions in virtual time.
 
-    def __init__(self, coordinator: Coordinator, cost: CostModel, budget_bytes: int | None = None, overhead_s: float = 0.0) -> None:
+    Defaults come from the cost model where it describes the cluster (``ReferenceCost``): device
+    and host memory, GPUs per node, links and per-dispatch overhead; otherwise one node, no memory
+    limits, DiFlow's intra-node fetch figures and no overhead."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        cost: CostModel,
+        budget_bytes: int | None = None,
+        overhead_s: float | None = None,
+        gpus_per_node: int | None = None,
+        host_bytes: int | None = None,
+    ) -> None:
         self.coord = coordinator
         self.cost = cost
-        self.overhead_s = overhead_s  # per dispatch: the live runtime's hand-offs
-        self.workers = [SimWorker(i, budget_bytes) for i in range(len(coordinator.workers))]
+        n = len(coordinator.workers)
+        self.overhead_s = overhead_s if overhead_s is not None else getattr(cost, "dispatch_overhead_s", 0.0)
+        same = getattr(cost, "same_node", Link(FETCH_FIXED_S, FETCH_BYTES_PER_S))
+        self.topology = Topology(gpus_per_node or getattr(cost, "gpus_per_node", n), same, getattr(cost, "cross_node", same))
+        self.workers = [SimWorker(i, self.topology.node(i), budget_bytes) for i in range(n)]
+        host_bytes = host_bytes if host_bytes is not None else getattr(cost, "host_memory_bytes", None)
+        self.hosts = [LRUBudget(host_bytes) for _ in range(self.topology.node(max(0, n - 1)) + 1)]
         self.now = 0.0
         self._events: list = []
         self._seq = itertools.count()
         self._px: dict[int, int | None] = {}
+        self._base: dict[int, str | None] = {}  # request -> its denoiser's model (sizes of glue outputs)
+        self._bytes: dict[int, int] = {}  # tensor id -> bytes (deferred readers learn them late)
+        self._ready_at: dict[int, float] = {}  # when each output exists (for deferred readers)
         self.outcomes: dict[int, RequestOutcome] = {}
         self.finish_s: dict[int, float] = {}
         self.arrival_s: dict[int, float] = {}
-        self._ready_at: dict[int, float] = {}  # when each output exists (for deferred readers)
         self.dispatched_nodes = 0
         self.dispatches = 0
+        self.disk_loads = 0
+        self.bytes_moved = {"same_node": 0, "cross_node": 0}
         self.on_finish: Callable[[RequestOutcome, float], None] | None = None
+        self._ticking = False
+
+    def warm_hosts(self, components: list[tuple[str, str]]) -> None:
+        """Every node starts with host copies of ``components`` (model, component), as a server
+        does once it has read its models; what exceeds the host budget stays on disk."""
+        for host in self.hosts:
+            for model, comp in components:
+                try:
+                    host.admit((model, comp), self.cost.weight_bytes(model, comp))
+                except MemoryError:
+                    break
+
+    def preload(self, worker: int, keys: list[tuple]) -> bool:
+        """Start ``worker`` with ``keys`` (model, component, scope) resident, as a deployment
+        that loaded them before traffic; False (and nothing more loaded) once one does not fit."""
+        w = self.workers[worker]
+        for key in keys:
+            nbytes = self.cost.weight_bytes(key[0], key[1])
+            if w.memory.budget_bytes is not None and w.memory.used_bytes + nbytes > w.memory.budget_bytes:
+                return False
+            w.admit(key, nbytes)
+            self.coord.note_resident(worker, key)
+        return True
 
     def submit_at(self, t: float, req: Request) -> None:
         heapq.heappush(self._events, (t, next(self._seq), "arrive", req))
+        tick_s = self.coord.policy.tick_s
+        if tick_s and not self._ticking:  # timer events for policies that re-plan periodically
+            self._ticking = True
+            heapq.heappush(self._events, (tick_s, next(self._seq), "tick", None))
 
     def _apply(self, actions: Actions) -> None:
         for o in actions.finished:
@@ -87,44 +167,98 @@ class Simulator:
             self.finish_s[o.request_id] = self.now
             if self.on_finish is not None:
                 self.on_finish(o, self.now)
+        for ref in actions.frees:
+            self._bytes.pop(ref.id, None)
+            self._ready_at.pop(ref.id, None)
         for d in actions.dispatches:
             self._start(d)
 
+    def _load(self, w: SimWorker, d: Dispatch, px: int | None) -> tuple[float, list, list]:
+        """Seconds to make the dispatch's component resident (0 when it is), what was loaded and
+        evicted. Raises ``MemoryError`` when it cannot fit beside the call's activations."""
+        if d.component is None:
+            return 0.0, [], []
+        key = (d.model, d.component, d.scope)
+        act = getattr(self.cost, "activation_bytes", lambda *a: 0)(d.op, d.mode, d.model, len(d.items), px)
+        loaded, evicted = w.admit(key, self.cost.weight_bytes(d.model, d.component), act)
+        if not loaded:
+            return 0.0, [], evicted
+        t = self.cost.load_s(d.model, d.component)
+        host = self.hosts[w.node]
+        if not host.touch((d.model, d.component)):
+            host.admit((d.model, d.component), self.cost.weight_bytes(d.model, d.component))
+            t += getattr(self.cost, "disk_load_s", lambda *a: 0.0)(d.model, d.component)
+            self.disk_loads += 1
+        return t, [key], evicted
+
+    def _patch_s(self, w: SimWorker, d: Dispatch) -> float:
+        if d.component not in PATCHABLE:
+            return 0.0
+        t = 0.0
+        for name, _ in parse_patches(d.items[0].values.get("loras")):
+            key = (d.model, d.component, d.scope, name)
+            if key not in w.patches:
+                w.patches.add(key)
+                t += getattr(self.cost, "lora_load_s", 0.3)
+        return t
+
+    def _transfers(self, d: Dispatch) -> tuple[float, list[float]]:
+        """Seconds to pull inputs held elsewhere (one fixed cost per source), and when each
+        deferred input arrives here."""
+        by_source: dict[int, int] = {}
+        arrivals = []
+        for it in d.items:
+            for ref in it.refs.values():
+                if ref.worker == PENDING:
+                    if ref.id in self._ready_at:
+                        nbytes = self._bytes.get(ref.id, 0)
+                        arrivals.append(self._ready_at[ref.id] + self._move(nbytes, ref.source, d.worker))
+                elif ref.worker != d.worker:
+                    by_source[ref.worker] = by_source.get(ref.worker, 0) + ref.nbytes
+        return sum(self._move(n, src, d.worker) for src, n in by_source.items()), arrivals
+
+    def _move(self, nbytes: int, src: int, dst: int) -> float:
+        if src in (dst, PENDING) or nbytes <= 0:
+            return 0.0
+        same = self.topology.node(src) == self.topology.node(dst)
+        self.bytes_moved["same_node" if same else "cross_node"] += nbytes
+        return self.topology.transfer_s(nbytes, src, dst)
+
     def _start(self, d: Dispatch) -> None:
         w = self.workers[d.worker]
-        px = self._px.get(d.items[0].request_id)
-        t = self.cost.exec_s(d.op, d.mode, d.model, len(d.items), px) + self.overhead_s
-        loaded, evicted = False, []
-        if d.component is not None:
-            key = (d.model, d.component, d.scope)
-            loaded, evicted = w.admit(key, self.cost.weight_bytes(d.model, d.component))
-            if loaded:
-                t += self.cost.load_s(d.model, d.component)
-        patches = d.items[0].values.get("loras")
-        if patches and d.component in ("denoiser", "text_encoder"):
-            for name in patches.split(","):
-                key = (d.model, d.component, name.split(":")[0])
-                if key not in w.patches:
-                    w.patches.add(key)
-                    t += getattr(self.cost, "lora_load_s", 0.3)
-        moved = sum(ref.nbytes for it in d.items for ref in it.refs.values() if ref.worker not in (d.worker, -1))
-        if moved:
-            t += self.cost.transfer_s(moved)
+        rid = d.items[0].request_id
+        px = self._px.get(rid)
         begin = max(self.now, w.busy_until)
+        try:
+            load_s, loaded, evicted = self._load(w, d, px)
+        except MemoryError as e:
+            results = [ItemResult(error=f"does not fit on worker {w.id}: {e}") for _ in d.items]
+            c = Completion(d.id, d.worker, results, begin, begin)
+            heapq.heappush(self._events, (begin, next(self._seq), "complete", c))
+            return
+        exec_s = self.cost.exec_s(d.op, d.mode, d.model, len(d.items), px)
+        move_s, arrivals = self._transfers(d)
+        t = self.overhead_s + load_s + self._patch_s(w, d) + move_s + exec_s
         end = begin + t
-        waits = [self._ready_at[ref.id] for it in d.items for ref in it.refs.values() if ref.worker == -1 and ref.id in self._ready_at]
-        if waits:  # deferred inputs: the rest of the call (after the down blocks) waits for them
-            end = max(end, max(waits) + DEFERRED_TAIL * t)
+        if arrivals:  # deferred inputs: the rest of the call (after the down blocks) waits for them
+            end = max(end, max(arrivals) + DEFERRED_TAIL * exec_s)
         w.busy_until = end
         w.busy_s += t
+        model = d.model if d.model is not None else self._base.get(rid)
+        results = []
         for it in d.items:
-            for tid in it.output_ids.values():
+            outs = {}
+            for port, tid in it.output_ids.items():
+                nbytes = getattr(self.cost, "tensor_bytes", lambda *a: None)(port, model, px)
+                nbytes = (px or 512 * 512) // 4 if nbytes is None else nbytes
                 self._ready_at[tid] = end
+                self._bytes[tid] = nbytes
+                outs[port] = _sim_ref(tid, d.worker, nbytes, px)
+            results.append(ItemResult(outs))
         self.dispatches += 1
         self.dispatched_nodes += len(d.items)
-        results = [ItemResult({p: _sim_ref(tid, d.worker, px) for p, tid in it.output_ids.items()}) for it in d.items]
-        c = Completion(d.id, d.worker, results, begin, w.busy_until, [(d.model, d.component, d.scope)] if loaded else [], evicted)
-        heapq.heappush(self._events, (w.busy_until, next(self._seq), "complete", c))
+        c = Completion(d.id, d.worker, results, begin, end, loaded, evicted)
+        heapq.heappush(self._events, (end, next(self._seq), "complete", c))
 
     def run(self, until_s: float = float("inf"), max_events: int | None = None) -> None:
         n = 0
@@ -135,9 +269,14 @@ class Simulator:
             heapq.heappop(self._events)
             self.now = t
             n += 1
-            if kind == "arrive":
+            if kind == "tick":
+                self._apply(self.coord.tick(t))
+                if any(e[2] != "tick" for e in self._events):  # stop ticking once nothing else is left
+                    heapq.heappush(self._events, (t + self.coord.policy.tick_s, next(self._seq), "tick", None))
+            elif kind == "arrive":
                 req = payload
                 self._px[req.id] = pixels(req.inputs)
+                self._base[req.id] = next((n.model for n in req.template.nodes if n.component == "denoiser"), None)
                 self.arrival_s[req.id] = t
                 self._apply(self.coord.submit(req, t))
             else:
