@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
-from legodiffusion.core.messages import Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
+from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
 from legodiffusion.core.policy import BatchKey, ClassInfo, SchedulingPolicy
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
-PENDING = -1  # TensorRef.worker of a deferred input not produced yet: the reader waits for it
 
 
 @dataclass
@@ -119,6 +118,7 @@ class WorkerState:
     alive: bool = True
     draining: bool = False  # takes no new work: still starting, or being retired once it holds nothing
     resident: set = field(default_factory=set)  # (model, component, scope) the worker holds
+    pinned: int = 0  # live requests pinned to this worker (a monolithic replica runs one at a time)
 
 
 @dataclass
@@ -133,6 +133,8 @@ class CoordinatorStats:
     loads_by_worker: Counter = field(default_factory=Counter)
     recoveries: int = 0  # requests that re-ran lost work after a worker died
     evictions_by_worker: Counter = field(default_factory=Counter)
+    work_by_workflow: Counter = field(default_factory=Counter)  # profiled solo seconds of admitted requests
+    admitted: int = 0
 
 
 @dataclass
@@ -179,6 +181,10 @@ class Coordinator:
         self._light: list[tuple[_Live, int]] = []
         self._woken = False
         self._orphans: set[tuple[int, int]] = set()  # (dispatch, node) whose result a recovery discards
+        #: admitted requests waiting for a replica of their workflow (gated policies), by workflow,
+        #: oldest first; ended ones are skipped lazily
+        self.held: dict[str, deque[_Live]] = {}
+        self._freed: set[int] = set()  # workers whose pinned request ended: start held work there
 
     # -- the view policies read ------------------------------------------------------------
 
@@ -228,11 +234,49 @@ class Coordinator:
             return actions
         self._seq += 1
         live.priority = self.policy.priority(live, self._seq, solo)
-        live.pin = self.policy.pin(self, live)
+        self.stats.work_by_workflow[req.workflow] += solo
+        self.stats.admitted += 1
         self.requests[req.id] = live
-        for node in req.template.sources:
-            self._make_ready(live, node)
+        pin = self.policy.pin(self, live)
+        if pin is None and self.policy.gated:
+            self.held.setdefault(req.workflow, deque()).append(live)
+        else:
+            self._start(live, pin)
         self._dispatch(actions)
+        return actions
+
+    def _start(self, live: _Live, pin: int | None) -> None:
+        live.pin = pin
+        if pin is not None:
+            self.workers[pin].pinned += 1
+        for node in live.req.template.sources:
+            self._make_ready(live, node)
+
+    def _start_held(self) -> None:
+        """Freed replicas take the oldest held request the policy gives them."""
+        freed, self._freed = self._freed, set()
+        for wid in sorted(freed):
+            w = self.workers[wid]
+            while w.alive and not w.draining and w.pinned == 0:
+                workflow = self.policy.next_held(self, wid)
+                if workflow is None:
+                    break
+                self._start(self.held[workflow].popleft(), wid)
+
+    def held_head(self, workflow: str) -> _Live | None:
+        """The oldest request of ``workflow`` waiting for a replica (dropping ended ones)."""
+        q = self.held.get(workflow)
+        while q and q[0].status != RUNNING:
+            q.popleft()
+        return q[0] if q else None
+
+    def tick(self, now: float) -> Actions:
+        """A periodic event for policies that re-plan on a timer (the monolithic baseline's
+        re-allocation); every idle replica may then take held work."""
+        actions = Actions()
+        if self.policy.on_tick(self, now):
+            self._freed.update(w.id for w in self.workers if w.pinned == 0)
+            self._dispatch(actions)
         return actions
 
     def on_complete(self, c: Completion, now: float) -> Actions:
@@ -371,6 +415,7 @@ class Coordinator:
         }
         live.queued.clear()
         if live.pin is not None and not self.workers[live.pin].alive:
+            self.workers[live.pin].pinned -= 1
             live.pin = None
         for node in range(len(tmpl.nodes)):
             if node in live.finished:
@@ -402,6 +447,7 @@ class Coordinator:
                 bisect.insort(self.idle, worker)
                 self.idle_set.add(worker)
                 self.calm.add(worker)
+            self._freed.add(worker)
             self._dispatch(actions)
         return actions
 
@@ -485,6 +531,10 @@ class Coordinator:
 
     def _end(self, live: _Live, status: str, actions: Actions, outputs=None, error=None, node=None) -> None:
         live.status = status
+        if live.pin is not None:
+            self.workers[live.pin].pinned -= 1
+            if self.workers[live.pin].pinned == 0:
+                self._freed.add(live.pin)
         actions.finished.append(RequestOutcome(live.req.id, status, outputs, error, node))
         actions.frees.extend(live.refs.values())
         actions.abandoned.extend(sorted(live.pending))
@@ -578,6 +628,8 @@ class Coordinator:
                 self.stats.cross_workflow_batches += 1
 
     def _dispatch(self, actions: Actions) -> None:
+        if self._freed:
+            self._start_held()
         self._woken = True
         while self._woken:  # dispatching a producer may free deferred readers to go too
             self._woken = False

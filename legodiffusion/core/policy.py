@@ -43,16 +43,19 @@ class ClassInfo:
 class WorkerView(Protocol):
     id: int
     alive: bool
+    draining: bool
     inflight: int
     slots: int
     reserved_s: float
     resident: set
+    pinned: int
 
 
 class RequestView(Protocol):
     workflow: str
     arrival_s: float
     deadline_s: float | None
+    priority: tuple
 
 
 class SchedulerView(Protocol):
@@ -67,6 +70,9 @@ class SchedulerView(Protocol):
     calm: set  # live workers whose reserved queue is within the threshold (or that are idle)
     free_slots: int
     holders: dict  # (model, component, scope) -> ids of workers holding it
+    stats: object  # CoordinatorStats: work_by_workflow feeds re-allocation
+
+    def held_head(self, workflow: str) -> RequestView | None: ...
 
     def batch_limits(self, op: str) -> tuple[int, int]: ...
 
@@ -79,6 +85,11 @@ class SchedulingPolicy:
     name = "base"
     #: Bundle semantics: no model or batch is shared across workflows.
     isolate_workflows = False
+    #: A request starts only once :meth:`pin` (or :meth:`next_held`) gives it a worker; until
+    #: then it waits, admitted, in its workflow's held queue.
+    gated = False
+    #: Seconds between :meth:`on_tick` calls the driver makes (None: never).
+    tick_s: float | None = None
 
     def priority(self, req: RequestView, seq: int, solo_s: float) -> tuple:
         return (seq,)
@@ -89,6 +100,14 @@ class SchedulingPolicy:
 
     def pin(self, view: SchedulerView, req: RequestView) -> int | None:
         return None
+
+    def next_held(self, view: SchedulerView, worker: int) -> str | None:
+        """Gated policies: the workflow whose oldest held request ``worker`` (now free) starts."""
+        return None
+
+    def on_tick(self, view: SchedulerView, now: float) -> bool:
+        """A timer event; True when the decision changed what held requests may start where."""
+        return False
 
     def plan(self, view: SchedulerView) -> list[Assignment]:
         raise NotImplementedError
@@ -145,7 +164,7 @@ class MicroServingPolicy(SchedulingPolicy):
         seed: int = 0,
         share: bool = True,
         cross_request: bool = True,
-        static_partition: list[str] | None = None,
+        partition: list[set] | None = None,
     ) -> None:
         if ordering not in ("slack", "fcfs"):
             raise ValueError(f"ordering must be slack or fcfs, got {ordering!r}")
@@ -158,11 +177,12 @@ class MicroServingPolicy(SchedulingPolicy):
         self.adaptive = adaptive
         self._rng = random.Random(seed)
         #: ablations: ``share=False`` gives every workflow its own model copies and batches;
-        #: ``cross_request=False`` batches only nodes of one request; ``static_partition`` pins
-        #: each listed model to a fixed share of the workers (no per-model scaling)
+        #: ``cross_request=False`` batches only nodes of one request; ``partition`` fixes, per
+        #: worker, the models (or, with ``share=False``, the workflows) it may run: a static
+        #: split in place of per-model scaling
         self.isolate_workflows = not share
         self.cross_request = cross_request
-        self.static_partition = list(static_partition) if static_partition else None
+        self.partition = [set(p) for p in partition] if partition else None
 
     def priority(self, req, seq, solo_s):
         if self.ordering == "slack" and req.deadline_s is not None:
@@ -185,11 +205,11 @@ class MicroServingPolicy(SchedulingPolicy):
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
         return None
 
-    def _allowed(self, model: str | None, n_workers: int, wid: int) -> bool:
-        if self.static_partition is None or model not in self.static_partition:
+    def _allowed(self, info: ClassInfo, wid: int) -> bool:
+        if self.partition is None or wid >= len(self.partition):
             return True
-        k, parts = self.static_partition.index(model), len(self.static_partition)
-        return wid % parts == k if n_workers >= parts else wid == k % n_workers
+        owner = info.scope if self.isolate_workflows else info.model
+        return owner is None or owner in self.partition[wid]
 
     def _candidates(self, view, info: ClassInfo, slots: _Slots, comp, where: dict[int, int]) -> list[int]:
         """Workers worth costing: the emptiest idle ones, those holding the inputs and those
@@ -199,10 +219,9 @@ class MicroServingPolicy(SchedulingPolicy):
         calm = view.calm & view.eligible
         if not calm:
             return []
-        n_workers = len(view.workers)
 
         def usable(w: int) -> bool:
-            return slots.has(w) and self._allowed(info.model, n_workers, w)
+            return slots.has(w) and self._allowed(info, w)
 
         picked = []
         for w in view.idle:
@@ -210,6 +229,8 @@ class MicroServingPolicy(SchedulingPolicy):
                 picked.append(w)
                 if len(picked) == 2:
                     break
+        if self.partition is not None and not picked:  # the idle ones may all belong to others
+            picked += [w for w in sorted(calm) if usable(w)][:2]
         picked += [w for w in where if w in calm and usable(w)]
         held = view.holders.get(comp, _NONE) & view.eligible if comp is not None else _NONE
         if held:
@@ -285,125 +306,18 @@ class MicroServingPolicy(SchedulingPolicy):
         return plan
 
 
-def allocate(
-    weights: dict[str, float], n_workers: int, memory: dict[str, int] | None = None, capacity: int | None = None
-) -> dict[str, list[int]]:
-    """Workers per workflow in proportion to ``weights`` (demand x work). With at least as many
-    workers as workflows, each gets >= 1 by largest remainder; with fewer, workflows are packed onto
-    workers by weight (longest processing time first), preferring a worker whose memory still holds
-    the workflow's whole pipeline (``memory`` bytes per workflow, ``capacity`` per worker)."""
-    names = sorted(weights, key=lambda k: (-weights[k], k))
-    total = sum(weights.values()) or 1.0
-    if n_workers >= len(names):
-        quota = {k: max(1.0, n_workers * weights[k] / total) for k in names}
-        counts = {k: int(quota[k]) for k in names}
-        while sum(counts.values()) > n_workers:
-            k = max((k for k in names if counts[k] > 1), key=lambda k: counts[k] - quota[k])
-            counts[k] -= 1
-        for k in sorted(names, key=lambda k: -(quota[k] - counts[k]))[: n_workers - sum(counts.values())]:
-            counts[k] += 1
-        out, w = {}, 0
-        for k in names:
-            out[k] = list(range(w, w + counts[k]))
-            w += counts[k]
-        return out
-    load = [0.0] * n_workers
-    used = [0] * n_workers
-    out = {}
-    for k in names:
-        need = (memory or {}).get(k, 0)
-        fits = [i for i in range(n_workers) if capacity is None or used[i] + need <= capacity]
-        w = min(fits or range(n_workers), key=lambda i: (load[i], i))
-        load[w] += weights[k]
-        used[w] += need
-        out[k] = [w]
-    return out
-
-
-class BundlePolicy(MicroServingPolicy):
-    """Monolithic baseline: each workflow owns whole-pipeline replicas (its own copy of every
-    model); a request runs start to finish on one replica; batches never mix workflows.
-
-    Replicas: ``replicas`` maps workflow -> worker ids. With ``demand`` (workflow -> expected share
-    of the work), workers are allocated in proportion to it, and with ``autoscale_s`` the
-    allocation follows the observed work (arrivals x solo latency) of the last window, workers
-    moving between workflows and paying the load of the new pipeline on first use. Without either,
-    workers are dealt to workflows in order of first appearance."""
-
-    isolate_workflows = True
-
-    def __init__(
-        self,
-        replicas: dict[str, list[int]] | None = None,
-        name: str = "bundle",
-        demand: dict[str, float] | None = None,
-        n_workers: int | None = None,
-        autoscale_s: float | None = None,
-        memory: dict[str, int] | None = None,
-        capacity: int | None = None,
-    ) -> None:
-        super().__init__(name=name, ordering="fcfs", admission=False, adaptive=False)
-        self.isolate_workflows = True
-        self.replicas = dict(replicas or {})
-        self._memory, self._capacity = memory, capacity
-        self._weights = dict(demand or {})
-        if demand and n_workers:
-            self.replicas = allocate(demand, n_workers, memory, capacity)
-        self.initial = {k: list(v) for k, v in self.replicas.items()}
-        self.autoscale_s = autoscale_s
-        self._window: dict[str, float] = {}
-        self._arrivals = 0
-        self._window_start = 0.0
-        self._order: list[str] = []
-        self.decisions: list[tuple[float, dict[str, int]]] = []
-
-    def replicas_of(self, workflow: str, n_workers: int) -> list[int]:
-        if workflow in self.replicas:
-            return self.replicas[workflow]
-        if workflow not in self._order:
-            self._order.append(workflow)
-        k = self._order.index(workflow)
-        fixed = [w for ws in self.replicas.values() for w in ws]
-        pool = [w for w in range(n_workers) if w not in fixed] or list(range(n_workers))
-        groups = max(len(self._order), 1)
-        if len(pool) >= groups:
-            return [w for i, w in enumerate(pool) if i % groups == k % groups] or pool[:1]
-        return [pool[k % len(pool)]]
-
-    def _observe(self, req, solo_s: float, n_workers: int) -> None:
-        """Autoscaling: smooth the observed work per workflow (half the last window, half the
-        history) and move replicas only when a workflow's count changes, so the baseline does not
-        thrash on noise and pay pipeline loads for nothing."""
-        now = req.arrival_s
-        self._window[req.workflow] = self._window.get(req.workflow, 0.0) + solo_s
-        self._arrivals += 1
-        if now - self._window_start < self.autoscale_s or self._arrivals < 20:
-            return
-        total = sum(self._window.values())
-        old_total = sum(self._weights.values()) or 1.0
-        names = set(self._weights) | set(self._window)
-        self._weights = {k: 0.5 * self._weights.get(k, 0.0) / old_total + 0.5 * self._window.get(k, 0.0) / total for k in names}
-        proposal = allocate(self._weights, n_workers, self._memory, self._capacity)
-        if {k: len(v) for k, v in proposal.items()} != {k: len(v) for k, v in self.replicas.items()}:
-            self.replicas = proposal
-            self.decisions.append((now, {k: len(v) for k, v in proposal.items()}))
-        self._window, self._arrivals, self._window_start = {}, 0, now
-
-    def pin(self, view, req):
-        if self.autoscale_s is not None:
-            self._observe(req, req.solo_s, len(view.workers))
-        replicas = [w for w in self.replicas_of(req.workflow, len(view.workers)) if view.workers[w].alive and not view.workers[w].draining]
-        if not replicas:
-            return None
-        return min(replicas, key=lambda w: (view.workers[w].reserved_s, view.workers[w].inflight, w))
-
-
 POLICIES = {
     "default": lambda: MicroServingPolicy("default"),
     "fcfs": lambda: MicroServingPolicy("fcfs", ordering="fcfs", admission=False),
     "random": lambda: MicroServingPolicy("random", placement="random"),
-    "bundle": lambda: BundlePolicy(),
+    "bundle": lambda: _bundle(),
 }
+
+
+def _bundle() -> SchedulingPolicy:
+    from legodiffusion.core.bundle import BundlePolicy  # it builds on MicroServingPolicy
+
+    return BundlePolicy()
 
 
 def make_policy(name: str) -> SchedulingPolicy:

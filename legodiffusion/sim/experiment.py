@@ -1,52 +1,65 @@
-"""Run a trace through the simulator under a named system, and search for the limits the paper
-reports (max sustainable rate, burst tolerance, GPUs needed) by bisection."""
+"""Run a trace through the simulator under a named system, and find the limits the paper reports
+(max sustainable rate, burst tolerance, GPUs needed) over several trace seeds.
+
+Scoring: a request meets its SLO when it finishes by its deadline; rejected requests and requests
+unfinished when the run ends (the last arrival plus a drain window) count as misses; requests
+arriving during the warm-up run but are not scored. Latency percentiles are over the scored
+requests that succeeded.
+"""
 
 from __future__ import annotations
 
+import heapq
 import itertools
-import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from legodiffusion.core.bundle import BundlePolicy, allocate
 from legodiffusion.core.coordinator import Coordinator
-from legodiffusion.core.policy import BundlePolicy, MicroServingPolicy, SchedulingPolicy
+from legodiffusion.core.policy import MicroServingPolicy, SchedulingPolicy
 from legodiffusion.sim.cluster import Simulator
 from legodiffusion.sim.traces import Arrival
 from legodiffusion.sim.workload import Workload
-from legodiffusion.stats import percentile
+from legodiffusion.stats import mean_ci, percentile
 
 SYSTEMS = (
     "ours",
     "fcfs",
-    "bundle",
+    "bundle-static",
+    "bundle-auto",
     "no-sharing",
-    "no-per-model-scaling",
+    "static-partitions",
     "no-adaptive-parallelism",
     "no-cross-request-batching",
     "no-admission",
 )
 TARGET = 0.9
+REBALANCE_S = 30.0
 
 
 def make_system(system: str, workload: Workload, gpus: int) -> SchedulingPolicy:
+    capacity = getattr(workload.cost, "memory_bytes", None)
+    replica = replica_bytes(workload)
     if system == "ours":
         return MicroServingPolicy("default")
     if system == "fcfs":
         return MicroServingPolicy("fcfs", ordering="fcfs", admission=False)
-    if system == "bundle":
-        # its best fair configuration: replicas in proportion to demand, re-allocated every
-        # 30 s from the observed work; moved replicas pay the profiled load of their new pipeline
+    if system in ("bundle", "bundle-static", "bundle-auto"):  # "bundle" alone: the static deployment
         return BundlePolicy(
+            name="bundle-static" if system == "bundle" else system,
             demand=workload.demand(),
             n_workers=gpus,
-            autoscale_s=30.0,
-            memory=workload.pipeline_bytes(),
-            capacity=getattr(workload.cost, "memory_bytes", None),
+            rebalance_s=REBALANCE_S if system == "bundle-auto" else None,
+            memory=replica,
+            capacity=capacity,
         )
-    if system == "no-sharing":
-        return MicroServingPolicy(system, share=False)
-    if system == "no-per-model-scaling":
-        return MicroServingPolicy(system, static_partition=workload.models())
+    if system == "no-sharing":  # private model copies per workflow, on a demand-proportional split
+        parts = allocate(workload.demand(), gpus, replica, capacity)
+        return MicroServingPolicy(system, share=False, partition=parts)
+    if system == "static-partitions":  # shared models, each on a fixed demand-proportional split
+        demand, memory = model_demand(workload)
+        return MicroServingPolicy(system, partition=allocate(demand, gpus, memory, capacity))
     if system == "no-adaptive-parallelism":
         return MicroServingPolicy(system, adaptive=False)
     if system == "no-cross-request-batching":
@@ -54,6 +67,34 @@ def make_system(system: str, workload: Workload, gpus: int) -> SchedulingPolicy:
     if system == "no-admission":
         return MicroServingPolicy(system, admission=False)
     raise ValueError(f"unknown system {system!r}; choose one of {SYSTEMS}")
+
+
+def replica_bytes(workload: Workload) -> dict[str, int]:
+    """Device memory a workflow's whole pipeline needs: its weights plus the largest activation
+    of its calls (guidance branches batched, as inside a pipeline call)."""
+    act = getattr(workload.cost, "activation_bytes", None)
+    out = {}
+    for name, weights in workload.pipeline_bytes().items():
+        px = workload.pixels(name)
+        peak = max((act(n.op, n.mode, n.model, 2, px) for n in workload.template(name).nodes), default=0) if act else 0
+        out[name] = weights + peak
+    return out
+
+
+def model_demand(workload: Workload) -> tuple[dict[str, float], dict[str, int]]:
+    """Expected work per model (popularity x profiled seconds of its calls) and its weight bytes."""
+    demand: dict[str, float] = {}
+    memory: dict[str, int] = {}
+    pairs: set[tuple[str, str]] = set()
+    for name, share in workload.mix.items():
+        px = workload.pixels(name)
+        for n in workload.template(name).nodes:
+            if n.model is not None and n.component is not None:
+                demand[n.model] = demand.get(n.model, 0.0) + share * workload.cost.exec_s(n.op, n.mode, n.model, 1, px)
+        pairs.update(components(workload, name))
+    for model, comp in pairs:
+        memory[model] = memory.get(model, 0) + workload.cost.weight_bytes(model, comp)
+    return demand, {m: memory.get(m, 0) for m in demand}
 
 
 @dataclass
@@ -75,24 +116,27 @@ class SimResult:
         return {wf: (percentile(lat, 50), percentile(lat, 95)) for wf, lat in self.latency_by_workflow.items()}
 
 
+def drain_window(workload: Workload) -> float:
+    return 3 * workload.slo_scale * max(workload.solo_s.values())
+
+
 def run_trace(
     arrivals: list[Arrival], workload: Workload, system: str, gpus: int, drain_s: float | None = None, warmup_s: float = 0.0, progress=None
 ) -> SimResult:
-    """Simulate ``arrivals`` on ``gpus`` reference GPUs; a request meets its SLO when it finishes
-    by its deadline (rejections and requests unfinished at the end count as misses). Requests
-    arriving before ``warmup_s`` run but are not scored (cold model loads)."""
+    """Simulate ``arrivals`` on ``gpus`` reference GPUs under ``system`` (see the module's scoring)."""
+    if system == "pooled":
+        return pooled(arrivals, workload, gpus, drain_s, warmup_s)
     policy = make_system(system, workload, gpus)
     coord = Coordinator(gpus, policy, cost=workload.cost)
     sim = Simulator(coord, workload.cost, budget_bytes=getattr(workload.cost, "memory_bytes", None))
+    deploy(sim, policy, workload)
     ids = itertools.count(1)
     reqs = {}
     for a in arrivals:
         req = workload.request(next(ids), a.workflow, a.t, a.inputs)
         reqs[req.id] = req
         sim.submit_at(a.t, req)
-    end = (arrivals[-1].t if arrivals else 0.0) + (
-        drain_s if drain_s is not None else 3 * workload.slo_scale * max(workload.solo_s.values())
-    )
+    end = (arrivals[-1].t if arrivals else 0.0) + (drain_s if drain_s is not None else drain_window(workload))
     t0 = time.perf_counter()
     if progress is None:
         sim.run(until_s=end)
@@ -101,49 +145,153 @@ def run_trace(
             sim.run(until_s=end, max_events=20000)
             progress(min(sim.now, end) / end)
     wall = time.perf_counter() - t0
+    outcomes = {rid: (o.status, sim.finish_s.get(rid)) for rid, o in sim.outcomes.items()}
+    config = policy.describe() if isinstance(policy, BundlePolicy) else ""
+    return _score(system, gpus, reqs, outcomes, warmup_s, wall, sim.now, sim.dispatches, config)
+
+
+def components(workload: Workload, workflow: str) -> list[tuple[str, str]]:
+    """The (model, component) pairs a workflow's calls use, largest first."""
+    pairs = {(n.model, n.component) for n in workload.template(workflow).nodes if n.model is not None and n.component is not None}
+    return sorted(pairs, key=lambda mc: (-workload.cost.weight_bytes(*mc), mc))
+
+
+def deploy(sim: Simulator, policy: SchedulingPolicy, workload: Workload) -> None:
+    """The state every system starts from, as after a deployment and before traffic: each node's
+    host memory holds the models' weights; a monolithic replica holds its pipelines; micro-serving
+    starts with the models laid out in proportion to their demand (what its per-model scaling
+    aims at). Requests in the warm-up are not scored either way."""
+    mix = workload.mix
+    everything = sorted({mc for name in mix for mc in components(workload, name)}, key=lambda mc: -workload.cost.weight_bytes(*mc))
+    sim.warm_hosts(everything)
+    per_workflow = isinstance(policy, BundlePolicy) or policy.isolate_workflows
+    if isinstance(policy, BundlePolicy):
+        bins = policy.bins
+    elif getattr(policy, "partition", None) is not None:
+        bins = policy.partition
+    elif per_workflow:
+        bins = allocate(workload.demand(), len(sim.workers), replica_bytes(workload), getattr(workload.cost, "memory_bytes", None))
+    else:
+        demand, memory = model_demand(workload)
+        bins = allocate(demand, len(sim.workers), memory, getattr(workload.cost, "memory_bytes", None))
+    for gpu, owners in enumerate(bins):
+        for owner in sorted(owners, key=lambda k: (-mix.get(k, 0.0), k)):
+            if per_workflow:
+                keys = [(m, c, owner) for m, c in components(workload, owner)]
+            else:
+                keys = [(m, c, None) for m, c in everything if m == owner]
+            if not sim.preload(gpu, keys):
+                break
+
+
+def _score(system, gpus, reqs, outcomes, warmup_s, wall, sim_s, dispatches, config) -> SimResult:
     met = rejected = 0
     lat: dict[str, list[float]] = {}
     scored = {rid: req for rid, req in reqs.items() if req.arrival_s >= warmup_s}
     for rid, req in scored.items():
-        outcome = sim.outcomes.get(rid)
-        if outcome is None:
-            continue
-        if outcome.status == "rejected":
+        status, done = outcomes.get(rid, (None, None))
+        if status == "rejected":
             rejected += 1
-            continue
-        if outcome.status == "succeeded":
-            done = sim.finish_s[rid]
+        elif status == "succeeded":
             lat.setdefault(req.workflow, []).append(done - req.arrival_s)
             if done <= req.deadline_s + 1e-9:
                 met += 1
-    unfinished = sum(1 for rid in scored if rid not in sim.outcomes)
-    config = ""
-    if isinstance(policy, BundlePolicy):
-        config = "bundle replicas (initial, by demand x solo work; workflows packed by memory when GPUs < workflows): " + ", ".join(
-            f"{k}={v}" for k, v in sorted(policy.initial.items())
-        )
-        config += f"; autoscaling every 30 s with the profiled load time ({len(policy.decisions)} re-allocations)"
-    return SimResult(
-        system, gpus, len(scored), met, rejected, unfinished, met / max(1, len(scored)), lat, wall, sim.now, sim.dispatches, config
-    )
+    unfinished = sum(1 for rid in scored if rid not in outcomes)
+    return SimResult(system, gpus, len(scored), met, rejected, unfinished, met / max(1, len(scored)), lat, wall, sim_s, dispatches, config)
 
 
-def bisect_max(ok, lo: float, hi: float, iterations: int = 7) -> float:
-    """Largest x in [lo, hi] with ok(x), assuming ok is monotone decreasing; 0 when even lo fails."""
-    if not ok(lo):
+def pooled(arrivals: list[Arrival], workload: Workload, gpus: int, drain_s: float | None = None, warmup_s: float = 0.0) -> SimResult:
+    """The fully pooled whole-request ideal: any GPU runs any request to completion in its solo
+    time, no memory limit, no loads, no transfers, no overhead; one FCFS queue (M/G/c)."""
+    free = [0.0] * gpus
+    end = (arrivals[-1].t if arrivals else 0.0) + (drain_s if drain_s is not None else drain_window(workload))
+    reqs, outcomes = {}, {}
+    for rid, a in enumerate(arrivals, start=1):
+        req = workload.request(rid, a.workflow, a.t, a.inputs)
+        reqs[rid] = req
+        start = max(a.t, heapq.heappop(free))
+        done = start + workload.solo_of(req)
+        heapq.heappush(free, done)
+        if done <= end:
+            outcomes[rid] = ("succeeded", done)
+    return _score("pooled", gpus, reqs, outcomes, warmup_s, 0.0, end, 0, "any GPU runs any whole request (FCFS M/G/c, no memory limit)")
+
+
+def fluid_rate(workload: Workload, gpus: int, mix: dict[str, float] | None = None) -> float:
+    """The fluid bound: GPUs / mean profiled GPU-seconds per request (every model call at batch 1)."""
+    mix = mix or workload.mix
+    total = sum(mix.values())
+    work = sum(share / total * workload.solo_s[name] for name, share in mix.items())
+    return gpus / work
+
+
+@dataclass
+class RatePoint:
+    rate: float
+    attainments: list[float]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.attainments) / len(self.attainments)
+
+
+def search_max(
+    mean_at: Callable[[float], float], lo: float, hi: float, iterations: int = 6, confirm: tuple[float, ...] = (1.05, 1.1, 1.2)
+) -> float:
+    """The largest x with ``mean_at(x) >= TARGET``, found by bisection and then confirmed by the
+    points above it: when one of ``x * c`` for c in ``confirm`` passes too (attainment need not
+    fall monotonically), the search continues from there. 0 when even ``lo`` fails."""
+    if mean_at(lo) < TARGET:
         return 0.0
-    while ok(hi):
+    while mean_at(hi) >= TARGET:
         lo, hi = hi, hi * 2
         if hi > 1e6:
             return lo
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    while True:
+        a, b = lo, hi
+        for _ in range(iterations):
+            mid = (a + b) / 2
+            if mean_at(mid) >= TARGET:
+                a = mid
+            else:
+                b = mid
+        higher = [a * c for c in confirm if a * c < hi * 2 and mean_at(a * c) >= TARGET]
+        if not higher:
+            return a
+        lo = max(higher)
+        hi = max(hi, lo * 1.25)
 
 
-def median(values):
-    return statistics.median(values) if values else 0.0
+class Evaluator:
+    """Mean attainment over seeds at a point, memoised (a search visits points more than once).
+    ``run_seeds(x)`` returns one attainment per seed (it may run them in parallel)."""
+
+    def __init__(self, run_seeds: Callable[[float], list[float]]) -> None:
+        self.run_seeds = run_seeds
+        self.points: dict[float, RatePoint] = {}
+
+    def __call__(self, x: float) -> float:
+        x = round(x, 6)
+        if x not in self.points:
+            self.points[x] = RatePoint(x, list(self.run_seeds(x)))
+        return self.points[x].mean
+
+    def per_seed_max(self) -> tuple[float, float]:
+        """Mean and 95% half-width over seeds of each seed's largest passing point among those
+        visited (a point counts for a seed when every visited point below it passes too)."""
+        xs = sorted(self.points)
+        if not xs:
+            return 0.0, 0.0
+        best = []
+        for i in range(len(self.points[xs[0]].attainments)):
+            top = 0.0
+            for x in xs:
+                if self.points[x].attainments[i] < TARGET:
+                    break
+                top = x
+            best.append(top)
+        return mean_ci(best)
+
+    def curve(self) -> list[tuple[float, float, float]]:
+        """(x, mean attainment, 95% half-width) at every visited point."""
+        return [(x, *mean_ci(self.points[x].attainments)) for x in sorted(self.points)]
