@@ -1,15 +1,24 @@
-"""The paper-patterned workload: 12 workflows over SD3 / SD3.5 / Flux with 4-50 steps, with and
-without guidance, 0-2 ControlNets and 0-1 LoRAs, and skewed popularity (a few base models in almost
-every workflow; the canny ControlNets serve most ControlNet requests)."""
+"""Simulated workloads.
+
+``paper_workflows``: the paper-patterned workload, 12 workflows over SD3 / SD3.5 / Flux with 4-50
+steps, with and without guidance, 0-2 ControlNets and 0-1 LoRAs, and skewed popularity (a few base
+models in almost every workflow; the canny ControlNets serve most ControlNet requests).
+
+``many_workflows``: ~40 seeded workflows over only 4 base models, where one pipeline copy per
+workflow no longer fits while shared base models do.
+
+``make_workload`` names them for benchmarks (``make_trace`` in :mod:`legodiffusion.sim.traces`
+names the traces)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from legodiffusion.core.coordinator import Request
+from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.cost import CostModel
 from legodiffusion.ops import default_registry
 from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img
@@ -62,9 +71,73 @@ def paper_workflows() -> list[WorkflowDef]:
     ]
 
 
+#: base model -> (family, short name, step counts, guidance scales, ControlNets the reference profile has for it)
+_MANY_BASES = {
+    "flux-dev": ("flux", "fdev", (20, 25, 28, 30, 40, 50), (), ("cn-flux-canny", "cn-flux-depth")),
+    "flux-schnell": ("schnell", "fsch", (4,), (), ("cn-flux-canny", "cn-flux-depth")),
+    "sd3.5-large": ("sd3", "sd35l", (20, 28, 30, 40), (3.5, 4.5, 5.0, 7.0), ("cn-sd35-canny", "cn-sd35-depth")),
+    "sd3-medium": ("sd3", "sd3m", (20, 28, 30, 40), (5.0, 7.0), ("cn-sd3m-canny",)),
+}
+_MANY_BASE_WEIGHTS = (0.35, 0.2, 0.25, 0.2)
+_MANY_SIZES, _MANY_SIZE_WEIGHTS = (512, 768, 1024), (0.2, 0.3, 0.5)
+_MANY_CONTROLNETS, _MANY_CONTROLNET_WEIGHTS = (0, 1, 2), (0.5, 0.35, 0.15)
+_MANY_LORA_P, _MANY_LORAS_PER_BASE = 0.4, 4
+#: Zipf exponent of the popularity: with 40 workflows the top 4 carry about half the requests
+_MANY_ZIPF = 1.1
+
+
+def many_workflows(seed: int = 0, n: int = 40) -> list[WorkflowDef]:
+    """``n`` seeded workflows over only 4 base models (FLUX.1-dev, FLUX.1-schnell, SD3.5-large,
+    SD3-medium), with Zipf popularity.
+
+    What it models: a serving deployment whose users bring many variants of a few base models:
+    0-1 LoRAs (``lora-<base>-<k>``, ``k < 4``; the simulator only charges their load time, so the
+    names need not exist), 0-2 ControlNets from those the reference profile has for the base
+    (SD3-medium has one), the base's usual step counts (FLUX.1-dev 20-50, schnell 4, SD3.x 20-40)
+    and 512, 768 or 1024 px square images (bound as the workflow's ``height``/``width``).
+    Popularity is Zipf (exponent 1.1) over a seeded ranking, so a few workflows carry most
+    requests and a long tail is rarely asked for.
+
+    Why: with many workflows over few base models, monolithic replicas (one pipeline copy per
+    workflow, 15-47 GB each) run out of GPU memory and cannot cover every workflow, while
+    shared base models (4 denoisers, their encoders and 5 ControlNets) fit on a few GPUs.
+
+    The first four workflows use the four base models in turn, so any ``n >= 4`` covers all four;
+    the rest draw a base (FLUX.1-dev 35%, schnell 20%, SD3.5-large 25%, SD3-medium 20%). Names
+    are unique (they start with the workflow's index) and depend only on ``seed`` and ``n``.
+    """
+    rng = random.Random(seed)
+    bases = list(_MANY_BASES)
+    ranks = list(range(n))
+    rng.shuffle(ranks)
+    out = []
+    for i in range(n):
+        base = bases[i] if i < len(bases) else rng.choices(bases, weights=_MANY_BASE_WEIGHTS)[0]
+        family, short, step_choices, guidance_choices, cn_choices = _MANY_BASES[base]
+        steps = rng.choice(step_choices)
+        size = rng.choices(_MANY_SIZES, weights=_MANY_SIZE_WEIGHTS)[0]
+        k = min(rng.choices(_MANY_CONTROLNETS, weights=_MANY_CONTROLNET_WEIGHTS)[0], len(cn_choices))
+        cns = tuple(sorted(rng.sample(cn_choices, k)))
+        lora = f"lora-{base}-{rng.randrange(_MANY_LORAS_PER_BASE)}" if rng.random() < _MANY_LORA_P else None
+        popularity = 100.0 / (ranks[i] + 1) ** _MANY_ZIPF
+        name = f"w{i:02d}-{short}-{steps}s-{size}px"
+        name += "".join("-" + cn.rsplit("-", 1)[1] for cn in cns)
+        name += f"-lora{lora.rsplit('-', 1)[1]}" if lora else ""
+        if family == "sd3":
+            wf = _sd3(name, base, steps, rng.choice(guidance_choices), popularity, cns=cns, lora=lora)
+        else:
+            wf = _flux(name, base, steps, popularity, cns=cns, lora=lora, schnell=family == "schnell")
+        wf.inputs.update(height=size, width=size)
+        out.append(wf)
+    return out
+
+
 @dataclass
 class Workload:
-    """Workflows, their popularity mix and their solo latencies under a cost model."""
+    """Workflows, their popularity mix and their solo latencies under a cost model.
+
+    Each workflow runs at the height and width its ``inputs`` bind (``size`` x ``size`` where it
+    binds none): its solo latency, SLO and pipeline are those of that resolution."""
 
     workflows: list[WorkflowDef]
     cost: CostModel
@@ -80,7 +153,7 @@ class Workload:
             self._expanders[wf.name] = ex
             bound = self.bind(wf.name, {})
             tmpl = ex.template(bound)
-            px = self.size * self.size
+            px = pixels(bound) or self.size * self.size  # the workflow's own height x width
             self.solo_s[wf.name] = sum(self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in tmpl.nodes)
 
     @property
@@ -120,3 +193,29 @@ class Workload:
     def demand(self) -> dict[str, float]:
         """Expected share of the work per workflow: popularity x solo latency."""
         return {name: share * self.solo_s[name] for name, share in self.mix.items()}
+
+    def template(self, workflow: str):
+        """The node graph of ``workflow`` with its default inputs."""
+        return self._expanders[workflow].template(self.bind(workflow, {}))
+
+    def pixels(self, workflow: str) -> int:
+        return pixels(self.bind(workflow, {})) or self.size * self.size
+
+    def solo_of(self, req: Request) -> float:
+        """Profiled solo latency of one request (its own inputs may change steps or size)."""
+        px = pixels(req.inputs) or self.size * self.size
+        return sum(self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in req.template.nodes)
+
+
+WORKLOADS = ("paper", "many", "drifting", "csv")
+
+
+def make_workload(name: str, cost: CostModel, seed: int = 0, **kwargs: Any) -> Workload:
+    """The workload a benchmark names: ``paper`` (:func:`paper_workflows`), ``many``
+    (:func:`many_workflows` for ``seed``); ``drifting`` and ``csv`` replay traces over the paper
+    workflows, so they get those. ``kwargs`` go to :class:`Workload` (``slo_scale``, ``size``)."""
+    if name in ("paper", "drifting", "csv"):
+        return Workload(paper_workflows(), cost, **kwargs)
+    if name == "many":
+        return Workload(many_workflows(seed), cost, **kwargs)
+    raise ValueError(f"unknown workload {name!r}; choose one of {WORKLOADS}")
