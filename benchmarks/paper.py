@@ -1,224 +1,253 @@
-"""The paper's experiments in simulation, on the serving code's coordinator and policies, with
-reference H100 profiles (legodiffusion/sim/data/h100.json, every number sourced) and the
-12-workflow paper workload. Each subcommand writes JSON + a plot under benchmarks/results/ and
-regenerates benchmarks/results/paper.md from every result present.
+"""The paper's experiments in simulation, on the serving code's coordinator and policies, with the
+reference H100 cost model (legodiffusion/sim/data/h100.json: every number sourced) over four
+workloads, several trace seeds, and two idealised references beside every figure.
 
-    python benchmarks/paper.py rate      [--gpus 8 16 32] [--duration 180]
-    python benchmarks/paper.py burst     [--gpus 16]
-    python benchmarks/paper.py gpus      [--target-rate R]
-    python benchmarks/paper.py ablations [--gpus 16]
-    python benchmarks/paper.py scale     [--gpus 256] [--hours 1]
-    python benchmarks/paper.py all
+    python benchmarks/paper.py all                 # every experiment on every workload (~1 h on 2 cores)
+    python benchmarks/paper.py rate  [--workloads paper many] [--gpus 8 16 32]
+    python benchmarks/paper.py burst | gpus | ablations
+    python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
+
+Systems: ``ours`` (the default policy), ``fcfs`` (ours with arrival order and no admission),
+``bundle`` (the better of ``bundle-static`` and ``bundle-auto`` at each point: whole-pipeline
+replicas, one request at a time per GPU, one FCFS queue per workflow, demand-proportional
+allocation with small pipelines sharing a GPU), and the references: the fluid bound (GPUs / mean
+profiled GPU-seconds per request) and ``pooled`` (any GPU runs any whole request, no memory limit,
+no loads: FCFS M/G/c). Every figure is a mean over trace seeds with its 95% interval. Each
+results JSON is stamped with the commit, a hash of the data files and the command;
+benchmarks/results/paper.md is regenerated from them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, report  # noqa: E402
-from legodiffusion.sim.experiment import TARGET, bisect_max, run_trace  # noqa: E402
+from benchmarks.common import RESULTS, report, stamp  # noqa: E402
+from legodiffusion.sim.experiment import TARGET, Evaluator, fluid_rate, run_trace, search_max, trace_mix  # noqa: E402
 from legodiffusion.sim.reference import ReferenceCost  # noqa: E402
-from legodiffusion.sim.traces import bursty, poisson  # noqa: E402
-from legodiffusion.sim.workload import Workload, paper_workflows  # noqa: E402
+from legodiffusion.sim.traces import Arrival, drifting, make_trace, poisson  # noqa: E402
+from legodiffusion.sim.workload import make_workload  # noqa: E402
+from legodiffusion.stats import mean_ci  # noqa: E402
 
-SYSTEMS = ("ours", "bundle", "fcfs")
-ABLATIONS = ("ours", "no-sharing", "no-per-model-scaling", "no-adaptive-parallelism", "no-cross-request-batching", "no-admission")
+WORKLOADS = ("paper", "many", "drifting", "csv")
+HEADLINE = ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")
+ABLATIONS = ("ours", "fcfs", "no-admission", "no-adaptive-parallelism", "no-cross-request-batching", "no-sharing", "static-partitions")
+CSV_TRACE = ROOT / "benchmarks" / "traces" / "replay.csv"
+DATA_FILES = [
+    ROOT / "legodiffusion" / "sim" / "data" / "h100.json",
+    ROOT / "legodiffusion" / "sim" / "workload.py",
+    ROOT / "legodiffusion" / "sim" / "traces.py",
+    CSV_TRACE,
+]
+BURST_S = 30.0
+DRIFT_BURST, DRIFT_BURST_S = 3.0, 10.0  # the drifting trace's one-workflow bursts: x3 the total rate for 10 s
 PAPER = {"rate": "up to 3x", "burst": "up to 8x", "gpus": "up to 3x fewer"}
+DESCRIBE = {
+    "paper": "the paper's 12 workflows over SD3-medium / SD3.5-large(-turbo) / FLUX.1-dev/schnell at 1024 px, 4-50 steps, 0-2 ControlNets, 0-1 LoRAs, skewed popularity; Poisson arrivals",
+    "many": "40 seeded workflows over 4 base models (FLUX.1-dev/schnell, SD3.5-large, SD3-medium) with 0-1 LoRAs, 0-2 ControlNets, 512-1024 px, Zipf popularity; Poisson arrivals",
+    "drifting": "the paper workflows with Zipf popularity whose ranking changes every 60 s, and two 10 s bursts that each hit one workflow (the total rate x3, the excess all to that workflow)",
+    "csv": "benchmarks/traces/replay.csv replayed (gamma arrivals, CV 2.5, the paper's popularity ranking reversed), its timestamps scaled to the rate; seed s starts the replay s/7 of the way in",
+}
+
+_WORKLOADS: dict = {}
 
 
-def workload() -> Workload:
-    return Workload(paper_workflows(), ReferenceCost())
+def workload(name: str):
+    if name not in _WORKLOADS:
+        _WORKLOADS[name] = make_workload(name, ReferenceCost(), seed=0)
+    return _WORKLOADS[name]
+
+
+def trace(name: str, rate: float, duration: float, seed: int, burst: float | None = None) -> list[Arrival]:
+    """The workload's trace; with ``burst`` a burst of that multiple of the rate for 30 s a third
+    of the way in (on ``drifting``, its own one-workflow bursts take the multiple instead of 6)."""
+    wl = workload(name)
+    if name == "drifting":
+        return drifting(rate, duration, wl.names, seed, burst_multiplier=DRIFT_BURST if burst is None else burst, burst_s=DRIFT_BURST_S)
+    if name == "csv":
+        full = make_trace("csv", wl, rate, 10 * duration, csv_path=CSV_TRACE)
+        span = full[-1].t if full else 0.0
+        offset = span * ((seed - 1) % 7) / 7
+        base = [Arrival(a.t - offset, a.workflow, a.inputs) for a in full if offset <= a.t < offset + duration]
+    else:
+        base = make_trace(name, wl, rate, duration, seed)
+    if burst is None or burst <= 1.0:
+        return base
+    start = duration / 3
+    extra = [Arrival(start + a.t, a.workflow, a.inputs) for a in poisson(rate * (burst - 1.0), BURST_S, wl.mix, seed + 1000)]
+    return sorted(base + extra, key=lambda a: a.t)
+
+
+def fluid(name: str, gpus: int, duration: float) -> float:
+    """The fluid bound for the workload's traffic (its trace's own mix: the replay and the
+    drifting trace do not follow the declared popularity)."""
+    return fluid_rate(workload(name), gpus, trace_mix(trace(name, 1.0, max(duration, 600.0), 1)))
 
 
 def warmup(duration: float) -> float:
     return min(30.0, duration / 5)
 
 
-def attainment(wl, system, gpus, rate, duration, seed=1) -> float:
-    return run_trace(poisson(rate, duration, wl.mix, seed), wl, system, gpus, warmup_s=warmup(duration)).attainment
+def attain(job: tuple) -> float:
+    """One simulation: (workload, system, gpus, rate, burst, duration, seed) -> attainment."""
+    name, system, gpus, rate, burst, duration, seed = job
+    arrivals = trace(name, rate, duration, seed, burst)
+    return run_trace(arrivals, workload(name), system, int(gpus), warmup_s=warmup(duration), stop_below=TARGET).attainment
 
 
-def max_rate(wl, system, gpus, duration, seed=1) -> float:
-    return bisect_max(lambda r: attainment(wl, system, gpus, r, duration, seed) >= TARGET, 0.01 * gpus, 0.1 * gpus)
+class Runner:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.seeds = list(range(1, args.seeds + 1))
+        self.pool = ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
 
+    def seeds_at(self, name, system, gpus, rate, burst=None) -> list[float]:
+        jobs = [(name, system, gpus, rate, burst, self.args.duration, s) for s in self.seeds]
+        return list(self.pool.map(attain, jobs) if self.pool else map(attain, jobs))
 
-def cmd_rate(args) -> dict:
-    wl = workload()
-    out = {"duration_s": args.duration, "target": TARGET, "by_gpus": {}}
-    for g in args.gpus:
-        row = {}
-        for system in SYSTEMS:
-            row[system] = {"max_rate": max_rate(wl, system, g, args.duration)}
-        top = max(row[s]["max_rate"] for s in SYSTEMS) or 0.05 * g
-        rates = [round(top * f, 3) for f in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)]
-        for system in SYSTEMS:
-            row[system]["curve"] = [[r, attainment(wl, system, g, r, args.duration)] for r in rates]
-        row["ratio_ours_over_bundle"] = row["ours"]["max_rate"] / row["bundle"]["max_rate"] if row["bundle"]["max_rate"] else float("inf")
-        row["bundle_config"] = run_trace(poisson(row["bundle"]["max_rate"] or 0.1, args.duration, wl.mix, 1), wl, "bundle", g).config
-        out["by_gpus"][str(g)] = row
-        print(
-            f"{g} GPUs: max sustainable rate ours {row['ours']['max_rate']:.2f}, bundle {row['bundle']['max_rate']:.2f}, fcfs {row['fcfs']['max_rate']:.2f} req/s -> ours/bundle {row['ratio_ours_over_bundle']:.2f}x"
-        )
-        print(f"  {row['bundle_config']}")
+    def max_rate(self, name, system, gpus) -> dict:
+        ev = Evaluator(lambda r: self.seeds_at(name, system, gpus, r))
+        bound = fluid(name, gpus, self.args.duration)
+        best = search_max(ev, 0.1 * bound, 0.8 * bound, iterations=self.args.iterations)
+        mean, half = ev.per_seed_max()
+        return {"max_rate": best, "per_seed_mean": mean, "per_seed_ci95": half, "curve": ev.curve()}
 
-    def plot(path):
-        import matplotlib.pyplot as plt
+    def max_burst(self, name, system, gpus, base) -> dict:
+        ev = Evaluator(lambda m: self.seeds_at(name, system, gpus, base, m))
+        best = search_max(ev, 1.0, 4.0, iterations=self.args.iterations)
+        mean, half = ev.per_seed_max()
+        return {"max_multiplier": best, "per_seed_mean": mean, "per_seed_ci95": half, "curve": ev.curve()}
 
-        fig, axes = plt.subplots(1, len(args.gpus), figsize=(4 * len(args.gpus), 3), squeeze=False)
-        for ax, g in zip(axes[0], args.gpus):
-            for system in SYSTEMS:
-                c = out["by_gpus"][str(g)][system]["curve"]
-                ax.plot([p[0] for p in c], [p[1] for p in c], marker="o", label=system)
-            ax.axhline(TARGET, ls="--", color="grey")
-            ax.set_title(f"{g} GPUs")
-            ax.set_xlabel("requests / s")
-            ax.set_ylabel("SLO attainment")
-        axes[0][0].legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
+    def min_gpus(self, name, system, rate, hi=64) -> dict:
+        """Fewest GPUs with mean attainment >= target, confirmed by the two counts below failing."""
+        memo: dict[int, list[float]] = {}
 
-    return _finish(
-        "paper_rate", out, plot, {"ratio_by_gpus": {g: round(r["ratio_ours_over_bundle"], 2) for g, r in out["by_gpus"].items()}}
-    )
+        def ok(g: int) -> bool:
+            if g not in memo:
+                memo[g] = self.seeds_at(name, system, g, rate)
+            return sum(memo[g]) / len(memo[g]) >= TARGET
 
-
-def cmd_burst(args) -> dict:
-    wl = workload()
-    g = args.gpus[0]
-
-    # the base rate: half of what bundle sustains on this very trace without a burst (m = 1), so
-    # every system starts from a load it handles and only the burst differs
-    def trace(rate, m):
-        return bursty(rate, m, args.duration / 3, 30.0, args.duration, wl.mix, seed=2)
-
-    bundle_rate = bisect_max(
-        lambda r: run_trace(trace(r, 1.0), wl, "bundle", g, warmup_s=warmup(args.duration)).attainment >= TARGET, 0.01 * g, 0.1 * g
-    )
-    base = 0.5 * bundle_rate
-    out = {"gpus": g, "base_rate": base, "burst_s": 30.0, "duration_s": args.duration, "systems": {}}
-    for system in SYSTEMS:
-
-        def ok(m, system=system):
-            return run_trace(trace(base, m), wl, system, g, warmup_s=warmup(args.duration)).attainment >= TARGET
-
-        out["systems"][system] = {"max_multiplier": bisect_max(ok, 1.0, 2.0, iterations=6)}
-    out["ratio_ours_over_bundle"] = (
-        out["systems"]["ours"]["max_multiplier"] / out["systems"]["bundle"]["max_multiplier"]
-        if out["systems"]["bundle"]["max_multiplier"]
-        else float("inf")
-    )
-    print(
-        f"burst tolerance at {g} GPUs from base {base:.2f} req/s (half of bundle's sustainable rate), 30 s bursts: "
-        + ", ".join(f"{s} x{v['max_multiplier']:.1f}" for s, v in out["systems"].items())
-        + f" -> {out['ratio_ours_over_bundle']:.2f}x"
-    )
-
-    def plot(path):
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.bar(list(out["systems"]), [v["max_multiplier"] for v in out["systems"].values()])
-        ax.set_ylabel("largest burst multiplier at >= 90%")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-
-    return _finish("paper_burst", out, plot, {"ratio": round(out["ratio_ours_over_bundle"], 2)})
-
-
-def cmd_gpus(args) -> dict:
-    wl = workload()
-    target = args.target_rate or max_rate(wl, "bundle", 16, args.duration)
-    out = {"target_rate": target, "duration_s": args.duration, "systems": {}}
-    for system in SYSTEMS:
-        lo, hi = 1, 8
-        while attainment(wl, system, hi, target, args.duration) < TARGET:
-            lo, hi = hi, hi * 2
-            if hi > 512:
-                break
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if attainment(wl, system, mid, target, args.duration) >= TARGET:
-                hi = mid
+        lo, top = 1, 4
+        while not ok(top):
+            lo, top = top, top * 2
+            if top > hi:
+                return {"gpus": None, "points": {g: mean_ci(v) for g, v in sorted(memo.items())}}
+        while top - lo > 1:
+            mid = (lo + top) // 2
+            if ok(mid):
+                top = mid
             else:
                 lo = mid
-        out["systems"][system] = {"gpus": hi}
-    out["ratio_bundle_over_ours"] = out["systems"]["bundle"]["gpus"] / out["systems"]["ours"]["gpus"]
-    print(
-        f"GPUs to sustain {target:.2f} req/s at >= 90%: "
-        + ", ".join(f"{s} {v['gpus']}" for s, v in out["systems"].items())
-        + f" -> bundle/ours {out['ratio_bundle_over_ours']:.2f}x"
-    )
-
-    def plot(path):
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.bar(list(out["systems"]), [v["gpus"] for v in out["systems"].values()])
-        ax.set_ylabel(f"GPUs for {target:.1f} req/s")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-
-    return _finish("paper_gpus", out, plot, {"ratio": round(out["ratio_bundle_over_ours"], 2)})
+        for g in (top - 1, top - 2):  # attainment need not grow monotonically with GPUs
+            if g >= 1 and ok(g):
+                top = g
+        return {"gpus": top, "points": {g: mean_ci(v) for g, v in sorted(memo.items())}}
 
 
-def cmd_ablations(args) -> dict:
-    wl = workload()
-    g = args.gpus[0]
-    out = {"gpus": g, "duration_s": args.duration, "systems": {}}
-    for system in ABLATIONS:
-        out["systems"][system] = {"max_rate": max_rate(wl, system, g, args.duration)}
-        print(f"  {system:28s} {out['systems'][system]['max_rate']:.2f} req/s")
-    base = out["systems"]["ours"]["max_rate"] or 1e-9
-    for v in out["systems"].values():
-        v["relative"] = v["max_rate"] / base
-
-    def plot(path):
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 3))
-        ax.barh(list(out["systems"])[::-1], [v["max_rate"] for v in out["systems"].values()][::-1])
-        ax.set_xlabel(f"max sustainable rate at {g} GPUs (req/s)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-
-    return _finish("paper_ablations", out, plot, {k: round(v["relative"], 2) for k, v in out["systems"].items()})
+def reference_rate(run: Runner, name: str, rate_results: dict) -> tuple[float, str]:
+    """The rate the burst and GPUs-needed experiments start from: what bundle sustains on 16 GPUs,
+    or, where it sustains nothing, a quarter of the fluid bound (bundle then scores 0 / none)."""
+    found = rate_results.get(name, {}).get("16", {}).get("bundle", {}).get("max_rate")
+    if found is None:
+        found = max(run.max_rate(name, s, 16)["max_rate"] for s in ("bundle-static", "bundle-auto"))
+    if found > 0:
+        return found, "bundle's max rate on 16 GPUs"
+    return 0.25 * fluid(name, 16, run.args.duration), "a quarter of the 16-GPU fluid bound (bundle sustains no rate)"
 
 
-def cmd_scale(args) -> dict:
-    wl = workload()
-    g = args.gpus[0] if args.gpus != [8, 16, 32] else 256
-    duration = 3600.0 * args.hours
-    rate = args.rate or 0.15 * g
-    trace = poisson(rate, duration, wl.mix, seed=3)
-    t0 = time.perf_counter()
-    res = run_trace(trace, wl, "ours", g, warmup_s=60.0)
-    wall = time.perf_counter() - t0
-    out = {
-        "gpus": g,
-        "simulated_s": duration,
-        "rate": rate,
-        "requests": len(trace),
-        "attainment": res.attainment,
-        "wall_s": wall,
-        "requests_per_wall_s": len(trace) / wall,
-        "dispatches": res.dispatches,
-    }
-    print(
-        f"{g} GPUs, {duration / 3600:.1f} simulated hour(s), {len(trace)} requests at {rate:.1f} req/s: attainment {res.attainment:.3f}; {wall:.0f} s wall, {len(trace) / wall:.0f} simulated requests per wall second"
-    )
-    return _finish("paper_scale", out, None, {"requests_per_wall_s": round(out["requests_per_wall_s"]), "wall_s": round(wall)})
+def better_bundle(row: dict, key: str) -> dict:
+    """``bundle`` = the better of the static and the reactive deployment (by mean)."""
+    variant = max(("bundle-static", "bundle-auto"), key=lambda s: row[s][key])
+    return {**row[variant], "variant": variant}
 
 
-def _finish(name, out, plot, summary) -> dict:
-    report(name, {**summary, "detail": out}, plot)
-    write_summary()
+def ratio(a, b):
+    return a / b if b else math.inf
+
+
+def bundle_config(name: str, gpus: int, rate: float) -> dict:
+    wl = workload(name)
+    arrivals = trace(name, max(rate, 0.05), min(120.0, 300.0), 1)
+    return {s: run_trace(arrivals, wl, s, gpus).config for s in ("bundle-static", "bundle-auto")}
+
+
+def cmd_rate(run: Runner, names) -> dict:
+    out = {}
+    for name in names:
+        gpus_list = run.args.gpus if name == "paper" else [16]
+        out[name] = {}
+        for g in gpus_list:
+            row = {s: run.max_rate(name, s, g) for s in HEADLINE}
+            row["bundle"] = better_bundle(row, "max_rate")
+            row["fluid"] = fluid(name, g, run.args.duration)
+            row["bundle_config"] = bundle_config(name, g, row["bundle"]["max_rate"])
+            out[name][str(g)] = row
+            print(
+                f"[{name}] {g} GPUs: max rate at >= 90%: ours {row['ours']['max_rate']:.2f}, bundle {row['bundle']['max_rate']:.2f} ({row['bundle']['variant']}), "
+                f"fcfs {row['fcfs']['max_rate']:.2f}, pooled {row['pooled']['max_rate']:.2f}, fluid {row['fluid']:.2f} req/s",
+                flush=True,
+            )
     return out
+
+
+def cmd_burst(run: Runner, names, rate_results) -> dict:
+    out = {}
+    g = 16
+    for name in names:
+        ref, why = reference_rate(run, name, rate_results)
+        base = 0.5 * ref
+        row = {s: run.max_burst(name, s, g, base) for s in HEADLINE}
+        row["bundle"] = better_bundle(row, "max_multiplier")
+        out[name] = {"gpus": g, "base_rate": base, "base_is_half_of": why, "burst_s": BURST_S, **row}
+        print(
+            f"[{name}] burst at {g} GPUs from {base:.2f} req/s: "
+            + ", ".join(f"{s} x{row[s]['max_multiplier']:.1f}" for s in ("ours", "bundle", "fcfs", "pooled")),
+            flush=True,
+        )
+    return out
+
+
+def cmd_gpus(run: Runner, names, rate_results) -> dict:
+    out = {}
+    for name in names:
+        target, why = reference_rate(run, name, rate_results)
+        row = {s: run.min_gpus(name, s, target) for s in ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")}
+        static, auto = row["bundle-static"]["gpus"], row["bundle-auto"]["gpus"]
+        row["bundle"] = row["bundle-static"] if auto is None or (static is not None and static <= auto) else row["bundle-auto"]
+        row["fluid"] = math.ceil(target / fluid(name, 1, run.args.duration))
+        out[name] = {"target_rate": target, "target_is": why, **row}
+        print(
+            f"[{name}] GPUs to sustain {target:.2f} req/s: "
+            + ", ".join(f"{s} {row[s]['gpus']}" for s in ("ours", "bundle", "fcfs", "pooled"))
+            + f", fluid {row['fluid']}",
+            flush=True,
+        )
+    return out
+
+
+def cmd_ablations(run: Runner, names, rate_results) -> dict:
+    out = {}
+    g = 16
+    for name in names:
+        known = rate_results.get(name, {}).get(str(g), {})
+        row = {s: known[s] if s in known else run.max_rate(name, s, g) for s in ABLATIONS}
+        out[name] = {"gpus": g, **row}
+        print(f"[{name}] ablations at {g} GPUs: " + ", ".join(f"{s} {row[s]['max_rate']:.2f}" for s in ABLATIONS), flush=True)
+    return out
+
+
+def fmt(mean, half=None, digits=2) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" if not half else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
 def write_summary() -> None:
@@ -226,98 +255,193 @@ def write_summary() -> None:
 
     def load(name):
         p = RESULTS / f"{name}.json"
-        return json.loads(p.read_text())["detail"] if p.exists() else None
+        return json.loads(p.read_text()) if p.exists() else None
 
     lines = [
         "# The paper's experiments in simulation",
         "",
-        "Generated by `python benchmarks/paper.py`. Reference H100 profiles: `legodiffusion/sim/data/h100.json` (each number names its source; none is our own GPU measurement yet). Workload: 12 workflows over SD3-medium / SD3.5-large(-turbo) / FLUX.1-dev/schnell, 4-50 steps, 0-2 ControlNets, 0-1 LoRAs, skewed popularity, 1024 px; SLO = 2x solo latency; attainment counts rejections and unfinished requests as misses.",
+        "Generated by `python benchmarks/paper.py all`. Reference H100 cost model: `legodiffusion/sim/data/h100.json` (each number names its source; none is our own GPU measurement yet): batch-1 latencies at 1024², batch curves, token-proportional resolution scaling, activation memory, real tensor sizes (latents, text embeddings, ControlNet residual sets), disk -> host -> device loads with a 2 TB host cache per 8-GPU node, NVLink and network links, and the measured per-dispatch overhead. SLO = 2x a request's solo latency. Rejected requests and requests unfinished at the end of the run count as misses; the first 30 s are warm-up (cold loads) and not scored.",
+        "",
+        "Each max rate is found on the mean attainment over trace seeds by bisection, then confirmed by the points above it (attainment need not fall monotonically). `± x` is the 95% interval over seeds of each seed's own largest passing rate. References: **fluid** = GPUs / mean profiled GPU-seconds per request; **pooled** = any GPU runs any whole request, no memory limit, no loads (FCFS M/G/c). **bundle** = the better of `bundle-static` and `bundle-auto` at each point (its variant and configuration are listed).",
         "",
     ]
     rate = load("paper_rate")
     if rate:
+        d = rate["detail"]
+        lines += [f"## Max sustainable rate at >= 90% SLO attainment (paper: {PAPER['rate']})", ""]
         lines += [
-            "## Max sustainable rate at >= 90% SLO attainment (paper: up to 3x)",
-            "",
-            "| GPUs | ours | bundle | fcfs | ours / bundle |",
-            "|---|---|---|---|---|",
+            "| workload | GPUs | fluid | pooled | ours | bundle | fcfs | ours / bundle | ours / fluid | bundle / fluid | ours / pooled |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for g, r in rate["by_gpus"].items():
-            lines.append(
-                f"| {g} | {r['ours']['max_rate']:.2f} | {r['bundle']['max_rate']:.2f} | {r['fcfs']['max_rate']:.2f} | **{r['ratio_ours_over_bundle']:.2f}x** |"
-            )
-        lines += [
-            "",
-            "Bundle configuration: " + "; ".join(f"{g} GPUs: {r['bundle_config']}" for g, r in rate["by_gpus"].items()),
-            "",
-            "Command: `python benchmarks/paper.py rate`",
-            "",
-        ]
+        for name, by_g in d.items():
+            for g, r in by_g.items():
+                o, b, f, p = r["ours"], r["bundle"], r["fcfs"], r["pooled"]
+                lines.append(
+                    f"| {name} | {g} | {r['fluid']:.2f} | {fmt(p['max_rate'], p['per_seed_ci95'])} | {fmt(o['max_rate'], o['per_seed_ci95'])} | "
+                    f"{fmt(b['max_rate'], b['per_seed_ci95'])} ({b['variant'].split('-')[1]}) | {fmt(f['max_rate'], f['per_seed_ci95'])} | "
+                    f"**{ratio(o['max_rate'], b['max_rate']):.2f}x** | {ratio(o['max_rate'], r['fluid']):.2f} | {ratio(b['max_rate'], r['fluid']):.2f} | {ratio(o['max_rate'], p['max_rate']):.2f} |"
+                )
+        lines += ["", "Bundle configurations (at its max rate):", ""]
+        for name, by_g in d.items():
+            for g, r in by_g.items():
+                for text in r["bundle_config"].values():
+                    lines.append(f"- {name}, {g} GPUs, {text}")
+        lines += ["", _stamp_line(rate), ""]
     burst = load("paper_burst")
     if burst:
+        d = burst["detail"]
+        lines += [f"## Burst tolerance (paper: {PAPER['burst']})", ""]
         lines += [
-            "## Burst tolerance (paper: up to 8x)",
+            "16 GPUs from a base rate of half what bundle sustains without a burst (where it sustains none: half of a quarter of the fluid bound); a 30 s burst a third of the way in (on `drifting`, its one-workflow bursts take the multiple). Largest multiplier kept at >= 90% (0: not even the base rate):",
             "",
-            f"{burst['gpus']} GPUs, base rate {burst['base_rate']:.2f} req/s (half of what bundle sustains on the same bursty trace without a burst), a 30 s burst a third of the way in: largest multiplier kept at >= 90%:",
-            "",
+            "| workload | base req/s | pooled | ours | bundle | fcfs | ours / bundle |",
+            "|---|---|---|---|---|---|---|",
         ]
-        lines += ["| system | multiplier |", "|---|---|"] + [f"| {s} | {v['max_multiplier']:.1f} |" for s, v in burst["systems"].items()]
-        lines += ["", f"ours / bundle: **{burst['ratio_ours_over_bundle']:.2f}x**. Command: `python benchmarks/paper.py burst`", ""]
+        for name, r in d.items():
+            lines.append(
+                f"| {name} | {r['base_rate']:.2f} | {fmt(r['pooled']['max_multiplier'], r['pooled']['per_seed_ci95'], 1)} | {fmt(r['ours']['max_multiplier'], r['ours']['per_seed_ci95'], 1)} | "
+                f"{fmt(r['bundle']['max_multiplier'], r['bundle']['per_seed_ci95'], 1)} ({r['bundle']['variant'].split('-')[1]}) | {fmt(r['fcfs']['max_multiplier'], r['fcfs']['per_seed_ci95'], 1)} | "
+                f"**{ratio(r['ours']['max_multiplier'], r['bundle']['max_multiplier']):.2f}x** |"
+            )
+        lines += ["", _stamp_line(burst), ""]
     gpus = load("paper_gpus")
     if gpus:
+        d = gpus["detail"]
         lines += [
-            "## GPUs needed (paper: up to 3x fewer)",
+            f"## GPUs needed (paper: {PAPER['gpus']})",
             "",
-            f"To sustain {gpus['target_rate']:.2f} req/s at >= 90%:",
+            "To sustain what bundle sustains on 16 GPUs (where it sustains none: a quarter of the 16-GPU fluid bound), at >= 90% (mean over seeds; `None`: not with 64):",
             "",
-            "| system | GPUs |",
-            "|---|---|",
-        ] + [f"| {s} | {v['gpus']} |" for s, v in gpus["systems"].items()]
-        lines += ["", f"bundle / ours: **{gpus['ratio_bundle_over_ours']:.2f}x**. Command: `python benchmarks/paper.py gpus`", ""]
+        ]
+        lines += ["| workload | req/s | fluid | pooled | ours | bundle | fcfs | bundle / ours |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in d.items():
+            o, b = r["ours"]["gpus"], r["bundle"]["gpus"]
+            lines.append(
+                f"| {name} | {r['target_rate']:.2f} | {r['fluid']} | {r['pooled']['gpus']} | {o} | {b} | {r['fcfs']['gpus']} | **{ratio(b, o):.2f}x** |"
+                if o and b
+                else f"| {name} | {r['target_rate']:.2f} | {r['fluid']} | {r['pooled']['gpus']} | {o} | {b} | {r['fcfs']['gpus']} | - |"
+            )
+        lines += ["", _stamp_line(gpus), ""]
     abl = load("paper_ablations")
     if abl:
-        lines += [f"## Ablations ({abl['gpus']} GPUs, max sustainable rate)", "", "| variant | req/s | vs ours |", "|---|---|---|"] + [
-            f"| {s} | {v['max_rate']:.2f} | {v['relative']:.2f} |" for s, v in abl["systems"].items()
-        ]
+        d = abl["detail"]
+        names = list(d)
+        lines += ["## Ablations (16 GPUs, max sustainable rate in req/s; each removes one mechanism)", ""]
+        lines += ["| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for s in ABLATIONS:
+            cells = []
+            for name in names:
+                r = d[name][s]
+                rel = ratio(r["max_rate"], d[name]["ours"]["max_rate"])
+                cells.append(f"{fmt(r['max_rate'], r['per_seed_ci95'])} ({rel:.2f})")
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            "0.00: the variant never reaches 90% even at the lowest rate searched (0.01 req/s per GPU).",
+            "In parentheses: relative to ours. `fcfs`: arrival order, no admission; `no-admission`: ours without SLO admission; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
             "",
-            "Command: `python benchmarks/paper.py ablations`",
-            "",
-        ]
-    scale = load("paper_scale")
-    if scale:
-        lines += [
-            "## Scale",
-            "",
-            f"{scale['gpus']} GPUs, {scale['simulated_s'] / 3600:.1f} simulated hour(s), {scale['requests']} requests at {scale['rate']:.1f} req/s: attainment {scale['attainment']:.3f}, {scale['wall_s']:.0f} s wall, **{scale['requests_per_wall_s']:.0f} simulated requests per wall-clock second**. Command: `python benchmarks/paper.py scale`",
+            _stamp_line(abl),
             "",
         ]
+    lines += ["## Workloads", ""] + [f"- **{k}**: {v}" for k, v in DESCRIBE.items()] + [""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "paper.md").write_text("\n".join(lines) + "\n")
 
 
+def _stamp_line(result: dict) -> str:
+    s = result.get("stamp", {})
+    return f"Commit `{s.get('commit', '?')[:12]}`, inputs `{s.get('inputs_sha256', '?')}`, {result.get('seeds', '?')} seeds, {result.get('duration_s', '?'):g} s traces; `{s.get('command', '')}` took {s.get('wall_s', 0):.0f} s."
+
+
+def _plot_rate(detail):
+    def plot(path):
+        import matplotlib.pyplot as plt
+
+        panels = [(name, g, r) for name, by_g in detail.items() for g, r in by_g.items()]
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
+        for ax, (name, g, r) in zip(axes[0], panels):
+            for s in ("ours", "bundle-static", "bundle-auto", "fcfs", "pooled"):
+                c = r[s]["curve"]
+                ax.errorbar([p[0] for p in c], [p[1] for p in c], yerr=[p[2] for p in c], marker="o", ms=3, label=s, capsize=2)
+            ax.axvline(r["fluid"], ls=":", color="black", label="fluid bound")
+            ax.axhline(TARGET, ls="--", color="grey")
+            ax.set_title(f"{name}, {g} GPUs", fontsize=9)
+            ax.set_xlabel("requests / s")
+            ax.set_ylim(0, 1.02)
+        axes[0][0].set_ylabel("SLO attainment")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+
+    return plot
+
+
+def _plot_bars(detail, key, label):
+    def plot(path):
+        import matplotlib.pyplot as plt
+
+        names = list(detail)
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            r = detail[name]
+            systems = [s for s in ("ours", "bundle", "fcfs", "pooled") if s in r]
+            vals = [r[s][key] or 0 for s in systems]
+            errs = [r[s].get("per_seed_ci95", 0) for s in systems]
+            ax.bar(systems, vals, yerr=errs, capsize=3)
+            ax.set_title(name, fontsize=9)
+            ax.set_ylabel(label)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+
+    return plot
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", choices=["rate", "burst", "gpus", "ablations", "scale", "all"])
-    ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32])
-    ap.add_argument("--duration", type=float, default=600.0, help="simulated seconds per trace")
-    ap.add_argument("--target-rate", type=float, default=None)
-    ap.add_argument("--hours", type=float, default=1.0)
-    ap.add_argument("--rate", type=float, default=None, help="scale: arrival rate (default 0.15 req/s per GPU)")
+    ap.add_argument("experiment", choices=["rate", "burst", "gpus", "ablations", "all"])
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32], help="rate on the paper workload (others: 16)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=300.0, help="simulated seconds per trace")
+    ap.add_argument("--iterations", type=int, default=5, help="bisection steps per search")
+    ap.add_argument("--jobs", type=int, default=2, help="processes running seeds side by side")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 120 s traces, 3 bisection steps")
     args = ap.parse_args()
-    commands = {"rate": cmd_rate, "burst": cmd_burst, "gpus": cmd_gpus, "ablations": cmd_ablations, "scale": cmd_scale}
-    if args.experiment == "all":
-        for name in ("rate", "burst", "gpus", "ablations"):
-            sub = argparse.Namespace(**vars(args))
-            if name in ("burst", "ablations"):
-                sub.gpus = [16]
-            commands[name](sub)
-        return
-    if args.experiment in ("burst", "ablations") and args.gpus == [8, 16, 32]:
-        args.gpus = [16]
-    commands[args.experiment](args)
+    if args.quick:
+        args.seeds, args.duration, args.iterations = 2, 120.0, 3
+    started = time.time()
+    run = Runner(args)
+    todo = ["rate", "burst", "gpus", "ablations"] if args.experiment == "all" else [args.experiment]
+    prior = RESULTS / "paper_rate.json"
+    rate_results = json.loads(prior.read_text())["detail"] if prior.exists() and "rate" not in todo else {}
+    for exp in todo:
+        t0 = time.time()
+        if exp == "rate":
+            detail = rate_results = cmd_rate(run, args.workloads)
+            summary = {
+                f"{n}/{g}": round(ratio(r["ours"]["max_rate"], r["bundle"]["max_rate"]), 2)
+                for n, by in detail.items()
+                for g, r in by.items()
+            }
+            plot = _plot_rate(detail)
+        elif exp == "burst":
+            detail = cmd_burst(run, args.workloads, rate_results)
+            summary = {n: round(ratio(r["ours"]["max_multiplier"], r["bundle"]["max_multiplier"]), 2) for n, r in detail.items()}
+            plot = _plot_bars(detail, "max_multiplier", "burst multiplier at >= 90%")
+        elif exp == "gpus":
+            detail = cmd_gpus(run, args.workloads, rate_results)
+            summary = {n: r["ours"]["gpus"] for n, r in detail.items()}
+            plot = None
+        else:
+            detail = cmd_ablations(run, args.workloads, rate_results)
+            summary = {n: {s: round(r[s]["max_rate"], 2) for s in ABLATIONS} for n, r in detail.items()}
+            plot = None
+        report(
+            f"paper_{exp}",
+            {"summary": summary, "seeds": args.seeds, "duration_s": args.duration, "stamp": stamp(DATA_FILES, t0), "detail": detail},
+            None if plot is None else plot,
+        )
+        write_summary()
+    print(f"paper.py {args.experiment}: {time.time() - started:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

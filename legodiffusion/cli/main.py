@@ -119,36 +119,45 @@ def profile(
 def sim(
     system: str = typer.Option(
         "ours",
-        help="ours, bundle, fcfs, or an ablation (no-sharing, no-per-model-scaling, no-adaptive-parallelism, no-cross-request-batching, no-admission)",
+        help="ours, fcfs, bundle-static (or bundle), bundle-auto, pooled (the whole-request ideal), or an ablation: no-sharing, static-partitions, no-adaptive-parallelism, no-cross-request-batching, no-admission",
     ),
-    gpus: int = typer.Option(16, min=1, help="simulated reference GPUs (H100)"),
-    trace: str = typer.Option("poisson", help="poisson, bursty, gamma or csv"),
+    gpus: int = typer.Option(16, min=1, help="simulated reference GPUs (H100), 8 per node"),
+    workload: str = typer.Option(
+        "paper", help="paper (12 workflows), many (40 over 4 base models); drifting and csv use the paper workflows"
+    ),
+    trace: str = typer.Option("poisson", help="poisson, bursty, gamma, drifting or csv"),
     rate: float = typer.Option(2.0, min=0.0, help="requests per second (base rate for bursty)"),
     duration: float = typer.Option(300.0, min=1.0, help="simulated seconds"),
-    multiplier: float = typer.Option(4.0, help="bursty: rate multiplier during the 30 s burst"),
+    multiplier: float = typer.Option(4.0, help="bursty: rate multiplier during the 30 s burst; drifting: during its one-workflow bursts"),
     cv: float = typer.Option(2.0, help="gamma: coefficient of variation of inter-arrival times"),
     csv: Path | None = typer.Option(None, help="csv: a trace file with timestamp_s,workflow[,inputs...]"),
     slo_scale: float = typer.Option(2.0, help="SLO as a multiple of each workflow's solo latency"),
     seed: int = typer.Option(0, help="trace seed"),
     warmup: float = typer.Option(30.0, help="seconds of cold start not scored"),
 ) -> None:
-    """Simulate the 12-workflow paper workload on reference H100s with the serving coordinator."""
+    """Simulate a workload on reference H100s with the serving coordinator and policies."""
     from legodiffusion.cli.sim import run_sim
 
-    raise typer.Exit(run_sim(system, gpus, trace, rate, duration, multiplier, cv, csv, slo_scale, seed, warmup))
+    raise typer.Exit(run_sim(system, gpus, trace, rate, duration, multiplier, cv, csv, slo_scale, seed, warmup, workload))
 
 
 @app.command()
 def fidelity(
-    requests: int = typer.Option(300, min=10, help="requests in the trace (p95 needs many)"),
-    rate: float = typer.Option(3.0, help="requests per second"),
-    seed: int = typer.Option(0, help="trace seed"),
+    requests: int = typer.Option(300, min=30, help="requests in the evaluated trace (p95 needs many)"),
+    rate: float = typer.Option(6.0, help="requests per second of the evaluated trace"),
+    seed: int = typer.Option(0, help="seed of the evaluated trace"),
+    calibration_requests: int = typer.Option(150, min=30, help="requests in the calibration trace"),
+    calibration_rate: float | None = typer.Option(None, help="requests per second of the calibration trace (default: 90% of --rate)"),
+    calibration_seed: int | None = typer.Option(None, help="seed of the calibration trace (default: --seed + 1000)"),
     models: Path | None = typer.Option(None, help="tiny model folder (built if missing)"),
 ) -> None:
-    """Serve one small trace live and in the simulator; print p50/p95 per workflow side by side."""
+    """Calibrate the simulator on one live run (2 workers, 3 workflows), then predict another trace
+    served live; print p50/p95 per workflow, live vs simulated."""
     from legodiffusion.cli.sim import run_fidelity
 
-    raise typer.Exit(run_fidelity(requests, rate, seed, models or config.home() / "models"))
+    raise typer.Exit(
+        run_fidelity(requests, rate, seed, models or config.home() / "models", calibration_requests, calibration_rate, calibration_seed)
+    )
 
 
 @app.command()

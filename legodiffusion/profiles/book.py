@@ -117,9 +117,12 @@ class ProfileCost(DefaultCost):
 
     def activation_bytes(self, op, mode, model, batch, px) -> int:
         """Peak activation memory of a call beside the weights (0 where not profiled)."""
-        prof = self.profiles.get(model) if model is not None else None
-        found = prof.peak_bytes(op, mode, batch, px) if prof is not None else None
-        return found or 0
+        key = ("peak", op, mode, model, batch, px)
+        hit = self._memo.get(key)
+        if hit is None:
+            prof = self.profiles.get(model) if model is not None else None
+            hit = self._memo[key] = (prof.peak_bytes(op, mode, batch, px) if prof is not None else None) or 0
+        return hit
 
     def _component(self, model, component) -> ComponentProfile | None:
         prof = self.profiles.get(model)

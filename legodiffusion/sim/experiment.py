@@ -38,7 +38,11 @@ TARGET = 0.9
 REBALANCE_S = 30.0
 
 
-def make_system(system: str, workload: Workload, gpus: int) -> SchedulingPolicy:
+def make_system(system: str, workload: Workload, gpus: int, mix: dict[str, float] | None = None) -> SchedulingPolicy:
+    """The named system; static allocations follow ``mix`` (a trace's own workflow shares:
+    a static deployment is configured for the traffic it will see), else the workload's."""
+    mix = mix or workload.mix
+    demand = {k: share * workload.solo_s[k] for k, share in mix.items()}
     capacity = getattr(workload.cost, "memory_bytes", None)
     replica = replica_bytes(workload)
     if system == "ours":
@@ -48,18 +52,18 @@ def make_system(system: str, workload: Workload, gpus: int) -> SchedulingPolicy:
     if system in ("bundle", "bundle-static", "bundle-auto"):  # "bundle" alone: the static deployment
         return BundlePolicy(
             name="bundle-static" if system == "bundle" else system,
-            demand=workload.demand(),
+            demand=demand,
             n_workers=gpus,
             rebalance_s=REBALANCE_S if system == "bundle-auto" else None,
             memory=replica,
             capacity=capacity,
         )
     if system == "no-sharing":  # private model copies per workflow, on a demand-proportional split
-        parts = allocate(workload.demand(), gpus, replica, capacity)
+        parts = allocate(demand, gpus, replica, capacity)
         return MicroServingPolicy(system, share=False, partition=parts)
     if system == "static-partitions":  # shared models, each on a fixed demand-proportional split
-        demand, memory = model_demand(workload)
-        return MicroServingPolicy(system, partition=allocate(demand, gpus, memory, capacity))
+        per_model, memory = model_demand(workload, mix)
+        return MicroServingPolicy(system, partition=allocate(per_model, gpus, memory, capacity))
     if system == "no-adaptive-parallelism":
         return MicroServingPolicy(system, adaptive=False)
     if system == "no-cross-request-batching":
@@ -81,12 +85,12 @@ def replica_bytes(workload: Workload) -> dict[str, int]:
     return out
 
 
-def model_demand(workload: Workload) -> tuple[dict[str, float], dict[str, int]]:
+def model_demand(workload: Workload, mix: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, int]]:
     """Expected work per model (popularity x profiled seconds of its calls) and its weight bytes."""
     demand: dict[str, float] = {}
     memory: dict[str, int] = {}
     pairs: set[tuple[str, str]] = set()
-    for name, share in workload.mix.items():
+    for name, share in (mix or workload.mix).items():
         px = workload.pixels(name)
         for n in workload.template(name).nodes:
             if n.model is not None and n.component is not None:
@@ -116,20 +120,40 @@ class SimResult:
         return {wf: (percentile(lat, 50), percentile(lat, 95)) for wf, lat in self.latency_by_workflow.items()}
 
 
+def trace_mix(arrivals: list[Arrival]) -> dict[str, float]:
+    """Each workflow's share of a trace's requests."""
+    counts: dict[str, int] = {}
+    for a in arrivals:
+        counts[a.workflow] = counts.get(a.workflow, 0) + 1
+    return {k: n / len(arrivals) for k, n in counts.items()}
+
+
 def drain_window(workload: Workload) -> float:
     return 3 * workload.slo_scale * max(workload.solo_s.values())
 
 
 def run_trace(
-    arrivals: list[Arrival], workload: Workload, system: str, gpus: int, drain_s: float | None = None, warmup_s: float = 0.0, progress=None
+    arrivals: list[Arrival],
+    workload: Workload,
+    system: str,
+    gpus: int,
+    drain_s: float | None = None,
+    warmup_s: float = 0.0,
+    progress=None,
+    stop_below: float | None = None,
 ) -> SimResult:
-    """Simulate ``arrivals`` on ``gpus`` reference GPUs under ``system`` (see the module's scoring)."""
+    """Simulate ``arrivals`` on ``gpus`` reference GPUs under ``system`` (see the module's scoring).
+
+    With ``stop_below``, the run stops as soon as the scored requests already missed make that
+    attainment unreachable (overloaded runs are the slow ones, and a search only needs to know
+    they fail); the attainment it then reports is an upper bound, below ``stop_below``."""
     if system == "pooled":
         return pooled(arrivals, workload, gpus, drain_s, warmup_s)
-    policy = make_system(system, workload, gpus)
+    mix = trace_mix(arrivals) or workload.mix
+    policy = make_system(system, workload, gpus, mix)
     coord = Coordinator(gpus, policy, cost=workload.cost)
     sim = Simulator(coord, workload.cost, budget_bytes=getattr(workload.cost, "memory_bytes", None))
-    deploy(sim, policy, workload)
+    deploy(sim, policy, workload, mix)
     ids = itertools.count(1)
     reqs = {}
     for a in arrivals:
@@ -138,7 +162,23 @@ def run_trace(
         sim.submit_at(a.t, req)
     end = (arrivals[-1].t if arrivals else 0.0) + (drain_s if drain_s is not None else drain_window(workload))
     t0 = time.perf_counter()
-    if progress is None:
+    if stop_below is not None:
+        scored = sum(1 for r in reqs.values() if r.arrival_s >= warmup_s)
+        allowed = (1.0 - stop_below) * scored
+        missed = [0]
+
+        def count(o, now):
+            req = reqs[o.request_id]
+            if req.arrival_s >= warmup_s and (o.status != "succeeded" or now > req.deadline_s + 1e-9):
+                missed[0] += 1
+                if missed[0] > allowed:
+                    end_now[0] = True
+
+        end_now = [False]
+        sim.on_finish = count
+        while sim._events and sim._events[0][0] <= end and not end_now[0]:
+            sim.run(until_s=end, max_events=2000)
+    elif progress is None:
         sim.run(until_s=end)
     else:
         while sim._events and sim._events[0][0] <= end:
@@ -147,7 +187,10 @@ def run_trace(
     wall = time.perf_counter() - t0
     outcomes = {rid: (o.status, sim.finish_s.get(rid)) for rid, o in sim.outcomes.items()}
     config = policy.describe() if isinstance(policy, BundlePolicy) else ""
-    return _score(system, gpus, reqs, outcomes, warmup_s, wall, sim.now, sim.dispatches, config)
+    result = _score(system, gpus, reqs, outcomes, warmup_s, wall, sim.now, sim.dispatches, config)
+    if stop_below is not None and end_now[0]:  # stopped early: at most everything else met
+        result.attainment = 1.0 - missed[0] / max(1, result.requests)
+    return result
 
 
 def components(workload: Workload, workflow: str) -> list[tuple[str, str]]:
@@ -156,12 +199,11 @@ def components(workload: Workload, workflow: str) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda mc: (-workload.cost.weight_bytes(*mc), mc))
 
 
-def deploy(sim: Simulator, policy: SchedulingPolicy, workload: Workload) -> None:
+def deploy(sim: Simulator, policy: SchedulingPolicy, workload: Workload, mix: dict[str, float]) -> None:
     """The state every system starts from, as after a deployment and before traffic: each node's
     host memory holds the models' weights; a monolithic replica holds its pipelines; micro-serving
     starts with the models laid out in proportion to their demand (what its per-model scaling
     aims at). Requests in the warm-up are not scored either way."""
-    mix = workload.mix
     everything = sorted({mc for name in mix for mc in components(workload, name)}, key=lambda mc: -workload.cost.weight_bytes(*mc))
     sim.warm_hosts(everything)
     per_workflow = isinstance(policy, BundlePolicy) or policy.isolate_workflows
@@ -170,9 +212,10 @@ def deploy(sim: Simulator, policy: SchedulingPolicy, workload: Workload) -> None
     elif getattr(policy, "partition", None) is not None:
         bins = policy.partition
     elif per_workflow:
-        bins = allocate(workload.demand(), len(sim.workers), replica_bytes(workload), getattr(workload.cost, "memory_bytes", None))
+        demand = {k: share * workload.solo_s[k] for k, share in mix.items()}
+        bins = allocate(demand, len(sim.workers), replica_bytes(workload), getattr(workload.cost, "memory_bytes", None))
     else:
-        demand, memory = model_demand(workload)
+        demand, memory = model_demand(workload, mix)
         bins = allocate(demand, len(sim.workers), memory, getattr(workload.cost, "memory_bytes", None))
     for gpu, owners in enumerate(bins):
         for owner in sorted(owners, key=lambda k: (-mix.get(k, 0.0), k)):
