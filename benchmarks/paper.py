@@ -2,7 +2,7 @@
 reference H100 cost model (legodiffusion/sim/data/h100.json: every number sourced) over four
 workloads, several trace seeds, and two idealised references beside every figure.
 
-    python benchmarks/paper.py all                 # every experiment on every workload (~1 h on 2 cores)
+    python benchmarks/paper.py all                 # every experiment on every workload (about an hour on 2 cores)
     python benchmarks/paper.py rate  [--workloads paper many] [--gpus 8 16 32]
     python benchmarks/paper.py burst | gpus | ablations
     python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
@@ -401,8 +401,8 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32], help="rate on the paper workload (others: 16)")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--duration", type=float, default=300.0, help="simulated seconds per trace")
-    ap.add_argument("--iterations", type=int, default=5, help="bisection steps per search")
+    ap.add_argument("--duration", type=float, default=240.0, help="simulated seconds per trace")
+    ap.add_argument("--iterations", type=int, default=4, help="bisection steps per search")
     ap.add_argument("--jobs", type=int, default=2, help="processes running seeds side by side")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 120 s traces, 3 bisection steps")
     args = ap.parse_args()
