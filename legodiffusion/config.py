@@ -130,6 +130,23 @@ class EngineConfig:
         if r.min_workers is not None and r.max_workers is not None and r.min_workers > r.max_workers:
             raise ValueError(f"need ray.min_workers <= ray.max_workers, got {r.min_workers} and {r.max_workers}")
 
+    def coordinator(self, n_workers: int, cost=None):
+        """The coordinator these settings describe (policy, batch limits, slots, threshold)."""
+        from legodiffusion.core.coordinator import Coordinator
+        from legodiffusion.core.policy import make_policy
+
+        return Coordinator(
+            n_workers,
+            make_policy(self.policy),
+            cost=cost,
+            latency_batch=self.latency_batch,
+            throughput_batch=self.throughput_batch,
+            default_latency_batch=self.default_latency_batch,
+            default_throughput_batch=self.default_throughput_batch,
+            slots_per_worker=self.slots_per_worker,
+            queue_threshold_s=self.queue_threshold_s,
+        )
+
     def worker_devices(self) -> list[str]:
         if self.device == "cpu":
             return ["cpu"] * self.workers

@@ -17,10 +17,9 @@ from typing import Any
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.core.autoscale import ReplicaAutoscaler
-from legodiffusion.core.coordinator import Coordinator, Request, pixels
+from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.patchset import parse_patches
-from legodiffusion.core.policy import make_policy
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.ops import OperatorRegistry, default_registry
 from legodiffusion.profiles.book import ProfileCost
@@ -85,17 +84,7 @@ class Engine:
         self.workers: list[Worker] = self.backend.workers
         cfg = self.config
         self.cost = ProfileCost(cached_profiles(self.catalog, self.backend.device, cfg.profile_dir))
-        self.coordinator = Coordinator(
-            len(self.workers),
-            make_policy(cfg.policy),
-            cost=self.cost,
-            latency_batch=cfg.latency_batch,
-            throughput_batch=cfg.throughput_batch,
-            default_latency_batch=cfg.default_latency_batch,
-            default_throughput_batch=cfg.default_throughput_batch,
-            slots_per_worker=cfg.slots_per_worker,
-            queue_threshold_s=cfg.queue_threshold_s,
-        )
+        self.coordinator = cfg.coordinator(len(self.workers), self.cost)
         self.workflows: dict[str, Expander] = {}
         self._runs: dict[int, Run] = {}
         self._ids = itertools.count(1)

@@ -32,8 +32,7 @@ from typing import NamedTuple
 import torch
 
 from legodiffusion.config import EngineConfig
-from legodiffusion.core.coordinator import Coordinator, Request, pixels
-from legodiffusion.core.policy import make_policy
+from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.models.tiny import write_tiny_models
 from legodiffusion.ops import default_registry
 from legodiffusion.profiles.book import ModelProfile, OpPoint, ProfileCost
@@ -313,17 +312,7 @@ def simulate(
     engine's) plans with ``plan_cost``, each dispatch takes ``exec_cost`` (plus ``overhead_s``);
     every worker holds every component from the start, as in the live runs."""
     cfg = _engine_config(policy, Path("."))
-    coord = Coordinator(
-        WORKERS,
-        make_policy(policy),
-        cost=plan_cost,
-        latency_batch=cfg.latency_batch,
-        throughput_batch=cfg.throughput_batch,
-        default_latency_batch=cfg.default_latency_batch,
-        default_throughput_batch=cfg.default_throughput_batch,
-        slots_per_worker=cfg.slots_per_worker,
-        queue_threshold_s=cfg.queue_threshold_s,
-    )
+    coord = cfg.coordinator(WORKERS, plan_cost)
     sim = ContendedSimulator(coordinator=coord, cost=exec_cost, overhead_s=overhead_s)
     for w in range(WORKERS):
         for comp in COMPONENTS:
