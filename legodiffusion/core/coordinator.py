@@ -7,7 +7,6 @@ It never reads a clock, sleeps, spawns threads or does I/O. A driver feeds it ev
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
 from legodiffusion.core.policy import BatchKey, ClassInfo, SchedulingPolicy
+from legodiffusion.core.pool import WorkerPool
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
 
@@ -110,18 +110,6 @@ class ReadyQueue:
 
 
 @dataclass
-class WorkerState:
-    id: int
-    slots: int = 2  # model-call dispatches in flight: one running, the rest queued on the worker
-    inflight: int = 0
-    reserved_s: float = 0.0  # estimated work assigned and not yet completed
-    alive: bool = True
-    draining: bool = False  # takes no new work: still starting, or being retired once it holds nothing
-    resident: set = field(default_factory=set)  # (model, component, scope) the worker holds
-    pinned: int = 0  # live requests pinned to this worker (a monolithic replica runs one at a time)
-
-
-@dataclass
 class CoordinatorStats:
     nodes_by_op: Counter = field(default_factory=Counter)
     dispatches_by_op: Counter = field(default_factory=Counter)
@@ -143,6 +131,44 @@ class _Inflight:
     reserved_s: float
 
 
+class CoordinatorView:
+    """What policies see of the coordinator: its ready queues, workers and worker indices, cost
+    model and statistics, and a few queries. The objects are the coordinator's own, not copies
+    (a plan runs on every event); policies read them and never change them."""
+
+    __slots__ = (
+        "_pool",
+        "queues",
+        "classes",
+        "workers",
+        "eligible",
+        "idle",
+        "idle_set",
+        "calm",
+        "holders",
+        "cost",
+        "queue_threshold_s",
+        "stats",
+        "batch_limits",
+        "locality",
+        "work_ahead",
+        "held_head",
+    )
+
+    def __init__(self, coord: Coordinator) -> None:
+        pool = self._pool = coord.pool
+        self.queues, self.classes = coord.queues, coord.classes
+        self.workers, self.eligible, self.idle, self.idle_set = pool.workers, pool.eligible, pool.idle, pool.idle_set
+        self.calm, self.holders = pool.calm, pool.holders
+        self.cost, self.queue_threshold_s, self.stats = coord.cost, coord.queue_threshold_s, coord.stats
+        self.batch_limits, self.locality = coord.batch_limits, coord.locality
+        self.work_ahead, self.held_head = coord.work_ahead, coord.held_head
+
+    @property
+    def free_slots(self) -> int:
+        return self._pool.free_slots
+
+
 class Coordinator:
     def __init__(
         self,
@@ -158,13 +184,8 @@ class Coordinator:
     ) -> None:
         self.policy = policy
         self.cost: CostModel = cost or DefaultCost()
-        self.workers = [WorkerState(i, slots_per_worker) for i in range(n_workers)]
-        self.eligible: set[int] = set(range(n_workers))  # live workers with a free slot
-        self.idle: list[int] = list(range(n_workers))  # live workers with nothing in flight, sorted
-        self.idle_set: set[int] = set(self.idle)
-        self.calm: set[int] = set(self.idle)  # reserved queue within the threshold, or idle
-        self.free_slots = n_workers * slots_per_worker
-        self.holders: dict[tuple, set[int]] = {}  # (model, component, scope) -> workers holding it
+        self.pool = WorkerPool(n_workers, slots_per_worker, queue_threshold_s)
+        self.workers = self.pool.workers
         self.queue_threshold_s = queue_threshold_s
         self.queues: dict[BatchKey, ReadyQueue] = {}
         self.classes: dict[BatchKey, ClassInfo] = {}
@@ -174,7 +195,7 @@ class Coordinator:
         self._latency_batch = dict(latency_batch or {})
         self._throughput_batch = dict(throughput_batch or {})
         self._default_batches = (default_latency_batch, default_throughput_batch)
-        self._node_costs: dict[tuple[int, int | None], list[float]] = {}
+        self._node_costs: dict[tuple[int, int | None], tuple[Template, list[float]]] = {}
         self._seq = 0
         self._next_tensor = 0
         self._next_dispatch = 0
@@ -185,6 +206,7 @@ class Coordinator:
         #: oldest first; ended ones are skipped lazily
         self.held: dict[str, deque[_Live]] = {}
         self._freed: set[int] = set()  # workers whose pinned request ended: start held work there
+        self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
 
@@ -206,8 +228,7 @@ class Coordinator:
 
     def note_resident(self, worker: int, comp: tuple) -> None:
         """Record that ``worker`` holds (or is about to load) ``comp`` = (model, component, scope)."""
-        self.workers[worker].resident.add(comp)
-        self.holders.setdefault(comp, set()).add(worker)
+        self.pool.note_resident(worker, comp)
 
     def work_ahead(self, priority: tuple) -> float:
         """Profiled remaining work of in-flight requests ordered before ``priority``."""
@@ -227,7 +248,7 @@ class Coordinator:
             actions.finished.append(RequestOutcome(req.id, FAILED, error="no live worker can run this request"))
             self.stats.requests[FAILED] += 1
             return actions
-        reason = self.policy.admit(self, live, solo, now)
+        reason = self.policy.admit(self.view, live, solo, now)
         if reason is not None:
             actions.finished.append(RequestOutcome(req.id, REJECTED, error=reason))
             self.stats.requests[REJECTED] += 1
@@ -237,7 +258,7 @@ class Coordinator:
         self.stats.work_by_workflow[req.workflow] += solo
         self.stats.admitted += 1
         self.requests[req.id] = live
-        pin = self.policy.pin(self, live)
+        pin = self.policy.pin(self.view, live)
         if pin is None and self.policy.gated:
             self.held.setdefault(req.workflow, deque()).append(live)
         else:
@@ -258,7 +279,7 @@ class Coordinator:
         for wid in sorted(freed):
             w = self.workers[wid]
             while w.alive and not w.draining and w.pinned == 0:
-                workflow = self.policy.next_held(self, wid)
+                workflow = self.policy.next_held(self.view, wid)
                 if workflow is None:
                     break
                 self._start(self.held[workflow].popleft(), wid)
@@ -274,7 +295,7 @@ class Coordinator:
         """A periodic event for policies that re-plan on a timer (the monolithic baseline's
         re-allocation); every idle replica may then take held work."""
         actions = Actions()
-        if self.policy.on_tick(self, now):
+        if self.policy.on_tick(self.view, now):
             self._freed.update(w.id for w in self.workers if w.pinned == 0)
             self._dispatch(actions)
         return actions
@@ -287,20 +308,9 @@ class Coordinator:
             return actions
         d = record.dispatch
         w = self.workers[d.worker]
-        w.reserved_s = max(0.0, w.reserved_s - record.reserved_s)
-        if (w.reserved_s <= self.queue_threshold_s or w.inflight <= (0 if d.light else 1)) and not w.draining:
-            self.calm.add(w.id)
-        if not d.light:
-            w.inflight -= 1
-            if w.alive and not w.draining:
-                self.free_slots += 1
-                self.eligible.add(w.id)
-                if w.inflight == 0:
-                    bisect.insort(self.idle, w.id)
-                    self.idle_set.add(w.id)
+        self.pool.complete(w.id, record.reserved_s, d.light)
         for key in c.evicted:
-            w.resident.discard(key)
-            self.holders.get(key, set()).discard(w.id)
+            self.pool.evicted(w.id, key)
             self.stats.evictions_by_worker[w.id] += 1
         self.stats.loads_by_worker[w.id] += len(c.loaded)
         self.stats.dispatches_by_op[d.op] += 1
@@ -327,15 +337,8 @@ class Coordinator:
         of a deferred input the lost worker was producing runs again with its producer); one that
         no live worker can serve fails with that reason."""
         actions = Actions()
-        w = self.workers[worker]
-        if not w.alive:
+        if not self.pool.lose(worker):
             return actions
-        w.alive = False
-        self._withdraw(w)
-        for holders in self.holders.values():
-            holders.discard(worker)
-        w.resident.clear()
-        w.inflight, w.reserved_s = 0, 0.0
         redo: dict[int, set[int]] = {}
         for did in [d for d, rec in self.inflight.items() if rec.dispatch.worker == worker]:
             for item in self.inflight.pop(did).dispatch.items:
@@ -430,43 +433,20 @@ class Coordinator:
     def add_worker(self, slots: int | None = None) -> int:
         """A new worker joins (scale-up) and returns its id; it holds nothing and takes no work
         until :meth:`activate_worker` (it may still be starting)."""
-        wid = len(self.workers)
-        self.workers.append(WorkerState(wid, slots or (self.workers[0].slots if self.workers else 2), draining=True))
-        return wid
+        return self.pool.add(slots)
 
     def activate_worker(self, worker: int, now: float) -> Actions:
         """A joined worker is up: it takes work from now on."""
         actions = Actions()
-        w = self.workers[worker]
-        if w.alive and w.draining:
-            w.draining = False
-            self.free_slots += max(0, w.slots - w.inflight)
-            if w.inflight < w.slots:
-                self.eligible.add(worker)
-            if w.inflight == 0:
-                bisect.insort(self.idle, worker)
-                self.idle_set.add(worker)
-                self.calm.add(worker)
+        if self.pool.activate(worker):
             self._freed.add(worker)
             self._dispatch(actions)
         return actions
 
     def drain_worker(self, worker: int) -> None:
         """Send ``worker`` no new model calls (scale-down); :meth:`drained` says when it may go."""
-        w = self.workers[worker]
-        if w.alive:
-            self._withdraw(w)
-
-    def _withdraw(self, w: WorkerState) -> None:
-        """``w`` takes no new work (it is leaving, or lost)."""
-        if not w.draining:
-            w.draining = True
-            self.free_slots -= max(0, w.slots - w.inflight)
-        self.eligible.discard(w.id)
-        self.calm.discard(w.id)
-        self.idle_set.discard(w.id)
-        if w.id in self.idle:
-            self.idle.remove(w.id)
+        if self.workers[worker].alive:
+            self.pool.withdraw(worker)
 
     def drained(self, worker: int) -> bool:
         """Nothing runs on ``worker`` and no live request needs a tensor it holds."""
@@ -487,13 +467,12 @@ class Coordinator:
     def node_costs(self, tmpl: Template, px: int | None) -> list[float]:
         """Profiled solo execution time of each node of ``tmpl`` at ``px`` pixels."""
         key = (id(tmpl), px)
-        costs = self._node_costs.get(key)
-        if costs is None:
+        hit = self._node_costs.get(key)
+        if hit is None or hit[0] is not tmpl:  # the entry holds its template: its id cannot be reused
             if len(self._node_costs) > 1024:
                 self._node_costs.clear()
-            costs = [self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in tmpl.nodes]
-            self._node_costs[key] = costs
-        return costs
+            hit = self._node_costs[key] = (tmpl, [self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in tmpl.nodes])
+        return hit[1]
 
     def _record(self, live: _Live, item: DispatchItem, outputs: dict[str, TensorRef], actions: Actions) -> None:
         tmpl = live.req.template
@@ -615,9 +594,7 @@ class Coordinator:
             if comp not in w.resident:
                 est += self.cost.load_s(tn.model, tn.component)
                 self.note_resident(worker, comp)
-        w.reserved_s += est
-        if w.reserved_s > self.queue_threshold_s and (w.inflight > 0 or not tn.light):
-            self.calm.discard(worker)
+        self.pool.reserve(worker, est, tn.light)
         self.inflight[d.id] = _Inflight(d, est)
         actions.dispatches.append(d)
         self.stats.batch_sizes[(tn.op, len(items))] += 1
@@ -637,9 +614,9 @@ class Coordinator:
 
     def _dispatch_once(self, actions: Actions) -> None:
         self._dispatch_light(actions)
-        if not self.queues or not self.eligible:
+        if not self.queues or not self.pool.eligible:
             return
-        for a in self.policy.plan(self):
+        for a in self.policy.plan(self.view):
             q = self.queues.get(a.key)
             if q is None:
                 continue
@@ -656,14 +633,7 @@ class Coordinator:
             else:
                 info = self.classes[a.key]
             if members:
-                w = self.workers[a.worker]
-                if w.inflight == 0:
-                    self.idle.remove(w.id)
-                    self.idle_set.discard(w.id)
-                w.inflight += 1
-                self.free_slots -= 1
-                if w.inflight >= w.slots:
-                    self.eligible.discard(w.id)
+                self.pool.take_slot(a.worker)
                 tn = members[0][0].req.template.nodes[members[0][1]]
                 self._new_dispatch(a.worker, tn, info.scope, members, actions)
 
