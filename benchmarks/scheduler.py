@@ -1,8 +1,9 @@
-"""Coordinator + policy decision rate: 256 simulated workers, 1,000 in-flight requests of a
-50-step guided workflow (154 nodes each), no models. Closed loop: each finished request is
-replaced at once, so 1,000 stay in flight.
+"""Coordinator + policy decision rate: 256 simulated workers, 100, 1,000 and 10,000 in-flight
+requests of a 50-step guided workflow (154 nodes each), no models, measured in one run. Closed
+loop: each finished request is replaced at once, so the count in flight stays put. The cost per
+decision should not grow with the requests in flight.
 
-    python benchmarks/scheduler.py [--workers 256] [--inflight 1000] [--steps 50] [--dispatches 300000] [--policy default]
+    python benchmarks/scheduler.py [--workers 256] [--inflight 100 1000 10000] [--steps 50] [--dispatches 300000] [--policy default]
 """
 
 from __future__ import annotations
@@ -72,14 +73,23 @@ def measure(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=256)
-    ap.add_argument("--inflight", type=int, default=1000)
+    ap.add_argument("--inflight", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--dispatches", type=int, default=300_000, help="node dispatches to time")
+    ap.add_argument("--dispatches", type=int, default=300_000, help="node dispatches to time at each point")
     ap.add_argument("--policy", default="default")
     args = ap.parse_args()
-    res = measure(args)
+    by_inflight = {}
+    for n in args.inflight:
+        res = measure(argparse.Namespace(**{**vars(args), "inflight": n}))
+        by_inflight[n] = res
+        print(
+            f"{n:>6} in flight: {res['nodes_per_s']:,.0f} node dispatches/s ({res['dispatches_per_s']:,.0f} batches/s, mean batch {res['mean_batch']:.2f}), "
+            f"{1e6 / res['dispatches_per_s']:.1f} us per batch decision; simulated utilisation {res['utilisation']:.0%}",
+            flush=True,
+        )
+    headline = 1000 if 1000 in by_inflight else args.inflight[0]
     prof = cProfile.Profile()
-    small = argparse.Namespace(**{**vars(args), "dispatches": max(20_000, args.dispatches // 10)})
+    small = argparse.Namespace(**{**vars(args), "inflight": headline, "dispatches": max(20_000, args.dispatches // 10)})
     prof.enable()
     measure(small)
     prof.disable()
@@ -89,31 +99,42 @@ def main() -> None:
     top = []
     for (file, line, fn), (_, nc, tt, _, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:12]:
         top.append({"function": f"{Path(file).name}:{line}({fn})", "tottime_share": round(tt / stats.total_tt, 3), "calls": nc})
-    print(
-        f"{res['nodes_per_s']:,.0f} node dispatches/s ({res['dispatches_per_s']:,.0f} batches/s, mean batch {res['mean_batch']:.2f}) "
-        f"with {args.workers} workers and {res['inflight']} requests in flight; simulated utilisation {res['utilisation']:.0%}"
-    )
-    print("where the time goes (tottime share, cProfile):")
+    print(f"where the time goes at {headline} in flight (tottime share, cProfile):")
     for t in top[:8]:
         print(f"  {t['tottime_share']:6.1%}  {t['function']}  ({t['calls']} calls)")
+    res = by_inflight[headline]
     figures = {
         "workers": args.workers,
-        "inflight": res["inflight"],
+        "inflight": headline,
         "steps": args.steps,
         "policy": args.policy,
         "node_dispatches_per_s": round(res["nodes_per_s"]),
         "batch_dispatches_per_s": round(res["dispatches_per_s"]),
         "mean_batch": round(res["mean_batch"], 2),
         "simulated_utilisation": round(res["utilisation"], 3),
+        "by_inflight": {
+            str(n): {
+                "node_dispatches_per_s": round(r["nodes_per_s"]),
+                "us_per_batch_decision": round(1e6 / r["dispatches_per_s"], 1),
+                "mean_batch": round(r["mean_batch"], 2),
+                "simulated_utilisation": round(r["utilisation"], 3),
+            }
+            for n, r in by_inflight.items()
+        },
     }
 
     def plot(path):
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.barh([t["function"][:50] for t in top[:8]][::-1], [t["tottime_share"] for t in top[:8]][::-1])
-        ax.set_xlabel("share of coordinator time")
-        ax.set_title(f"{res['nodes_per_s']:,.0f} node dispatches/s, {args.workers} workers, {res['inflight']} in flight")
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+        ns = list(by_inflight)
+        ax1.plot(ns, [by_inflight[n]["nodes_per_s"] for n in ns], marker="o")
+        ax1.set_xscale("log")
+        ax1.set_xlabel("requests in flight")
+        ax1.set_ylabel("node dispatches / s")
+        ax1.set_ylim(bottom=0)
+        ax2.barh([t["function"][:50] for t in top[:8]][::-1], [t["tottime_share"] for t in top[:8]][::-1])
+        ax2.set_xlabel(f"share of coordinator time ({headline} in flight)")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
 
