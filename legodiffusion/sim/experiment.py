@@ -42,7 +42,7 @@ def make_system(system: str, workload: Workload, gpus: int, mix: dict[str, float
     """The named system; static allocations follow ``mix`` (a trace's own workflow shares:
     a static deployment is configured for the traffic it will see), else the workload's."""
     mix = mix or workload.mix
-    demand = {k: share * workload.solo_s[k] for k, share in mix.items()}
+    demand = workload.demand(mix)
     capacity = getattr(workload.cost, "memory_bytes", None)
     replica = replica_bytes(workload)
     if system == "ours":
@@ -162,34 +162,27 @@ def run_trace(
         sim.submit_at(a.t, req)
     end = (arrivals[-1].t if arrivals else 0.0) + (drain_s if drain_s is not None else drain_window(workload))
     t0 = time.perf_counter()
-    if stop_below is not None:
-        scored = sum(1 for r in reqs.values() if r.arrival_s >= warmup_s)
-        allowed = (1.0 - stop_below) * scored
-        missed = [0]
+    scored = sum(1 for r in reqs.values() if r.arrival_s >= warmup_s)
+    allowed = (1.0 - stop_below) * scored if stop_below is not None else float("inf")
+    missed = 0
 
-        def count(o, now):
-            req = reqs[o.request_id]
-            if req.arrival_s >= warmup_s and (o.status != "succeeded" or now > req.deadline_s + 1e-9):
-                missed[0] += 1
-                if missed[0] > allowed:
-                    end_now[0] = True
+    def count(o, now) -> None:
+        nonlocal missed
+        req = reqs[o.request_id]
+        if req.arrival_s >= warmup_s and (o.status != "succeeded" or now > req.deadline_s + 1e-9):
+            missed += 1
 
-        end_now = [False]
-        sim.on_finish = count
-        while sim._events and sim._events[0][0] <= end and not end_now[0]:
-            sim.run(until_s=end, max_events=2000)
-    elif progress is None:
-        sim.run(until_s=end)
-    else:
-        while sim._events and sim._events[0][0] <= end:
-            sim.run(until_s=end, max_events=20000)
+    sim.on_finish = count
+    while sim._events and sim._events[0][0] <= end and missed <= allowed:
+        sim.run(until_s=end, max_events=2000)
+        if progress is not None:
             progress(min(sim.now, end) / end)
     wall = time.perf_counter() - t0
     outcomes = {rid: (o.status, sim.finish_s.get(rid)) for rid, o in sim.outcomes.items()}
     config = policy.describe() if isinstance(policy, BundlePolicy) else ""
     result = _score(system, gpus, reqs, outcomes, warmup_s, wall, sim.now, sim.dispatches, config)
-    if stop_below is not None and end_now[0]:  # stopped early: at most everything else met
-        result.attainment = 1.0 - missed[0] / max(1, result.requests)
+    if missed > allowed:  # stopped early: at most everything else met
+        result.attainment = 1.0 - missed / max(1, result.requests)
     return result
 
 
@@ -212,8 +205,7 @@ def deploy(sim: Simulator, policy: SchedulingPolicy, workload: Workload, mix: di
     elif getattr(policy, "partition", None) is not None:
         bins = policy.partition
     elif per_workflow:
-        demand = {k: share * workload.solo_s[k] for k, share in mix.items()}
-        bins = allocate(demand, len(sim.workers), replica_bytes(workload), getattr(workload.cost, "memory_bytes", None))
+        bins = allocate(workload.demand(mix), len(sim.workers), replica_bytes(workload), getattr(workload.cost, "memory_bytes", None))
     else:
         demand, memory = model_demand(workload, mix)
         bins = allocate(demand, len(sim.workers), memory, getattr(workload.cost, "memory_bytes", None))

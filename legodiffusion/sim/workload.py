@@ -190,9 +190,10 @@ class Workload:
             out[wf.name] = sum(self.cost.weight_bytes(m, c) for m, c in comps)
         return out
 
-    def demand(self) -> dict[str, float]:
-        """Expected share of the work per workflow: popularity x solo latency."""
-        return {name: share * self.solo_s[name] for name, share in self.mix.items()}
+    def demand(self, mix: dict[str, float] | None = None) -> dict[str, float]:
+        """Expected share of the work per workflow: popularity (``mix``, else the workload's) x
+        solo latency."""
+        return {name: share * self.solo_s[name] for name, share in (mix or self.mix).items()}
 
     def template(self, workflow: str):
         """The node graph of ``workflow`` with its default inputs."""
