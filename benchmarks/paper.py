@@ -4,7 +4,7 @@ workloads, several trace seeds, and two idealised references beside every figure
 
     python benchmarks/paper.py all                 # every experiment on every workload (about an hour on 2 cores)
     python benchmarks/paper.py rate  [--workloads paper many] [--gpus 8 16 32]
-    python benchmarks/paper.py burst | gpus | ablations
+    python benchmarks/paper.py burst | gpus | ablations | overload
     python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
 
 Systems: ``ours`` (the default policy), ``fcfs`` (ours with arrival order and no admission),
@@ -39,7 +39,19 @@ from legodiffusion.stats import mean_ci  # noqa: E402
 
 WORKLOADS = ("paper", "many", "drifting", "csv")
 HEADLINE = ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")
-ABLATIONS = ("ours", "fcfs", "no-admission", "no-adaptive-parallelism", "no-cross-request-batching", "no-sharing", "static-partitions")
+ABLATIONS = (
+    "ours",
+    "fcfs",
+    "least-laxity",
+    "no-admission",
+    "no-prefetch",
+    "no-eviction-cost",
+    "no-batch-sizing",
+    "no-adaptive-parallelism",
+    "no-cross-request-batching",
+    "no-sharing",
+    "static-partitions",
+)
 CSV_TRACE = ROOT / "benchmarks" / "traces" / "replay.csv"
 DATA_FILES = [
     ROOT / "legodiffusion" / "sim" / "data" / "h100.json",
@@ -103,6 +115,14 @@ def attain(job: tuple) -> float:
     return run_trace(arrivals, workload(name), system, int(gpus), warmup_s=warmup(duration), stop_below=TARGET).attainment
 
 
+def admitted_outcome(job: tuple) -> tuple[float, float]:
+    """One full simulation: (share of scored requests admitted, share of admitted that met)."""
+    name, system, gpus, rate, duration, seed = job
+    r = run_trace(trace(name, rate, duration, seed), workload(name), system, int(gpus), warmup_s=warmup(duration))
+    admitted = r.requests - r.rejected
+    return admitted / max(1, r.requests), r.met / max(1, admitted)
+
+
 class Runner:
     def __init__(self, args) -> None:
         self.args = args
@@ -112,6 +132,10 @@ class Runner:
     def seeds_at(self, name, system, gpus, rate, burst=None) -> list[float]:
         jobs = [(name, system, gpus, rate, burst, self.args.duration, s) for s in self.seeds]
         return list(self.pool.map(attain, jobs) if self.pool else map(attain, jobs))
+
+    def admitted_at(self, name, system, gpus, rate) -> list[tuple[float, float]]:
+        jobs = [(name, system, gpus, rate, self.args.duration, s) for s in self.seeds]
+        return list(self.pool.map(admitted_outcome, jobs) if self.pool else map(admitted_outcome, jobs))
 
     def max_rate(self, name, system, gpus) -> dict:
         ev = Evaluator(lambda r: self.seeds_at(name, system, gpus, r))
@@ -248,6 +272,32 @@ def cmd_ablations(run: Runner, names, rate_results) -> dict:
     return out
 
 
+OVERLOAD = (1.0, 1.25, 1.5)
+
+
+def cmd_overload(run: Runner, names) -> dict:
+    """Offered load at and beyond the fluid bound, 16 GPUs: what admission lets in, and whether
+    what it lets in still meets its SLO (without admission everything is let in)."""
+    out = {}
+    g = 16
+    for name in names:
+        bound = fluid(name, g, run.args.duration)
+        out[name] = {"gpus": g, "fluid": bound, "points": {}}
+        for x in OVERLOAD:
+            row = {}
+            for system in ("ours", "no-admission"):
+                seeds = run.admitted_at(name, system, g, x * bound)
+                row[system] = {"admitted": mean_ci([a for a, _ in seeds]), "met_of_admitted": mean_ci([m for _, m in seeds])}
+            out[name]["points"][str(x)] = row
+            o = row["ours"]
+            print(
+                f"[{name}] offered {x:.2f}x fluid: ours admits {o['admitted'][0]:.2f}, {o['met_of_admitted'][0]:.2f} of those meet; "
+                f"without admission {row['no-admission']['met_of_admitted'][0]:.2f} meet",
+                flush=True,
+            )
+    return out
+
+
 def fmt(mean, half=None, digits=2) -> str:
     if mean is None:
         return "-"
@@ -333,6 +383,24 @@ def write_summary() -> None:
                 f"| {name} | {r['target_rate']:.2f} | {r['fluid']} | {cell(r['pooled'])} | {cell(r['ours'])} | {cell(r['bundle'])} | {cell(r['fcfs'])} | {ratio_cell} |"
             )
         lines += ["", _stamp_line(gpus), ""]
+    over = load("paper_overload")
+    if over:
+        d = over["detail"]
+        lines += [
+            "## Overload: does admission keep its promises?",
+            "",
+            "16 GPUs, offered load at and beyond the fluid bound (Poisson, the workload's mix). `admitted`: share of scored requests admitted; `met`: share of the admitted that met their SLO (without admission every request is admitted):",
+            "",
+            "| workload | offered / fluid | ours admitted | ours met | no-admission met |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in d.items():
+            for x, row in r["points"].items():
+                o, n = row["ours"], row["no-admission"]
+                lines.append(
+                    f"| {name} | {float(x):.2f} | {fmt(*o['admitted'])} | {fmt(*o['met_of_admitted'])} | {fmt(*n['met_of_admitted'])} |"
+                )
+        lines += ["", _stamp_line(over), ""]
     abl = load("paper_ablations")
     if abl:
         d = abl["detail"]
@@ -342,7 +410,10 @@ def write_summary() -> None:
         for s in ABLATIONS:
             cells = []
             for name in names:
-                r = d[name][s]
+                r = d[name].get(s)
+                if r is None:  # not in this results file
+                    cells.append("-")
+                    continue
                 rel = ratio(r["max_rate"], d[name]["ours"]["max_rate"])
                 cells.append(f"{fmt(r['max_rate'], r['per_seed_ci95'])} ({rel:.2f})")
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
@@ -408,7 +479,7 @@ def _plot_bars(detail, key, label):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", choices=["rate", "burst", "gpus", "ablations", "all"])
+    ap.add_argument("experiment", choices=["rate", "burst", "gpus", "ablations", "overload", "all"])
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32], help="rate on the paper workload (others: 16)")
     ap.add_argument("--seeds", type=int, default=5)
@@ -421,7 +492,7 @@ def main() -> None:
         args.seeds, args.duration, args.iterations = 2, 120.0, 3
     started = time.time()
     run = Runner(args)
-    todo = ["rate", "burst", "gpus", "ablations"] if args.experiment == "all" else [args.experiment]
+    todo = ["rate", "burst", "gpus", "ablations", "overload"] if args.experiment == "all" else [args.experiment]
     prior = RESULTS / "paper_rate.json"
     rate_results = json.loads(prior.read_text())["detail"] if prior.exists() and "rate" not in todo else {}
     for exp in todo:
@@ -441,6 +512,10 @@ def main() -> None:
         elif exp == "gpus":
             detail = cmd_gpus(run, args.workloads, rate_results)
             summary = {n: r["ours"]["gpus"] for n, r in detail.items()}
+            plot = None
+        elif exp == "overload":
+            detail = cmd_overload(run, args.workloads)
+            summary = {n: {x: round(p["ours"]["met_of_admitted"][0], 3) for x, p in r["points"].items()} for n, r in detail.items()}
             plot = None
         else:
             detail = cmd_ablations(run, args.workloads, rate_results)

@@ -142,7 +142,7 @@ class BundlePolicy(MicroServingPolicy):
         min_window: int = 50,
         blend: float = 0.5,
     ) -> None:
-        super().__init__(name=name, ordering="fcfs", admission=False, adaptive=False)
+        super().__init__(name=name, ordering="fcfs", admission=False, adaptive=False, batch_sizing=False, prefetch=False)
         self.isolate_workflows = True
         self._memory, self._capacity = memory, capacity
         self._weights = dict(demand or {})

@@ -8,6 +8,7 @@ It never reads a clock, sleeps, spawns threads or does I/O. A driver feeds it ev
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
-from legodiffusion.core.policy import BatchKey, ClassInfo, SchedulingPolicy
+from legodiffusion.core.policy import BatchKey, ClassInfo, Prefetch, SchedulingPolicy
 from legodiffusion.core.pool import WorkerPool
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
@@ -53,6 +54,7 @@ class _Live:
         "queued",
         "px",
         "making",
+        "seq",
     )
 
     def __init__(self, req: Request, costs: list[float], px: int | None) -> None:
@@ -73,6 +75,7 @@ class _Live:
         self.px = px
         self.priority: tuple = ()
         self.making: dict[int, int] = {}  # output id -> the worker its producer was sent to
+        self.seq = 0  # admission order
 
     # RequestView for policies
     @property
@@ -123,6 +126,7 @@ class CoordinatorStats:
     evictions_by_worker: Counter = field(default_factory=Counter)
     work_by_workflow: Counter = field(default_factory=Counter)  # profiled solo seconds of admitted requests
     admitted: int = 0
+    prefetches: int = 0  # loads started ahead of demand (dispatches with no items)
 
 
 @dataclass
@@ -151,8 +155,9 @@ class CoordinatorView:
         "stats",
         "batch_limits",
         "locality",
-        "work_ahead",
+        "backlog",
         "held_head",
+        "demand",
     )
 
     def __init__(self, coord: Coordinator) -> None:
@@ -162,7 +167,8 @@ class CoordinatorView:
         self.calm, self.holders = pool.calm, pool.holders
         self.cost, self.queue_threshold_s, self.stats = coord.cost, coord.queue_threshold_s, coord.stats
         self.batch_limits, self.locality = coord.batch_limits, coord.locality
-        self.work_ahead, self.held_head = coord.work_ahead, coord.held_head
+        self.backlog, self.held_head = coord.backlog, coord.held_head
+        self.demand = coord.demand
 
     @property
     def free_slots(self) -> int:
@@ -206,6 +212,11 @@ class Coordinator:
         #: oldest first; ended ones are skipped lazily
         self.held: dict[str, deque[_Live]] = {}
         self._freed: set[int] = set()  # workers whose pinned request ended: start held work there
+        #: recent work per (model, component, scope): (seconds of work per second, as of when),
+        #: decaying with time constant ``demand_window_s``
+        self._demand: dict[tuple, tuple[float, float]] = {}
+        self.demand_window_s = 10.0
+        self._now = 0.0  # the latest event's time
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -228,17 +239,37 @@ class Coordinator:
 
     def note_resident(self, worker: int, comp: tuple) -> None:
         """Record that ``worker`` holds (or is about to load) ``comp`` = (model, component, scope)."""
-        self.pool.note_resident(worker, comp)
+        self.pool.note_resident(worker, comp, self.cost.weight_bytes(comp[0], comp[1]))
 
-    def work_ahead(self, priority: tuple) -> float:
-        """Profiled remaining work of in-flight requests ordered before ``priority``."""
-        return sum(r.remaining_s for r in self.requests.values() if r.priority <= priority)
+    def demand(self) -> dict[tuple, float]:
+        """Recent work per (model, component, scope), in seconds of work per second: what
+        arrived, decayed with time constant ``demand_window_s`` to the latest event's time."""
+        tau = self.demand_window_s
+        return {k: rate * math.exp(-(self._now - t) / tau) for k, (rate, t) in self._demand.items()}
+
+    def _observe(self, live: _Live, now: float) -> None:
+        tau = self.demand_window_s
+        work: dict[tuple, float] = {}
+        scope = live.req.workflow if self.policy.isolate_workflows else None
+        for node, cost in zip(live.req.template.nodes, live.costs):
+            if node.component is not None:
+                k = (node.model, node.component, scope)
+                work[k] = work.get(k, 0.0) + cost
+        for k, w in work.items():
+            rate, t = self._demand.get(k, (0.0, now))
+            self._demand[k] = (rate * math.exp(-(now - t) / tau) + w / tau, now)
+
+    def backlog(self) -> list[tuple[tuple, float, float | None]]:
+        """(priority, profiled remaining work, deadline) of every in-flight request, in priority
+        order."""
+        return sorted((r.priority, r.remaining_s, r.req.deadline_s) for r in self.requests.values())
 
     # -- events ----------------------------------------------------------------------------
 
     def submit(self, req: Request, now: float) -> Actions:
         if req.id in self.requests:
             raise ValueError(f"request {req.id} is already running")
+        self._now = max(self._now, now)
         actions = Actions()
         px = pixels(req.inputs)
         costs = self.node_costs(req.template, px)
@@ -254,9 +285,11 @@ class Coordinator:
             self.stats.requests[REJECTED] += 1
             return actions
         self._seq += 1
+        live.seq = self._seq
         live.priority = self.policy.priority(live, self._seq, solo)
         self.stats.work_by_workflow[req.workflow] += solo
         self.stats.admitted += 1
+        self._observe(live, now)
         self.requests[req.id] = live
         pin = self.policy.pin(self.view, live)
         if pin is None and self.policy.gated:
@@ -301,6 +334,7 @@ class Coordinator:
         return actions
 
     def on_complete(self, c: Completion, now: float) -> Actions:
+        self._now = max(self._now, now)
         actions = Actions()
         record = self.inflight.pop(c.dispatch_id, None)
         if record is None:  # from a worker declared lost: its work is being redone elsewhere
@@ -396,6 +430,7 @@ class Coordinator:
                 live.finished.discard(node)
                 live.done -= 1
                 live.remaining_s += live.costs[node]
+                live.priority = self.policy.priority(live, live.seq, live.remaining_s)
                 for inp in tmpl.nodes[node].inputs:  # it will read its present inputs again
                     if inp.kind == FROM_NODE and (inp.node, inp.name) in live.refs:
                         live.uses[(inp.node, inp.name)] += 1
@@ -496,8 +531,8 @@ class Coordinator:
                         actions.frees.append(ref)
         live.done += 1
         live.finished.add(node)
-        cost = live.costs[node]
-        live.remaining_s -= cost
+        live.remaining_s -= live.costs[node]
+        live.priority = self.policy.priority(live, live.seq, live.remaining_s)  # laxity grows as work is done
         actions.progressed.append(live.req.id)
         if live.done == len(tmpl.nodes):
             outs = {name: live.refs[k] for name, k in tmpl.outputs.items()}
@@ -617,6 +652,9 @@ class Coordinator:
         if not self.queues or not self.pool.eligible:
             return
         for a in self.policy.plan(self.view):
+            if isinstance(a, Prefetch):
+                self._prefetch(a, actions)
+                continue
             q = self.queues.get(a.key)
             if q is None:
                 continue
@@ -637,6 +675,22 @@ class Coordinator:
                 tn = members[0][0].req.template.nodes[members[0][1]]
                 self._new_dispatch(a.worker, tn, info.scope, members, actions)
 
+    def _prefetch(self, a: Prefetch, actions: Actions) -> None:
+        """A dispatch with no items: the worker only makes ``a.comp`` resident."""
+        w = self.workers[a.worker]
+        if a.comp in w.resident or not w.alive or w.draining:
+            return
+        model, component, scope = a.comp
+        self._next_dispatch += 1
+        d = Dispatch(self._next_dispatch, a.worker, "prefetch", "default", model, component, [], False, scope)
+        est = self.cost.load_s(model, component)
+        self.note_resident(a.worker, a.comp)
+        self.pool.take_slot(a.worker)
+        self.pool.reserve(a.worker, est, False)
+        self.inflight[d.id] = _Inflight(d, est)
+        actions.dispatches.append(d)
+        self.stats.prefetches += 1
+
     def _dispatch_light(self, actions: Actions) -> None:
         """Glue runs where its inputs already are; same-op glue for one worker goes as one batch."""
         if not self._light:
@@ -655,13 +709,25 @@ class Coordinator:
             self._new_dispatch(wid, tn, scope_of(members[0][0]), members, actions)
 
     def _light_home(self, live: _Live, tn) -> int:
+        """Where glue runs: the holder of its inputs that can start it first (its queued work plus
+        pulling the inputs it lacks); glue costs almost nothing, so waiting behind a model call
+        on the worker with the most bytes would cost more than moving a latent."""
         weight: Counter = Counter()
         for inp in tn.inputs:
             if inp.kind == FROM_NODE:
                 ref = live.refs[(inp.node, inp.name)]
-                weight[ref.worker] += ref.nbytes + 1
+                weight[ref.worker] += ref.nbytes
         if weight:
-            return max(weight, key=lambda i: (weight[i], -i))
+            total = sum(weight.values())
+
+            def start_s(i: int) -> float:
+                w = self.workers[i]
+                if not w.alive:
+                    return float("inf")
+                missing = total - weight[i]
+                return w.reserved_s + (self.cost.transfer_s(missing) if missing > 0 else 0.0)
+
+            return min(weight, key=lambda i: (start_s(i), -weight[i], i))
         alive = [w for w in self.workers if w.alive and not w.draining] or [w for w in self.workers if w.alive]
         return min(alive, key=lambda w: (w.reserved_s, w.inflight, w.id)).id
 

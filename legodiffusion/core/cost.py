@@ -1,7 +1,7 @@
 """What policies know about time and memory.
 
 Policies read profiles only through :class:`CostModel`. :class:`ProfileCost` answers from measured
-profiles (nearest measured point when the exact one is missing) and falls back to
+profiles (the nearest measured resolution, interpolated in the batch, when the exact point is missing) and falls back to
 :class:`DefaultCost` for models that have not been profiled.
 """
 
@@ -65,3 +65,23 @@ def nearest(points, batch: int, px: int | None):
     )
     scale = batch / best.batch if batch > best.batch else 1.0
     return best, scale
+
+
+def interpolate(points, batch: int, px: int | None, value) -> float:
+    """``value(point)`` at (batch, px): at the measured resolution nearest ``px``, linear in the
+    batch between the two measured batches around it (a batch of 3 between measured 2 and 4 is
+    not charged as 4), scaled in proportion beyond the largest, and the smallest's value below it."""
+    best, _ = nearest(points, batch, px)
+    row = sorted((p for p in points if p.px == best.px), key=lambda p: p.batch)
+    below = [p for p in row if p.batch <= batch]
+    above = [p for p in row if p.batch >= batch]
+    if not below:
+        return value(above[0])
+    lo = below[-1]
+    if not above:
+        return value(lo) * batch / lo.batch
+    hi = above[0]
+    if hi.batch == lo.batch:
+        return value(lo)
+    f = (batch - lo.batch) / (hi.batch - lo.batch)
+    return value(lo) + f * (value(hi) - value(lo))

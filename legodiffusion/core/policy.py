@@ -8,6 +8,7 @@ Policies are chosen by name: :data:`POLICIES`.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -25,6 +26,14 @@ class Assignment:
     worker: int
     key: BatchKey
     count: int  # how many ready nodes of ``key`` to batch into one dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """Load ``comp`` = (model, component, scope) on ``worker`` ahead of demand (no request waits)."""
+
+    worker: int
+    comp: tuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,7 @@ class WorkerView(Protocol):
     slots: int
     reserved_s: float
     resident: set
+    used_bytes: int
     pinned: int
 
 
@@ -55,6 +65,8 @@ class RequestView(Protocol):
     workflow: str
     arrival_s: float
     deadline_s: float | None
+    solo_s: float  # profiled work of the whole request
+    remaining_s: float  # profiled work not yet done
     priority: tuple
 
 
@@ -74,11 +86,13 @@ class SchedulerView(Protocol):
 
     def held_head(self, workflow: str) -> RequestView | None: ...
 
+    def demand(self) -> dict[tuple, float]: ...  # (model, component, scope) -> recent work, s/s
+
     def batch_limits(self, op: str) -> tuple[int, int]: ...
 
     def locality(self, key: BatchKey, n: int) -> dict[int, int]: ...
 
-    def work_ahead(self, priority: tuple) -> float: ...
+    def backlog(self) -> list[tuple[tuple, float, float | None]]: ...
 
 
 class SchedulingPolicy:
@@ -91,7 +105,9 @@ class SchedulingPolicy:
     #: Seconds between :meth:`on_tick` calls the driver makes (None: never).
     tick_s: float | None = None
 
-    def priority(self, req: RequestView, seq: int, solo_s: float) -> tuple:
+    def priority(self, req: RequestView, seq: int, remaining_s: float) -> tuple:
+        """The request's place in every ready queue (lower first), given its admission order and
+        its profiled remaining work; re-evaluated each time one of its nodes finishes."""
         return (seq,)
 
     def admit(self, view: SchedulerView, req: RequestView, solo_s: float, now: float) -> str | None:
@@ -109,11 +125,14 @@ class SchedulingPolicy:
         """A timer event; True when the decision changed what held requests may start where."""
         return False
 
-    def plan(self, view: SchedulerView) -> list[Assignment]:
+    def plan(self, view: SchedulerView) -> list[Assignment | Prefetch]:
         raise NotImplementedError
 
 
 _NONE: frozenset = frozenset()
+#: ``laxity``: least laxity first (deadline - remaining work, re-evaluated as the request
+#: progresses); ``slack``: latest start (deadline - whole solo time) fixed at arrival; ``fcfs``
+ORDERINGS = ("laxity", "slack", "fcfs")
 
 
 class _Slots:
@@ -143,15 +162,28 @@ class _Slots:
 class MicroServingPolicy(SchedulingPolicy):
     """The paper's decisions, each switchable for baselines and ablations.
 
-    - ordering ``slack``: earliest deadline first, then arrival; ``fcfs``: arrival only.
-    - admission: reject on arrival when sum W_r / N > slack, where W_r is the profiled remaining
-      work of in-flight requests, N the live workers and slack = deadline - now - solo latency.
+    - ordering (:data:`ORDERINGS`): ``slack`` (default) serves the request with the earliest
+      latest start (deadline - its whole profiled work, fixed at arrival): earliest deadline first
+      corrected for length, so a 4-step request is not queued behind 50-step ones; ``laxity``
+      re-evaluates deadline - remaining work as a request progresses (measured worse: a request
+      that has made progress yields to every newer one, so many progress slowly at once);
+      ``fcfs``: arrival only.
+    - admission: reject on arrival when the work ordered before the request, spread over the
+      live workers, exceeds its slack (deadline - now - solo latency), or when admitting it would
+      push an admitted request's fluid finish past its deadline; the rejection says which.
     - batching: a small latency-mode batch when there are enough free workers for every ready
       class, a larger throughput-mode batch otherwise (``adaptive=False``: always throughput).
-      Latency mode spreads independent nodes of one request (the guidance branches) over idle
-      workers; throughput mode packs them into one batch on one worker.
-    - placement ``cost``: minimise reserved queue + input transfer + load (if not resident) +
-      execution; ``random``: any eligible worker (seeded).
+      Latency mode spreads independent nodes of one request (guidance branches, ControlNets)
+      over idle workers; throughput mode packs them into one batch on one worker. Either way a
+      batch grows only while the profile says it saves time per item (``batch_sizing``).
+    - placement ``cost``: minimise reserved queue + input transfer (real sizes, this cost
+      model's link) + load (if not resident) + what the call evicts (:meth:`_eviction_s`) +
+      execution, over the idle workers (searched round-robin, so work does not pile onto
+      low-numbered ones), the input holders and the model holders; a load is chosen only when a
+      holder would take longer to get to it (``evictions``); ``random``: any eligible worker.
+    - proactive replicas (``prefetch``): workers a plan leaves idle load the components whose
+      recent demand most exceeds their replicas (:meth:`_prefetches`), so loads leave the
+      critical path.
     """
 
     def __init__(
@@ -165,9 +197,13 @@ class MicroServingPolicy(SchedulingPolicy):
         share: bool = True,
         cross_request: bool = True,
         partition: list[set] | None = None,
+        batch_sizing: bool = True,
+        evictions: bool = True,
+        prefetch: bool = True,
+        target_utilisation: float = 0.9,
     ) -> None:
-        if ordering not in ("slack", "fcfs"):
-            raise ValueError(f"ordering must be slack or fcfs, got {ordering!r}")
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")
         if placement not in ("cost", "random"):
             raise ValueError(f"placement must be cost or random, got {placement!r}")
         self.name = name
@@ -183,26 +219,47 @@ class MicroServingPolicy(SchedulingPolicy):
         self.isolate_workflows = not share
         self.cross_request = cross_request
         self.partition = [set(p) for p in partition] if partition else None
+        self.batch_sizing = batch_sizing
+        self.evictions = evictions
+        #: proactive replicas: an idle worker loads a component whose recent demand (seconds of
+        #: work per second) / ``target_utilisation`` exceeds the workers holding it
+        self.prefetch = prefetch
+        self.target_utilisation = target_utilisation
+        self._sizes: dict[tuple, int] = {}  # batch class and most allowed -> batch size
+        self._spin = 0  # the idle worker the next search starts from
+        self._wanted: dict[str | None, int] = {}  # this plan: model -> ready nodes that need it
 
-    def priority(self, req, seq, solo_s):
-        if self.ordering == "slack" and req.deadline_s is not None:
-            return (0, req.deadline_s - solo_s, seq)
-        return (1 if self.ordering == "slack" else 0, 0.0, seq)
+    def priority(self, req, seq, remaining_s):
+        # least laxity: deadline - remaining work is the latest time the rest can start; a
+        # request that is ahead of its schedule yields, between two steps, to one that is not
+        if self.ordering == "fcfs":
+            return (0, 0.0, seq)
+        if req.deadline_s is None:
+            return (1, 0.0, seq)
+        if self.ordering == "laxity":
+            return (0, req.deadline_s - remaining_s, seq)
+        return (0, req.deadline_s - req.solo_s, seq)  # latest start, fixed at arrival
 
     def admit(self, view, req, solo_s, now):
         if not self.admission or req.deadline_s is None:
             return None
         slack = req.deadline_s - now - solo_s
-        workers = max(1, sum(1 for w in view.workers if w.alive))
-        # Work that runs before this request: with slack ordering, only requests of higher
-        # priority (earlier latest-start time); with arrival order, everything in flight. DiFlow
-        # also rejects when the longest in-flight request exceeds the slack; with per-node
-        # scheduling on N workers one long request does not block a new one, and that term
-        # rejected most short requests of a mixed workload at low load.
+        if slack < 0:
+            return f"SLO_REJECTED: needs {solo_s:.3f}s of work, {req.deadline_s - now:.3f}s left before its deadline"
+        workers = sum(1 for w in view.workers if w.alive and not w.draining) or 1
         mine = self.priority(req, float("inf"), solo_s)
-        wait = view.work_ahead(mine) / workers
-        if slack < 0 or wait > slack:
+        backlog = view.backlog()
+        ahead = [work for prio, work, _ in backlog if prio <= mine]
+        wait = sum(ahead) / workers
+        if wait > slack:
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
+        # it must not make an admitted request late: in the fluid limit (all work spread over all
+        # workers) the requests after it finish no earlier than the work up to them / workers
+        total = sum(ahead) + solo_s
+        for _, work, deadline in backlog[len(ahead) :]:
+            total += work
+            if deadline is not None and total / workers > deadline - now >= (total - solo_s) / workers:
+                return f"SLO_REJECTED: admitting it ({solo_s:.3f}s of work) would make admitted requests miss their deadlines"
         return None
 
     def _allowed(self, info: ClassInfo, wid: int) -> bool:
@@ -224,10 +281,13 @@ class MicroServingPolicy(SchedulingPolicy):
             return slots.has(w) and self._allowed(info, w)
 
         picked = []
-        for w in view.idle:
+        idle = view.idle  # sorted: start where the last search left off, so work spreads
+        start = bisect.bisect_left(idle, self._spin)
+        for w in itertools.chain(idle[start:], idle[:start]):
             if usable(w):
                 picked.append(w)
                 if len(picked) == 2:
+                    self._spin = w + 1
                     break
         if self.partition is not None and not picked:  # the idle ones may all belong to others
             picked += [w for w in sorted(calm) if usable(w)][:2]
@@ -261,15 +321,87 @@ class MicroServingPolicy(SchedulingPolicy):
         for wid in candidates:
             w = view.workers[wid]
             c = reserved.get(wid, w.reserved_s) + exec_s
-            if comp is not None and comp not in w.resident:
-                c += load_s
+            if comp is not None:
+                if comp not in w.resident:
+                    c += load_s
+                c += self._eviction_s(view, w, comp, info, n)
             missing = total_bytes - where.get(wid, 0)
             if missing > 0:
                 c += cost.transfer_s(missing)
             if c < best_cost or (c == best_cost and wid < best):
                 best, best_cost = wid, c
+        if (
+            self.evictions
+            and comp is not None
+            and comp not in view.workers[best].resident
+            and self._holder_free_s(view, comp, reserved) + exec_s <= best_cost
+        ):
+            return None  # a holder, once free, finishes it sooner than a load here: wait for it
         reserved[best] = best_cost
         return best
+
+    def _holder_free_s(self, view, comp: tuple, reserved: dict[int, float]) -> float:
+        """When the first live worker holding ``comp`` has worked off its queue (inf: none)."""
+        held = view.holders.get(comp, _NONE)
+        if not held:
+            return math.inf
+        sample = held if len(held) <= 16 else itertools.islice(held, 16)  # a sample bounds the cost
+        return min(
+            (reserved.get(w, view.workers[w].reserved_s) for w in sample if view.workers[w].alive and not view.workers[w].draining),
+            default=math.inf,
+        )
+
+    def _eviction_s(self, view, w, comp: tuple, info: ClassInfo | None, n: int, wanted: dict | None = None) -> float:
+        """What running a call of ``comp`` on ``w`` destroys: when it (if not resident) and the
+        call's activations do not fit beside what ``w`` holds (against the cost model's device
+        memory), the
+        components it must drop, cheapest first, each costing its reload time times the chance
+        it is needed soon (queued work for its model: 1 when no other worker holds it, 0.3 when
+        one does; 0.05 with nothing queued)."""
+        budget = getattr(view.cost, "memory_bytes", None)
+        if not budget or not self.evictions:
+            return 0.0
+        cost = view.cost
+        act = getattr(cost, "activation_bytes", None)
+        need = w.used_bytes + (act(info.op, info.mode, info.model, n, info.px) if act and info else 0) - budget
+        if comp not in w.resident:
+            need += cost.weight_bytes(comp[0], comp[1])
+        if need <= 0:
+            return 0.0
+        victims = []
+        for other in w.resident:
+            if other == comp:
+                continue
+            if wanted is not None and wanted.get(other, 0) >= len(view.holders.get(other, _NONE)):
+                p = math.inf  # a prefetch does not take a replica that demand still needs
+            elif self._wanted.get(other[0]):
+                p = 0.3 if len(view.holders.get(other, _NONE)) > 1 else 1.0
+            else:
+                p = 0.05
+            nbytes = max(1, cost.weight_bytes(other[0], other[1]))
+            value = p * cost.load_s(other[0], other[1]) if p != math.inf else math.inf
+            victims.append((value / nbytes, nbytes, value))
+        victims.sort()
+        penalty = 0.0
+        for _, nbytes, value in victims:
+            if need <= 0:
+                break
+            need -= nbytes
+            penalty += value
+        return penalty
+
+    def _batch_size(self, cost: CostModel, info: ClassInfo, most: int) -> int:
+        """The smallest batch up to ``most`` whose time per item is within 2% of the best: a
+        larger batch only delays its members when it saves no time per item (a compute-bound
+        call costs as much batched as one at a time)."""
+        if most <= 1 or not self.batch_sizing:
+            return most
+        key = (info.op, info.mode, info.model, info.px, most)
+        n = self._sizes.get(key)
+        if n is None:
+            per = [cost.exec_s(info.op, info.mode, info.model, b, info.px) / b for b in range(1, most + 1)]
+            n = self._sizes[key] = next(b for b, t in enumerate(per, 1) if t <= min(per) * 1.02)
+        return n
 
     def plan(self, view):
         if not view.eligible:
@@ -281,6 +413,11 @@ class MicroServingPolicy(SchedulingPolicy):
         # every ready class its small batches, each on its own worker; throughput mode packs larger
         # batches when there are not (two slots of one worker are no parallelism)
         latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= len(view.calm & view.eligible)
+        wanted: dict[str | None, int] = {}
+        for k in keys:
+            m = view.classes[k].model
+            wanted[m] = wanted.get(m, 0) + len(queues[k])
+        self._wanted = wanted
         plan = []
         slots = _Slots(view)
         reserved: dict[int, float] = {}
@@ -289,7 +426,7 @@ class MicroServingPolicy(SchedulingPolicy):
             pending = len(view.queues[key])
             limit = limits[key][0] if latency_mode else limits[key][1]
             while pending and slots.any():
-                n = min(pending, limit)
+                n = self._batch_size(view.cost, info, min(pending, limit))
                 if info.pin is not None:
                     if not slots.has(info.pin):
                         break
@@ -303,7 +440,44 @@ class MicroServingPolicy(SchedulingPolicy):
                 slots.take(wid)
             if not slots.any():
                 break
+        if self.prefetch and slots.any() and view.idle:
+            plan += self._prefetches(view, slots)
         return plan
+
+    def _prefetches(self, view, slots: _Slots) -> list[Prefetch]:
+        """Replicas ahead of demand: each worker this plan leaves idle may load the component
+        whose wanted replicas (recent demand / target utilisation) most exceed its holders, where
+        that evicts less than the load costs and nothing demand still needs. Only where the cost
+        model knows the device memory (``memory_bytes``): without it, what a load evicts cannot
+        be counted."""
+        if not getattr(view.cost, "memory_bytes", None):
+            return []
+        free = [w for w in view.idle if slots.has(w) and w not in slots.taken]
+        if not free:
+            return []
+        wanted = {comp: math.ceil(rate / self.target_utilisation) for comp, rate in view.demand().items()}
+        short = sorted(
+            ((len(view.holders.get(c, _NONE)) / max(n, 1), c) for c, n in wanted.items() if n > len(view.holders.get(c, _NONE))),
+            key=lambda x: (x[0], -view.cost.load_s(x[1][0], x[1][1]), x[1]),
+        )
+        out = []
+        for _, comp in short:
+            if not free:
+                break
+            if self.partition is not None:
+                allowed = [w for w in free if self._allowed(ClassInfo("", "", comp[0], comp[1], None, comp[2], None), w)]
+            else:
+                allowed = free
+            if not allowed:
+                continue
+            load_s = view.cost.load_s(comp[0], comp[1])
+            penalty, wid = min((self._eviction_s(view, view.workers[w], comp, None, 0, wanted), w) for w in allowed)
+            if penalty >= load_s:
+                continue
+            out.append(Prefetch(wid, comp))
+            free.remove(wid)
+            slots.take(wid)
+        return out
 
 
 POLICIES = {

@@ -21,6 +21,7 @@ class WorkerState:
     alive: bool = True
     draining: bool = False  # takes no new work: still starting, or being retired once it holds nothing
     resident: set = field(default_factory=set)  # (model, component, scope) the worker holds
+    used_bytes: int = 0  # weight bytes of what it holds
     pinned: int = 0  # live requests pinned to this worker (a monolithic replica runs one at a time)
 
 
@@ -39,6 +40,7 @@ class WorkerPool:
         self.calm: set[int] = set(self.idle)
         self.free_slots = n_workers * slots
         self.holders: dict[tuple, set[int]] = {}
+        self._bytes: dict[tuple[int, tuple], int] = {}  # (worker, component) -> its weight bytes
 
     def add(self, slots: int | None = None) -> int:
         """A worker joins, taking no work until :meth:`activate`; returns its id."""
@@ -83,6 +85,8 @@ class WorkerPool:
         for holders in self.holders.values():
             holders.discard(wid)
         w.resident.clear()
+        w.used_bytes = 0
+        self._bytes = {k: v for k, v in self._bytes.items() if k[0] != wid}
         w.inflight, w.reserved_s = 0, 0.0
         return True
 
@@ -120,11 +124,19 @@ class WorkerPool:
                 bisect.insort(self.idle, wid)
                 self.idle_set.add(wid)
 
-    def note_resident(self, wid: int, comp: tuple) -> None:
-        """``wid`` holds (or is about to load) ``comp`` = (model, component, scope)."""
-        self.workers[wid].resident.add(comp)
+    def note_resident(self, wid: int, comp: tuple, nbytes: int = 0) -> None:
+        """``wid`` holds (or is about to load) ``comp`` = (model, component, scope), ``nbytes``
+        of weights."""
+        w = self.workers[wid]
+        if comp not in w.resident:
+            w.resident.add(comp)
+            w.used_bytes += nbytes
+            self._bytes[(wid, comp)] = nbytes
         self.holders.setdefault(comp, set()).add(wid)
 
     def evicted(self, wid: int, comp: tuple) -> None:
-        self.workers[wid].resident.discard(comp)
+        w = self.workers[wid]
+        if comp in w.resident:
+            w.resident.discard(comp)
+            w.used_bytes -= self._bytes.pop((wid, comp), 0)
         self.holders.get(comp, set()).discard(wid)

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from legodiffusion.core.cost import DefaultCost, nearest
+from legodiffusion.core.cost import DefaultCost, interpolate
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,15 @@ class ModelProfile:
         return cls.from_json(json.loads(Path(path).read_text()))
 
     def latency(self, op: str, mode: str, batch: int, px: int | None) -> float | None:
-        found = self._point(op, mode, batch, px)
-        return found[0].latency_s * found[1] if found else None
+        points = self._points(op, mode)
+        return interpolate(points, batch, px, lambda p: p.latency_s) if points else None
 
     def peak_bytes(self, op: str, mode: str, batch: int, px: int | None) -> int | None:
-        found = self._point(op, mode, batch, px)
-        return int(found[0].peak_bytes * found[1]) if found else None
+        points = self._points(op, mode)
+        return int(interpolate(points, batch, px, lambda p: p.peak_bytes)) if points else None
 
-    def _point(self, op: str, mode: str, batch: int, px: int | None):
-        points = [p for p in self.ops if p.op == op and p.mode == mode] or [p for p in self.ops if p.op == op]
-        return nearest(points, batch, px) if points else None
+    def _points(self, op: str, mode: str) -> list[OpPoint]:
+        return [p for p in self.ops if p.op == op and p.mode == mode] or [p for p in self.ops if p.op == op]
 
 
 class ProfileCost(DefaultCost):

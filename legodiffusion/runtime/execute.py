@@ -33,7 +33,14 @@ def _input(plane: DataPlane, ref, worker: int, device: str) -> Any:
 
 
 def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: ResidentModels, plane: DataPlane) -> Completion:
+    """Run ``d``; a dispatch with no items (a prefetch) only makes its component resident."""
     start = time.perf_counter()
+    if not d.items:
+        try:
+            res = models.acquire(d.model, d.component, d.scope)
+            return Completion(d.id, worker, [], start, time.perf_counter(), res.loaded, res.evicted)
+        except Exception:  # nobody waits on a prefetch: report it not held; the first call retries
+            return Completion(d.id, worker, [], start, time.perf_counter(), evicted=[(d.model, d.component, d.scope)])
     op = registry.get(d.op)
     loaded: list[tuple] = []
     evicted: list[tuple] = []

@@ -226,6 +226,9 @@ class Simulator:
 
     def _start(self, d: Dispatch) -> None:
         w = self.workers[d.worker]
+        if not d.items:
+            self._prefetch(w, d)
+            return
         rid = d.items[0].request_id
         px = self._px.get(rid)
         begin = max(self.now, w.busy_until)
@@ -258,6 +261,20 @@ class Simulator:
         self.dispatches += 1
         self.dispatched_nodes += len(d.items)
         c = Completion(d.id, d.worker, results, begin, end, loaded, evicted)
+        heapq.heappush(self._events, (end, next(self._seq), "complete", c))
+
+    def _prefetch(self, w: SimWorker, d: Dispatch) -> None:
+        """A dispatch with no items: the worker loads its component, and that is all."""
+        begin = max(self.now, w.busy_until)
+        try:
+            load_s, loaded, evicted = self._load(w, d, None)
+        except MemoryError:  # it does not fit: report it not held
+            load_s, loaded, evicted = 0.0, [], [(d.model, d.component, d.scope)]
+        end = begin + self.overhead_s + load_s
+        w.busy_until = end
+        w.busy_s += end - begin
+        self.dispatches += 1
+        c = Completion(d.id, d.worker, [], begin, end, loaded, evicted)
         heapq.heappush(self._events, (end, next(self._seq), "complete", c))
 
     def run(self, until_s: float = float("inf"), max_events: int | None = None) -> None:

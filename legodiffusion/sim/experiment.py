@@ -33,6 +33,10 @@ SYSTEMS = (
     "no-adaptive-parallelism",
     "no-cross-request-batching",
     "no-admission",
+    "least-laxity",
+    "no-prefetch",
+    "no-eviction-cost",
+    "no-batch-sizing",
 )
 TARGET = 0.9
 REBALANCE_S = 30.0
@@ -70,6 +74,14 @@ def make_system(system: str, workload: Workload, gpus: int, mix: dict[str, float
         return MicroServingPolicy(system, cross_request=False)
     if system == "no-admission":
         return MicroServingPolicy(system, admission=False)
+    if system == "least-laxity":  # deadline - remaining work, re-evaluated as requests progress
+        return MicroServingPolicy(system, ordering="laxity")
+    if system == "no-prefetch":  # models load only when a call needs them
+        return MicroServingPolicy(system, prefetch=False)
+    if system == "no-eviction-cost":  # placement ignores what a load evicts, and loads rather than wait for a holder
+        return MicroServingPolicy(system, evictions=False)
+    if system == "no-batch-sizing":  # batches as large as the limit, whether or not they save time
+        return MicroServingPolicy(system, batch_sizing=False)
     raise ValueError(f"unknown system {system!r}; choose one of {SYSTEMS}")
 
 

@@ -49,8 +49,11 @@ def test_missing_points_fall_back_to_the_nearest_measured_one():
         "k", "cpu", {}, [OpPoint("denoise", "default", b, px, 0.01 * b * px / 4096, 0) for b in (1, 4) for px in (4096, 65536)]
     )
     assert prof.latency("denoise", "default", 1, 4096) == 0.01
-    # nearest on log scales (batch 2 ties 1 and 4: the smaller wins), scaled linearly to the batch asked
+    # the nearest measured resolution (on a log scale), linear in the batch between measured batches
     assert abs(prof.latency("denoise", "default", 2, 5000) - 0.02) < 1e-12
     assert prof.latency("denoise", "default", 8, 65536) == 2 * prof.latency("denoise", "default", 4, 65536)
+    sublinear = ModelProfile("k", "cpu", {}, [OpPoint("denoise", "default", b, 4096, t, 10 * b) for b, t in ((1, 1.0), (2, 1.2), (4, 2.0))])
+    assert abs(sublinear.latency("denoise", "default", 3, 4096) - 1.6) < 1e-12  # not charged as a batch of 4
+    assert sublinear.peak_bytes("denoise", "default", 3, 4096) == 30
     cost = ProfileCost({"m": prof})
     assert cost.exec_s("vae_decode", "default", "m", 1, None) == DefaultCost().exec_s("vae_decode", "default", "m", 1, None)

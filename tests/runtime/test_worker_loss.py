@@ -62,7 +62,7 @@ def test_coordinator_reruns_lost_work_from_lineage_and_frees_everything_once():
         h.submit(rid, make, steps=4)
     for _ in range(12):  # some progress on both workers
         h.complete(h.pending.pop(0))
-    lost_worker = 0
+    lost_worker = h.pending[0].worker  # one with work in flight
     dropped = [d for d in h.pending if d.worker == lost_worker]
     h.pending = [d for d in h.pending if d.worker != lost_worker]
     h.apply(h.coord.on_worker_lost(lost_worker, 0.0))
