@@ -11,7 +11,7 @@ class Harness:
     """Executes dispatches instantly and in order, recording every tensor made and freed."""
 
     def __init__(self, workers=2, policy="fcfs", **kw):
-        self.coord = Coordinator(workers, make_policy(policy), **kw)
+        self.coord = Coordinator(workers, make_policy(policy) if isinstance(policy, str) else policy, **kw)
         self.pending = []
         self.made, self.freed = set(), []
         self.log = []

@@ -103,3 +103,26 @@ def test_bundle_allocation_follows_demand_and_packs_small_pipelines():
     assert all(sum({"a": 50, "b": 30, "c": 30}[k] for k in b) <= 80 for b in packed)
     assert any(len(b) > 1 for b in packed), "small remainders share a GPU"
     assert {k for b in packed for k in b} == {"a", "b", "c"}, "no workflow is starved"
+
+
+def test_a_prefetch_loads_on_the_simulated_worker_and_takes_its_load_time():
+    from legodiffusion.core.coordinator import Coordinator, Request
+    from legodiffusion.core.policy import MicroServingPolicy
+    from legodiffusion.sim.cluster import Simulator
+
+    wl = workload()
+    cost = wl.cost
+    coord = Coordinator(3, MicroServingPolicy(), cost=cost)
+    sim = Simulator(coord, cost, budget_bytes=cost.memory_bytes)
+    keys = [("flux-dev", c, None) for c in ("config", "text_encoder", "denoiser", "vae")]
+    assert sim.preload(0, keys)
+    for rid in range(1, 9):  # far more flux-dev work than one replica takes
+        req = wl.request(rid, "flux-dev", 0.0)
+        sim.submit_at(0.0, Request(rid, req.template, req.inputs, req.workflow, 0.0, None))
+    sim.run()
+    assert coord.stats.prefetches > 0
+    denoiser = ("flux-dev", "denoiser", None)
+    copies = [w.id for w in sim.workers if denoiser in w.memory]
+    assert len(copies) > 1, "idle workers took replicas of the busy model"
+    assert all(o.status == "succeeded" for o in sim.outcomes.values()) and len(sim.outcomes) == 8
+    assert all(w.busy_s >= cost.load_s("flux-dev", "denoiser") for w in sim.workers if w.id in copies and w.id != 0)
