@@ -7,9 +7,9 @@ from legodiffusion.core.cost import DefaultCost
 from legodiffusion.core.messages import Dispatch
 from legodiffusion.core.policy import MicroServingPolicy
 from legodiffusion.models.store import HostCache, ModelCatalog, ResidentModels
+from legodiffusion.ops import default_registry
 from legodiffusion.runtime.dataplane import LocalDataPlane
 from legodiffusion.runtime.execute import execute
-from legodiffusion.ops import default_registry
 from tests.core.harness import Harness
 from tests.core.test_scheduling_decisions import sd_maker
 
