@@ -2,7 +2,7 @@
 reference H100 cost model (legodiffusion/sim/data/h100.json: every number sourced) over four
 workloads, several trace seeds, and two idealised references beside every figure.
 
-    python benchmarks/paper.py all                 # every experiment on every workload (about an hour on 2 cores)
+    python benchmarks/paper.py all                 # every experiment on every workload (about 70 minutes on 2 cores)
     python benchmarks/paper.py rate  [--workloads paper many] [--gpus 8 16 32]
     python benchmarks/paper.py burst | gpus | ablations | overload
     python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
@@ -419,7 +419,7 @@ def write_summary() -> None:
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            "In parentheses: relative to ours. `fcfs`: arrival order, no admission; `no-admission`: ours without SLO admission; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
+            "In parentheses: relative to ours. `fcfs`: arrival order, no admission; `least-laxity`: ordered by deadline - remaining work, re-evaluated as requests progress, instead of the latest start fixed at arrival; `no-admission`: ours without SLO admission; `no-prefetch`: no replicas loaded ahead of demand; `no-eviction-cost`: placement ignores what a load evicts and loads rather than wait for a busy holder; `no-batch-sizing`: batches as large as the limit whether or not they save time per item; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
             "",
             _stamp_line(abl),
             "",
