@@ -17,6 +17,7 @@ pytestmark = pytest.mark.ray
 ARGS = {"prompt": "a harbour", "negative_prompt": "fog", "steps": 20, "guidance_scale": 6.0, "seed": 3, "height": 64, "width": 64}
 VAE = ("sd15", "vae", None)
 CONFIG = ("sd15", "config", None)  # the scheduler config: no weights
+DENOISER = ("sd15", "denoiser", None)
 
 
 def weights(engine, worker) -> set:
@@ -67,7 +68,9 @@ def kill_denoiser_at_step_10(engine, r, d):
 
 
 def kill_vae_only_decoder(engine, r, d):
-    return d.op == "vae_decode" and d.items[0].request_id == r.request_id and weights(engine, d.worker) == {VAE}
+    """The worker decoding the request's image, when it does not hold the base model (the idle
+    third worker decoded the other workflow; it may also have encoded a prompt)."""
+    return d.op == "vae_decode" and d.items[0].request_id == r.request_id and DENOISER not in weights(engine, d.worker)
 
 
 @pytest.mark.parametrize(
@@ -80,9 +83,9 @@ def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, 
     result, engine, state, metrics = run(sd15, kill_when, workers, transport)
     assert state["killed"] is not None, "the moment to kill never came"
     if kill_when is kill_vae_only_decoder:
-        assert state["held"] == {VAE}
+        assert VAE in state["held"] and DENOISER not in state["held"]
     else:
-        assert ("sd15", "denoiser", None) in state["held"]
+        assert DENOISER in state["held"]
     assert result.ok, result.error
     assert np.abs(result.outputs["image"].numpy() - base.outputs["image"].numpy()).max() <= 1e-4
     if transport == "object_store":
