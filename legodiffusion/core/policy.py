@@ -262,10 +262,11 @@ class MicroServingPolicy(SchedulingPolicy):
                 return f"SLO_REJECTED: admitting it ({solo_s:.3f}s of work) would make admitted requests miss their deadlines"
         return None
 
-    def _allowed(self, info: ClassInfo, wid: int) -> bool:
+    def _allowed(self, model: str | None, scope: str | None, wid: int) -> bool:
+        """Whether a static partition lets ``wid`` run calls of ``model`` (of workflow ``scope``)."""
         if self.partition is None or wid >= len(self.partition):
             return True
-        owner = info.scope if self.isolate_workflows else info.model
+        owner = scope if self.isolate_workflows else model
         return owner is None or owner in self.partition[wid]
 
     def _candidates(self, view, info: ClassInfo, slots: _Slots, comp, where: dict[int, int]) -> list[int]:
@@ -278,7 +279,7 @@ class MicroServingPolicy(SchedulingPolicy):
             return []
 
         def usable(w: int) -> bool:
-            return slots.has(w) and self._allowed(info, w)
+            return slots.has(w) and self._allowed(info.model, info.scope, w)
 
         picked = []
         idle = view.idle  # sorted: start where the last search left off, so work spreads
@@ -351,13 +352,13 @@ class MicroServingPolicy(SchedulingPolicy):
             default=math.inf,
         )
 
-    def _eviction_s(self, view, w, comp: tuple, info: ClassInfo | None, n: int, wanted: dict | None = None) -> float:
+    def _eviction_s(self, view, w, comp: tuple, info: ClassInfo | None, n: int, replicas: dict | None = None) -> float:
         """What running a call of ``comp`` on ``w`` destroys: when it (if not resident) and the
         call's activations do not fit beside what ``w`` holds (against the cost model's device
-        memory), the
-        components it must drop, cheapest first, each costing its reload time times the chance
-        it is needed soon (queued work for its model: 1 when no other worker holds it, 0.3 when
-        one does; 0.05 with nothing queued)."""
+        memory), the components it must drop, cheapest first, each costing its reload time times
+        the chance it is needed soon (queued work for its model: 1 when no other worker holds it,
+        0.3 when one does; 0.05 with nothing queued). With ``replicas`` (a prefetch: component ->
+        replicas demand wants), a component that has no more holders than that is not taken."""
         budget = getattr(view.cost, "memory_bytes", None)
         if not budget or not self.evictions:
             return 0.0
@@ -372,7 +373,7 @@ class MicroServingPolicy(SchedulingPolicy):
         for other in w.resident:
             if other == comp:
                 continue
-            if wanted is not None and wanted.get(other, 0) >= len(view.holders.get(other, _NONE)):
+            if replicas is not None and replicas.get(other, 0) >= len(view.holders.get(other, _NONE)):
                 p = math.inf  # a prefetch does not take a replica that demand still needs
             elif self._wanted.get(other[0]):
                 p = 0.3 if len(view.holders.get(other, _NONE)) > 1 else 1.0
@@ -413,11 +414,12 @@ class MicroServingPolicy(SchedulingPolicy):
         # every ready class its small batches, each on its own worker; throughput mode packs larger
         # batches when there are not (two slots of one worker are no parallelism)
         latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= len(view.calm & view.eligible)
-        wanted: dict[str | None, int] = {}
-        for k in keys:
-            m = view.classes[k].model
-            wanted[m] = wanted.get(m, 0) + len(queues[k])
-        self._wanted = wanted
+        if self.evictions and getattr(view.cost, "memory_bytes", None):  # what _eviction_s reads
+            wanted: dict[str | None, int] = {}
+            for k in keys:
+                m = view.classes[k].model
+                wanted[m] = wanted.get(m, 0) + len(queues[k])
+            self._wanted = wanted
         plan = []
         slots = _Slots(view)
         reserved: dict[int, float] = {}
@@ -455,23 +457,20 @@ class MicroServingPolicy(SchedulingPolicy):
         free = [w for w in view.idle if slots.has(w) and w not in slots.taken]
         if not free:
             return []
-        wanted = {comp: math.ceil(rate / self.target_utilisation) for comp, rate in view.demand().items()}
+        replicas = {comp: math.ceil(rate / self.target_utilisation) for comp, rate in view.demand().items()}
         short = sorted(
-            ((len(view.holders.get(c, _NONE)) / max(n, 1), c) for c, n in wanted.items() if n > len(view.holders.get(c, _NONE))),
+            ((len(view.holders.get(c, _NONE)) / max(n, 1), c) for c, n in replicas.items() if n > len(view.holders.get(c, _NONE))),
             key=lambda x: (x[0], -view.cost.load_s(x[1][0], x[1][1]), x[1]),
         )
         out = []
         for _, comp in short:
             if not free:
                 break
-            if self.partition is not None:
-                allowed = [w for w in free if self._allowed(ClassInfo("", "", comp[0], comp[1], None, comp[2], None), w)]
-            else:
-                allowed = free
+            allowed = [w for w in free if self._allowed(comp[0], comp[2], w)]
             if not allowed:
                 continue
             load_s = view.cost.load_s(comp[0], comp[1])
-            penalty, wid = min((self._eviction_s(view, view.workers[w], comp, None, 0, wanted), w) for w in allowed)
+            penalty, wid = min((self._eviction_s(view, view.workers[w], comp, None, 0, replicas), w) for w in allowed)
             if penalty >= load_s:
                 continue
             out.append(Prefetch(wid, comp))
