@@ -88,6 +88,12 @@ class EngineConfig:
     queue_threshold_s: float = 0.05
     """Workers whose estimated queued work exceeds this are skipped, so work waits centrally
     where it can still batch and move."""
+    dtype: str = "auto"
+    """Weight precision of every component: ``auto`` (bf16 on CUDA, the VAE of SD1.x/SDXL in
+    fp32; fp32 on CPU), ``bf16``, ``fp16`` or ``fp32``."""
+    component_dtypes: dict[str, str] = field(default_factory=dict)
+    """Per-component overrides of ``dtype`` (``denoiser``, ``text_encoder``, ``vae``,
+    ``controlnet``), e.g. ``{"vae": "fp32"}``."""
     memory_budget_bytes: int | None = None
     """Weight memory each worker may keep resident (LRU beyond it). Default: unlimited on CPU,
     the device's total memory on GPU."""
@@ -118,6 +124,7 @@ class EngineConfig:
         limits = [self.default_latency_batch, self.default_throughput_batch, *self.latency_batch.values(), *self.throughput_batch.values()]
         if any(v < 1 for v in limits):
             raise ValueError("batch limits must be >= 1")
+        self.precision()  # validates dtype and component_dtypes
         if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
             raise ValueError("memory_budget_bytes must be positive")
         r = self.ray
@@ -146,6 +153,11 @@ class EngineConfig:
             slots_per_worker=self.slots_per_worker,
             queue_threshold_s=self.queue_threshold_s,
         )
+
+    def precision(self):
+        from legodiffusion.models.precision import Precision
+
+        return Precision.of(self.dtype, self.component_dtypes)
 
     def worker_devices(self) -> list[str]:
         if self.device == "cpu":

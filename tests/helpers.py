@@ -73,10 +73,13 @@ def run_requests(folder, requests: list[dict], workers=1, sequential=False, work
     return asyncio.run(main())
 
 
-def reference_pipeline(pipeline_cls, folder, seed: int, lora=None, lora_weight: float = 1.0, **kwargs) -> np.ndarray:
+def reference_pipeline(
+    pipeline_cls, folder, seed: int, lora=None, lora_weight: float = 1.0, torch_dtype=torch.float32, **kwargs
+) -> np.ndarray:
     """The image a diffusers pipeline class makes from ``folder`` with ``generator`` seeded by ``seed``
-    (optionally with a LoRA loaded by ``load_lora_weights`` at ``lora_weight``)."""
-    pipe = pipeline_cls.from_pretrained(folder, **kwargs.pop("components", {}))
+    (optionally with a LoRA loaded by ``load_lora_weights`` at ``lora_weight``), loaded in
+    ``torch_dtype``."""
+    pipe = pipeline_cls.from_pretrained(folder, torch_dtype=torch_dtype, **kwargs.pop("components", {}))
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:
         pipe.load_lora_weights(str(lora), adapter_name="x")

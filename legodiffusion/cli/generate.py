@@ -41,6 +41,8 @@ class GenerateArgs:
     control_scales: list[float] = field(default_factory=list)
     loras: list[str] = field(default_factory=list)  # PATH[:WEIGHT]
     lora_k: int = 0
+    dtype: str = "auto"
+    component_dtypes: dict[str, str] = field(default_factory=dict)
 
 
 def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str]) -> dict:
@@ -84,7 +86,7 @@ def generate_one(a: GenerateArgs) -> int:
             models[Path(path).stem] = Path(path)
             lora_names.append(Path(path).stem + (f":{weight}" if weight else ""))
         workflow = txt2img_for(a.model, a.model.name, controlnets=tuple(cn.name for cn in a.controlnets))
-        engine = Engine(models, EngineConfig(workers=a.workers, device=a.device))
+        engine = Engine(models, EngineConfig(workers=a.workers, device=a.device, dtype=a.dtype, component_dtypes=a.component_dtypes))
         inputs = _inputs(a, family, workflow, lora_names)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -11,6 +11,19 @@ from legodiffusion import config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Micro-serving text-to-image diffusion workflows.")
 
+DTYPE_HELP = "weight precision: auto (bf16 on CUDA, the VAE of SD1.x/SDXL in fp32; fp32 on CPU), bf16, fp16 or fp32"
+COMPONENT_DTYPE_HELP = "per-component precision COMPONENT=DTYPE (denoiser, text_encoder, vae, controlnet), repeatable"
+
+
+def _component_dtypes(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        component, sep, name = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected COMPONENT=DTYPE such as vae=fp32, got {item!r}")
+        out[component.strip()] = name.strip()
+    return out
+
 
 @app.command("tiny-models")
 def tiny_models(
@@ -22,6 +35,19 @@ def tiny_models(
 
     for family, folder in write_tiny_models(directory, seed=seed).items():
         typer.echo(f"{family}: {folder}")
+
+
+@app.command("architectures")
+def architectures(
+    names: list[str] = typer.Argument(None, help="architectures to show (default: all)"),
+    dtype: str = typer.Option("bf16", help="bf16, fp16 or fp32"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON rows instead of a table"),
+    write_sim: Path | None = typer.Option(None, help="rewrite this simulator reference file's weights_bytes (bf16) from the architectures"),
+) -> None:
+    """Parameters and weight bytes of full-size SD 1.5, SDXL, SD3/3.5, Flux and ControlNet architectures, computed on the meta device."""
+    from legodiffusion.cli.architectures import run_architectures
+
+    raise typer.Exit(run_architectures(dtype, as_json, names or None, write_sim))
 
 
 @app.command()
@@ -44,6 +70,8 @@ def generate(
     lora_k: int = typer.Option(0, min=0, help="apply a LoRA still loading from this step at the latest (0: wait)"),
     workers: int = typer.Option(1, min=1, help="worker count"),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    component_dtype: list[str] = typer.Option([], help=COMPONENT_DTYPE_HELP),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG file to write"),
 ) -> None:
     """Generate one image through the decomposed runtime."""
@@ -67,6 +95,8 @@ def generate(
         list(control_scale),
         list(lora),
         lora_k,
+        dtype,
+        _component_dtypes(component_dtype),
     )
     raise typer.Exit(generate_one(args))
 
@@ -104,13 +134,17 @@ def profile(
     repeats: int = typer.Option(3, min=1, help="timed repeats per point (median kept)"),
     force: bool = typer.Option(False, help="measure again even when a cached profile exists"),
     out_dir: Path | None = typer.Option(None, help="profile cache folder (default $LEGODIFFUSION_HOME/profiles)"),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    component_dtype: list[str] = typer.Option([], help=COMPONENT_DTYPE_HELP),
 ) -> None:
     """Measure latency and peak memory per (operator, mode, batch, resolution) and load times."""
     from legodiffusion.cli.profile import run_profile
+    from legodiffusion.models.precision import Precision
 
     try:
-        run_profile(model, workflow, device, _ints(batches), _ints(sizes), repeats, force, out_dir)
-    except (FileNotFoundError, KeyError) as exc:
+        precision = Precision.of(dtype, _component_dtypes(component_dtype))
+        run_profile(model, workflow, device, _ints(batches), _ints(sizes), repeats, force, out_dir, precision)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -179,6 +213,8 @@ def serve(
     min_workers: int | None = typer.Option(None, min=1, help="ray autoscaling floor (default: the starting count)"),
     max_workers: int | None = typer.Option(None, min=1, help="ray autoscaling ceiling (default: the starting count)"),
     tensor_transport: str = typer.Option("auto", help="ray: object_store, nccl, gloo or auto (nccl on GPU workers, else object_store)"),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    component_dtype: list[str] = typer.Option([], help=COMPONENT_DTYPE_HELP),
 ) -> None:
     """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""
     import uvicorn
@@ -207,7 +243,15 @@ def serve(
             max_workers=max_workers,
             tensor_transport=tensor_transport,
         )
-        engine_config = EngineConfig(workers=workers, device=device, policy=policy, backend=backend, ray=ray_config)
+        engine_config = EngineConfig(
+            workers=workers,
+            device=device,
+            policy=policy,
+            backend=backend,
+            ray=ray_config,
+            dtype=dtype,
+            component_dtypes=_component_dtypes(component_dtype),
+        )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -9,9 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from legodiffusion.config import EngineConfig
+from legodiffusion.models.precision import Precision
 from legodiffusion.ops import default_registry
 from legodiffusion.profiles.book import ModelProfile
-from legodiffusion.profiles.profiler import measure, profile_path
+from legodiffusion.profiles.profiler import measure, precision_tag, profile_path
 from legodiffusion.workflow.catalog import BUILTIN_WORKFLOWS
 from legodiffusion.workflow.spec import CondNode, LoopNode, OpNode, WorkflowSpec, spec_from_json
 
@@ -45,12 +46,20 @@ def load_workflow(name_or_file: str, model_name: str) -> WorkflowSpec:
 
 
 def run_profile(
-    model: Path, workflow: str, device: str, batches: list[int], sizes: list[int], repeats: int, force: bool, out_dir: Path | None
+    model: Path,
+    workflow: str,
+    device: str,
+    batches: list[int],
+    sizes: list[int],
+    repeats: int,
+    force: bool,
+    out_dir: Path | None,
+    precision: Precision | None = None,
 ) -> Path:
     console = Console()
     device = EngineConfig(device=device).worker_devices()[0]
     spec = load_workflow(workflow, model.name)
-    path = profile_path(model, device, out_dir)
+    path = profile_path(model, device, out_dir, precision)
     if path.exists() and not force:
         console.print(f"cached: {path} (use --force to measure again)")
         prof = ModelProfile.load(path)
@@ -66,10 +75,11 @@ def run_profile(
                 tuple(sizes),
                 repeats,
                 progress=lambda op, mode, b, s: status.update(f"profiling {op}/{mode} batch {b} at {s or '-'}px"),
+                precision=precision,
             )
         prof.save(path)
         console.print(f"wrote {path}")
-    table = Table(title=f"{model.name} on {prof.device}")
+    table = Table(title=f"{model.name} on {prof.device}, weights {precision_tag(model, device, precision)}")
     for col in ("op", "mode", "batch", "px", "latency ms", "peak MiB"):
         table.add_column(col, justify="right" if col not in ("op", "mode") else "left")
     for p in prof.ops:

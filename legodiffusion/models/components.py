@@ -81,6 +81,7 @@ class PipelineConfig:
     text_dim: int  # width of the prompt embedding the denoiser reads
     pooled_dim: int = 0
     patch_size: int = 1
+    dtype: torch.dtype = torch.float32  # the denoiser's: latents are drawn and kept in it
 
 
 def _json(path: Path) -> dict:
@@ -123,9 +124,18 @@ def _quiet() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def from_pretrained(folder: Path, sub: str):
+def _dtype_kwargs(cls, dtype) -> dict:
+    """How a class takes its load dtype, as ``DiffusionPipeline`` passes it: ``dtype`` for
+    transformers models, ``torch_dtype`` for diffusers models, nothing for tokenizers."""
+    if dtype is None or not issubclass(cls, torch.nn.Module):
+        return {}
+    return {"dtype": dtype} if cls.__module__.startswith("transformers") else {"torch_dtype": dtype}
+
+
+def from_pretrained(folder: Path, sub: str, dtype=None):
     _quiet()
-    obj = _class_for(folder, sub).from_pretrained(folder / sub)
+    cls = _class_for(folder, sub)
+    obj = cls.from_pretrained(folder / sub, **_dtype_kwargs(cls, dtype))
     if isinstance(obj, torch.nn.Module):
         obj.eval().requires_grad_(False)
     return obj
@@ -135,11 +145,11 @@ def _vae_scale(folder: Path) -> int:
     return 2 ** (len(_json(folder / "vae" / "config.json")["block_out_channels"]) - 1)
 
 
-def _text_encoders(folder: Path) -> TextEncoders:
+def _text_encoders(folder: Path, dtype=None) -> TextEncoders:
     family = family_of(folder)
     pairs = []
     for tok, enc in TEXT_ENCODERS[family]:
-        pairs.append((from_pretrained(folder, tok), from_pretrained(folder, enc)) if _present(folder, enc) else None)
+        pairs.append((from_pretrained(folder, tok), from_pretrained(folder, enc, dtype)) if _present(folder, enc) else None)
     if pairs[0] is None and family != "sd3":
         raise FileNotFoundError(f"{folder}: text encoder missing")
     index = model_index(folder)
@@ -147,12 +157,13 @@ def _text_encoders(folder: Path) -> TextEncoders:
     return TextEncoders(family, pairs, bool(index.get("force_zeros_for_empty_prompt", False)), joint)
 
 
-def _denoiser(folder: Path) -> Denoiser:
+def _denoiser(folder: Path, dtype=None) -> Denoiser:
     family = family_of(folder)
-    return Denoiser(family, from_pretrained(folder, DENOISER[family]), _vae_scale(folder))
+    return Denoiser(family, from_pretrained(folder, DENOISER[family], dtype), _vae_scale(folder))
 
 
-def pipeline_config(folder: Path) -> PipelineConfig:
+def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
+    """The folder's cheap facts; ``dtype`` is the denoiser's, which the latents take."""
     family = family_of(folder)
     den_cfg = _json(folder / DENOISER[family] / "config.json")
     scale = _vae_scale(folder)
@@ -171,16 +182,18 @@ def pipeline_config(folder: Path) -> PipelineConfig:
         text_dim=int(text_dim),
         pooled_dim=int(den_cfg.get("pooled_projection_dim") or den_cfg.get("projection_class_embeddings_input_dim") or 0),
         patch_size=int(den_cfg.get("patch_size") or 1),
+        dtype=dtype or torch.float32,
     )
 
 
-def _single_model(folder: Path):
+def _single_model(folder: Path, dtype=None):
     """A model saved on its own (``config.json`` naming its class), such as a ControlNet."""
     _quiet()
     cls_name = _json(folder / "config.json")["_class_name"]
     import diffusers
 
-    obj = getattr(diffusers, cls_name).from_pretrained(folder)
+    cls = getattr(diffusers, cls_name)
+    obj = cls.from_pretrained(folder, **_dtype_kwargs(cls, dtype))
     return obj.eval().requires_grad_(False)
 
 
@@ -188,7 +201,7 @@ LOADERS = {
     "controlnet": _single_model,
     "text_encoder": _text_encoders,
     "denoiser": _denoiser,
-    "vae": lambda f: from_pretrained(f, "vae"),
+    "vae": lambda f, dtype=None: from_pretrained(f, "vae", dtype),
     "config": pipeline_config,
 }
 
@@ -197,13 +210,20 @@ LOADERS = {
 _LOAD_LOCK = threading.Lock()
 
 
-def load_component(folder: str | Path, component: str) -> Any:
+def load_component(folder: str | Path, component: str, precision=None, device: str = "cpu") -> Any:
+    """``component`` of the model in ``folder``, its weights in the dtype ``precision`` (a
+    :class:`~legodiffusion.models.precision.Precision`; default ``auto``) gives it on ``device``."""
+    from legodiffusion.models.precision import Precision
+
     try:
         loader = LOADERS[component]
     except KeyError:
         raise KeyError(f"unknown component {component!r}; known: {sorted(LOADERS)}") from None
+    folder = Path(folder)
+    family = family_of(folder) if (folder / "model_index.json").exists() else None
+    dtype = (precision or Precision()).dtype(component, family, device)
     with _LOAD_LOCK:
-        return loader(Path(folder))
+        return loader(folder, dtype)
 
 
 def modules_of(obj: Any) -> list[torch.nn.Module]:

@@ -14,6 +14,7 @@ from typing import Any
 from legodiffusion.core.residency import LRUBudget
 from legodiffusion.models.components import component_bytes, load_component, modules_of
 from legodiffusion.models.patches import load_lora_file
+from legodiffusion.models.precision import Precision
 
 
 class ModelCatalog:
@@ -51,10 +52,14 @@ class ModelCatalog:
 
 class HostCache:
     """Host-memory copies of components, loaded from disk once per process and shared by every
-    worker: a device copy evicted under memory pressure comes back from here, not from disk."""
+    worker: a device copy evicted under memory pressure comes back from here, not from disk. Each
+    is loaded in the dtype ``precision`` gives it on ``device`` (the kind of device the workers
+    of this process run on)."""
 
-    def __init__(self, catalog: ModelCatalog) -> None:
+    def __init__(self, catalog: ModelCatalog, precision: Precision | None = None, device: str = "cpu") -> None:
         self.catalog = catalog
+        self.precision = precision or Precision()
+        self.device = device
         self._objs: dict[tuple[str, str], Any] = {}
         self._bytes: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -113,7 +118,7 @@ class HostCache:
         with self._lock:
             if key not in self._objs:
                 t0 = time.perf_counter()
-                obj = load_component(self.catalog.folder(model), component)
+                obj = load_component(self.catalog.folder(model), component, self.precision, self.device)
                 self.disk_load_s += time.perf_counter() - t0
                 self.disk_loads += 1
                 self._objs[key] = obj

@@ -29,7 +29,7 @@ class PrepareControlImage(Operator):
         for it in items:
             h = it.inputs.get("height") or model.default_size
             w = it.inputs.get("width") or model.default_size
-            out.append({"control": proc.preprocess(it.inputs["image"], height=h, width=w).to(dtype=torch.float32)})
+            out.append({"control": proc.preprocess(it.inputs["image"], height=h, width=w).to(dtype=torch.float32).contiguous()})
         return out
 
     def example_items(self, cfg, mode, batch, size, device):
@@ -69,7 +69,9 @@ class EncodeControlImage(Operator):
                 generator.manual_seed(int(it.inputs["seed"]))
             h = it.inputs.get("height") or 128 * factor
             w = it.inputs.get("width") or 128 * factor
-            image = proc.preprocess(it.inputs["image"], height=h, width=w).to(device=model.device, dtype=model.dtype)
+            # contiguous as the pipeline's repeat_interleave leaves it: a channels-last input takes
+            # other convolution kernels, whose rounding differs in bf16
+            image = proc.preprocess(it.inputs["image"], height=h, width=w).contiguous().to(device=model.device, dtype=model.dtype)
             with torch.inference_mode():
                 latents = model.encode(image).latent_dist.sample(generator)
             latents = (latents - model.config.shift_factor) * model.config.scaling_factor
@@ -107,10 +109,10 @@ class ControlNet(Operator):
             state = it.inputs["sampler"]
             sched = sampling.scheduler_at(state)
             t = sched.timesteps[state.step_index]
-            xs.append(sched.scale_model_input(it.inputs["latents"], t))
+            xs.append(sched.scale_model_input(it.inputs["latents"].to(model.dtype), t))
             ts.append(t.reshape(1))
-            embs.append(it.inputs["embedding"]["prompt_embeds"])
-            conds.append(it.inputs["control"].to(xs[-1].device))
+            embs.append(it.inputs["embedding"]["prompt_embeds"].to(model.dtype))
+            conds.append(it.inputs["control"].to(xs[-1].device, model.dtype))
         if len({t.dtype for t in ts}) > 1:
             ts = [t.float() for t in ts]
         with torch.inference_mode():
@@ -135,8 +137,8 @@ class ControlNet(Operator):
     def _run_flux(self, model, items: list[Item]):
         from legodiffusion.ops.denoise import flux_inputs, pack
 
-        x = torch.cat([it.inputs["latents"] for it in items])
-        control = torch.cat([it.inputs["control"].to(x.device) for it in items])
+        x = torch.cat([it.inputs["latents"] for it in items]).to(model.dtype)
+        control = torch.cat([it.inputs["control"].to(x.device, model.dtype) for it in items])
         kwargs = flux_inputs(items, x, model.config.guidance_embeds)
         with torch.inference_mode():
             blocks, singles = model(controlnet_cond=pack(control), conditioning_scale=1.0, return_dict=False, **kwargs)

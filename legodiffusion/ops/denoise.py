@@ -107,8 +107,8 @@ def flux_inputs(items: list[Item], x: torch.Tensor, guidance_embeds: bool) -> di
         "hidden_states": pack(x),
         "timestep": tvec / 1000,
         "guidance": guidance,
-        "pooled_projections": _cat(embs, "pooled"),
-        "encoder_hidden_states": _cat(embs, "prompt_embeds"),
+        "pooled_projections": _cat(embs, "pooled").to(x.dtype),
+        "encoder_hidden_states": _cat(embs, "prompt_embeds").to(x.dtype),
         "txt_ids": embs[0]["text_ids"][0],
         "img_ids": _image_ids(h, w, x.device, x.dtype),
     }
@@ -161,8 +161,9 @@ class Denoise(Operator):
 
     def run(self, model, mode: str, items: list[Item]):
         scheds, ts = _timesteps(items)
-        xs = [it.inputs["latents"] for it in items]
-        embs = [it.inputs["embedding"] for it in items]
+        dtype = model.module.dtype  # a no-op where inputs already have it, as in the pipelines
+        xs = [it.inputs["latents"].to(dtype) for it in items]
+        embs = [{k: v.to(dtype) for k, v in it.inputs["embedding"].items()} for it in items]
         with torch.inference_mode():
             noise = _CALLS[model.family](model, items, xs, embs, ts, scheds)
         return [{"noise": n} for n in torch.split(noise, [x.shape[0] for x in xs])]

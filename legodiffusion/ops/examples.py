@@ -10,15 +10,15 @@ torch = lazy_module("torch")
 
 def latents(cfg, size: int, device: str) -> torch.Tensor:
     f = cfg.vae_scale_factor
-    return torch.randn(1, cfg.latent_channels, size // f, size // f, device=device)
+    return torch.randn(1, cfg.latent_channels, size // f, size // f, device=device, dtype=cfg.dtype)
 
 
 def embedding(cfg, device: str) -> dict:
-    emb = {"prompt_embeds": torch.randn(1, cfg.text_length, cfg.text_dim, device=device)}
+    emb = {"prompt_embeds": torch.randn(1, cfg.text_length, cfg.text_dim, device=device, dtype=cfg.dtype)}
     if cfg.family != "sd":
-        emb["pooled"] = torch.randn(1, cfg.pooled_dim if cfg.family != "sdxl" else cfg.pooled_dim, device=device)
+        emb["pooled"] = torch.randn(1, cfg.pooled_dim, device=device, dtype=cfg.dtype)
     if cfg.family == "flux":
-        emb["text_ids"] = torch.zeros(1, cfg.text_length, 3, device=device)
+        emb["text_ids"] = torch.zeros(1, cfg.text_length, 3, device=device, dtype=cfg.dtype)
     return emb
 
 

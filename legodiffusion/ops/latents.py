@@ -52,7 +52,7 @@ class InitLatents(Operator):
     name = "init_latents"
     doc = (
         "Gaussian latents drawn exactly as the family's diffusers pipeline draws them (CPU generator "
-        "seeded with `seed`), scaled by the sampler's initial sigma. Flux latents stay unpacked here; "
+        "seeded with `seed`, in the denoiser's dtype), scaled by the sampler's initial sigma. Flux latents stay unpacked here; "
         "the denoiser packs them (a permutation, so values are unchanged)."
     )
     component = "config"
@@ -91,7 +91,7 @@ class InitLatents(Operator):
                 generator.set_state(args["rng"])
             else:
                 generator.manual_seed(int(args["seed"]))
-            latents = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=torch.float32)
+            latents = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=model.dtype)
             if model.family in ("sd", "sdxl"):
                 latents = latents * sampling.init_noise_sigma(state)
             if sampler in sampling.STOCHASTIC:  # later steps keep drawing from this generator

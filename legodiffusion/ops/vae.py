@@ -32,10 +32,12 @@ class VaeDecode(Operator):
     modes = {"default": Signature(inputs={"latents": Port("latent")}, outputs={"image": "image"})}
 
     def run(self, model, mode: str, items: list[Item]):
-        latents = torch.cat([it.inputs["latents"] for it in items])
+        # latents take the VAE's dtype first, as StableDiffusionXLPipeline does when it upcasts
+        latents = torch.cat([it.inputs["latents"] for it in items]).to(model.dtype)
         with torch.inference_mode():
             image = model.decode(unscale(model, latents), return_dict=False)[0]
-        image = image_processor.VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt")
+        # denormalised in the VAE's dtype, then fp32 (exact), as the pipelines' numpy output
+        image = image_processor.VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt").float()
         sizes = [it.inputs["latents"].shape[0] for it in items]
         return [{"image": im} for im in torch.split(image, sizes)]
 

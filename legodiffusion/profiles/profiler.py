@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from legodiffusion import config
-from legodiffusion.models.components import component_bytes, load_component
+from legodiffusion.models.components import component_bytes, family_of, load_component
+from legodiffusion.models.precision import COMPONENTS, Precision
 from legodiffusion.models.store import ModelCatalog, _to_device
 from legodiffusion.ops.base import OperatorRegistry
 from legodiffusion.profiles.book import ComponentProfile, ModelProfile, OpPoint
@@ -50,17 +51,29 @@ def model_key(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def profile_path(folder: Path, device: str, directory: Path | None = None) -> Path:
+def precision_tag(folder: Path, device: str, precision: Precision | None = None) -> str:
+    """The dtypes a model's components get (denoiser, text encoders, VAE, ControlNet), e.g.
+    ``bf16-bf16-fp32-bf16``: a profile measured in one precision says nothing of another."""
+    family = family_of(folder) if (Path(folder) / "model_index.json").exists() else None
+    precision = precision or Precision()
+    return "-".join(precision.name(c, family, device) for c in COMPONENTS)
+
+
+def profile_path(folder: Path, device: str, directory: Path | None = None, precision: Precision | None = None) -> Path:
     directory = Path(directory) if directory else config.home() / "profiles"
     v = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode()).hexdigest()[:8]
-    return directory / f"{model_key(folder)}-{device_name(device).replace(':', '_').replace('/', '_')}-{v}.json"
+    where = device_name(device).replace(":", "_").replace("/", "_")
+    return directory / f"{model_key(folder)}-{where}-{precision_tag(folder, device, precision)}-{v}.json"
 
 
-def cached_profiles(catalog: ModelCatalog, device: str, directory: Path | None = None) -> dict[str, ModelProfile]:
-    """Profiles already measured for the catalogue's models on this device (missing ones skipped)."""
+def cached_profiles(
+    catalog: ModelCatalog, device: str, directory: Path | None = None, precision: Precision | None = None
+) -> dict[str, ModelProfile]:
+    """Profiles already measured for the catalogue's models on this device in this precision
+    (missing ones skipped)."""
     out = {}
     for name in catalog.names():
-        path = profile_path(catalog.folder(name), device, directory)
+        path = profile_path(catalog.folder(name), device, directory, precision)
         if path.exists():
             out[name] = ModelProfile.load(path)
     return out
@@ -103,8 +116,10 @@ def measure(
     sizes: tuple[int, ...] = (64, 128, 256),
     repeats: int = 3,
     progress=None,
+    precision: Precision | None = None,
 ) -> ModelProfile:
-    """Measure every (op, mode) in ``ops`` over ``batches`` x ``sizes`` (square images)."""
+    """Measure every (op, mode) in ``ops`` over ``batches`` x ``sizes`` (square images), each
+    component loaded in the dtype ``precision`` gives it on ``device``."""
     folder = Path(folder)
     prof = ModelProfile(model_key(folder), device_name(device), versions())
     cache: dict[str, object] = {}
@@ -112,7 +127,7 @@ def measure(
         op = registry.get(op_name)
         if op.component and op.component not in cache:
             t0 = time.perf_counter()
-            host = load_component(folder, op.component)
+            host = load_component(folder, op.component, precision, device)
             disk_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             obj = _to_device(host, device)
@@ -120,7 +135,7 @@ def measure(
             prof.components[op.component] = ComponentProfile(disk_s, time.perf_counter() - t0, component_bytes(obj))
             cache[op.component] = obj
         model = cache.get(op.component) if op.component else None
-        cfg = cache.get("config") or load_component(folder, "config")
+        cfg = cache.get("config") or load_component(folder, "config", precision, device)
         cache["config"] = cfg
         sized = op.concat_batch or op_name in ("init_latents",)
         for size in sizes if sized else (0,):

@@ -43,8 +43,8 @@ class LocalBackend(Backend):
 
     def __init__(self, catalog: ModelCatalog, config: EngineConfig, registry: OperatorRegistry) -> None:
         self.plane = LocalDataPlane()
-        self.host = HostCache(catalog)
         devices = config.worker_devices()
+        self.host = HostCache(catalog, config.precision(), devices[0])
         self.device = devices[0]
         self.workers = [ThreadWorker(i, dev, registry, self.host, self.plane, config.budget_for(dev)) for i, dev in enumerate(devices)]
 

@@ -83,7 +83,7 @@ class Engine:
         self.plane = self.backend.plane
         self.workers: list[Worker] = self.backend.workers
         cfg = self.config
-        self.cost = ProfileCost(cached_profiles(self.catalog, self.backend.device, cfg.profile_dir))
+        self.cost = ProfileCost(cached_profiles(self.catalog, self.backend.device, cfg.profile_dir, cfg.precision()))
         self.coordinator = cfg.coordinator(len(self.workers), self.cost)
         self.workflows: dict[str, Expander] = {}
         self._runs: dict[int, Run] = {}

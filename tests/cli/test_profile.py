@@ -44,6 +44,20 @@ def test_profile_measures_caches_and_feeds_the_cost_model(sd15, tmp_path):
     assert cost.load_s("sd15", "denoiser") > 0
 
 
+def test_a_profile_is_measured_and_cached_per_precision(sd15, tmp_path):
+    args = ["profile", "--model", str(sd15), "--device", "cpu", "--batches", "1", "--sizes", "64", "--repeats", "1"]
+    args += ["--out-dir", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    bf16 = runner.invoke(app, [*args, "--dtype", "bf16", "--component-dtype", "vae=fp32"])
+    assert bf16.exit_code == 0, bf16.output
+    assert "bf16-bf16-fp32-bf16" in bf16.output
+    full, half = (ModelProfile.load(p) for p in sorted(tmp_path.glob("*.json"), key=lambda p: "bf16" in p.name))
+    for component, ratio in (("denoiser", 0.5), ("text_encoder", 0.5), ("vae", 1.0)):
+        assert abs(half.components[component].weight_bytes / full.components[component].weight_bytes - ratio) < 0.01
+    bad = runner.invoke(app, [*args, "--dtype", "fp8"])
+    assert bad.exit_code == 2 and "dtype must be one of auto, bf16, fp16, fp32" in bad.output
+
+
 def test_missing_points_fall_back_to_the_nearest_measured_one():
     prof = ModelProfile(
         "k", "cpu", {}, [OpPoint("denoise", "default", b, px, 0.01 * b * px / 4096, 0) for b in (1, 4) for px in (4096, 65536)]

@@ -4,6 +4,8 @@ base model's own computation when two workers are free."""
 import asyncio
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from legodiffusion import Engine, EngineConfig
@@ -16,7 +18,12 @@ def control_image(size=64):
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
-def test_sd_controlnet_matches_the_reference_pipeline(tiny_models):
+DTYPES = pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@DTYPES
+def test_sd_controlnet_matches_the_reference_pipeline(tiny_models, dtype):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     base, cn = tiny_models["sd15"], tiny_models["controlnet-sd15"]
@@ -33,13 +40,14 @@ def test_sd_controlnet_matches_the_reference_pipeline(tiny_models):
         control_image=image,
         control_scale=0.7,
     )
-    (result,), engine = run_requests(base, [dict(args, workflow="sd-cn")], models={"sd15": base, "cn": cn}, workflows=[wf])
+    (result,), engine = run_requests(base, [dict(args, workflow="sd-cn")], models={"sd15": base, "cn": cn}, workflows=[wf], dtype=dtype)
     assert result.ok, result.error
     ref = reference_pipeline(
         StableDiffusionControlNetPipeline,
         base,
         seed=9,
-        components={"controlnet": ControlNetModel.from_pretrained(cn)},
+        torch_dtype=TORCH_DTYPE[dtype],
+        components={"controlnet": ControlNetModel.from_pretrained(cn, torch_dtype=TORCH_DTYPE[dtype])},
         prompt="a house",
         image=image,
         negative_prompt="fog",
@@ -102,7 +110,8 @@ def test_controlnet_overlaps_the_base_model_on_two_workers(tiny_models):
     assert overlapping, f"no step's ControlNet overlapped its base model: {spans}"
 
 
-def test_flux_controlnet_matches_the_reference_pipeline(tiny_models):
+@DTYPES
+def test_flux_controlnet_matches_the_reference_pipeline(tiny_models, dtype):
     from diffusers import FluxControlNetModel, FluxControlNetPipeline
 
     from legodiffusion.workflow.catalog import flux_txt2img
@@ -121,13 +130,14 @@ def test_flux_controlnet_matches_the_reference_pipeline(tiny_models):
         control_image=image,
         control_scale=0.6,
     )
-    (result,), engine = run_requests(base, [dict(args, workflow="flux-cn")], models={"flux": base, "cn": cn}, workflows=[wf])
+    (result,), engine = run_requests(base, [dict(args, workflow="flux-cn")], models={"flux": base, "cn": cn}, workflows=[wf], dtype=dtype)
     assert result.ok, result.error
     ref = reference_pipeline(
         FluxControlNetPipeline,
         base,
         seed=4,
-        components={"controlnet": FluxControlNetModel.from_pretrained(cn)},
+        torch_dtype=TORCH_DTYPE[dtype],
+        components={"controlnet": FluxControlNetModel.from_pretrained(cn, torch_dtype=TORCH_DTYPE[dtype])},
         prompt="a bridge",
         control_image=image,
         num_inference_steps=3,

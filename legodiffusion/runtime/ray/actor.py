@@ -18,6 +18,7 @@ import ray
 
 import legodiffusion.config  # noqa: F401  (offline hub settings, before any model code)
 from legodiffusion.core.messages import Completion, Dispatch
+from legodiffusion.models.precision import Precision
 from legodiffusion.models.store import HostCache, ModelCatalog
 from legodiffusion.ops import default_registry
 from legodiffusion.runtime.ray.plane import ActorPlane
@@ -29,7 +30,15 @@ CONCURRENCY = {"run": 64, "watch": 1, "io": 16, "recv": 4}
 
 class WorkerActor:
     def __init__(
-        self, worker_id: int, device: str, models: dict[str, str], budget: int | None, names: str, namespace: str, torch_threads: int
+        self,
+        worker_id: int,
+        device: str,
+        models: dict[str, str],
+        budget: int | None,
+        names: str,
+        namespace: str,
+        torch_threads: int,
+        precision: Precision,
     ) -> None:
         import torch
 
@@ -42,7 +51,7 @@ class WorkerActor:
         self._namespace = namespace
         self._peers: dict[int, ray.actor.ActorHandle] = {}
         self.plane = ActorPlane(worker_id, self._peer)
-        host = HostCache(ModelCatalog(models))
+        host = HostCache(ModelCatalog(models), precision, device)
         self.worker = ThreadWorker(worker_id, device, default_registry(), host, self.plane, budget)
         self._lock = threading.Lock()
         self._waiting: dict[int, Future] = {}  # dispatch id -> its completion
