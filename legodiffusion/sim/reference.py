@@ -64,7 +64,7 @@ def reference_profiles(gpu: str = "h100", data: dict | None = None) -> dict[str,
         arch = m.get("architecture")
         base_arch = arch if arch and "text_tokens" in arch else None
         for op, spec in m.items():
-            if op in ("weights_gb", "architecture"):
+            if op in ("weights_bytes", "weights_from", "architecture"):
                 continue
             factors = curves[spec["batch_curve"]]
             act = spec.get("activation_gb", 0.0) * 1e9
@@ -78,10 +78,9 @@ def reference_profiles(gpu: str = "h100", data: dict | None = None) -> dict[str,
         for op, mode in GLUE_OPS:
             for b in BATCHES:
                 prof.ops.append(OpPoint(op, mode, b, PX_1024, glue * b, 0))
-        for comp, gb in m["weights_gb"].items():
+        for comp, nbytes in m["weights_bytes"].items():
             if comp == "source":
                 continue
-            nbytes = int(gb * 1e9)
             prof.components[comp] = ComponentProfile(nbytes / disk, LOAD_SETUP_S + nbytes / pcie, nbytes)
         profiles[name] = prof
     return profiles
