@@ -190,6 +190,7 @@ class Coordinator:
     ) -> None:
         self.policy = policy
         self.cost: CostModel = cost or DefaultCost()
+        self._activation_bytes = getattr(self.cost, "activation_bytes", None)  # per call, where profiled
         self.pool = WorkerPool(n_workers, slots_per_worker, queue_threshold_s)
         self.workers = self.pool.workers
         self.queue_threshold_s = queue_threshold_s
@@ -622,8 +623,11 @@ class Coordinator:
         self._next_dispatch += 1
         items = [self._item(live, node, worker) for live, node in members]
         d = Dispatch(self._next_dispatch, worker, tn.op, tn.mode, tn.model, tn.component, items, tn.light, scope)
+        px = members[0][0].px
+        if tn.component is not None and self._activation_bytes is not None:
+            d.activation_bytes = self._activation_bytes(tn.op, tn.mode, tn.model, len(items), px)
         w = self.workers[worker]
-        est = self.cost.exec_s(tn.op, tn.mode, tn.model, len(items), members[0][0].px)
+        est = self.cost.exec_s(tn.op, tn.mode, tn.model, len(items), px)
         if tn.component is not None:
             comp = (tn.model, tn.component, scope)
             if comp not in w.resident:

@@ -52,6 +52,7 @@ class Dispatch:
     items: list[DispatchItem]
     light: bool = False  # glue: does not take one of the worker's slots
     scope: str | None = None  # model-copy namespace: the workflow under bundle semantics, else shared
+    activation_bytes: int = 0  # working memory the call needs beside the weights (profiled peak; 0: unknown)
 
 
 @dataclass(slots=True)

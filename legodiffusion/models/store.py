@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from legodiffusion.core.residency import LRUBudget
 from legodiffusion.models.components import component_bytes, load_component, modules_of
 from legodiffusion.models.patches import load_lora_file
@@ -119,6 +121,8 @@ class HostCache:
             if key not in self._objs:
                 t0 = time.perf_counter()
                 obj = load_component(self.catalog.folder(model), component, self.precision, self.device)
+                if str(self.device).startswith("cuda"):
+                    pin(obj)
                 self.disk_load_s += time.perf_counter() - t0
                 self.disk_loads += 1
                 self._objs[key] = obj
@@ -129,11 +133,40 @@ class HostCache:
 def _to_device(obj: Any, device: str) -> Any:
     """A worker's own copy of a host component on its device (on the CPU too: a worker stands for
     a device with its own memory, and LoRA adapters injected into its copy must not leak into
-    another worker's batches)."""
-    obj = copy.deepcopy(obj)
-    for module in modules_of(obj):
-        module.to(device)
-    return obj
+    another worker's batches).
+
+    The tensors are copied straight to the device and the module structure around them is
+    deep-copied with those copies in place, so no second host copy is made. On CUDA the copies
+    are non-blocking on a side stream (from pinned host memory they run asynchronously, beside the
+    kernels already queued on the worker's stream), which the worker's stream then waits for."""
+    tensors = {id(t): t for m in modules_of(obj) for t in (*m.parameters(), *m.buffers())}
+    if str(device).startswith("cuda"):
+        side = _copy_stream(device)
+        with torch.cuda.stream(side):
+            copies = {i: t.to(device, non_blocking=True) for i, t in tensors.items()}
+        torch.cuda.current_stream(device).wait_stream(side)
+    else:
+        copies = {i: t.to(device, copy=True) for i, t in tensors.items()}
+    memo = {i: torch.nn.Parameter(c, requires_grad=False) if isinstance(tensors[i], torch.nn.Parameter) else c for i, c in copies.items()}
+    return copy.deepcopy(obj, memo)
+
+
+_STREAMS: dict[str, Any] = {}
+
+
+def _copy_stream(device: str):
+    """One side stream per device for host -> device copies."""
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    return _STREAMS[device]
+
+
+def pin(obj: Any) -> None:
+    """Move a host component's tensors into page-locked memory, from which host -> device copies
+    are asynchronous and run at full PCIe bandwidth (only where CUDA is available)."""
+    if torch.cuda.is_available():
+        for module in modules_of(obj):
+            module._apply(lambda t: t.pin_memory() if t.device.type == "cpu" else t)
 
 
 @dataclass
@@ -177,21 +210,29 @@ class ResidentModels:
     def evictions(self) -> int:
         return self.lru.evictions
 
-    def acquire(self, model: str, component: str, scope: str | None = None) -> Residency:
+    def acquire(self, model: str, component: str, scope: str | None = None, activation_bytes: int = 0) -> Residency:
+        """The worker's copy of a component, loaded if needed, with room beside the resident
+        weights for ``activation_bytes`` of working memory (the call's profiled peak): least
+        recently used components are evicted for either."""
         key = (model, component, scope)
-        if self.lru.touch(key):
+        if key in self.lru and not activation_bytes:
+            self.lru.touch(key)
             return Residency(self._objs[key], [], [])
         t0 = time.perf_counter()
-        host_obj, nbytes = self.host.get(model, component)
+        held = key in self.lru
+        host_obj, nbytes = (self._objs[key], 0) if held else self.host.get(model, component)
         try:
-            _, evicted = self.lru.admit(key, nbytes)
+            _, evicted = self.lru.admit(key, nbytes, activation_bytes)
         except MemoryError:
             raise MemoryError(
-                f"{model}/{component} needs {nbytes} bytes, more than this worker's budget of {self.budget_bytes} bytes"
+                f"{model}/{component} ({nbytes} bytes of weights) with {activation_bytes} bytes of activations does not fit "
+                f"in this worker's budget of {self.budget_bytes} bytes"
             ) from None
         for old in evicted:
             del self._objs[old]
             self.patches.pop(old, None)
+        if held:
+            return Residency(host_obj, [], evicted)
         self._objs[key] = _to_device(host_obj, self.device)
         self.load_counts[key] += 1
         self.load_s += time.perf_counter() - t0

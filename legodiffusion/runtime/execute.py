@@ -47,7 +47,7 @@ def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: Reside
     model = None
     if d.component is not None:
         try:
-            res = models.acquire(d.model, d.component, d.scope)
+            res = models.acquire(d.model, d.component, d.scope, d.activation_bytes)
         except Exception as exc:  # a model that cannot load fails its requests, not the worker
             err = f"loading {d.model}/{d.component}: {_reason(exc)}"
             return Completion(d.id, worker, [ItemResult(error=err) for _ in d.items], start, time.perf_counter())

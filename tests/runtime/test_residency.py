@@ -54,3 +54,42 @@ def test_a_model_too_big_for_the_budget_fails_its_request_not_the_worker(sd15):
     assert [r.status for r in results] == ["failed", "failed"]
     assert "budget" in results[0].error
     assert engine.plane.live_count() == 0
+
+
+def test_activation_memory_evicts_weights_to_make_room(sd15):
+    host = HostCache(ModelCatalog({"a": sd15}))
+    unet = host.get("a", "denoiser")[1]
+    vae = host.get("a", "vae")[1]
+    res = ResidentModels(host, "cpu", budget_bytes=unet + vae + 1000)
+    res.acquire("a", "denoiser")
+    assert res.acquire("a", "vae", activation_bytes=1000).evicted == []  # both fit beside 1000 bytes
+    got = res.acquire("a", "vae", activation_bytes=unet)  # a large call: the cold UNet makes way
+    assert got.loaded == [] and got.evicted == [("a", "denoiser", None)]
+    assert res.keys() == [("a", "vae", None)] and res.used_bytes == vae
+    with pytest.raises(MemoryError, match="activations"):
+        res.acquire("a", "vae", activation_bytes=unet + 2000)  # cannot fit even beside the VAE alone
+    assert res.keys() == [("a", "vae", None)]  # nothing evicted by the refusal
+
+
+def test_profiled_activation_peaks_travel_with_dispatches_and_make_room_live(sd15, tmp_path):
+    """With a profile saying each denoiser call needs the VAE's worth of working memory, and a
+    budget that holds every weight but not that as well, the worker evicts to make room, and every
+    request still succeeds."""
+    from legodiffusion.models.precision import Precision
+    from legodiffusion.profiles.book import ModelProfile, OpPoint
+    from legodiffusion.profiles.profiler import device_name, profile_path
+
+    host = HostCache(ModelCatalog({"sd15": sd15}))
+    weights = {c: host.get("sd15", c)[1] for c in ("text_encoder", "denoiser", "vae")}
+    peak = weights["vae"] + weights["text_encoder"]
+    prof = ModelProfile("k", device_name("cpu"), {}, [OpPoint("denoise", "default", b, 64 * 64, 0.01, peak) for b in (1, 2)])
+    prof.save(profile_path(sd15, "cpu", tmp_path, Precision()))
+    requests = [dict(prompt=f"p{i}", steps=2, seed=i, height=64, width=64) for i in range(2)]
+    budget = sum(weights.values()) + 1000
+    evictions = {}
+    for name, where in (("profiled", tmp_path), ("unprofiled", tmp_path / "none")):
+        results, engine = run_requests(sd15, requests, sequential=True, memory_budget_bytes=budget, profile_dir=where)
+        assert all(r.ok for r in results), [r.error for r in results]
+        evictions[name] = engine.workers[0].models.evictions
+    # the encoders and the VAE make way for the UNet's working memory (each request), and come back
+    assert evictions["unprofiled"] == 0 and evictions["profiled"] >= 3
