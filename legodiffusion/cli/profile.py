@@ -13,6 +13,7 @@ from legodiffusion.models.precision import Precision
 from legodiffusion.ops import default_registry
 from legodiffusion.profiles.book import ModelProfile
 from legodiffusion.profiles.profiler import measure, precision_tag, profile_path
+from legodiffusion.server.catalog import txt2img_for
 from legodiffusion.workflow.catalog import BUILTIN_WORKFLOWS
 from legodiffusion.workflow.spec import CondNode, LoopNode, OpNode, WorkflowSpec, spec_from_json
 
@@ -36,7 +37,11 @@ def workflow_ops(spec: WorkflowSpec) -> list[tuple[str, str]]:
     return found
 
 
-def load_workflow(name_or_file: str, model_name: str) -> WorkflowSpec:
+def load_workflow(name_or_file: str | None, model: Path) -> WorkflowSpec:
+    """A built-in workflow by name, a JSON spec file, or (None) the model's text-to-image workflow."""
+    model_name = model.name
+    if name_or_file is None:
+        return txt2img_for(model, model_name)
     if name_or_file in BUILTIN_WORKFLOWS:
         return BUILTIN_WORKFLOWS[name_or_file](model_name)
     path = Path(name_or_file)
@@ -47,7 +52,7 @@ def load_workflow(name_or_file: str, model_name: str) -> WorkflowSpec:
 
 def run_profile(
     model: Path,
-    workflow: str,
+    workflow: str | None,
     device: str,
     batches: list[int],
     sizes: list[int],
@@ -58,7 +63,7 @@ def run_profile(
 ) -> Path:
     console = Console()
     device = EngineConfig(device=device).worker_devices()[0]
-    spec = load_workflow(workflow, model.name)
+    spec = load_workflow(workflow, model)
     path = profile_path(model, device, out_dir, precision)
     if path.exists() and not force:
         console.print(f"cached: {path} (use --force to measure again)")

@@ -24,15 +24,8 @@ from typing import Any, NamedTuple
 import torch
 
 from legodiffusion.models.components import Denoiser, TextEncoders, component_bytes
+from legodiffusion.models.precision import check_name, torch_dtype
 
-DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
 #: the sim file's weights come in this precision (the serving dtype of every reference figure)
 SIM_DTYPE = torch.bfloat16
 #: tokens per prompt of the offline tokenizers ``build`` pairs with the text encoders
@@ -60,6 +53,13 @@ class ArchitectureSpec:
     components: MappingProxyType  # component -> tuple[ModuleSpec, ...]
     force_zeros_for_empty_prompt: bool = False
     base: str | None = None  # ControlNets: the architecture they steer
+    scheduler: ModuleSpec | None = None  # base models: the scheduler their pipeline ships with
+
+
+def _scheduler(entry: dict | None) -> ModuleSpec | None:
+    if entry is None:
+        return None
+    return ModuleSpec("scheduler", "diffusers", entry["class"], MappingProxyType(entry["config"]), entry["source"])
 
 
 def _load() -> dict[str, ArchitectureSpec]:
@@ -78,6 +78,7 @@ def _load() -> dict[str, ArchitectureSpec]:
             MappingProxyType(components),
             bool(a.get("force_zeros_for_empty_prompt", False)),
             a.get("base"),
+            _scheduler(a.get("scheduler")),
         )
     return out
 
@@ -102,12 +103,13 @@ def module_specs(name: str, component: str) -> tuple[ModuleSpec, ...]:
 
 
 def dtype_of(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype, or one named as precision names them (``bf16``, ``fp16``, ``fp32``)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}") from None
+    check_name(dtype)
+    if dtype == "auto":
+        raise ValueError("a full-size architecture is built in one dtype: bf16, fp16 or fp32, not auto")
+    return torch_dtype(dtype)
 
 
 @contextlib.contextmanager
@@ -162,7 +164,8 @@ def weight_bytes(name: str, component: str, dtype: str | torch.dtype = SIM_DTYPE
     return _meta_counts(name, component, dtype_of(dtype))[1]
 
 
-def _tokenizer(spec: ModuleSpec):
+def tokenizer_for(spec: ModuleSpec):
+    """The offline tokenizer paired with a text encoder (there is no hub to fetch the real one)."""
     from legodiffusion.models.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer
 
     # The offline tokenizers' ids are few, all below the real vocabularies: every id indexes the full table.
@@ -187,7 +190,7 @@ def build(name: str, component: str, device: str | torch.device = "cpu", dtype: 
     specs = module_specs(name, component)
     if component == "text_encoder":
         joint = arch.components["denoiser"][0].config.get("joint_attention_dim", 0) if arch.family == "sd3" else 0
-        pairs = [(_tokenizer(spec), module) for spec, module in zip(specs, modules, strict=True)]
+        pairs = [(tokenizer_for(spec), module) for spec, module in zip(specs, modules, strict=True)]
         return TextEncoders(arch.family, pairs, arch.force_zeros_for_empty_prompt, joint)
     if component == "denoiser":
         return Denoiser(arch.family, modules[0], vae_scale_factor(name))

@@ -219,10 +219,14 @@ def load_component(folder: str | Path, component: str, precision=None, device: s
         loader = LOADERS[component]
     except KeyError:
         raise KeyError(f"unknown component {component!r}; known: {sorted(LOADERS)}") from None
+    from legodiffusion.models import random_folder
+
     folder = Path(folder)
     family = family_of(folder) if (folder / "model_index.json").exists() else None
     dtype = (precision or Precision()).dtype(component, family, device)
     with _LOAD_LOCK:
+        if component != "config" and random_folder.is_random(folder):
+            return random_folder.build_component(folder, component, dtype, device)
         return loader(folder, dtype)
 
 

@@ -157,7 +157,8 @@ class ControlNet(Operator):
                     "latents": examples.latents(cfg, size, device),
                     "sampler": examples.sampler_state(cfg),
                     "embedding": examples.embedding(cfg, device),
-                    "control": torch.rand(1, 3, size, size),
+                    # Flux ControlNets read VAE latents of the control image, SD ones its pixels
+                    "control": examples.latents(cfg, size, device) if cfg.family == "flux" else torch.rand(1, 3, size, size),
                 }
             )
             for _ in range(batch)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from legodiffusion import config
-from legodiffusion.models.components import component_bytes, family_of, load_component
+from legodiffusion.models.components import component_bytes, family_of, load_component, modules_of
 from legodiffusion.models.precision import COMPONENTS, Precision
 from legodiffusion.models.store import ModelCatalog, _to_device
 from legodiffusion.ops.base import OperatorRegistry
@@ -107,6 +107,11 @@ def _peak_during(fn, device: str) -> tuple[float, int]:
     return elapsed, peak
 
 
+def _on(obj, device: str) -> bool:
+    tensors = [t for m in modules_of(obj) for t in m.parameters()]
+    return bool(tensors) and all(t.device == torch.device(device) for t in tensors)
+
+
 def measure(
     folder: Path,
     registry: OperatorRegistry,
@@ -117,20 +122,25 @@ def measure(
     repeats: int = 3,
     progress=None,
     precision: Precision | None = None,
+    component_folders: dict[str, Path] | None = None,
 ) -> ModelProfile:
     """Measure every (op, mode) in ``ops`` over ``batches`` x ``sizes`` (square images), each
-    component loaded in the dtype ``precision`` gives it on ``device``."""
+    component loaded in the dtype ``precision`` gives it on ``device``. ``component_folders`` names
+    where components saved on their own come from (``{"controlnet": folder}``); the rest, and the
+    pipeline facts, come from ``folder``."""
     folder = Path(folder)
+    component_folders = component_folders or {}
     prof = ModelProfile(model_key(folder), device_name(device), versions())
     cache: dict[str, object] = {}
     for op_name, mode in ops:
         op = registry.get(op_name)
         if op.component and op.component not in cache:
             t0 = time.perf_counter()
-            host = load_component(folder, op.component, precision, device)
+            host = load_component(component_folders.get(op.component, folder), op.component, precision, device)
             disk_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            obj = _to_device(host, device)
+            # a component built on the device (a random-weight folder) is used where it is
+            obj = host if _on(host, device) else _to_device(host, device)
             _sync(device)
             prof.components[op.component] = ComponentProfile(disk_s, time.perf_counter() - t0, component_bytes(obj))
             cache[op.component] = obj
