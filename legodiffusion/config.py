@@ -94,6 +94,10 @@ class EngineConfig:
     component_dtypes: dict[str, str] = field(default_factory=dict)
     """Per-component overrides of ``dtype`` (``denoiser``, ``text_encoder``, ``vae``,
     ``controlnet``), e.g. ``{"vae": "fp32"}``."""
+    compile: bool = False
+    """Run each worker's denoiser through ``torch.compile`` (inductor, static shapes): batches are
+    padded to buckets (1, 2, 4, 8, then multiples of 8) and each bucket and resolution compiles
+    once, on its first call. Calls with ControlNet residuals or LoRA adapters stay eager."""
     memory_budget_bytes: int | None = None
     """Weight memory each worker may keep resident (LRU beyond it). Default: unlimited on CPU,
     the device's total memory on GPU."""

@@ -43,6 +43,7 @@ class GenerateArgs:
     lora_k: int = 0
     dtype: str = "auto"
     component_dtypes: dict[str, str] = field(default_factory=dict)
+    compile: bool = False
 
 
 def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str]) -> dict:
@@ -86,7 +87,9 @@ def generate_one(a: GenerateArgs) -> int:
             models[Path(path).stem] = Path(path)
             lora_names.append(Path(path).stem + (f":{weight}" if weight else ""))
         workflow = txt2img_for(a.model, a.model.name, controlnets=tuple(cn.name for cn in a.controlnets))
-        engine = Engine(models, EngineConfig(workers=a.workers, device=a.device, dtype=a.dtype, component_dtypes=a.component_dtypes))
+        engine = Engine(
+            models, EngineConfig(workers=a.workers, device=a.device, dtype=a.dtype, component_dtypes=a.component_dtypes, compile=a.compile)
+        )
         inputs = _inputs(a, family, workflow, lora_names)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         console.print(f"[red]error:[/] {exc}")

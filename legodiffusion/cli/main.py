@@ -13,6 +13,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Micro-servin
 
 DTYPE_HELP = "weight precision: auto (bf16 on CUDA, the VAE of SD1.x/SDXL in fp32; fp32 on CPU), bf16, fp16 or fp32"
 COMPONENT_DTYPE_HELP = "per-component precision COMPONENT=DTYPE (denoiser, text_encoder, vae, controlnet), repeatable"
+COMPILE_HELP = "torch.compile the denoiser, batches padded to shape buckets (each bucket compiles on its first call)"
 
 
 def _component_dtypes(items: list[str]) -> dict[str, str]:
@@ -72,6 +73,7 @@ def generate(
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     component_dtype: list[str] = typer.Option([], help=COMPONENT_DTYPE_HELP),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help=COMPILE_HELP),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG file to write"),
 ) -> None:
     """Generate one image through the decomposed runtime."""
@@ -97,6 +99,7 @@ def generate(
         lora_k,
         dtype,
         _component_dtypes(component_dtype),
+        compile,
     )
     raise typer.Exit(generate_one(args))
 
@@ -215,6 +218,7 @@ def serve(
     tensor_transport: str = typer.Option("auto", help="ray: object_store, nccl, gloo or auto (nccl on GPU workers, else object_store)"),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     component_dtype: list[str] = typer.Option([], help=COMPONENT_DTYPE_HELP),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help=COMPILE_HELP),
 ) -> None:
     """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""
     import uvicorn
@@ -251,6 +255,7 @@ def serve(
             ray=ray_config,
             dtype=dtype,
             component_dtypes=_component_dtypes(component_dtype),
+            compile=compile,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -182,11 +182,20 @@ class ResidentModels:
     Keys are ``(model, component, scope)``; scope None means shared by every workflow. A component
     that does not fit evicts the least recently used ones first; one that cannot fit even alone
     raises ``MemoryError`` (which fails the batch, not the worker). The eviction decisions are
-    :class:`~legodiffusion.core.residency.LRUBudget`'s, as in the simulator."""
+    :class:`~legodiffusion.core.residency.LRUBudget`'s, as in the simulator.
 
-    def __init__(self, host: HostCache, device: str = "cpu", budget_bytes: int | None = None) -> None:
+    With ``compile``, a denoiser's copy runs through ``torch.compile`` on bucketed shapes
+    (:mod:`legodiffusion.runtime.compile`); its compile events are in ``compile_log``."""
+
+    def __init__(self, host: HostCache, device: str = "cpu", budget_bytes: int | None = None, compile: bool = False) -> None:
         self.host = host
         self.device = device
+        self.compile = compile
+        self.compile_log = None
+        if compile:
+            from legodiffusion.runtime.compile import CompileLog  # torch.compile only when asked for
+
+            self.compile_log = CompileLog()
         self.lru = LRUBudget(budget_bytes)
         self._objs: dict[tuple, Any] = {}
         self.load_counts: Counter = Counter()  # (model, component, scope) -> times made resident
@@ -233,10 +242,19 @@ class ResidentModels:
             self.patches.pop(old, None)
         if held:
             return Residency(host_obj, [], evicted)
-        self._objs[key] = _to_device(host_obj, self.device)
+        obj = _to_device(host_obj, self.device)
+        if self.compile and component == "denoiser":
+            from legodiffusion.runtime.compile import compile_denoiser
+
+            obj = compile_denoiser(obj, self.compile_log, model)
+        self._objs[key] = obj
         self.load_counts[key] += 1
         self.load_s += time.perf_counter() - t0
         return Residency(self._objs[key], [key], evicted)
 
     def keys(self) -> list[tuple]:
         return self.lru.keys()
+
+    def compile_events(self) -> list:
+        """Each compiled bucket's first call (model, padded shape, seconds); empty without compile."""
+        return self.compile_log.events() if self.compile_log is not None else []

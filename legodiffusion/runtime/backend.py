@@ -46,7 +46,9 @@ class LocalBackend(Backend):
         devices = config.worker_devices()
         self.host = HostCache(catalog, config.precision(), devices[0])
         self.device = devices[0]
-        self.workers = [ThreadWorker(i, dev, registry, self.host, self.plane, config.budget_for(dev)) for i, dev in enumerate(devices)]
+        self.workers = [
+            ThreadWorker(i, dev, registry, self.host, self.plane, config.budget_for(dev), config.compile) for i, dev in enumerate(devices)
+        ]
 
 
 def make_backend(catalog: ModelCatalog, config: EngineConfig, registry: OperatorRegistry) -> Backend:

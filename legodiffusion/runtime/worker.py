@@ -53,12 +53,19 @@ class ThreadWorker(Worker):
     """A worker thread in this process, sharing the in-process data plane."""
 
     def __init__(
-        self, worker_id: int, device: str, registry: OperatorRegistry, host: HostCache, plane: DataPlane, budget_bytes: int | None = None
+        self,
+        worker_id: int,
+        device: str,
+        registry: OperatorRegistry,
+        host: HostCache,
+        plane: DataPlane,
+        budget_bytes: int | None = None,
+        compile: bool = False,
     ) -> None:
         self.id = worker_id
         self.device = device
         self.registry = registry
-        self.models = ResidentModels(host, device, budget_bytes)
+        self.models = ResidentModels(host, device, budget_bytes, compile)
         self.plane = plane
         self._inbox: queue.SimpleQueue[Dispatch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None

@@ -39,6 +39,7 @@ class WorkerActor:
         namespace: str,
         torch_threads: int,
         precision: Precision,
+        compile: bool = False,
     ) -> None:
         import torch
 
@@ -52,7 +53,7 @@ class WorkerActor:
         self._peers: dict[int, ray.actor.ActorHandle] = {}
         self.plane = ActorPlane(worker_id, self._peer)
         host = HostCache(ModelCatalog(models), precision, device)
-        self.worker = ThreadWorker(worker_id, device, default_registry(), host, self.plane, budget)
+        self.worker = ThreadWorker(worker_id, device, default_registry(), host, self.plane, budget, compile)
         self._lock = threading.Lock()
         self._waiting: dict[int, Future] = {}  # dispatch id -> its completion
         self._next_seq = 1

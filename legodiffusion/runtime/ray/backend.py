@@ -141,6 +141,7 @@ class RayBackend(Backend):
         self._models = {name: str(catalog.folder(name)) for name in catalog.names()}
         self._budget = config.memory_budget_bytes
         self._precision = config.precision()
+        self._compile = config.compile
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if config.device == "cuda" and not gpus:
             raise RuntimeError("device=cuda, but the Ray cluster has no GPUs")
@@ -188,7 +189,7 @@ class RayBackend(Backend):
         if self._gpu:
             opts["num_gpus"] = 1
         handle = _Actor.options(**opts).remote(
-            worker_id, self.device, self._models, self._budget, self._names, r.namespace, r.torch_threads, self._precision
+            worker_id, self.device, self._models, self._budget, self._names, r.namespace, r.torch_threads, self._precision, self._compile
         )
         self.handles[worker_id] = handle
         return RayWorker(worker_id, self.device, handle, self.plane)
