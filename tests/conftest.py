@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP threads that spin while they wait stalled compiled (inductor) calls for ~2 s each on a
+# busy 2-core machine; sleeping waiters do not (tests/runtime/test_compile.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 

@@ -129,8 +129,13 @@ def _ints(text: str) -> list[int]:
 
 @app.command()
 def profile(
-    model: Path = typer.Option(..., help="a diffusers-format model folder"),
-    workflow: str = typer.Option("sd-txt2img", help="built-in workflow name or a JSON spec file: which operators to measure"),
+    model: Path | None = typer.Option(None, help="a diffusers-format model folder"),
+    architecture: str | None = typer.Option(
+        None, help="instead of --model: a full-size architecture with random weights (see `legodiffusion architectures`)"
+    ),
+    workflow: str | None = typer.Option(
+        None, help="built-in workflow name or a JSON spec file: which operators to measure (default: the family's text-to-image)"
+    ),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     batches: str = typer.Option("1,2,4,8", help="batch sizes"),
     sizes: str = typer.Option("64,128,256", help="square image sizes in pixels"),
@@ -144,8 +149,15 @@ def profile(
     from legodiffusion.cli.profile import run_profile
     from legodiffusion.models.precision import Precision
 
+    if (model is None) == (architecture is None):
+        typer.echo("error: give exactly one of --model and --architecture", err=True)
+        raise typer.Exit(2)
     try:
         precision = Precision.of(dtype, _component_dtypes(component_dtype))
+        if architecture is not None:
+            from legodiffusion.models.random_folder import write_folder
+
+            model = write_folder(architecture, config.home() / "architectures" / architecture)
         run_profile(model, workflow, device, _ints(batches), _ints(sizes), repeats, force, out_dir, precision)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -130,25 +130,51 @@ class HostCache:
             return self._objs[key], self._bytes[key]
 
 
-def _to_device(obj: Any, device: str) -> Any:
+def to_device(obj: Any, device: str) -> Any:
+    """A copy of a host component on ``device``, ready to use on the current stream."""
+    copy_, pending = copy_to_device(obj, device)
+    if pending is not None:
+        pending.wait(device)
+    return copy_
+
+
+class PendingCopy:
+    """Host -> device copies still running on the side stream: the first use of the component
+    waits for them on its own stream (and marks the tensors used there, for the allocator)."""
+
+    def __init__(self, event, tensors: list) -> None:
+        self.event = event
+        self.tensors = tensors
+
+    def wait(self, device: str) -> None:
+        stream = torch.cuda.current_stream(device)
+        stream.wait_event(self.event)
+        for t in self.tensors:
+            t.record_stream(stream)
+
+
+def copy_to_device(obj: Any, device: str) -> tuple[Any, PendingCopy | None]:
     """A worker's own copy of a host component on its device (on the CPU too: a worker stands for
     a device with its own memory, and LoRA adapters injected into its copy must not leak into
-    another worker's batches).
+    another worker's batches), and on CUDA the copies still in flight.
 
     The tensors are copied straight to the device and the module structure around them is
-    deep-copied with those copies in place, so no second host copy is made. On CUDA the copies
-    are non-blocking on a side stream (from pinned host memory they run asynchronously, beside the
-    kernels already queued on the worker's stream), which the worker's stream then waits for."""
+    deep-copied with those copies in place, so no second host copy is made. On CUDA the copies are
+    non-blocking on a side stream: from pinned host memory they run asynchronously, beside whatever
+    the worker computes meanwhile, and only the component's first use waits for them."""
     tensors = {id(t): t for m in modules_of(obj) for t in (*m.parameters(), *m.buffers())}
+    pending = None
     if str(device).startswith("cuda"):
         side = _copy_stream(device)
         with torch.cuda.stream(side):
             copies = {i: t.to(device, non_blocking=True) for i, t in tensors.items()}
-        torch.cuda.current_stream(device).wait_stream(side)
+            event = torch.cuda.Event()
+            event.record(side)
+        pending = PendingCopy(event, list(copies.values()))
     else:
         copies = {i: t.to(device, copy=True) for i, t in tensors.items()}
     memo = {i: torch.nn.Parameter(c, requires_grad=False) if isinstance(tensors[i], torch.nn.Parameter) else c for i, c in copies.items()}
-    return copy.deepcopy(obj, memo)
+    return copy.deepcopy(obj, memo), pending
 
 
 _STREAMS: dict[str, Any] = {}
@@ -201,6 +227,7 @@ class ResidentModels:
         self.load_counts: Counter = Counter()  # (model, component, scope) -> times made resident
         self.load_s = 0.0
         self.patches: dict[tuple, set[str]] = {}  # resident key -> LoRA adapters injected into it
+        self._pending: dict[tuple, PendingCopy] = {}  # resident key -> its copies still in flight
         self.patch_loads = 0
 
     @property
@@ -219,14 +246,15 @@ class ResidentModels:
     def evictions(self) -> int:
         return self.lru.evictions
 
-    def acquire(self, model: str, component: str, scope: str | None = None, activation_bytes: int = 0) -> Residency:
+    def acquire(self, model: str, component: str, scope: str | None = None, activation_bytes: int = 0, use: bool = True) -> Residency:
         """The worker's copy of a component, loaded if needed, with room beside the resident
         weights for ``activation_bytes`` of working memory (the call's profiled peak): least
-        recently used components are evicted for either."""
+        recently used components are evicted for either. ``use=False`` (a prefetch) starts the
+        load without waiting for its copies to land; the first use waits."""
         key = (model, component, scope)
         if key in self.lru and not activation_bytes:
             self.lru.touch(key)
-            return Residency(self._objs[key], [], [])
+            return Residency(self._ready(key, use), [], [])
         t0 = time.perf_counter()
         held = key in self.lru
         host_obj, nbytes = (self._objs[key], 0) if held else self.host.get(model, component)
@@ -240,9 +268,12 @@ class ResidentModels:
         for old in evicted:
             del self._objs[old]
             self.patches.pop(old, None)
+            self._pending.pop(old, None)
         if held:
-            return Residency(host_obj, [], evicted)
-        obj = _to_device(host_obj, self.device)
+            return Residency(self._ready(key, use), [], evicted)
+        obj, pending = copy_to_device(host_obj, self.device)
+        if pending is not None:
+            self._pending[key] = pending
         if self.compile and component == "denoiser":
             from legodiffusion.runtime.compile import compile_denoiser
 
@@ -250,7 +281,12 @@ class ResidentModels:
         self._objs[key] = obj
         self.load_counts[key] += 1
         self.load_s += time.perf_counter() - t0
-        return Residency(self._objs[key], [key], evicted)
+        return Residency(self._ready(key, use), [key], evicted)
+
+    def _ready(self, key: tuple, use: bool) -> Any:
+        if use and (pending := self._pending.pop(key, None)) is not None:
+            pending.wait(self.device)
+        return self._objs[key]
 
     def keys(self) -> list[tuple]:
         return self.lru.keys()

@@ -18,7 +18,7 @@ import torch
 from legodiffusion import config
 from legodiffusion.models.components import component_bytes, family_of, load_component, modules_of
 from legodiffusion.models.precision import COMPONENTS, Precision
-from legodiffusion.models.store import ModelCatalog, _to_device
+from legodiffusion.models.store import ModelCatalog, to_device
 from legodiffusion.ops.base import OperatorRegistry
 from legodiffusion.profiles.book import ComponentProfile, ModelProfile, OpPoint
 
@@ -140,7 +140,7 @@ def measure(
             disk_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             # a component built on the device (a random-weight folder) is used where it is
-            obj = host if _on(host, device) else _to_device(host, device)
+            obj = host if _on(host, device) else to_device(host, device)
             _sync(device)
             prof.components[op.component] = ComponentProfile(disk_s, time.perf_counter() - t0, component_bytes(obj))
             cache[op.component] = obj

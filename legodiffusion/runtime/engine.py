@@ -84,6 +84,7 @@ class Engine:
         self.workers: list[Worker] = self.backend.workers
         cfg = self.config
         self.cost = ProfileCost(cached_profiles(self.catalog, self.backend.device, cfg.profile_dir, cfg.precision()))
+        self.cost.memory_bytes = self._memory_bytes()
         self.coordinator = cfg.coordinator(len(self.workers), self.cost)
         self.workflows: dict[str, Expander] = {}
         self._runs: dict[int, Run] = {}
@@ -98,6 +99,19 @@ class Engine:
         self.scaling = Scaling()
         self.workers_lost = 0  # died, as opposed to retired by autoscaling
         self._ticker: asyncio.Task | None = None
+
+    def _memory_bytes(self) -> int | None:
+        """The device memory the scheduler plans with (prefetching, what a load evicts): a worker's
+        budget, but only once every pipeline model is profiled, since unprofiled components would
+        count as weightless and every prefetch would look free."""
+        budget = self.config.budget_for(self.backend.device) if self.config.backend == "local" else self.config.memory_budget_bytes
+        if budget is None:
+            return None
+        profiled = all(self.cost.weight_bytes(name, "denoiser") > 0 for name in self.catalog.names() if self._is_pipeline(name))
+        return budget if profiled else None
+
+    def _is_pipeline(self, name: str) -> bool:
+        return (self.catalog.folder(name) / "model_index.json").exists()
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: Reside
     start = time.perf_counter()
     if not d.items:
         try:
-            res = models.acquire(d.model, d.component, d.scope)
+            res = models.acquire(d.model, d.component, d.scope, use=False)
             return Completion(d.id, worker, [], start, time.perf_counter(), res.loaded, res.evicted)
         except Exception:  # nobody waits on a prefetch: report it not held; the first call retries
             return Completion(d.id, worker, [], start, time.perf_counter(), evicted=[(d.model, d.component, d.scope)])

@@ -71,3 +71,10 @@ def test_missing_points_fall_back_to_the_nearest_measured_one():
     assert sublinear.peak_bytes("denoise", "default", 3, 4096) == 30
     cost = ProfileCost({"m": prof})
     assert cost.exec_s("vae_decode", "default", "m", 1, None) == DefaultCost().exec_s("vae_decode", "default", "m", 1, None)
+
+
+def test_profile_takes_a_model_folder_or_an_architecture(tmp_path):
+    neither = runner.invoke(app, ["profile", "--device", "cpu"])
+    assert neither.exit_code == 2 and "exactly one of --model and --architecture" in neither.output
+    unknown = runner.invoke(app, ["profile", "--architecture", "sd9", "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert unknown.exit_code == 2 and "unknown architecture 'sd9'" in unknown.output

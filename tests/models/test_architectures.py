@@ -125,7 +125,7 @@ def test_unknown_names_raise_a_clear_error():
         parameter_count("sd4", "denoiser")
     with pytest.raises(KeyError, match="'sd15' has no component 'controlnet'; it has: denoiser, text_encoder, vae"):
         weight_bytes("sd15", "controlnet")
-    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+    with pytest.raises(ValueError, match="dtype must be one of auto, bf16, fp16, fp32, got 'fp8'"):
         weight_bytes("sd15", "vae", "fp8")
 
 

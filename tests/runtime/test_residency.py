@@ -93,3 +93,20 @@ def test_profiled_activation_peaks_travel_with_dispatches_and_make_room_live(sd1
         evictions[name] = engine.workers[0].models.evictions
     # the encoders and the VAE make way for the UNet's working memory (each request), and come back
     assert evictions["unprofiled"] == 0 and evictions["profiled"] >= 3
+
+
+def test_the_scheduler_plans_with_device_memory_once_models_are_profiled(sd15, tmp_path):
+    """Prefetching and eviction costs need weight sizes: the engine gives the cost model the
+    worker budget only when every pipeline model has a profile."""
+    from legodiffusion import Engine, EngineConfig
+    from legodiffusion.profiles.book import ComponentProfile, ModelProfile
+    from legodiffusion.profiles.profiler import device_name, profile_path
+
+    def memory(**config):
+        return Engine({"sd15": sd15}, EngineConfig(device="cpu", profile_dir=tmp_path, **config)).cost.memory_bytes
+
+    assert memory(memory_budget_bytes=10**9) is None  # not profiled: no plan with memory
+    prof = ModelProfile("k", device_name("cpu"), {}, [], {"denoiser": ComponentProfile(0.1, 0.01, 4 * 10**6)})
+    prof.save(profile_path(sd15, "cpu", tmp_path))
+    assert memory(memory_budget_bytes=10**9) == 10**9
+    assert memory() is None  # unlimited on CPU: nothing to plan around
