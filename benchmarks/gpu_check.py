@@ -36,7 +36,7 @@ from benchmarks.common import RESULTS, stamp  # noqa: E402
 from legodiffusion import Engine, EngineConfig  # noqa: E402
 from legodiffusion.models.components import DENOISER, TEXT_ENCODERS, component_bytes, load_component  # noqa: E402
 from legodiffusion.models.precision import Precision  # noqa: E402
-from legodiffusion.models.store import _to_device  # noqa: E402
+from legodiffusion.models.store import to_device  # noqa: E402
 from legodiffusion.ops import default_registry, sampling  # noqa: E402
 from legodiffusion.profiles.profiler import device_name, measure  # noqa: E402
 from legodiffusion.runtime.images import to_pil  # noqa: E402
@@ -276,7 +276,7 @@ def measure_loads(setup: Setup) -> dict:
         pin_s = 0.0
     sync(setup.device)
     t0 = time.perf_counter()
-    _to_device(host, setup.device)
+    to_device(host, setup.device)
     sync(setup.device)
     device_s = time.perf_counter() - t0
     tokens = (setup.size // 16) ** 2
