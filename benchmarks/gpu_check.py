@@ -78,13 +78,14 @@ class Setup:
         self.repeats = 3 if self.gpu else 1
         self.out = Path(args.out or RESULTS / "gpu_check" / device_name(self.device).replace(":", "_").replace("/", "_"))
         self.models = self.out / "models"
-        self.precision = Precision("bf16")
+        self.precision = Precision(args.dtype)
+        self.full_size = self.gpu or args.full_size
         self._tiny: dict[str, Path] | None = None
 
     def folder(self, architecture: str) -> Path | None:
-        """The model folder standing for ``architecture``: its random-weight folder on a GPU, its
-        tiny stand-in on CPU (None where there is none)."""
-        if self.gpu:
+        """The model folder standing for ``architecture``: its random-weight folder on a GPU (or
+        with ``--full-size``), its tiny stand-in on CPU (None where there is none)."""
+        if self.full_size:
             from legodiffusion.models.random_folder import write_folder
 
             return write_folder(architecture, self.models / architecture)
@@ -140,7 +141,7 @@ async def check_family(key: str, setup: Setup) -> dict:
     folder = setup.folder(architecture)
     family = pipeline_family(folder)
     workflow = txt2img_for(folder, key)
-    config = EngineConfig(workers=1, device="cuda" if setup.gpu else "cpu", dtype="bf16")
+    config = EngineConfig(workers=1, device="cuda" if setup.gpu else "cpu", dtype=setup.precision.default)
     async with Engine({key: folder}, config) as engine:
         engine.add_workflow(workflow)
         sampler = workflow.inputs["sampler"].default if "sampler" in workflow.inputs else "flow_euler"
@@ -178,7 +179,7 @@ async def check_family(key: str, setup: Setup) -> dict:
     if setup.gpu:
         torch.cuda.empty_cache()
     row = {
-        "architecture": architecture if setup.gpu else f"tiny {key}",
+        "architecture": architecture if setup.full_size else f"tiny {key}",
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
         "equal": bool(diff.mean() <= MEAN_TOLERANCE),
@@ -289,7 +290,7 @@ def measure_loads(setup: Setup) -> dict:
     residual_s = time.perf_counter() - t0
     res_bytes = sum(r.numel() * r.element_size() for r in moved)
     out = {
-        "component": "sd15 UNet" + ("" if setup.gpu else " (tiny)"),
+        "component": "sd15 UNet" + ("" if setup.full_size else " (tiny)"),
         "bytes": nbytes,
         "disk_to_host_s": round(disk_s, 4),
         "pin_s": round(pin_s, 4),
@@ -318,12 +319,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sim-models", default=None, help="comma-separated simulator models to profile in (c) (default: all)")
     p.add_argument("--skip-profiles", action="store_true", help="skip (c)")
     p.add_argument("--cpu", action="store_true", help="run the CPU path even where CUDA is available")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weight precision (default bf16)")
+    p.add_argument("--full-size", action="store_true", help="on CPU too, the full-size architectures (slow; small images advised)")
     args = p.parse_args(argv)
     started = time.time()
     setup = Setup(args)
     setup.out.mkdir(parents=True, exist_ok=True)
-    where = torch.cuda.get_device_name(0) if setup.gpu else "CPU (tiny models: these are NOT GPU figures)"
-    log(f"device {setup.device}: {where}; images {setup.size}px, {setup.steps} steps, weights bf16; output {setup.out}")
+    where = (
+        torch.cuda.get_device_name(0)
+        if setup.gpu
+        else f"CPU ({'full-size' if setup.full_size else 'tiny'} models: these are NOT GPU figures)"
+    )
+    log(f"device {setup.device}: {where}; images {setup.size}px, {setup.steps} steps, weights {args.dtype}; output {setup.out}")
     summary: dict = {"device": where, "gpu": setup.gpu, "size": setup.size, "steps": setup.steps}
     summary["equivalence"] = {k: asyncio.run(check_family(k, setup)) for k in args.families.split(",") if k}
     summary["loads"] = measure_loads(setup)
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
         memory = torch.cuda.get_device_properties(0).total_memory if setup.gpu else load_reference("h100")["memory_bytes"]
         loads = {k: summary["loads"][k] for k in ("disk_bytes_per_s", "pcie_bytes_per_s")}
         source = f"benchmarks/gpu_check.py at {stamp([], started)['commit'] or 'an unknown commit'}" + (
-            "" if setup.gpu else f"; CPU with tiny models at {setup.size}px: NOT GPU figures"
+            "" if setup.gpu else f"; CPU at {setup.size}px: NOT GPU figures"
         )
         data, measured = measured_reference(
             load_reference("h100"), profiles, device_name(setup.device), memory, source, setup.size**2, loads
@@ -347,7 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary["stamp"] = stamp([], started)
     (setup.out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not setup.gpu:
-        log("no CUDA here: the same code paths ran on the tiny models on CPU; none of these figures is a GPU figure")
+        log(
+            f"no CUDA here: the same code paths ran on the {'full-size' if setup.full_size else 'tiny'} models on CPU; none of these figures is a GPU figure"
+        )
     print(
         json.dumps({k: summary[k] for k in ("device", "passed")} | {"ratios": {k: r["ratio"] for k, r in summary["equivalence"].items()}})
     )
