@@ -121,7 +121,6 @@ def create_app(
             await engine.stop()
 
     app = FastAPI(title="legodiffusion", version="0.1.0", lifespan=lifespan)
-    install(app)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -143,6 +142,8 @@ def create_app(
                 media_type="application/json",
             )
         return await call_next(request)
+
+    install(app)  # after the guard, so its last-resort handler wraps the guard too
 
     def state() -> ServerState:
         return holder["state"]
@@ -292,12 +293,7 @@ def create_app(
                 job.inputs["control_image" + (f"_{i}" if i else "")] = uploads[name]
         except ComfyError as exc:
             return Response(
-                json.dumps(
-                    {
-                        **error_body("unsupported_workflow", exc.message, f"prompt.{exc.node}" if exc.node else "prompt"),
-                        "node_errors": exc.node_errors(),
-                    }
-                ),
+                json.dumps({**error_body(exc.code, exc.message, exc.path), "node_errors": exc.node_errors()}),
                 status_code=400,
                 media_type="application/json",
             )

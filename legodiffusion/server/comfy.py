@@ -4,7 +4,9 @@ A prompt is ``{node_id: {"class_type": ..., "inputs": {...}}}`` where an input i
 link ``[node_id, output_index]``. The text-to-image graph (CheckpointLoaderSimple, CLIPTextEncode,
 EmptyLatentImage, KSampler / KSamplerAdvanced, VAEDecode, SaveImage / PreviewImage) becomes a
 request of the checkpoint's built-in ``<model>-txt2img`` workflow; anything else is refused up
-front, naming the node, so nothing is half-run.
+front, naming the node, so nothing is half-run. Every link is checked to name an existing node and
+one of its outputs, and a graph with a cycle is refused naming the nodes on it, before the graph is
+walked (iteratively, so no chain is too long to walk).
 """
 
 from __future__ import annotations
@@ -13,35 +15,48 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-SUPPORTED = {
-    "CheckpointLoaderSimple",
-    "CLIPTextEncode",
-    "EmptyLatentImage",
-    "KSampler",
-    "KSamplerAdvanced",
-    "VAEDecode",
-    "SaveImage",
-    "PreviewImage",
-    "LoraLoader",
-    "ControlNetLoader",
-    "ControlNetApply",
-    "ControlNetApplyAdvanced",
-    "LoadImage",
+OUTPUTS = {
+    "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"),
+    "CLIPTextEncode": ("CONDITIONING",),
+    "EmptyLatentImage": ("LATENT",),
+    "KSampler": ("LATENT",),
+    "KSamplerAdvanced": ("LATENT",),
+    "VAEDecode": ("IMAGE",),
+    "SaveImage": (),
+    "PreviewImage": (),
+    "LoraLoader": ("MODEL", "CLIP"),
+    "ControlNetLoader": ("CONTROL_NET",),
+    "ControlNetApply": ("CONDITIONING",),
+    "ControlNetApplyAdvanced": ("CONDITIONING", "CONDITIONING"),
+    "LoadImage": ("IMAGE", "MASK"),
 }
+"""The supported node classes and their outputs, as ComfyUI numbers them."""
+SUPPORTED = set(OUTPUTS)
 SAMPLERS = {"euler": "euler", "euler_ancestral": "euler_ancestral", "ddim": "ddim", "dpmpp_2m": "dpmpp_2m"}
 KARRAS = {"euler": "euler_karras", "dpmpp_2m": "dpmpp_2m_karras"}
 SCHEDULERS = {"normal", "simple", "ddim_uniform", "karras"}
 
 
 class ComfyError(ValueError):
-    def __init__(self, node: str | None, class_type: str | None, message: str) -> None:
+    """A prompt we refuse (400). ``nodes`` are the nodes at fault, by id, with their class types."""
+
+    def __init__(
+        self,
+        node: str | None,
+        class_type: str | None,
+        message: str,
+        code: str = "unsupported_workflow",
+        path: str | None = None,
+        nodes: dict[str, str | None] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.node, self.class_type, self.message = node, class_type, message
+        self.node, self.class_type, self.message, self.code = node, class_type, message, code
+        self.path = path or (f"prompt.{node}" if node is not None else "prompt")
+        self.nodes = nodes if nodes is not None else ({} if node is None else {node: class_type})
 
     def node_errors(self) -> dict:
-        if self.node is None:
-            return {}
-        return {self.node: {"errors": [{"type": "unsupported", "message": self.message}], "class_type": self.class_type}}
+        kind = "unsupported" if self.code == "unsupported_workflow" else self.code
+        return {nid: {"errors": [{"type": kind, "message": self.message}], "class_type": ct} for nid, ct in self.nodes.items()}
 
 
 @dataclass
@@ -65,8 +80,8 @@ def _node(prompt: dict, link: Any, where: str) -> tuple[str, dict]:
 def _text(prompt: dict, link: Any, where: str, controls: list) -> str:
     """The prompt text behind a conditioning link, collecting ControlNet applications on the way."""
     nid, node = _node(prompt, link, where)
-    ct = node.get("class_type")
-    if ct in ("ControlNetApply", "ControlNetApplyAdvanced"):
+    while node.get("class_type") in ("ControlNetApply", "ControlNetApplyAdvanced"):
+        ct = node["class_type"]
         args = node.get("inputs", {})
         cn_id, cn = _node(prompt, args.get("control_net"), f"node {nid} control_net")
         if cn.get("class_type") != "ControlNetLoader":
@@ -83,9 +98,9 @@ def _text(prompt: dict, link: Any, where: str, controls: list) -> str:
         )
         if entry not in controls:
             controls.append(entry)
-        return _text(prompt, args.get("conditioning") or args.get("positive"), f"node {nid} conditioning", controls)
-    if ct != "CLIPTextEncode":
-        raise ComfyError(nid, ct, f"{where} must come from CLIPTextEncode (or a ControlNetApply over it)")
+        nid, node = _node(prompt, args.get("conditioning") or args.get("positive"), f"node {nid} conditioning")
+    if node.get("class_type") != "CLIPTextEncode":
+        raise ComfyError(nid, node.get("class_type"), f"{where} must come from CLIPTextEncode (or a ControlNetApply over it)")
     text = node.get("inputs", {}).get("text")
     if not isinstance(text, str):
         raise ComfyError(nid, "CLIPTextEncode", "text must be a literal string")
@@ -95,14 +110,79 @@ def _text(prompt: dict, link: Any, where: str, controls: list) -> str:
 def _model(prompt: dict, link: Any, where: str, loras: list) -> tuple[str, dict]:
     """The checkpoint node behind a model link, collecting LoraLoaders on the way."""
     nid, node = _node(prompt, link, where)
-    if node.get("class_type") == "LoraLoader":
+    while node.get("class_type") == "LoraLoader":
         args = node.get("inputs", {})
         strength = float(args.get("strength_model", 1.0))
         if float(args.get("strength_clip", strength)) != strength:
             raise ComfyError(nid, "LoraLoader", "strength_clip must equal strength_model (one weight per LoRA)")
         loras.append(f"{PurePath(str(args.get('lora_name', ''))).stem}:{strength}")
-        return _model(prompt, args.get("model"), f"node {nid} model", loras)
+        nid, node = _node(prompt, args.get("model"), f"node {nid} model")
     return nid, node
+
+
+def _links(prompt: dict) -> dict[str, list[str]]:
+    """Every node's inputs that are links (two-item lists, as ComfyUI reads them), checked to name
+    an existing node and one of its outputs; returns the nodes each node reads from."""
+    edges: dict[str, list[str]] = {}
+    for nid, node in prompt.items():
+        edges[nid] = []
+        for name, value in node.get("inputs", {}).items():
+            if not (isinstance(value, list) and len(value) == 2):
+                continue
+            target, index = value
+            where = f"node {nid!r} input {name!r} links to"
+            if isinstance(target, bool) or not isinstance(target, (str, int)) or str(target) not in prompt:
+                raise ComfyError(
+                    nid,
+                    node["class_type"],
+                    f"{where} node {target!r}, which is not in the prompt",
+                    code="bad_link",
+                    path=f"prompt.{nid}.inputs.{name}",
+                )
+            target = str(target)
+            outputs = OUTPUTS[prompt[target]["class_type"]]
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(outputs):
+                has = f"outputs 0-{len(outputs) - 1} ({', '.join(outputs)})" if outputs else "no outputs"
+                raise ComfyError(
+                    nid,
+                    node["class_type"],
+                    f"{where} output {index!r} of node {target!r} ({prompt[target]['class_type']}), which has {has}",
+                    code="bad_link",
+                    path=f"prompt.{nid}.inputs.{name}",
+                )
+            edges[nid].append(target)
+    return edges
+
+
+def _check_acyclic(prompt: dict, edges: dict[str, list[str]]) -> None:
+    """Refuse a graph with a cycle, naming the nodes on it (an iterative depth-first search, so a
+    long chain costs no recursion)."""
+    done: set[str] = set()
+    for root in edges:
+        if root in done:
+            continue
+        path, on_path = [root], {root: 0}
+        stack = [iter(edges[root])]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                done.add(path[-1])
+                del on_path[path.pop()]
+                stack.pop()
+            elif nxt in on_path:
+                cycle = path[on_path[nxt] :]
+                shown = " -> ".join(repr(n) for n in [*cycle, nxt])
+                raise ComfyError(
+                    cycle[0],
+                    prompt[cycle[0]]["class_type"],
+                    f"the graph has a cycle: {shown} (each node reads the next one's output)",
+                    code="cyclic_graph",
+                    nodes={n: prompt[n]["class_type"] for n in cycle},
+                )
+            elif nxt not in done:
+                on_path[nxt] = len(path)
+                path.append(nxt)
+                stack.append(iter(edges[nxt]))
 
 
 def parse(prompt: Any, models: set[str]) -> ComfyJob:
@@ -117,6 +197,7 @@ def parse(prompt: Any, models: set[str]) -> ComfyJob:
             )
         if not isinstance(node.get("inputs", {}), dict):
             raise ComfyError(str(nid), ct, f"node {nid}: inputs must be an object")
+    _check_acyclic(prompt, _links(prompt))
     try:
         return _parse(prompt, models)
     except ComfyError:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from legodiffusion.workflow.errors import WorkflowError
+
+log = logging.getLogger("legodiffusion.server")
 
 
 class ApiError(Exception):
@@ -20,7 +25,41 @@ def error_body(code: str, message: str, path: str | None = None, retryable: bool
     return {"error": {"code": code, "message": message, "path": path, "retryable": retryable, **extra}}
 
 
+class LastResort:
+    """Answers an exception no handler took with the JSON 500, and ends the exchange there.
+
+    Starlette's own last resort answers and then re-raises, and uvicorn closes the connection on
+    an exception, so a keep-alive client's next request on it was reset. A 500 is not retryable:
+    the same request meets the same bug. Only a response already under way (a stream) cannot be
+    replaced; that one still ends the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            response = JSONResponse(error_body("internal", f"{type(exc).__name__}: {exc}"), status_code=500)
+            await response(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    """The error handlers, and :class:`LastResort` as the outermost middleware added so far."""
+
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
         return JSONResponse(error_body(exc.code, exc.message, exc.path, exc.retryable), status_code=exc.status)
@@ -42,6 +81,4 @@ def install(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        return JSONResponse(error_body("internal", f"{type(exc).__name__}: {exc}", retryable=True), status_code=500)
+    app.add_middleware(LastResort)

@@ -92,6 +92,33 @@ def test_random_comfy_graphs_fail_only_with_comfy_errors(graph):
         pass
 
 
+LINKED_INPUTS = ["model", "clip", "positive", "negative", "latent_image", "samples", "images", "conditioning", "control_net", "image"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from("0123456"),
+        st.fixed_dictionaries(
+            {
+                "class_type": st.sampled_from(sorted(SUPPORTED)),
+                "inputs": st.dictionaries(
+                    st.sampled_from(LINKED_INPUTS), st.tuples(st.sampled_from("01234567"), st.integers(-1, 3)).map(list), max_size=5
+                ),
+            }
+        ),
+        min_size=1,
+        max_size=7,
+    )
+)
+def test_randomly_linked_comfy_graphs_fail_only_with_comfy_errors(graph):
+    """Links between random nodes: cycles, dangling links and bad output indices among them."""
+    try:
+        parse(graph, {"sd15"})
+    except ComfyError:
+        pass
+
+
 @pytest.fixture(scope="module")
 def fuzz_app(tiny_models):
     from fastapi.testclient import TestClient

@@ -3,12 +3,9 @@ client and `legodiffusion run`."""
 
 import base64
 import io
-import socket
-import threading
 import time
 
 import pytest
-import uvicorn
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,15 +15,13 @@ from legodiffusion.config import EngineConfig
 from legodiffusion.server.app import create_app
 from legodiffusion.server.limits import Limits
 from legodiffusion.workflow.catalog import sd_txt2img
+from tests.server.live import serve
 
 KEY = "secret-key"
 
 
 @pytest.fixture(scope="module")
 def server(tiny_models):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(
         {"sd15": str(tiny_models["sd15"])},
         EngineConfig(workers=1, device="cpu"),
@@ -34,16 +29,8 @@ def server(tiny_models):
         api_keys={KEY},
         limits=Limits(max_steps=50),
     )
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve(app) as url:
+        yield url
 
 
 def test_auth_closes_everything_but_health(server):
