@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import logging
@@ -148,35 +149,49 @@ def create_app(
     def state() -> ServerState:
         return holder["state"]
 
-    def submit(workflow: str, inputs: dict, slo_s: float | None) -> RunRecord:
+    def submit(workflow: str, runs: list[dict], slo_s: float | None) -> list[RunRecord]:
+        """Admit a request's runs (one set of inputs each) together or not at all: the limits and the
+        room for every run are checked before any is submitted, and should the engine refuse one
+        (bad inputs), those already submitted are cancelled at once and none is recorded."""
         st = state()
         if workflow not in st.engine.workflows:
             raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(st.engine.workflows)}", "workflow")
-        limits.check(inputs, queued=len(st.engine.coordinator.requests))
-        st.counter += 1
-        rec = RunRecord(f"run-{st.counter}", workflow, time.time())
-        rec.run = st.engine.submit(workflow, inputs, slo_s=slo_s)
-        log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
+        for inputs in runs:
+            limits.check_inputs(inputs)
+        limits.check_room(len(runs), queued=len(st.engine.coordinator.requests))
+        recs: list[RunRecord] = []
+        try:
+            for inputs in runs:
+                st.counter += 1
+                rec = RunRecord(f"run-{st.counter}", workflow, time.time())
+                rec.run = st.engine.submit(workflow, inputs, slo_s=slo_s)
+                recs.append(rec)
+        except Exception:
+            for rec in recs:
+                st.engine.cancel(rec.run.request_id)
+            raise
+        for rec in recs:
+            log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
+            rec.run.future.add_done_callback(functools.partial(finished, rec, slo_s))
+            st.runs[rec.id] = rec
+        return recs
 
-        def finished(fut: asyncio.Future) -> None:
-            rec.result = fut.result()
-            rec.status = rec.result.status
-            st.metrics.requests.labels(workflow, rec.status).inc()
-            log.info(
-                "run %s",
-                rec.status,
-                extra={"run_id": rec.id, "workflow": workflow, "latency_s": round(rec.result.latency_s, 4), "error": rec.result.error},
-            )
-            if rec.status == "rejected":
-                st.metrics.rejections.inc()
-            if slo_s is not None:
-                st.metrics.slo_total.inc()
-                if rec.status == "succeeded" and rec.result.latency_s <= slo_s:
-                    st.metrics.slo_met.inc()
-
-        rec.run.future.add_done_callback(finished)
-        st.runs[rec.id] = rec
-        return rec
+    def finished(rec: RunRecord, slo_s: float | None, fut: asyncio.Future) -> None:
+        st = state()
+        rec.result = fut.result()
+        rec.status = rec.result.status
+        st.metrics.requests.labels(rec.workflow, rec.status).inc()
+        log.info(
+            "run %s",
+            rec.status,
+            extra={"run_id": rec.id, "workflow": rec.workflow, "latency_s": round(rec.result.latency_s, 4), "error": rec.result.error},
+        )
+        if rec.status == "rejected":
+            st.metrics.rejections.inc()
+        if slo_s is not None:
+            st.metrics.slo_total.inc()
+            if rec.status == "succeeded" and rec.result.latency_s <= slo_s:
+                st.metrics.slo_met.inc()
 
     @app.get("/healthz")
     async def healthz():
@@ -248,7 +263,7 @@ def create_app(
 
     @app.post("/v1/runs")
     async def create_run(body: RunBody):
-        rec = submit(body.workflow, body.inputs, body.slo_s)
+        (rec,) = submit(body.workflow, [body.inputs], body.slo_s)
         if body.wait:
             await asyncio.shield(rec.run.future)
             await asyncio.sleep(0)  # let the done-callback record the result
@@ -281,6 +296,10 @@ def create_app(
         st = state()
         try:
             job = parse(body.get("prompt"), set(st.engine.catalog.names()))
+            try:
+                limits.check_count(job.batch, "batch_size", f"prompt.{job.batch_node}.inputs.batch_size")
+            except ApiError as exc:
+                raise ComfyError(job.batch_node, "EmptyLatentImage", exc.message, code=exc.code, path=exc.path) from None
             if job.controlnets and job.workflow not in st.engine.workflows:  # a ControlNet variant, made once
                 from legodiffusion.workflow.catalog import sd_txt2img
 
@@ -297,7 +316,7 @@ def create_app(
                 status_code=400,
                 media_type="application/json",
             )
-        runs = [submit(job.workflow, {**job.inputs, "seed": job.inputs["seed"] + i}, None) for i in range(job.batch)]
+        runs = submit(job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None)
         st.counter += 1
         prompt_id = f"prompt-{st.counter}"
         comfy_jobs[prompt_id] = (job, [r.id for r in runs])
@@ -349,8 +368,7 @@ def create_app(
     @app.post("/v1/images/generations")
     async def openai_images(body: ImagesBody):
         """OpenAI-compatible: ``model`` is a registered workflow id or name."""
-        if body.n > limits.max_n:
-            raise ApiError(400, "limit_exceeded", f"n={body.n} exceeds max_n={limits.max_n}", "n")
+        limits.check_count(body.n, "n", "n")
         if body.response_format != "b64_json":
             raise ApiError(400, "unsupported_response_format", "only response_format=b64_json is supported", "response_format")
         inputs: dict[str, Any] = {"prompt": body.prompt}
@@ -364,7 +382,7 @@ def create_app(
             if getattr(body, key) is not None:
                 inputs[key] = getattr(body, key)
         base_seed = body.seed or 0
-        recs = [submit(body.model, {**inputs, "seed": base_seed + i}, None) for i in range(body.n)]
+        recs = submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None)
         results = [await r.run.future for r in recs]
         failed = [r for r in results if not r.ok]
         if failed:

@@ -68,6 +68,7 @@ class ComfyJob:
     model: str = ""
     controlnets: list[str] = field(default_factory=list)  # ControlNet model names, in order
     images: list[str] = field(default_factory=list)  # uploaded image names, one per ControlNet
+    batch_node: str = ""  # the EmptyLatentImage node whose batch_size is ``batch``
 
 
 def _node(prompt: dict, link: Any, where: str) -> tuple[str, dict]:
@@ -269,7 +270,8 @@ def _parse(prompt: dict, models: set[str]) -> ComfyJob:
         if name not in models:
             raise ComfyError(None, "ControlNetLoader", f"unknown ControlNet {name!r}; available: {sorted(models)}")
     workflow = f"{model}-txt2img" if not cns else f"{model}-txt2img+" + "+".join(cns)
-    return ComfyJob(workflow, inputs, int(lat["inputs"].get("batch_size", 1)), out, model, cns, [c[1] for c in controls])
+    batch = int(lat["inputs"].get("batch_size", 1))
+    return ComfyJob(workflow, inputs, batch, out, model, cns, [c[1] for c in controls], lat_id)
 
 
 def to_spec(prompt: Any, family: str = "sd") -> dict:
