@@ -35,7 +35,8 @@ class Client:
         return r.json()
 
     def models(self) -> list[str]:
-        return self._json("GET", "/v1/models")["models"]
+        """The model names the server serves (pipelines, ControlNets, LoRAs); workflows name them."""
+        return self._json("GET", "/v1/catalog/models")["models"]
 
     def workflows(self) -> list[str]:
         return self._json("GET", "/v1/workflows")["workflows"]

@@ -1,6 +1,5 @@
-"""The HTTP server: a native v1 workflow API and an OpenAI-compatible images endpoint, over the
-embedded engine. (ComfyUI workflows, SSE progress, metrics, auth and the Python client are not
-built yet.)"""
+"""The HTTP server: a native v1 workflow API, OpenAI-compatible images and models endpoints and
+ComfyUI's prompt API, over the embedded engine."""
 
 from __future__ import annotations
 
@@ -69,6 +68,13 @@ class ServerState:
     metrics: Metrics
     runs: dict[str, RunRecord] = field(default_factory=dict)
     counter: int = 0
+    started_s: int = field(default_factory=lambda: int(time.time()))
+    workflow_created_s: dict[str, int] = field(default_factory=dict)  # those registered after start
+
+    def model_object(self, workflow: str) -> dict:
+        """A workflow as OpenAI describes a model (``created``: when it was registered, in Unix seconds)."""
+        created = self.workflow_created_s.get(workflow, self.started_s)
+        return {"id": workflow, "object": "model", "created": created, "owned_by": "legodiffusion"}
 
 
 class WorkflowBody(BaseModel):
@@ -233,9 +239,22 @@ def create_app(
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    @app.get("/v1/models")
+    @app.get("/v1/catalog/models")
     async def list_models():
         return {"models": state().engine.catalog.names()}
+
+    @app.get("/v1/models")
+    async def openai_models():
+        """OpenAI-compatible: the workflows a client may pass as ``model`` to /v1/images/generations."""
+        st = state()
+        return {"object": "list", "data": [st.model_object(name) for name in sorted(st.engine.workflows)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def openai_model(model_id: str):
+        st = state()
+        if model_id not in st.engine.workflows:
+            raise ApiError(404, "unknown_model", f"no workflow {model_id!r}; GET /v1/models lists them", "model")
+        return st.model_object(model_id)
 
     @app.get("/v1/operators")
     async def list_operators():
@@ -255,6 +274,8 @@ def create_app(
             engine.add_workflow(spec, name=spec.id)
         except KeyError as exc:
             raise ApiError(400, "unknown_model", str(exc.args[0]), "models") from None
+        if created:
+            state().workflow_created_s[spec.id] = int(time.time())
         return {"id": spec.id, "created": created}
 
     @app.get("/v1/workflows")
@@ -304,6 +325,7 @@ def create_app(
                 from legodiffusion.workflow.catalog import sd_txt2img
 
                 st.engine.add_workflow(sd_txt2img(job.model, name=job.workflow, controlnets=tuple(job.controlnets)))
+                st.workflow_created_s[job.workflow] = int(time.time())
             if job.workflow not in st.engine.workflows:
                 raise ComfyError(None, None, f"no built-in workflow {job.workflow!r} for that checkpoint")
             for i, name in enumerate(job.images):

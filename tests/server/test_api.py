@@ -21,7 +21,7 @@ def client(tiny_models):
 
 def test_health_catalogue_and_errors_are_stable_json(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/v1/models").json() == {"models": ["sd15"]}
+    assert client.get("/v1/catalog/models").json() == {"models": ["sd15"]}
     names = [op["name"] for op in client.get("/v1/operators").json()["operators"]]
     assert "denoise" in names and "encode_prompt" in names
     r = client.post("/v1/runs", json={"workflow": "nope", "inputs": {}})
@@ -30,6 +30,21 @@ def test_health_catalogue_and_errors_are_stable_json(client):
     assert r.status_code == 400 and set(r.json()["error"]) >= {"code", "message", "path", "retryable"}
     r = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": {"prompt": 3}})
     assert r.status_code == 400 and r.json()["error"] == {**r.json()["error"], "code": "type_mismatch", "path": "inputs.prompt"}
+
+
+def test_v1_models_lists_the_workflows_in_openai_shape(client):
+    """What a client passes as ``model`` to /v1/images/generations, as OpenAI lists models."""
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list" and "sd-txt2img" in [m["id"] for m in body["data"]]
+    for m in body["data"]:
+        assert set(m) == {"id", "object", "created", "owned_by"}
+        assert m["object"] == "model" and m["owned_by"] == "legodiffusion" and isinstance(m["created"], int)
+    reg = client.post("/v1/workflows", json={"spec": sd_txt2img("sd15", name="listed").to_json()}).json()
+    assert reg["id"] in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    one = client.get(f"/v1/models/{reg['id']}")
+    assert one.status_code == 200 and one.json()["id"] == reg["id"] and one.json()["object"] == "model"
+    missing = client.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"
 
 
 def test_register_is_content_addressed_and_validation_names_the_path(client):

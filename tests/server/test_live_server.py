@@ -37,9 +37,11 @@ def test_auth_closes_everything_but_health(server):
     import httpx
 
     assert httpx.get(server + "/healthz").status_code == 200
-    r = httpx.get(server + "/v1/models")
-    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
-    assert httpx.get(server + "/v1/models", headers={"authorization": f"Bearer {KEY}"}).json() == {"models": ["sd15"]}
+    for path in ("/v1/models", "/v1/catalog/models"):
+        r = httpx.get(server + path)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert httpx.get(server + "/v1/catalog/models", headers={"authorization": f"Bearer {KEY}"}).json() == {"models": ["sd15"]}
+    assert Client(server, api_key=KEY).models() == ["sd15"]
 
 
 def test_the_official_openai_client_works_unchanged(server):
@@ -52,6 +54,21 @@ def test_the_official_openai_client_works_unchanged(server):
     assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (64, 64)
     with pytest.raises(openai.BadRequestError):
         client.images.generate(model="sd-txt2img", prompt="x", size="64x64", extra_body={"steps": 500})
+
+
+def test_the_official_openai_client_lists_the_models_it_may_ask_for(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key=KEY)
+    models = list(client.models.list())
+    assert "sd-txt2img" in [m.id for m in models]
+    assert all(m.object == "model" and m.owned_by == "legodiffusion" and isinstance(m.created, int) for m in models)
+    assert client.models.retrieve("sd-txt2img").id == "sd-txt2img"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+    for m in models:  # every listed id is one images.generate takes
+        result = client.images.generate(model=m.id, prompt="a fox", size="64x64", extra_body={"steps": 1})
+        assert result.data[0].b64_json
 
 
 def test_python_client_follows_sse_progress_and_metrics_count_it(server):
