@@ -3,12 +3,21 @@
 An operator declares, per mode, its input ports and output ports; it names the model component it
 needs (loaded once per worker and shared by every request and workflow that uses it) and executes
 a *batch* of items, each item being one node of one request.
+
+Values are checked before they are queued: a port declares its type and range (checked by
+:meth:`Port.check` on the literals of a workflow when it is registered, and on a request's inputs
+when it is submitted), and an operator checks what needs the model's facts or several ports at
+once (:meth:`Operator.check`, called at submission and again by ``run``: one implementation).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from legodiffusion.core.patchset import parse_patches
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
 SCALAR_TYPES = frozenset({"text", "int", "float"})
@@ -17,11 +26,57 @@ DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "con
 REQUEST_TYPES = SCALAR_TYPES | {"image"}
 PORT_TYPES = SCALAR_TYPES | DATA_TYPES
 
+#: Largest guidance scale accepted (classifier-free ``guidance_scale`` and Flux's distilled
+#: ``guidance``), as ComfyUI's KSampler and FluxGuidance bound theirs; far beyond it the combined
+#: prediction overflows and the image comes out black.
+GUIDANCE_MAX = 100.0
+#: Largest ControlNet conditioning scale, as ComfyUI's ControlNetApply bounds its strength.
+CONTROL_SCALE_MAX = 10.0
+#: Largest absolute LoRA weight, as ComfyUI's LoraLoader bounds its strengths.
+LORA_WEIGHT_MAX = 100.0
+
+
+class BadValue(ValueError):
+    """A value a node would fail on, or compute garbage from; ``port`` names the input at fault
+    and ``code`` is the issue's code (``type_mismatch`` or ``bad_value``)."""
+
+    def __init__(self, port: str, message: str, code: str = "bad_value") -> None:
+        super().__init__(message)
+        self.port = port
+        self.code = code
+
+
+def is_image(value) -> bool:
+    """PIL images, numpy arrays and tensors are images when a request carries them."""
+    kind = type(value).__module__.split(".")[0]
+    return kind in ("PIL", "numpy", "torch") and hasattr(value, "shape" if kind != "PIL" else "size")
+
+
+def _has_type(value, type_: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if type_ == "int":
+        return isinstance(value, int)
+    if type_ == "float":
+        return isinstance(value, (int, float))
+    if type_ == "text":
+        return isinstance(value, str)
+    return is_image(value) if type_ == "image" else True  # produced data is not checked here
+
+
+def check_patch_set(spec: str) -> None:
+    """A LoRA patch set (``NAME[:WEIGHT],...``) that parses, with finite weights within
+    +-LORA_WEIGHT_MAX (a nan weight turns every activation nan: a black image)."""
+    for name, weight in parse_patches(spec):
+        if not math.isfinite(weight) or abs(weight) > LORA_WEIGHT_MAX:
+            raise ValueError(f"LoRA {name!r}: weight must be finite and within +-{LORA_WEIGHT_MAX:g}, got {weight}")
+
 
 @dataclass(frozen=True)
 class Port:
     """One input port: its type, whether it may be left unwired, and whether it must come from
-    the request (a literal would make every request identical, e.g. a seed)."""
+    the request (a literal would make every request identical, e.g. a seed); for numbers the
+    inclusive range a value must lie in, and for any value a check of its form."""
 
     type: str
     optional: bool = False
@@ -29,16 +84,55 @@ class Port:
     deferred: bool = False  # the node may start before this input exists and block where it reads it
     batch_key: bool = False  # only nodes with equal values here may share a batch (e.g. a LoRA patch set)
     doc: str = ""
+    ge: float | None = None  # smallest value accepted
+    le: float | None = None  # largest value accepted
+    form: Callable[[Any], None] | None = None  # raises ValueError saying what is wrong with a value
 
     def __post_init__(self) -> None:
         if self.type not in PORT_TYPES:
             raise ValueError(f"unknown port type {self.type!r}; known: {sorted(PORT_TYPES)}")
 
+    def check(self, name: str, value: Any) -> None:
+        """Raise :class:`BadValue` unless ``value`` (given to the port ``name``) has the port's
+        type, is a finite number for a float port, and lies in its range and form. Null is a
+        value only where the port is optional (the operator's default)."""
+        if value is None:
+            if not self.optional:
+                raise BadValue(name, f"{name} is required, got null")
+            return
+        if not _has_type(value, self.type):
+            raise BadValue(name, f"{name} takes {self.type}, got {value!r}", "type_mismatch")
+        if self.type == "float":
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int beyond any float
+                finite = False
+            if not finite:
+                raise BadValue(name, f"{name} must be a finite number, got {value!r}")
+        if self.ge is not None and value < self.ge:
+            raise BadValue(name, f"{name} must be >= {_number(self.ge)}, got {value!r}")
+        if self.le is not None and value > self.le:
+            raise BadValue(name, f"{name} must be <= {_number(self.le)}, got {value!r}")
+        if self.form is not None:
+            try:
+                self.form(value)
+            except ValueError as exc:
+                raise BadValue(name, f"{name}: {exc}") from None
+
+
+def _number(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+#: a request's seed, as ``torch.Generator.manual_seed`` takes it. Negative seeds are refused:
+#: torch maps one to 2**64 + seed, so the same image would answer to two seeds.
+SEED_PORT = Port("int", per_request=True, ge=0, le=2**64 - 1, doc="0 <= seed < 2**64, seeds torch.Generator('cpu')")
+
 
 #: LoRA patch set and its asynchronous-loading bound, on every patchable operator
 PATCH_PORTS = {
-    "loras": Port("text", optional=True, batch_key=True, doc="LoRA patch set: NAME[:WEIGHT],..."),
-    "lora_k": Port("int", optional=True, doc="apply a LoRA still loading from step K at the latest (0: wait)"),
+    "loras": Port("text", optional=True, batch_key=True, doc="LoRA patch set: NAME[:WEIGHT],...", form=check_patch_set),
+    "lora_k": Port("int", optional=True, doc="apply a LoRA still loading from step K at the latest (0: wait)", ge=0),
 }
 
 
@@ -93,6 +187,16 @@ class Operator:
     def run(self, model: Any, mode: str, items: list[Item]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def check(self, mode: str, values: dict[str, Any], cfg: Any) -> None:
+        """Raise :class:`BadValue` for values a node of ``mode`` would fail on or compute garbage
+        from, beyond what each port checks alone: what needs the model's facts or several ports.
+
+        Called at submission for every node, with the values known then (request inputs and
+        literals, each already of its port's type and range; a port fed by another node is
+        absent, an unset optional one may be None) and ``cfg``, the node's model's
+        :class:`~legodiffusion.models.components.PipelineConfig` (None where the node has no
+        pipeline model). ``run`` calls it too, so each check has one implementation."""
+
     def example_items(self, cfg: Any, mode: str, batch: int, size: int, device: str) -> list[Item]:
         """Synthetic inputs for profiling: ``batch`` items at ``size`` x ``size`` pixels."""
         raise NotImplementedError(f"operator {self.name} cannot be profiled yet")
@@ -106,12 +210,18 @@ class Operator:
             "light": cls.light,
             "modes": {
                 m: {
-                    "inputs": {p: {"type": s.type, "optional": s.optional} for p, s in sig.inputs.items()},
+                    "inputs": {p: _describe_port(s) for p, s in sig.inputs.items()},
                     "outputs": dict(sig.outputs),
                 }
                 for m, sig in cls.modes.items()
             },
         }
+
+
+def _describe_port(port: Port) -> dict:
+    out: dict[str, Any] = {"type": port.type, "optional": port.optional}
+    out.update({k: v for k, v in (("ge", port.ge), ("le", port.le)) if v is not None})
+    return out
 
 
 @dataclass

@@ -4,7 +4,8 @@ guidance branch per step, whose residuals the base model reads as *deferred* inp
 from __future__ import annotations
 
 from legodiffusion.ops import examples, sampling
-from legodiffusion.ops.base import Item, Operator, Port, Signature, resolve
+from legodiffusion.ops.base import CONTROL_SCALE_MAX, GUIDANCE_MAX, SEED_PORT, Item, Operator, Port, Signature, resolve
+from legodiffusion.ops.latents import check_size, size_factor
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
@@ -18,17 +19,22 @@ class PrepareControlImage(Operator):
     light = True
     modes = {
         "default": Signature(
-            inputs={"image": Port("image"), "height": Port("int", optional=True), "width": Port("int", optional=True)},
+            inputs={"image": Port("image"), "height": Port("int", optional=True, ge=1), "width": Port("int", optional=True, ge=1)},
             outputs={"control": "control"},
         )
     }
+
+    def check(self, mode, values, cfg):
+        if cfg is not None:
+            check_size(values.get("height"), values.get("width"), size_factor(cfg.family, cfg.vae_scale_factor), cfg.family)
 
     def run(self, model, mode: str, items: list[Item]):
         proc = image_processor.VaeImageProcessor(vae_scale_factor=model.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
         out = []
         for it in items:
-            h = it.inputs.get("height") or model.default_size
-            w = it.inputs.get("width") or model.default_size
+            self.check(mode, it.inputs, model)
+            h = model.default_size if it.inputs.get("height") is None else it.inputs["height"]
+            w = model.default_size if it.inputs.get("width") is None else it.inputs["width"]
             out.append({"control": proc.preprocess(it.inputs["image"], height=h, width=w).to(dtype=torch.float32).contiguous()})
         return out
 
@@ -48,27 +54,32 @@ class EncodeControlImage(Operator):
         "default": Signature(
             inputs={
                 "image": Port("image"),
-                "seed": Port("int", per_request=True),
+                "seed": SEED_PORT,
                 "rng": Port("rng", optional=True),
-                "height": Port("int", optional=True),
-                "width": Port("int", optional=True),
+                "height": Port("int", optional=True, ge=1),
+                "width": Port("int", optional=True, ge=1),
             },
             outputs={"control": "control", "rng": "rng"},
         )
     }
+
+    def check(self, mode, values, cfg):
+        if cfg is not None:  # twice the VAE's factor, as run() preprocesses (Flux packs 2x2 patches)
+            check_size(values.get("height"), values.get("width"), cfg.vae_scale_factor * 2, cfg.family)
 
     def run(self, model, mode: str, items: list[Item]):
         factor = 2 ** (len(model.config.block_out_channels) - 1)
         proc = image_processor.VaeImageProcessor(vae_scale_factor=factor * 2)
         out = []
         for it in items:
+            check_size(it.inputs.get("height"), it.inputs.get("width"), factor * 2, "flux")
             generator = torch.Generator("cpu")
             if it.inputs.get("rng") is not None:
                 generator.set_state(it.inputs["rng"])
             else:
                 generator.manual_seed(int(it.inputs["seed"]))
-            h = it.inputs.get("height") or 128 * factor
-            w = it.inputs.get("width") or 128 * factor
+            h = 128 * factor if it.inputs.get("height") is None else it.inputs["height"]
+            w = 128 * factor if it.inputs.get("width") is None else it.inputs["width"]
             # contiguous as the pipeline's repeat_interleave leaves it: a channels-last input takes
             # other convolution kernels, whose rounding differs in bf16
             image = proc.preprocess(it.inputs["image"], height=h, width=w).contiguous().to(device=model.device, dtype=model.dtype)
@@ -94,8 +105,8 @@ class ControlNet(Operator):
                 "sampler": Port("sampler"),
                 "embedding": Port("embedding"),
                 "control": Port("control"),
-                "scale": Port("float", optional=True, doc="conditioning scale (default 1.0)"),
-                "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale"),
+                "scale": Port("float", optional=True, doc="conditioning scale (default 1.0)", ge=0, le=CONTROL_SCALE_MAX),
+                "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale", ge=0, le=GUIDANCE_MAX),
             },
             outputs={"residual": "residual"},
         )

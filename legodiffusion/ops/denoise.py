@@ -8,7 +8,7 @@ guidance embedding and unpacks the prediction (a permutation, so the sampler upd
 from __future__ import annotations
 
 from legodiffusion.ops import examples, sampling
-from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
+from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals, summed
 from legodiffusion.ops.lazy import lazy_module
 
@@ -136,7 +136,7 @@ _BASE = {
     "latents": Port("latent"),
     "sampler": Port("sampler"),
     "embedding": Port("embedding"),
-    "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale"),
+    "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale", ge=0, le=GUIDANCE_MAX),
     **PATCH_PORTS,
 }
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from legodiffusion.ops import sampling
-from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.base import SEED_PORT, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
@@ -48,6 +48,28 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
     return {}
 
 
+def size_factor(family: str, vae_scale_factor: int) -> int:
+    """What a pixel size must be a multiple of: the VAE's downscaling, twice that for Flux, whose
+    transformer packs 2x2 latent patches."""
+    return vae_scale_factor * (2 if family == "flux" else 1)
+
+
+def check_size(height: int | None, width: int | None, factor: int, family: str) -> None:
+    """Raise :class:`BadValue` unless each size given is a positive multiple of ``factor`` (None:
+    the model's native size)."""
+    for port, pixels in (("height", height), ("width", width)):
+        if pixels is not None and (pixels <= 0 or pixels % factor):
+            raise BadValue(port, f"height and width must be positive multiples of {factor} for a {family} model, got {port} {pixels}")
+
+
+def check_sampler(sampler: str, family: str | None) -> None:
+    """:func:`sampling.check_sampler` as a :class:`BadValue` of the ``sampler`` port."""
+    try:
+        sampling.check_sampler(sampler, family)
+    except ValueError as exc:
+        raise BadValue("sampler", str(exc)) from None
+
+
 class InitLatents(Operator):
     name = "init_latents"
     doc = (
@@ -60,30 +82,31 @@ class InitLatents(Operator):
     modes = {
         "default": Signature(
             inputs={
-                "seed": Port("int", per_request=True),
-                "steps": Port("int"),
+                "seed": SEED_PORT,
+                "steps": Port("int", ge=1),
                 "sampler": Port("text"),
-                "height": Port("int", optional=True, doc="pixels; the model's native size if null"),
-                "width": Port("int", optional=True),
+                "height": Port("int", optional=True, doc="pixels; the model's native size if null", ge=1),
+                "width": Port("int", optional=True, ge=1),
                 "rng": Port("rng", optional=True, doc="continue a generator an earlier node drew from (Flux ControlNet)"),
             },
             outputs={"latents": "latent", "sampler": "sampler"},
         )
     }
 
+    def check(self, mode, values, cfg):
+        if "sampler" in values:
+            check_sampler(values["sampler"], cfg.family if cfg is not None else None)
+        if cfg is not None:
+            check_size(values.get("height"), values.get("width"), size_factor(cfg.family, cfg.vae_scale_factor), cfg.family)
+
     def run(self, model, mode: str, items: list[Item]):
         out = []
         for it in items:
             args = it.inputs
-            height = args.get("height") or model.default_size
-            width = args.get("width") or model.default_size
-            factor = model.vae_scale_factor * (2 if model.family == "flux" else 1)
-            if height % factor or width % factor or height <= 0 or width <= 0:
-                raise ValueError(f"height and width must be positive multiples of {factor}, got {height}x{width}")
+            self.check(mode, args, model)
+            height = model.default_size if args.get("height") is None else args["height"]
+            width = model.default_size if args.get("width") is None else args["width"]
             sampler, steps = args["sampler"], int(args["steps"])
-            sampling.check_sampler(sampler)
-            if (sampler in sampling.FLOW_SAMPLERS) != (model.family in ("sd3", "flux")):
-                raise ValueError(f"sampler {sampler!r} does not fit a {model.family} model")
             h, w = height // model.vae_scale_factor, width // model.vae_scale_factor
             state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
             generator = torch.Generator("cpu")

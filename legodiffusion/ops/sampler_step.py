@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from legodiffusion.ops import examples, sampling
-from legodiffusion.ops.base import Item, Operator, Port, Signature
+from legodiffusion.ops.base import GUIDANCE_MAX, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
@@ -22,7 +22,7 @@ class SamplerStep(Operator):
                 **_COMMON,
                 "noise_cond": Port("noise"),
                 "noise_uncond": Port("noise"),
-                "guidance_scale": Port("float"),
+                "guidance_scale": Port("float", ge=0, le=GUIDANCE_MAX, doc="classifier-free guidance scale"),
             },
             outputs=_OUT,
         ),

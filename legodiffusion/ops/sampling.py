@@ -39,6 +39,8 @@ CONFIG_OVERRIDES = {
 #: multistep samplers: their history of model outputs travels in the state
 MULTISTEP = frozenset({"dpmpp_2m", "dpmpp_2m_karras"})
 FLOW_SAMPLERS = frozenset({"flow_euler"})
+#: families whose denoisers predict flow (they take the flow samplers, the others the rest)
+FLOW_FAMILIES = frozenset({"sd3", "flux"})
 #: samplers that draw noise every step from the request's generator, whose state travels with them
 STOCHASTIC = frozenset({"euler_ancestral"})
 
@@ -78,9 +80,13 @@ def generator_from(state: bytes) -> torch.Generator:
     return g
 
 
-def check_sampler(name: str) -> None:
+def check_sampler(name: str, family: str | None = None) -> None:
+    """Raise ValueError unless ``name`` is a known sampler fitting ``family`` (when given)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    if family is not None and (name in FLOW_SAMPLERS) != (family in FLOW_FAMILIES):
+        fitting = sorted(s for s in SAMPLERS if (s in FLOW_SAMPLERS) == (family in FLOW_FAMILIES))
+        raise ValueError(f"sampler {name!r} does not fit a {family} model; choose one of {fitting}")
 
 
 def new_state(sampler: str, scheduler_config: dict, num_steps: int, **timestep_kwargs) -> SamplerState:

@@ -75,7 +75,8 @@ class EncodePrompt(Operator):
         "default": Signature(
             inputs={
                 "text": Port("text", optional=True),
-                "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux)"),
+                # 512 at most, as the SD3 and Flux pipelines allow
+                "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux)", ge=1, le=512),
                 **PATCH_PORTS,
             },
             outputs={"embedding": "embedding"},

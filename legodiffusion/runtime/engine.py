@@ -20,6 +20,7 @@ from legodiffusion.core.autoscale import ReplicaAutoscaler
 from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.patchset import parse_patches
+from legodiffusion.models.components import PipelineConfig, pipeline_config
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.ops import OperatorRegistry, default_registry
 from legodiffusion.profiles.book import ProfileCost
@@ -30,6 +31,7 @@ from legodiffusion.runtime.worker import Worker
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.spec import WorkflowSpec
+from legodiffusion.workflow.values import check_values
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Engine:
         self.cost.memory_bytes = self._memory_bytes()
         self.coordinator = cfg.coordinator(len(self.workers), self.cost)
         self.workflows: dict[str, Expander] = {}
+        self._pipeline_configs: dict[str, PipelineConfig | None] = {}  # what submissions are checked against
         self._runs: dict[int, Run] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -156,7 +159,9 @@ class Engine:
     def submit(
         self, workflow: str, inputs: dict[str, Any], on_progress: Callable[[Run], None] | None = None, slo_s: float | None = None
     ) -> Run:
-        """Expand and submit a request; raises WorkflowError/KeyError for bad input, before any work.
+        """Expand and submit a request; raises WorkflowError/KeyError for bad input, before any work:
+        every value a node will receive from the request or the workflow's literals is checked
+        against its port's type and range and its operator's checks with the model's facts.
 
         ``slo_s``: the request must finish within this many seconds; admission may reject it at once
         (status ``rejected``, error starting ``SLO_REJECTED``) when current load makes that impossible."""
@@ -167,8 +172,9 @@ class Engine:
         except KeyError:
             raise KeyError(f"unknown workflow {workflow!r}; registered: {sorted(self.workflows)}") from None
         bound = bind_inputs(expander.spec, inputs)
-        self._check_patches(bound)
         template = expander.template(bound)
+        check_values(template, bound, self.registry, self._pipeline_config)
+        self._check_patches(bound)
         rid = next(self._ids)
         run = Run(rid, workflow, len(template.nodes), self._loop.create_future(), time.perf_counter(), on_progress=on_progress)
         self._runs[rid] = run
@@ -178,6 +184,14 @@ class Engine:
         self._observe_demand(request, now)
         self._apply(self.coordinator.submit(request, now))
         return run
+
+    def _pipeline_config(self, model: str) -> PipelineConfig | None:
+        """A pipeline model's cheap facts (None for a single model such as a ControlNet), read
+        from its folder's JSON files once. Not through the host cache: its lock is held while a
+        worker loads weights from disk, which would stall the event loop here."""
+        if model not in self._pipeline_configs:
+            self._pipeline_configs[model] = pipeline_config(self.catalog.folder(model)) if self._is_pipeline(model) else None
+        return self._pipeline_configs[model]
 
     def _check_patches(self, bound: dict[str, Any]) -> None:
         try:

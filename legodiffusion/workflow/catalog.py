@@ -38,15 +38,15 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
         doc="what to steer away from" + ("; null: zero embedding as SDXL does" if negative_d is None else ""),
     )
     steps = wf.input("steps", "int", default=steps_d, doc="sampling steps")
-    guidance = wf.input("guidance_scale", "float", default=guidance_d, doc="classifier-free guidance; <= 1 disables it")
-    seed = wf.input("seed", "int", default=0, doc="seeds torch.Generator('cpu') exactly as diffusers does")
-    height = wf.input("height", "int", default=None, doc="pixels; model's native size when null")
-    width = wf.input("width", "int", default=None, doc="pixels; model's native size when null")
+    guidance = wf.input("guidance_scale", "float", default=guidance_d, doc="classifier-free guidance, at most 100; <= 1 disables it")
+    seed = wf.input("seed", "int", default=0, doc="0 <= seed < 2**64; seeds torch.Generator('cpu') exactly as diffusers does")
+    height = wf.input("height", "int", default=None, doc="pixels, a multiple of the VAE factor (8); model's native size when null")
+    width = wf.input("width", "int", default=None, doc="pixels, a multiple of the VAE factor (8); model's native size when null")
     sampler = wf.input(
         "sampler",
         "text",
         default=sampler_d,
-        doc="euler, euler_karras, euler_ancestral, ddim, dpmpp_2m, dpmpp_2m_karras (UNet families); flow_euler (SD3)",
+        doc="euler, euler_karras, euler_ancestral, ddim, dpmpp_2m, dpmpp_2m_karras (UNet families); flow_euler (SD3 only)",
     )
     patch = _lora_inputs(wf)
     extra = dict(patch)
@@ -163,11 +163,11 @@ def flux_txt2img(
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
-    seed = wf.input("seed", "int", default=0, doc="seeds torch.Generator('cpu') exactly as diffusers does")
-    height = wf.input("height", "int", default=None, doc="pixels; model's native size when null")
-    width = wf.input("width", "int", default=None, doc="pixels; model's native size when null")
+    seed = wf.input("seed", "int", default=0, doc="0 <= seed < 2**64; seeds torch.Generator('cpu') exactly as diffusers does")
+    height = wf.input("height", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); model's native size when null")
+    width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); model's native size when null")
     max_seq = wf.input("max_sequence_length", "int", default=256 if schnell else 512, doc="T5 tokens")
-    guidance = None if schnell else wf.input("guidance", "float", default=3.5, doc="distilled guidance scale (dev)")
+    guidance = None if schnell else wf.input("guidance", "float", default=3.5, doc="distilled guidance scale (dev), 0 to 100")
     patch = _lora_inputs(wf)
     text = prompt
     if prompt_template is not None:

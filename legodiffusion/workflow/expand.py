@@ -6,6 +6,7 @@ cached per (workflow, structural values) and a new request of a known shape cost
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -53,7 +54,12 @@ def bind_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
             if not assignable(literal_type(value), ispec.type):
                 issues.append(SpecIssue("type_mismatch", f"inputs.{name}", f"expected {ispec.type}, got {value!r}"))
                 continue
-            out[name] = float(value) if ispec.type == "float" else value
+            if ispec.type == "float":
+                value = _finite_float(value)
+                if value is None:
+                    issues.append(SpecIssue("type_mismatch", f"inputs.{name}", f"expected a finite float, got {given[name]!r}"))
+                    continue
+            out[name] = value
         elif ispec.required:
             issues.append(SpecIssue("missing_input", f"inputs.{name}", f"request input {name!r} ({ispec.type}) is required"))
         else:
@@ -61,6 +67,14 @@ def bind_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
     if issues:
         raise WorkflowError(issues)
     return out
+
+
+def _finite_float(value: int | float) -> float | None:
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _structural_inputs(nodes: list[Node]) -> set[str]:
@@ -198,7 +212,15 @@ class _Unroller:
                     state = {k: self.resolve(s, inner_env, state) for k, s in node.next.items()}
                 env[node.id] = state
             else:
-                branch = node.then if node.predicate.holds(self.inputs) else node.otherwise
+                try:
+                    holds = node.predicate.holds(self.inputs)
+                except TypeError:  # e.g. a null input in an ordering
+                    p = node.predicate
+                    got = self.inputs[p.input]
+                    raise WorkflowError(
+                        [SpecIssue("bad_value", f"inputs.{p.input}", f"{got!r} cannot be compared with {p.value!r} by {p.cmp!r}")]
+                    ) from None
+                branch = node.then if holds else node.otherwise
                 inner_env = dict(env)
                 self.emit(branch.nodes, f"{key}.", inner_env, carry)
                 env[node.id] = {k: self.resolve(s, inner_env, carry) for k, s in branch.outputs.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from legodiffusion.ops.base import DATA_TYPES, REQUEST_TYPES, SCALAR_TYPES, OperatorRegistry
+from legodiffusion.ops.base import DATA_TYPES, REQUEST_TYPES, SCALAR_TYPES, BadValue, OperatorRegistry, is_image
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.spec import (
     COMPARATORS,
@@ -32,7 +32,7 @@ class _Where:
 def literal_type(value) -> str | None:
     if isinstance(value, bool):
         return None
-    if _is_image(value):
+    if is_image(value):
         return "image"
     if isinstance(value, int):
         return "int"
@@ -41,12 +41,6 @@ def literal_type(value) -> str | None:
     if isinstance(value, str):
         return "text"
     return None
-
-
-def _is_image(value) -> bool:
-    """PIL images, numpy arrays and tensors are images when a request carries them."""
-    kind = type(value).__module__.split(".")[0]
-    return kind in ("PIL", "numpy", "torch") and hasattr(value, "shape" if kind != "PIL" else "size")
 
 
 def assignable(src_type: str | None, port_type: str) -> bool:
@@ -176,6 +170,11 @@ class _Checker:
             t = self.type_of(src, w, path, port=port)
             if t is not None and not assignable(t, port.type):
                 self.fail("type_mismatch", path, f"port {port_name!r} takes {port.type}, got {t}")
+            elif t is not None and isinstance(src, Literal):  # its range and form, before anything loads
+                try:
+                    port.check(port_name, src.value)
+                except BadValue as exc:
+                    self.fail(exc.code, path, str(exc))
         for port_name, port in sig.inputs.items():
             if port_name not in node.inputs and not port.optional:
                 self.fail("missing_input", f"{w.path}.inputs.{port_name}", f"required input {port_name!r} ({port.type}) is not connected")
@@ -221,6 +220,9 @@ class _Checker:
         if p.cmp not in COMPARATORS:
             self.fail("bad_predicate", w.path + ".if.cmp", f"comparator must be one of {sorted(COMPARATORS)}, got {p.cmp!r}")
         self.check_structural(InputRef(p.input), w, w.path + ".if.input", SCALAR_TYPES)
+        spec = self.spec.inputs.get(p.input)
+        if p.cmp in ORDERINGS and spec is not None and spec.type in SCALAR_TYPES and not _orderable(spec.type, literal_type(p.value)):
+            self.fail("type_mismatch", w.path + ".if.value", f"{p.input} ({spec.type}) cannot be compared with {p.value!r} by {p.cmp!r}")
         inner = _Where(node, w.path, w.scope + (node.id,), w.loops)
         if set(node.then.outputs) != set(node.otherwise.outputs):
             self.fail(
@@ -304,6 +306,15 @@ class _Checker:
                 self.fail("type_mismatch", f"outputs.{name}", f"outputs carry data from nodes, got {t}")
         self.check_cycles(self.spec.nodes)
         return self.issues
+
+
+ORDERINGS = frozenset({">", ">=", "<", "<="})
+
+
+def _orderable(a: str | None, b: str | None) -> bool:
+    """Whether Python orders values of these literal types: numbers among numbers, text among text."""
+    numbers = {"int", "float"}
+    return a is not None and b is not None and (a == b or {a, b} <= numbers)
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

@@ -31,12 +31,24 @@ def test_ten_concurrent_requests_on_two_workers_equal_sequential_runs(sd15):
     assert engine.plane.live_count() == 0
 
 
-def test_a_failing_request_fails_alone_with_its_node_and_reason(sd15):
-    bad = dict(prompt="bad", steps=3, height=60, width=64)  # not a multiple of the VAE factor
+def test_a_failing_request_fails_alone_with_its_node_and_reason(sd15, monkeypatch):
+    # a fault no submission check can see (bad values are refused before they are queued),
+    # injected into init_latents for one seed: its batch-mates must not fail with it
+    from legodiffusion.ops.latents import InitLatents
+
+    run = InitLatents.run
+
+    def faulty(self, model, mode, items):
+        if any(it.inputs["seed"] == 13 for it in items):
+            raise RuntimeError("injected fault for seed 13")
+        return run(self, model, mode, items)
+
+    monkeypatch.setattr(InitLatents, "run", faulty)
+    bad = dict(prompt="bad", steps=3, height=64, width=64, seed=13)
     good = dict(prompt="good", steps=3, height=64, width=64)
     results, engine = run_requests(sd15, [good, bad, good], workers=2)
     assert [r.status for r in results] == ["succeeded", "failed", "succeeded"]
     assert results[1].node == "init_latents"
-    assert "multiples of 8" in results[1].error
+    assert "injected fault for seed 13" in results[1].error
     assert engine.plane.live_count() == 0
     assert engine.coordinator.requests == {}
