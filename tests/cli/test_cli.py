@@ -55,8 +55,8 @@ def test_generate_reports_bad_input_without_a_traceback(sd15, tmp_path):
     result = runner.invoke(
         app, ["generate", "--model", str(sd15), "--prompt", "x", "--height", "60", "--steps", "2", "-o", str(tmp_path / "x.png")]
     )
-    assert result.exit_code == 1
-    assert "multiples of 8" in " ".join(result.output.split())
+    assert result.exit_code == 2  # refused at submission, before anything runs
+    assert "multiples of 8" in " ".join(result.output.split()) and not (tmp_path / "x.png").exists()
     result = runner.invoke(app, ["generate", "--model", str(tmp_path), "--prompt", "x"])
     assert result.exit_code == 2 and "model_index.json" in "".join(result.output.split())
 
