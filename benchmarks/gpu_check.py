@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS, stamp  # noqa: E402
 from legodiffusion import Engine, EngineConfig  # noqa: E402
-from legodiffusion.models.components import DENOISER, TEXT_ENCODERS, component_bytes, load_component  # noqa: E402
+from legodiffusion.models.components import DENOISER, TEXT_ENCODERS, component_bytes, family_of, load_component  # noqa: E402
 from legodiffusion.models.precision import Precision  # noqa: E402
 from legodiffusion.models.store import to_device  # noqa: E402
 from legodiffusion.ops import default_registry, sampling  # noqa: E402
@@ -51,7 +51,13 @@ FAMILIES = {
     "flux": ("flux-dev", "flux", "FluxPipeline"),
 }
 #: tiny stand-ins for the simulator's architectures on CPU
-TINY = {"flux-dev": "flux", "flux-schnell": "flux-schnell", "flux-controlnet-union": "controlnet-flux"}
+TINY = {
+    **{arch: tiny for arch, tiny, _ in FAMILIES.values()},
+    "flux-schnell": "flux-schnell",
+    "sd3.5-large": "sd3",
+    "sd3.5-large-turbo": "sd3",
+    "flux-controlnet-union": "controlnet-flux",
+}
 #: images agree "within bf16 tolerance": mean absolute difference of the [0, 1] images at most this
 MEAN_TOLERANCE = 0.02
 T0 = time.perf_counter()
@@ -93,9 +99,7 @@ class Setup:
             from legodiffusion.models.tiny import write_tiny_models
 
             self._tiny = write_tiny_models(self.models)
-        tiny = {arch: fam for arch, fam, _ in FAMILIES.values()} | TINY
-        name = tiny.get(architecture) or ("sd3" if architecture.startswith("sd3") and "controlnet" not in architecture else None)
-        return self._tiny.get(name) if name else None
+        return self._tiny.get(TINY.get(architecture, ""))
 
 
 # -- (a) and (b): equivalence and overhead ------------------------------------------------------
@@ -139,7 +143,7 @@ def _requests(family: str, setup: Setup, steps: int) -> tuple[dict, dict]:
 async def check_family(key: str, setup: Setup) -> dict:
     architecture, _, pipeline = FAMILIES[key]
     folder = setup.folder(architecture)
-    family = pipeline_family(folder)
+    family = family_of(folder)
     workflow = txt2img_for(folder, key)
     config = EngineConfig(workers=1, device="cuda" if setup.gpu else "cpu", dtype=setup.precision.default)
     async with Engine({key: folder}, config) as engine:
@@ -189,12 +193,6 @@ async def check_family(key: str, setup: Setup) -> dict:
     }
     log(f"(a,b) {key}: max |diff| {row['max_abs_diff']:.2e}, mean {row['mean_abs_diff']:.2e}; decomposed / pipeline {row['ratio']}")
     return row
-
-
-def pipeline_family(folder: Path) -> str:
-    from legodiffusion.models.components import family_of
-
-    return family_of(folder)
 
 
 # -- (c): profiles in the simulator's schema ----------------------------------------------------

@@ -95,6 +95,16 @@ def model_index(folder: Path) -> dict:
     return _json(path)
 
 
+def is_pipeline(folder: str | Path) -> bool:
+    """A pipeline folder (``model_index.json``), as opposed to a model saved on its own."""
+    return (Path(folder) / "model_index.json").exists()
+
+
+def family_or_none(folder: str | Path) -> str | None:
+    """The family of a pipeline folder; None for a model saved on its own (a ControlNet)."""
+    return family_of(Path(folder)) if is_pipeline(folder) else None
+
+
 def family_of(folder: Path) -> str:
     name = model_index(folder).get("_class_name", "")
     try:
@@ -222,8 +232,7 @@ def load_component(folder: str | Path, component: str, precision=None, device: s
     from legodiffusion.models import random_folder
 
     folder = Path(folder)
-    family = family_of(folder) if (folder / "model_index.json").exists() else None
-    dtype = (precision or Precision()).dtype(component, family, device)
+    dtype = (precision or Precision()).dtype(component, family_or_none(folder), device)
     with _LOAD_LOCK:
         if component != "config" and random_folder.is_random(folder):
             return random_folder.build_component(folder, component, dtype, device)

@@ -75,7 +75,3 @@ class Precision:
 
     def dtype(self, component: str, family: str | None, device: str):
         return torch_dtype(self.name(component, family, device))
-
-    def describe(self) -> str:
-        parts = [self.default] + [f"{c}={n}" for c, n in self.overrides]
-        return ", ".join(parts)

@@ -257,7 +257,7 @@ class ResidentModels:
             return Residency(self._ready(key, use), [], [])
         t0 = time.perf_counter()
         held = key in self.lru
-        host_obj, nbytes = (self._objs[key], 0) if held else self.host.get(model, component)
+        host_obj, nbytes = (None, 0) if held else self.host.get(model, component)
         try:
             _, evicted = self.lru.admit(key, nbytes, activation_bytes)
         except MemoryError:

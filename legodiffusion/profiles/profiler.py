@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from legodiffusion import config
-from legodiffusion.models.components import component_bytes, family_of, load_component, modules_of
+from legodiffusion.models.components import component_bytes, family_or_none, load_component, modules_of
 from legodiffusion.models.precision import COMPONENTS, Precision
 from legodiffusion.models.store import ModelCatalog, to_device
 from legodiffusion.ops.base import OperatorRegistry
@@ -54,7 +54,7 @@ def model_key(folder: Path) -> str:
 def precision_tag(folder: Path, device: str, precision: Precision | None = None) -> str:
     """The dtypes a model's components get (denoiser, text encoders, VAE, ControlNet), e.g.
     ``bf16-bf16-fp32-bf16``: a profile measured in one precision says nothing of another."""
-    family = family_of(folder) if (Path(folder) / "model_index.json").exists() else None
+    family = family_or_none(folder)
     precision = precision or Precision()
     return "-".join(precision.name(c, family, device) for c in COMPONENTS)
 

@@ -20,7 +20,7 @@ from legodiffusion.core.autoscale import ReplicaAutoscaler
 from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.patchset import parse_patches
-from legodiffusion.models.components import PipelineConfig, pipeline_config
+from legodiffusion.models.components import PipelineConfig, is_pipeline, pipeline_config
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.ops import OperatorRegistry, default_registry
 from legodiffusion.profiles.book import ProfileCost
@@ -110,11 +110,8 @@ class Engine:
         budget = self.config.budget_for(self.backend.device) if self.config.backend == "local" else self.config.memory_budget_bytes
         if budget is None:
             return None
-        profiled = all(self.cost.weight_bytes(name, "denoiser") > 0 for name in self.catalog.names() if self._is_pipeline(name))
-        return budget if profiled else None
-
-    def _is_pipeline(self, name: str) -> bool:
-        return (self.catalog.folder(name) / "model_index.json").exists()
+        pipelines = [name for name in self.catalog.names() if is_pipeline(self.catalog.folder(name))]
+        return budget if all(self.cost.weight_bytes(name, "denoiser") > 0 for name in pipelines) else None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -190,7 +187,7 @@ class Engine:
         from its folder's JSON files once. Not through the host cache: its lock is held while a
         worker loads weights from disk, which would stall the event loop here."""
         if model not in self._pipeline_configs:
-            self._pipeline_configs[model] = pipeline_config(self.catalog.folder(model)) if self._is_pipeline(model) else None
+            self._pipeline_configs[model] = pipeline_config(self.catalog.folder(model)) if is_pipeline(self.catalog.folder(model)) else None
         return self._pipeline_configs[model]
 
     def _check_patches(self, bound: dict[str, Any]) -> None:

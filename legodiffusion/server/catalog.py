@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from legodiffusion.models.components import family_of
+from legodiffusion.models.components import family_of, is_pipeline
 from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img, sd_txt2img, sdxl_txt2img
 
 _BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
@@ -39,4 +39,4 @@ def txt2img_for(folder: str | Path, model: str, name: str | None = None, control
 
 def builtin_workflows(models: dict[str, str]) -> list:
     """``<model>-txt2img`` for every pipeline model."""
-    return [txt2img_for(folder, name) for name, folder in models.items() if (Path(folder) / "model_index.json").exists()]
+    return [txt2img_for(folder, name) for name, folder in models.items() if is_pipeline(folder)]
