@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow test-reliability lint bench clean
 
 # torch is pinned on the same pip line as everything that depends on it: a CPU wheel of that
 # version is on local disk, anything else would pull a multi-GB CUDA build.
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or timing"
+
+test-reliability: $(STAMP)
+	$(BIN)/python -m pytest -q -m "reliability and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check legodiffusion tests benchmarks
