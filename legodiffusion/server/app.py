@@ -4,15 +4,14 @@ ComfyUI's prompt API, over the embedded engine. Each resource is a router in
 
 from __future__ import annotations
 
-import json
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.runtime.engine import Engine
-from legodiffusion.server.errors import error_body, install
+from legodiffusion.server.errors import install
+from legodiffusion.server.guard import Guard
 from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
 from legodiffusion.server.routers import ROUTERS
@@ -45,27 +44,7 @@ def create_app(
 
     app = FastAPI(title="legodiffusion", version="0.1.0", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if api_keys and request.url.path not in ("/healthz", "/readyz"):
-            auth = request.headers.get("authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in api_keys:
-                return Response(
-                    content=json.dumps(error_body("unauthorized", "a valid API key is required (Authorization: Bearer KEY)")),
-                    status_code=401,
-                    media_type="application/json",
-                )
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            return Response(
-                content=json.dumps(
-                    error_body("limit_exceeded", f"body of {size} bytes exceeds max_body_bytes={limits.max_body_bytes}", "body")
-                ),
-                status_code=413,
-                media_type="application/json",
-            )
-        return await call_next(request)
-
+    app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=limits.max_body_bytes)
     install(app)  # after the guard, so its last-resort handler wraps the guard too
     for router in ROUTERS:
         app.include_router(router)

@@ -20,7 +20,7 @@ class RunBody(BaseModel):
     workflow: str = Field(description="a registered workflow id or name")
     inputs: dict[str, Any] = Field(default_factory=dict)
     slo_s: float | None = Field(default=None, gt=0, description="deadline in seconds; admission may reject")
-    wait: bool = Field(default=False, description="block until the run ends and return its images")
+    wait: bool = Field(default=False, strict=True, description="block until the run ends and return its images (a JSON boolean)")
 
 
 def _record(st: ServerState, run_id: str) -> RunRecord:
