@@ -16,6 +16,7 @@ from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
 from legodiffusion.server.routers import ROUTERS
 from legodiffusion.server.state import ServerState
+from legodiffusion.server.store import Retention
 
 
 def create_app(
@@ -24,8 +25,13 @@ def create_app(
     workflows: list | None = None,
     api_keys: set[str] | None = None,
     limits: Limits | None = None,
+    retention: Retention | None = None,
+    cancel_on_disconnect: bool = True,
 ) -> FastAPI:
-    """``api_keys``: when given, every endpoint but the health checks needs ``Authorization: Bearer KEY``."""
+    """``api_keys``: when given, every endpoint but the health checks needs ``Authorization: Bearer KEY``.
+    ``retention``: what the server keeps of finished runs, uploads and registered workflows.
+    ``cancel_on_disconnect``: a request that waits for its runs (native ``wait``, OpenAI images)
+    cancels them when its client goes away."""
     limits = limits or Limits()
 
     @asynccontextmanager
@@ -36,7 +42,7 @@ def create_app(
         metrics = Metrics()
         engine.on_dispatch_done = metrics.on_dispatch
         await engine.start()
-        app.state.server = ServerState(engine, metrics, limits)
+        app.state.server = ServerState(engine, metrics, limits, retention or Retention(), cancel_on_disconnect)
         try:
             yield
         finally:

@@ -34,7 +34,36 @@ class Metrics:
             "legodiffusion_replica_target", "Autoscaling: workers that should keep a model resident", ["model"], registry=r
         )
         self.scale_events = Counter("legodiffusion_scale_events", "Autoscaling actions on workers", ["action"], registry=r)
+        self.retained = Gauge(
+            "legodiffusion_retained", "Records the server keeps, by kind (runs, prompts, uploads, workflows)", ["kind"], registry=r
+        )
+        self.retained_bytes = Gauge(
+            "legodiffusion_retained_bytes", "Bytes the server keeps: PNGs of runs, decoded uploads", ["kind"], registry=r
+        )
+        self.evictions = Counter(
+            "legodiffusion_retention_evictions",
+            "Records dropped by retention, by kind and reason (ttl, count, bytes)",
+            ["kind", "reason"],
+            registry=r,
+        )
         self._seen = {"recoveries": 0, "lost": 0, "events": 0}
+
+    def evicted(self, kind: str, reason: str) -> None:
+        self.evictions.labels(kind, reason).inc()
+
+    def held(self, runs, uploads, workflows) -> None:
+        """What the server's stores hold (:mod:`legodiffusion.server.store`)."""
+        runs.prune()
+        uploads.prune()
+        for kind, n in (
+            ("runs", len(runs.records)),
+            ("prompts", len(runs.prompts)),
+            ("uploads", len(uploads.images)),
+            ("workflows", len(workflows.created_s)),
+        ):
+            self.retained.labels(kind).set(n)
+        self.retained_bytes.labels("runs").set(runs.bytes_held)
+        self.retained_bytes.labels("uploads").set(uploads.bytes_held)
 
     def on_dispatch(self, d, c) -> None:
         self.node_seconds.labels(d.op).observe(max(0.0, c.end_s - c.start_s))

@@ -1,57 +1,23 @@
-"""What the HTTP routers share: the engine, metrics, limits and run records of one server, reached
+"""What the HTTP routers share: the engine, metrics, limits and stores of one server, reached
 through :func:`state` (a FastAPI dependency), and the admission of a request's runs."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import Request
 
-from legodiffusion.runtime.engine import Engine, Run, RunResult
-from legodiffusion.runtime.images import to_png
+from legodiffusion.runtime.engine import Engine
 from legodiffusion.server.errors import ApiError
 from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
+from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, UploadStore, WorkflowStore
 
-TERMINAL = ("succeeded", "failed", "rejected", "cancelled")
+__all__ = ["TERMINAL", "RunRecord", "ServerState", "state", "wait_for"]
 log = logging.getLogger("legodiffusion.server")
-
-
-@dataclass
-class RunRecord:
-    id: str
-    workflow: str
-    created_s: float
-    run: Run | None = None
-    result: RunResult | None = None
-    status: str = "running"
-
-    def to_json(self, images: bool = True) -> dict:
-        status = self.status
-        if status == "running" and self.run is not None and not self.run.started:
-            status = "queued"  # admitted, no model call finished yet
-        out: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": status, "created": self.created_s}
-        if self.run is not None:
-            out["progress"] = {"nodes_done": self.run.nodes_done, "nodes_total": self.run.nodes_total, "steps_done": self.run.steps_done}
-        if self.result is not None:
-            out["latency_s"] = self.result.latency_s
-            if self.result.error:
-                out["error"] = {
-                    "code": "SLO_REJECTED" if self.status == "rejected" else "node_failed",
-                    "message": self.result.error,
-                    "node": self.result.node,
-                }
-            if images and self.result.ok and "image" in self.result.outputs:
-                out["images"] = [base64.b64encode(p).decode() for p in to_png(self.result.outputs["image"])]
-            if self.result.notes:
-                out["notes"] = self.result.notes
-        return out
 
 
 @dataclass
@@ -59,16 +25,21 @@ class ServerState:
     engine: Engine
     metrics: Metrics
     limits: Limits
-    runs: dict[str, RunRecord] = field(default_factory=dict)
-    comfy_jobs: dict[str, tuple] = field(default_factory=dict)  # prompt id -> (ComfyJob, run ids)
-    uploads: dict[str, Any] = field(default_factory=dict)  # ComfyUI LoadImage inputs, by file name
-    counter: int = 0
-    started_s: int = field(default_factory=lambda: int(time.time()))
-    workflow_created_s: dict[str, int] = field(default_factory=dict)  # those registered after start
+    retention: Retention = field(default_factory=Retention)
+    cancel_on_disconnect: bool = True
+    """Cancel the runs of a request that holds its connection open until they end (native
+    ``wait``, OpenAI images) when its client goes away."""
+
+    def __post_init__(self) -> None:
+        evicted = self.metrics.evicted
+        self.runs = RunStore(self.retention, evicted)
+        self.uploads = UploadStore(self.retention, evicted)
+        self.workflows = WorkflowStore(self.engine, self.retention, evicted)
+        self.started_s = int(self.retention.clock())
 
     def model_object(self, workflow: str) -> dict:
         """A workflow as OpenAI describes a model (``created``: when it was registered, in Unix seconds)."""
-        created = self.workflow_created_s.get(workflow, self.started_s)
+        created = self.workflows.created_s.get(workflow, self.started_s)
         return {"id": workflow, "object": "model", "created": created, "owned_by": "legodiffusion"}
 
     def submit(self, workflow: str, runs: list[dict], slo_s: float | None) -> list[RunRecord]:
@@ -81,39 +52,67 @@ class ServerState:
         for inputs in runs:
             limits.check_inputs(inputs)
         limits.check_room(len(runs), queued=len(st.engine.coordinator.requests))
-        recs: list[RunRecord] = []
+        submitted = []
         try:
             for inputs in runs:
-                st.counter += 1
-                rec = RunRecord(f"run-{st.counter}", workflow, time.time())
-                rec.run = st.engine.submit(workflow, inputs, slo_s=slo_s)
-                recs.append(rec)
+                submitted.append(st.engine.submit(workflow, inputs, slo_s=slo_s))
         except Exception:
-            for rec in recs:
-                st.engine.cancel(rec.run.request_id)
+            for run in submitted:
+                st.engine.cancel(run.request_id)
             raise
+        st.workflows.touch(workflow)
+        recs = [st.runs.add(workflow, run) for run in submitted]  # numbered only once admitted
         for rec in recs:
             log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
             rec.run.future.add_done_callback(functools.partial(self.finished, rec, slo_s))
-            st.runs[rec.id] = rec
         return recs
 
     def finished(self, rec: RunRecord, slo_s: float | None, fut: asyncio.Future) -> None:
         st = self
-        rec.result = fut.result()
-        rec.status = rec.result.status
-        st.metrics.requests.labels(rec.workflow, rec.status).inc()
+        result = fut.result()
+        st.metrics.requests.labels(rec.workflow, result.status).inc()
         log.info(
             "run %s",
-            rec.status,
-            extra={"run_id": rec.id, "workflow": rec.workflow, "latency_s": round(rec.result.latency_s, 4), "error": rec.result.error},
+            result.status,
+            extra={"run_id": rec.id, "workflow": rec.workflow, "latency_s": round(result.latency_s, 4), "error": result.error},
         )
-        if rec.status == "rejected":
+        if result.status == "rejected":
             st.metrics.rejections.inc()
         if slo_s is not None:
             st.metrics.slo_total.inc()
-            if rec.status == "succeeded" and rec.result.latency_s <= slo_s:
+            if result.status == "succeeded" and result.latency_s <= slo_s:
                 st.metrics.slo_met.inc()
+        st.runs.finish(rec, result)
+
+    def cancel(self, recs: list[RunRecord]) -> None:
+        """Cancel those of ``recs`` still in flight."""
+        for rec in recs:
+            if rec.status not in TERMINAL:
+                self.engine.cancel(rec.run.request_id)
+
+
+async def wait_for(st: ServerState, request: Request, recs: list[RunRecord]) -> None:
+    """Until every run of ``recs`` has ended; should the client go away first (and
+    ``cancel_on_disconnect``), its runs are cancelled and this returns at once."""
+    ended = asyncio.gather(*(r.ended.wait() for r in recs))
+    if not st.cancel_on_disconnect:
+        await ended
+        return
+    left = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((ended, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if not ended.done():
+        log.info("client went away; cancelling its runs", extra={"run_id": ",".join(r.id for r in recs)})
+        ended.cancel()
+        st.cancel(recs)
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client closes its connection (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def state(request: Request) -> ServerState:

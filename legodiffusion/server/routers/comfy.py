@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
-import time
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
-from legodiffusion.runtime.images import to_png
 from legodiffusion.server.comfy import ComfyError, parse
 from legodiffusion.server.errors import ApiError, error_body
 from legodiffusion.server.state import TERMINAL, ServerState, state
@@ -28,14 +25,14 @@ async def comfy_prompt(body: dict, st: ServerState = Depends(state)):
         if job.controlnets and job.workflow not in st.engine.workflows:  # a ControlNet variant, made once
             from legodiffusion.workflow.catalog import sd_txt2img
 
-            st.engine.add_workflow(sd_txt2img(job.model, name=job.workflow, controlnets=tuple(job.controlnets)))
-            st.workflow_created_s[job.workflow] = int(time.time())
+            st.workflows.register(sd_txt2img(job.model, name=job.workflow, controlnets=tuple(job.controlnets)), job.workflow)
         if job.workflow not in st.engine.workflows:
             raise ComfyError(None, None, f"no built-in workflow {job.workflow!r} for that checkpoint")
         for i, name in enumerate(job.images):
-            if name not in st.uploads:
-                raise ComfyError(None, "LoadImage", f"image {name!r} was not uploaded (POST /upload/image)")
-            job.inputs["control_image" + (f"_{i}" if i else "")] = st.uploads[name]
+            image = st.uploads.get(name)
+            if image is None:
+                raise ComfyError(None, "LoadImage", f"image {name!r} was not uploaded (POST /upload/image), or has expired")
+            job.inputs["control_image" + (f"_{i}" if i else "")] = image
     except ComfyError as exc:
         return Response(
             json.dumps({**error_body(exc.code, exc.message, exc.path), "node_errors": exc.node_errors()}),
@@ -43,32 +40,24 @@ async def comfy_prompt(body: dict, st: ServerState = Depends(state)):
             media_type="application/json",
         )
     runs = st.submit(job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None)
-    st.counter += 1
-    prompt_id = f"prompt-{st.counter}"
-    st.comfy_jobs[prompt_id] = (job, [r.id for r in runs])
-    return {"prompt_id": prompt_id, "number": st.counter, "node_errors": {}}
+    prompt_id, number = st.runs.add_prompt(job, [r.id for r in runs])
+    return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
 
 
 @router.post("/upload/image")
 async def comfy_upload(
     image: UploadFile = File(...), subfolder: str = Form(""), type: str = Form("input"), st: ServerState = Depends(state)
 ):
-    from PIL import Image
-
-    data = await image.read()
-    try:
-        st.uploads[image.filename] = Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception:
-        raise ApiError(400, "invalid_image", f"{image.filename!r} is not an image", "image") from None
+    st.uploads.put(image.filename, await image.read())
     return {"name": image.filename, "subfolder": subfolder, "type": type}
 
 
 @router.get("/history/{prompt_id}")
 async def comfy_history(prompt_id: str, st: ServerState = Depends(state)):
-    if prompt_id not in st.comfy_jobs:
+    found = st.runs.prompt(prompt_id)
+    if found is None:
         return {}
-    job, run_ids = st.comfy_jobs[prompt_id]
-    recs = [st.runs[r] for r in run_ids]
+    job, recs = found
     if any(r.status not in TERMINAL for r in recs):
         return {}
     ok = all(r.status == "succeeded" for r in recs)
@@ -87,9 +76,10 @@ async def comfy_history(prompt_id: str, st: ServerState = Depends(state)):
 @router.get("/view")
 async def comfy_view(filename: str, subfolder: str = "", type: str = "output", st: ServerState = Depends(state)):
     prompt_id, _, index = filename.removesuffix(".png").rpartition("_")
-    if prompt_id not in st.comfy_jobs or not index.isdigit() or int(index) >= len(st.comfy_jobs[prompt_id][1]):
+    found = st.runs.prompt(prompt_id)
+    if found is None or not index.isdigit() or int(index) >= len(found[1]):
         raise ApiError(404, "not_found", f"no image {filename!r}", "filename")
-    rec = st.runs[st.comfy_jobs[prompt_id][1][int(index)]]
-    if rec.result is None or not rec.result.ok:
+    rec = found[1][int(index)]
+    if not rec.pngs:
         raise ApiError(404, "not_found", f"image {filename!r} is not ready", "filename")
-    return Response(to_png(rec.result.outputs["image"])[0], media_type="image/png")
+    return Response(rec.pngs[0], media_type="image/png")

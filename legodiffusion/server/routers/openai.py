@@ -6,12 +6,11 @@ import base64
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from legodiffusion.runtime.images import to_png
 from legodiffusion.server.errors import ApiError
-from legodiffusion.server.state import ServerState, state
+from legodiffusion.server.state import ServerState, state, wait_for
 
 router = APIRouter()
 
@@ -42,7 +41,7 @@ async def openai_model(model_id: str, st: ServerState = Depends(state)):
 
 
 @router.post("/v1/images/generations")
-async def openai_images(body: ImagesBody, st: ServerState = Depends(state)):
+async def openai_images(body: ImagesBody, request: Request, st: ServerState = Depends(state)):
     """OpenAI-compatible: ``model`` is a registered workflow id or name."""
     st.limits.check_count(body.n, "n", "n")
     if body.response_format != "b64_json":
@@ -59,11 +58,10 @@ async def openai_images(body: ImagesBody, st: ServerState = Depends(state)):
             inputs[key] = getattr(body, key)
     base_seed = body.seed or 0
     recs = st.submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None)
-    results = [await r.run.future for r in recs]
-    failed = [r for r in results if not r.ok]
+    await wait_for(st, request, recs)
+    failed = [r for r in recs if r.status != "succeeded"]
     if failed:
-        raise ApiError(
-            422 if failed[0].status == "failed" else 429, "generation_failed", failed[0].error or failed[0].status, failed[0].node
-        )
-    data = [{"b64_json": base64.b64encode(to_png(r.outputs["image"])[0]).decode()} for r in results]
+        error = failed[0].result
+        raise ApiError(422 if error.status == "failed" else 429, "generation_failed", error.error or error.status, error.node)
+    data = [{"b64_json": base64.b64encode(r.pngs[0]).decode()} for r in recs]
     return {"created": int(time.time()), "data": data}

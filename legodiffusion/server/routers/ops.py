@@ -22,4 +22,5 @@ async def readyz(request: Request):
 
 @router.get("/metrics")
 async def metrics(st: ServerState = Depends(state)):
+    st.metrics.held(st.runs, st.uploads, st.workflows)
     return Response(st.metrics.render(st.engine), media_type="text/plain; version=0.0.4")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
@@ -38,14 +36,10 @@ async def validate_workflow(body: WorkflowBody, st: ServerState = Depends(state)
 @router.post("/v1/workflows")
 async def register_workflow(body: WorkflowBody, st: ServerState = Depends(state)):
     spec = spec_from_json(body.spec)
-    engine = st.engine
-    created = spec.id not in engine.workflows
     try:
-        engine.add_workflow(spec, name=spec.id)
+        created = st.workflows.register(spec, spec.id)
     except KeyError as exc:
         raise ApiError(400, "unknown_model", str(exc.args[0]), "models") from None
-    if created:
-        st.workflow_created_s[spec.id] = int(time.time())
     return {"id": spec.id, "created": created}
 
 
