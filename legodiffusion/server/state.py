@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from legodiffusion.runtime.engine import Engine
+from legodiffusion.runtime.engine import Engine, RunResult
 from legodiffusion.server.errors import ApiError
 from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
-from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, UploadStore, WorkflowStore
+from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, UploadStore, WorkflowStore, encode
 
 __all__ = ["TERMINAL", "RunRecord", "ServerState", "state", "wait_for"]
 log = logging.getLogger("legodiffusion.server")
@@ -36,6 +36,7 @@ class ServerState:
         self.uploads = UploadStore(self.retention, evicted)
         self.workflows = WorkflowStore(self.engine, self.retention, evicted)
         self.started_s = int(self.retention.clock())
+        self._keeping: set[asyncio.Task] = set()
 
     def model_object(self, workflow: str) -> dict:
         """A workflow as OpenAI describes a model (``created``: when it was registered, in Unix seconds)."""
@@ -68,8 +69,13 @@ class ServerState:
         return recs
 
     def finished(self, rec: RunRecord, slo_s: float | None, fut: asyncio.Future) -> None:
+        task = asyncio.get_running_loop().create_task(self._keep(rec, slo_s, fut.result()))
+        self._keeping.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._keeping.discard)
+
+    async def _keep(self, rec: RunRecord, slo_s: float | None, result: RunResult) -> None:
         st = self
-        result = fut.result()
+        result, pngs = await asyncio.get_running_loop().run_in_executor(None, encode, result)
         st.metrics.requests.labels(rec.workflow, result.status).inc()
         log.info(
             "run %s",
@@ -82,7 +88,7 @@ class ServerState:
             st.metrics.slo_total.inc()
             if result.status == "succeeded" and result.latency_s <= slo_s:
                 st.metrics.slo_met.inc()
-        st.runs.finish(rec, result)
+        st.runs.finish(rec, result, pngs)
 
     def cancel(self, recs: list[RunRecord]) -> None:
         """Cancel those of ``recs`` still in flight."""

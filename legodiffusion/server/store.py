@@ -65,14 +65,10 @@ class RunRecord:
         run = self.run
         return {"nodes_done": run.nodes_done, "nodes_total": run.nodes_total, "steps_done": run.steps_done}
 
-    def end(self, result: RunResult, now_s: float) -> None:
-        """Keep what the answers need: the images encoded once as PNG, the result without its
-        tensors, the progress as it ended; drop the run (whose future holds the tensors)."""
-        image = result.outputs.get("image")
-        try:
-            self.pngs = to_png(image) if result.ok and image is not None else []
-        except Exception as exc:  # the run still ends, failed with the reason
-            result = replace(result, status="failed", error=f"could not encode the image as PNG: {exc}")
+    def end(self, result: RunResult, pngs: list[bytes], now_s: float) -> None:
+        """Keep what the answers need: the images as PNG, the result without its tensors, the
+        progress as it ended; drop the run (whose future holds the tensors)."""
+        self.pngs = pngs
         self.result = replace(result, outputs={})
         self.progress = self._progress()
         self.status, self.run, self.ended_s = result.status, None, now_s
@@ -97,6 +93,16 @@ class RunRecord:
             if self.result.notes:
                 out["notes"] = self.result.notes
         return out
+
+
+def encode(result: RunResult) -> tuple[RunResult, list[bytes]]:
+    """A run's images as PNG bytes, encoded once (off the event loop: a large one takes a while);
+    a run whose image cannot be encoded still ends, failed with the reason."""
+    image = result.outputs.get("image")
+    try:
+        return result, (to_png(image) if result.ok and image is not None else [])
+    except Exception as exc:
+        return replace(result, status="failed", error=f"could not encode the image as PNG: {exc}"), []
 
 
 def _expired(kind: str, key: str, path: str) -> ApiError:
@@ -143,8 +149,8 @@ class RunStore:
             self._prompt_of[r] = prompt_id
         return prompt_id, number
 
-    def finish(self, rec: RunRecord, result: RunResult) -> None:
-        rec.end(result, self.now())
+    def finish(self, rec: RunRecord, result: RunResult, pngs: list[bytes]) -> None:
+        rec.end(result, pngs, self.now())
         if rec.id in self.records:
             self._finished[rec.id] = None
             self.bytes_held += rec.nbytes
