@@ -14,7 +14,8 @@ from legodiffusion.runtime.engine import Engine, RunResult
 from legodiffusion.server.errors import ApiError
 from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
-from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, UploadStore, WorkflowStore, encode
+from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, WorkflowStore, encode
+from legodiffusion.server.uploads import UploadStore
 
 __all__ = ["TERMINAL", "RunRecord", "ServerState", "state", "wait_for"]
 log = logging.getLogger("legodiffusion.server")

@@ -17,8 +17,7 @@ pytestmark = pytest.mark.reliability
 MAX_BODY = 4096
 
 
-@pytest.fixture(scope="module")
-def app(tiny_models):
+def make_app(tiny_models):
     return create_app(
         {"sd15": str(tiny_models["sd15"])},
         EngineConfig(workers=1, device="cpu"),
@@ -28,8 +27,8 @@ def app(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def client(app):
-    with TestClient(app) as c:
+def client(tiny_models):
+    with TestClient(make_app(tiny_models)) as c:
         yield c
 
 
@@ -65,12 +64,12 @@ def _chunked_post(url: str, path: str, chunks) -> tuple[int, dict, int]:
     return r.status, body, sent
 
 
-def test_a_chunked_body_beyond_max_body_bytes_is_a_413(app):
+def test_a_chunked_body_beyond_max_body_bytes_is_a_413(tiny_models):
     def endless():  # 64 KiB chunks, far beyond max_body_bytes, until the server stops reading
         for _ in range(2000):
             yield b" " * 65536
 
-    with serve(app) as url:
+    with serve(make_app(tiny_models)) as url:
         status, body, sent = _chunked_post(url, "/v1/runs", endless())
         assert status == 413 and body["error"]["code"] == "limit_exceeded" and body["error"]["path"] == "body"
         assert str(MAX_BODY) in body["error"]["message"]
