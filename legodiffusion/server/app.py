@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from legodiffusion.config import EngineConfig
@@ -205,7 +205,11 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz():
-        return {"status": "ready" if "state" in holder else "starting"}
+        """Ready when a live worker can take work; else 503 ``degraded``, with the per-worker view."""
+        if "state" not in holder:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        health = holder["state"].engine.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ready" else 503)
 
     @app.get("/metrics")
     async def metrics():
