@@ -27,7 +27,7 @@ from legodiffusion.profiles.book import ProfileCost
 from legodiffusion.profiles.profiler import cached_profiles
 from legodiffusion.runtime.backend import make_backend
 from legodiffusion.runtime.scaling import Scaling
-from legodiffusion.runtime.supervisor import Call, Supervisor
+from legodiffusion.runtime.supervisor import Supervisor, check, health_of
 from legodiffusion.runtime.worker import Worker
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.expand import Expander, bind_inputs
@@ -143,7 +143,7 @@ class Engine:
         for run in list(self._runs.values()):
             self._apply(self.coordinator.cancel(run.request_id, self._now()))
         for d in list(self._sent.values()):
-            self._ask_stop(d)
+            self.stop_call(d)
         while self.coordinator.inflight and time.monotonic() < deadline:  # let sent work report, so its values are released
             await asyncio.sleep(0.01)
         live = [w for w in self.workers if self.coordinator.workers[w.id].alive]
@@ -265,39 +265,10 @@ class Engine:
 
     def supervise(self, now: float | None = None) -> None:
         """Time out stuck calls and fail stalled requests (see :mod:`legodiffusion.runtime.supervisor`)."""
-        now = self._now() if now is None else now
-        for call in self.supervisor.overdue(now):
-            self._time_out(call, now)
-        attended = {it.request_id for d in self._sent.values() for it in d.items}
-        attended.update(live.req.id for q in self.coordinator.held.values() for live in q)
-        attended.update(rid for rid, live in self.coordinator.requests.items() if live.queued)
-        for rid, idle_s in self.supervisor.stalled(now, list(self.coordinator.requests), attended):
-            self.log.warning("request %d stalled: no progress for %.0f s", rid, idle_s)
-            self.fail(rid, f"stalled: no progress for {idle_s:.0f} s")
+        check(self, self._now() if now is None else now)
 
-    def _time_out(self, call: Call, now: float) -> None:
-        """A call ran past its limit: stop it; its worker is lost and its requests re-run
-        elsewhere, except those whose node already timed out once (failed); a worker whose
-        call ignores its stop past another ``drain_s`` is lost too."""
-        d = call.dispatch
-        ran_s, limit_s = now - call.started_s, self.supervisor.limit_s(call)
-        self._ask_stop(d)
-        orphaned = d.items and not any(it.request_id in self.coordinator.requests for it in d.items)
-        if orphaned and call.timeouts == 1:  # already asked to stop (its requests ended): give it drain_s
-            return
-        if call.timeouts > 1:
-            self.log.warning("worker %d: %s call %d ignored its stop for %.1f s; worker lost", d.worker, d.op, d.id, ran_s - limit_s)
-            self.lose_worker(d.worker)
-            return
-        again = self.supervisor.note_timeout(d, ran_s)
-        for it in d.items:
-            if (it.request_id, it.node) in again:
-                self.fail(it.request_id, f"node {it.key} timed out twice: ran {ran_s:.1f} s, limit {limit_s:.1f} s")
-        if len(again) < len(d.items) or not d.items:
-            self.log.warning("worker %d: %s call %d ran %.1f s, limit %.1f s: stuck, worker lost", d.worker, d.op, d.id, ran_s, limit_s)
-            self.lose_worker(d.worker)
-
-    def _ask_stop(self, d: Dispatch) -> None:
+    def stop_call(self, d: Dispatch) -> None:
+        """Ask ``d`` to stop at its call's next block boundary (once)."""
         if d.id not in self._stops_asked and self.coordinator.workers[d.worker].alive:
             self._stops_asked.add(d.id)
             self.workers[d.worker].stop_dispatch(d.id)
@@ -308,29 +279,11 @@ class Engine:
         requests = self.coordinator.requests
         for d in list(self._sent.values()):
             if d.items and d.id not in self._stops_asked and not any(it.request_id in requests for it in d.items):
-                self._ask_stop(d)
+                self.stop_call(d)
 
     def health(self) -> dict:
-        """Whether the engine can take work, and per worker: its state (live, joining, draining,
-        lost) and the call it runs (op, since when, its limit, stuck or not). ``ready`` needs a
-        live, active worker that is not stuck."""
-        running = self.supervisor.running(self._now())
-        workers = []
-        for w in self.coordinator.workers:
-            state = "lost" if not w.alive else "joining" if w.id in self.scaling.joining else "draining" if w.draining else "live"
-            entry: dict[str, Any] = {"worker": w.id, "state": state}
-            if w.id in running:
-                entry["call"] = running[w.id]
-            workers.append(entry)
-        usable = [e for e in workers if e["state"] == "live" and not e.get("call", {}).get("stuck", False)]
-        return {
-            "status": "ready" if usable else "degraded",
-            "busy": sum("call" in e for e in workers),
-            "stuck": sum(e.get("call", {}).get("stuck", False) for e in workers),
-            "lost": sum(e["state"] == "lost" for e in workers),
-            "dispatches_in_flight": len(self._sent),
-            "workers": workers,
-        }
+        """Readiness and the per-worker view (see :func:`legodiffusion.runtime.supervisor.health_of`)."""
+        return health_of(self)
 
     # -- autoscaling -------------------------------------------------------------------------
 

@@ -24,14 +24,18 @@ What it guarantees, together with the engine:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from legodiffusion.core.messages import Dispatch
 
 if TYPE_CHECKING:
     from legodiffusion.config import EngineConfig
+    from legodiffusion.runtime.engine import Engine
+
+log = logging.getLogger("legodiffusion.engine")
 
 
 @dataclass
@@ -149,3 +153,64 @@ class Supervisor:
                     "queued": len(q) - 1,
                 }
         return out
+
+
+# -- what the engine does with the decisions ----------------------------------------------
+
+
+def check(engine: Engine, now: float) -> None:
+    """Time out stuck calls and fail stalled requests (see :mod:`legodiffusion.runtime.supervisor`)."""
+    for call in engine.supervisor.overdue(now):
+        _time_out(engine, call, now)
+    attended = {it.request_id for d in engine._sent.values() for it in d.items}
+    attended.update(live.req.id for q in engine.coordinator.held.values() for live in q)
+    attended.update(rid for rid, live in engine.coordinator.requests.items() if live.queued)
+    for rid, idle_s in engine.supervisor.stalled(now, list(engine.coordinator.requests), attended):
+        log.warning("request %d stalled: no progress for %.0f s", rid, idle_s)
+        engine.fail(rid, f"stalled: no progress for {idle_s:.0f} s")
+
+
+def _time_out(engine: Engine, call: Call, now: float) -> None:
+    """A call ran past its limit: stop it; its worker is lost and its requests re-run
+    elsewhere, except those whose node already timed out once (failed); a worker whose
+    call ignores its stop past another ``drain_s`` is lost too."""
+    d = call.dispatch
+    ran_s, limit_s = now - call.started_s, engine.supervisor.limit_s(call)
+    engine.stop_call(d)
+    orphaned = d.items and not any(it.request_id in engine.coordinator.requests for it in d.items)
+    if orphaned and call.timeouts == 1:  # already asked to stop (its requests ended): give it drain_s
+        return
+    if call.timeouts > 1:
+        log.warning("worker %d: %s call %d ignored its stop for %.1f s; worker lost", d.worker, d.op, d.id, ran_s - limit_s)
+        engine.lose_worker(d.worker)
+        return
+    again = engine.supervisor.note_timeout(d, ran_s)
+    for it in d.items:
+        if (it.request_id, it.node) in again:
+            engine.fail(it.request_id, f"node {it.key} timed out twice: ran {ran_s:.1f} s, limit {limit_s:.1f} s")
+    if len(again) < len(d.items) or not d.items:
+        log.warning("worker %d: %s call %d ran %.1f s, limit %.1f s: stuck, worker lost", d.worker, d.op, d.id, ran_s, limit_s)
+        engine.lose_worker(d.worker)
+
+
+def health_of(engine: Engine) -> dict:
+    """Whether the engine can take work, and per worker: its state (live, joining, draining,
+    lost) and the call it runs (op, since when, its limit, stuck or not). ``ready`` needs a
+    live, active worker that is not stuck."""
+    running = engine.supervisor.running(engine._now())
+    workers = []
+    for w in engine.coordinator.workers:
+        state = "lost" if not w.alive else "joining" if w.id in engine.scaling.joining else "draining" if w.draining else "live"
+        entry: dict[str, Any] = {"worker": w.id, "state": state}
+        if w.id in running:
+            entry["call"] = running[w.id]
+        workers.append(entry)
+    usable = [e for e in workers if e["state"] == "live" and not e.get("call", {}).get("stuck", False)]
+    return {
+        "status": "ready" if usable else "degraded",
+        "busy": sum("call" in e for e in workers),
+        "stuck": sum(e.get("call", {}).get("stuck", False) for e in workers),
+        "lost": sum(e["state"] == "lost" for e in workers),
+        "dispatches_in_flight": len(engine._sent),
+        "workers": workers,
+    }

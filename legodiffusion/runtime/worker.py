@@ -119,7 +119,10 @@ class ThreadWorker(Worker):
     def _loop(self, on_complete: Callable[[Completion], None]) -> None:
         while True:
             d = self._inbox.get()
-            if d is None or self._dead:
+            if self._dead:
+                self.models.release()
+                return
+            if d is None:
                 return
             t0 = time.perf_counter()
             c = execute(d, self.id, self.registry, self.models, self.plane, self.stops)

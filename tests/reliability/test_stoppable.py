@@ -285,3 +285,43 @@ def test_stop_with_a_long_call_in_flight_stops_it_and_joins_every_thread(sd15):
     assert status == "cancelled"
     assert not any(t.name.startswith("worker-") for t in threading.enumerate())
     assert engine.plane.live_count() == 0
+
+
+def _until(check, what: str):
+    """Poll ``check`` (an HTTP probe) until it returns a truthy value."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)  # a poll interval between probes, not a stand-in for an event
+    raise AssertionError(f"never saw {what}")
+
+
+def test_readyz_and_metrics_show_a_busy_then_a_stuck_worker(sd15):
+    from fastapi.testclient import TestClient
+
+    from legodiffusion.server.app import create_app
+
+    config = EngineConfig(workers=1, device="cpu", supervise_interval_s=0)  # no timeouts acted on: the worker stays stuck
+    app = create_app({"sd15": str(sd15)}, config, [sd_txt2img("sd15")])
+    with TestClient(app) as client:
+        run_id = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": LONG}).json()["id"]
+
+        def denoising():
+            body = client.get("/readyz").json()
+            return body if body["workers"][0].get("call", {}).get("op") == "denoise" else None
+
+        busy = _until(denoising, "the denoiser call in /readyz")
+        assert client.get("/readyz").status_code == 200 and busy["status"] == "ready" and busy["busy"] == 1
+        text = client.get("/metrics").text
+        assert "legodiffusion_workers_busy 1.0" in text and "legodiffusion_dispatches_in_flight 1.0" in text
+        config.call_timeout_floor_s, config.call_timeout_factor = 0.01, 0.01  # the call is now far past its limit
+        stuck = client.get("/readyz")
+        assert stuck.status_code == 503
+        body = stuck.json()
+        assert body["status"] == "degraded" and body["stuck"] == 1 and body["workers"][0]["call"]["stuck"]
+        assert "legodiffusion_workers_stuck 1.0" in client.get("/metrics").text
+        client.post(f"/v1/runs/{run_id}/cancel")
+        _until(lambda: client.get("/readyz").json()["busy"] == 0, "the worker free again")
+        assert client.get("/readyz").json()["status"] == "ready"
