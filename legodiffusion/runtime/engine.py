@@ -238,6 +238,7 @@ class Engine:
         self.scaling.replace(self, worker, now)  # replacements first: affected requests wait for them
         self.scaling.joining.discard(worker)
         self.scaling.retiring.discard(worker)
+        self._stops_asked.difference_update(k for k, d in self._sent.items() if d.worker == worker)
         self._sent = {k: d for k, d in self._sent.items() if d.worker != worker}
         before = self.coordinator.stats.recoveries
         self._apply(self.coordinator.on_worker_lost(worker, now))

@@ -72,11 +72,11 @@ def _execute(
         model, loaded, evicted = res.obj, res.loaded, res.evicted
         if stops is not None and not (models.compile and d.component == "denoiser"):  # hooks would break compiled graphs
             stops.guard(model)
-    results = _run(d, op, model, worker, models, plane)
+    results = _run(d, op, model, worker, models, plane, stops)
     return Completion(d.id, worker, results, start, time.perf_counter(), loaded, evicted)
 
 
-def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: DataPlane) -> list[ItemResult]:
+def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: DataPlane, stops: StopFlags | None) -> list[ItemResult]:
     results: list[ItemResult] = []
     try:
         items = [Item({**it.values, **{p: _input(plane, r, worker, models.device) for p, r in it.refs.items()}}, it.key) for it in d.items]
@@ -94,7 +94,8 @@ def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: Dat
         return results
     except Exception as exc:
         plane.free(r for res in results for r in (res.outputs or {}).values())
-        if isinstance(exc, CallStopped):  # every request of the batch is gone: nobody to isolate
+        if isinstance(exc, CallStopped) or (stops is not None and stops.stopping):
+            # every request of the batch is gone (and may have taken its inputs along): nobody to isolate
             return [ItemResult(error=STOPPED) for _ in d.items]
         if len(d.items) == 1:
             return [ItemResult(error=_reason(exc))]
@@ -102,5 +103,5 @@ def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: Dat
         out = []
         for it in d.items:
             single = Dispatch(d.id, d.worker, d.op, d.mode, d.model, d.component, [it], d.light, d.scope)
-            out.extend(_run(single, op, model, worker, models, plane))
+            out.extend(_run(single, op, model, worker, models, plane, stops))
         return out

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.reliability
 LONG = {"prompt": "a lighthouse", "steps": 1, "height": 768, "width": 768, "seed": 1}
 SMALL = {"prompt": "a harbour", "negative_prompt": "fog", "steps": 4, "seed": 3, "height": 64, "width": 64}
 WAIT_S = 120  # generous bounds on waits that end far sooner unless something is broken
+INSIDE_S = 1.0  # how far into a LONG call a cancel lands
 
 
 class Recorder:
@@ -109,15 +110,18 @@ def test_cancel_stops_a_long_call_and_the_worker_takes_the_next_request(sd15):
     async def main():
         async with Engine({"sd15": sd15}, EngineConfig(workers=1, device="cpu")) as engine:
             engine.add_workflow(sd_txt2img("sd15"))
+            assert (await engine.run("sd-txt2img", SMALL)).ok  # warm: the call below computes at once
             rec = Recorder(engine)
             run = engine.submit("sd-txt2img", LONG)
             d = await rec.wait_sent("denoise")
             busy = engine.health()["workers"][0]
             assert busy["call"]["op"] == "denoise" and not busy["call"]["stuck"]
+            await asyncio.sleep(INSIDE_S)  # land inside the call, which runs for many seconds
             engine.cancel(run.request_id)
             assert (await run.future).status == "cancelled"
             _, c = await rec.wait_done(d.id)
             assert [r.error for r in c.results] == [STOPPED] * len(d.items)  # stopped, not run to the end
+            assert c.end_s - c.start_s >= INSIDE_S  # in the middle, not before it started
             nxt = await asyncio.wait_for(engine.run("sd-txt2img", SMALL), WAIT_S)
             assert nxt.ok, nxt.error
             assert engine.health()["busy"] == 0 and engine.plane.live_count() == 0
@@ -275,6 +279,7 @@ def test_stop_with_a_long_call_in_flight_stops_it_and_joins_every_thread(sd15):
     async def main():
         async with Engine({"sd15": sd15}, EngineConfig(workers=2, device="cpu")) as engine:
             engine.add_workflow(sd_txt2img("sd15"))
+            assert (await engine.run("sd-txt2img", SMALL)).ok  # warm: the call below computes at once
             rec = Recorder(engine)
             run = engine.submit("sd-txt2img", LONG)
             d = await rec.wait_sent("denoise")
