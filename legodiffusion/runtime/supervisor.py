@@ -25,6 +25,7 @@ What it guarantees, together with the engine:
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -134,8 +135,9 @@ class Supervisor:
         return out
 
     def running(self, now: float) -> dict[int, dict]:
-        """Per worker, the call it runs: op, dispatch, items, since when (seconds), its limit,
-        and whether it is stuck (past the limit)."""
+        """Per worker, the call it runs: op, model, dispatch, items, since when (Unix time) and
+        for how long, its limit, whether it is stuck (past the limit), and how many dispatches
+        wait behind it there."""
         out = {}
         for worker, q in self._queues.items():
             if q and q[0].started_s is not None:
@@ -147,6 +149,7 @@ class Supervisor:
                     "model": d.model,
                     "dispatch": d.id,
                     "items": len(d.items),
+                    "since_unix_s": round(time.time() - running_s, 3),
                     "running_s": round(running_s, 3),
                     "limit_s": round(self.limit_s(call), 3),
                     "stuck": running_s > self.limit_s(call),
