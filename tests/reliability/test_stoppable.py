@@ -332,3 +332,50 @@ def test_readyz_and_metrics_show_a_busy_then_a_stuck_worker(sd15):
         client.post(f"/v1/runs/{run_id}/cancel")
         _until(lambda: client.get("/readyz").json()["busy"] == 0, "the worker free again")
         assert client.get("/readyz").json()["status"] == "ready"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_server_within_its_drain_limit_during_a_long_call(sd15, tmp_path):
+    """The probe of defect 1: SIGTERM during a call that runs for tens of seconds (1024 x 1024)
+    used to hang until the call ended; the server now exits within ``--drain-s`` plus a margin."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "sd15").symlink_to(sd15)
+    cmd = [sys.executable, "-c", "from legodiffusion.cli.main import app; app()", "serve", "--model-root", str(root)]
+    cmd += ["--port", str(port), "--device", "cpu", "--workers", "1", "--drain-s", "2"]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return httpx.get(url + "/readyz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _until(ready, "the server ready")
+        r = httpx.post(url + "/v1/runs", json={"workflow": "sd15-txt2img", "inputs": {**LONG, "height": 1024, "width": 1024}})
+        assert r.status_code == 200, r.text
+        _until(lambda: httpx.get(url + "/readyz").json()["workers"][0].get("call", {}).get("op") == "denoise", "the long call")
+        t0 = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=WAIT_S)
+        took = time.monotonic() - t0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
+    assert "Application shutdown complete" in (tmp_path / "server.log").read_text()  # the engine stopped cleanly
+    assert took < 2.0 + Engine.STOP_MARGIN_S + 3.0  # drain, join margin, slack for uvicorn's own shutdown
