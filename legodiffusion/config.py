@@ -110,6 +110,21 @@ class EngineConfig:
     """Per-model replica targets; on the ray backend they also add and remove worker actors."""
     autoscale_interval_s: float = 2.0
     """How often the targets are re-evaluated (and, on ray, acted on); 0 turns the loop off."""
+    call_timeout_factor: float = 10.0
+    """A model call running longer than this many times its profiled cost (and longer than
+    ``call_timeout_floor_s``) is stuck: it is asked to stop and its worker is declared lost, so
+    its requests re-run elsewhere; a node that times out twice fails its request."""
+    call_timeout_floor_s: float = 120.0
+    """The least time any call is allowed before it counts as stuck (covers unprofiled models,
+    first loads from disk and profiles measured on another device)."""
+    stall_floor_s: float = 60.0
+    """Watchdog: a request with no node queued, held or running that finishes no node for this
+    long fails with ``stalled: no progress for N s``."""
+    supervise_interval_s: float = 1.0
+    """How often timeouts and the watchdog are checked; 0 turns supervision off."""
+    drain_s: float = 10.0
+    """On stop, how long dispatches already sent may take to report back (each is asked to stop
+    at its next block boundary first); stop returns within this plus a small margin."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "ray"):
@@ -128,6 +143,10 @@ class EngineConfig:
         limits = [self.default_latency_batch, self.default_throughput_batch, *self.latency_batch.values(), *self.throughput_batch.values()]
         if any(v < 1 for v in limits):
             raise ValueError("batch limits must be >= 1")
+        if self.call_timeout_factor <= 0 or self.call_timeout_floor_s <= 0 or self.stall_floor_s <= 0:
+            raise ValueError("call_timeout_factor, call_timeout_floor_s and stall_floor_s must be positive")
+        if self.supervise_interval_s < 0 or self.drain_s < 0:
+            raise ValueError("supervise_interval_s and drain_s must be >= 0")
         self.precision()  # validates dtype and component_dtypes
         if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
             raise ValueError("memory_budget_bytes must be positive")

@@ -231,6 +231,8 @@ def serve(
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     component_dtype: list[str] = typer.Option([], help=COMPONENT_DTYPE_HELP),
     compile: bool = typer.Option(False, "--compile/--no-compile", help=COMPILE_HELP),
+    call_timeout_s: float = typer.Option(120.0, min=0.001, help="least time a model call may run before it counts as stuck"),
+    drain_s: float = typer.Option(10.0, min=0.0, help="on shutdown, how long calls in flight may take to stop"),
 ) -> None:
     """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""
     import uvicorn
@@ -268,6 +270,8 @@ def serve(
             dtype=dtype,
             component_dtypes=_component_dtypes(component_dtype),
             compile=compile,
+            call_timeout_floor_s=call_timeout_s,
+            drain_s=drain_s,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -291,6 +291,14 @@ class ResidentModels:
     def keys(self) -> list[tuple]:
         return self.lru.keys()
 
+    def release(self) -> None:
+        """Drop every resident copy (a lost worker's, once its thread has ended), so its device
+        memory returns to the replacement."""
+        self._objs.clear()
+        self._pending.clear()
+        self.patches.clear()
+        self.lru = LRUBudget(self.lru.budget_bytes)
+
     def compile_events(self) -> list:
         """Each compiled bucket's first call (model, padded shape, seconds); empty without compile."""
         return self.compile_log.events() if self.compile_log is not None else []

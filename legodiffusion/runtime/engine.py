@@ -27,6 +27,7 @@ from legodiffusion.profiles.book import ProfileCost
 from legodiffusion.profiles.profiler import cached_profiles
 from legodiffusion.runtime.backend import make_backend
 from legodiffusion.runtime.scaling import Scaling
+from legodiffusion.runtime.supervisor import Supervisor, check, health_of
 from legodiffusion.runtime.worker import Worker
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.expand import Expander, bind_inputs
@@ -69,8 +70,8 @@ class Run:
 
 class Engine:
     log = logging.getLogger("legodiffusion.engine")
-    #: on stop, how long dispatches already sent may take to report back
-    STOP_DRAIN_S = 10.0
+    #: on stop, beyond ``EngineConfig.drain_s``: time to join the worker threads once they report
+    STOP_MARGIN_S = 1.0
 
     def __init__(
         self,
@@ -102,6 +103,10 @@ class Engine:
         self.scaling = Scaling()
         self.workers_lost = 0  # died, as opposed to retired by autoscaling
         self._ticker: asyncio.Task | None = None
+        self.supervisor = Supervisor(cfg)
+        self._supervise_task: asyncio.Task | None = None
+        self._fail_reasons: dict[int, str] = {}  # requests ended by the engine with a reason, not by a client
+        self._stops_asked: set[int] = set()  # dispatches asked to stop, until they report
 
     def _memory_bytes(self) -> int | None:
         """The device memory the scheduler plans with (prefetching, what a load evicts): a worker's
@@ -121,19 +126,32 @@ class Engine:
             w.start(self._completion_from_thread, self._lost_from_thread)
         if self.config.autoscale_interval_s > 0:
             self._ticker = asyncio.create_task(self._autoscale_loop())
+        if self.config.supervise_interval_s > 0:
+            self._supervise_task = asyncio.create_task(self._supervise_loop())
         return self
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
+        """Cancel every run, ask every call in flight to stop at its next block boundary, wait
+        up to ``drain_s`` for the dispatches to report (so their values are released), then
+        stop the workers; returns within ``drain_s`` plus :attr:`STOP_MARGIN_S` even if a call
+        never reaches a boundary (its thread is then left to end on its own, and logged)."""
+        deadline = time.monotonic() + self.config.drain_s
+        for task in (self._ticker, self._supervise_task):
+            if task is not None:
+                task.cancel()
+        self._ticker = self._supervise_task = None
         for run in list(self._runs.values()):
             self._apply(self.coordinator.cancel(run.request_id, self._now()))
-        deadline = time.monotonic() + self.STOP_DRAIN_S
+        for d in list(self._sent.values()):
+            self.stop_call(d)
         while self.coordinator.inflight and time.monotonic() < deadline:  # let sent work report, so its values are released
             await asyncio.sleep(0.01)
         live = [w for w in self.workers if self.coordinator.workers[w.id].alive]
-        await asyncio.get_running_loop().run_in_executor(None, self.backend.close, live)
+        join_s = max(0.0, deadline - time.monotonic()) + self.STOP_MARGIN_S
+        await asyncio.get_running_loop().run_in_executor(None, self.backend.close, live, join_s)
+        for w in self.workers:
+            if getattr(w, "thread_alive", False):
+                self.log.warning("worker %d still computing after stop (a call that reached no block boundary)", w.id)
         self._loop = None
 
     async def __aenter__(self) -> Engine:
@@ -179,6 +197,7 @@ class Engine:
         deadline = None if slo_s is None else now + slo_s
         request = Request(rid, template, bound, workflow, now, deadline)
         self._observe_demand(request, now)
+        self.supervisor.arrived(rid, now)
         self._apply(self.coordinator.submit(request, now))
         return run
 
@@ -213,11 +232,13 @@ class Engine:
         if hasattr(w, "kill"):
             w.kill()
         self.backend.forget(worker)
+        self.supervisor.lost(worker)
         self.workers_lost += 1
         now = self._now()
         self.scaling.replace(self, worker, now)  # replacements first: affected requests wait for them
         self.scaling.joining.discard(worker)
         self.scaling.retiring.discard(worker)
+        self._stops_asked.difference_update(k for k, d in self._sent.items() if d.worker == worker)
         self._sent = {k: d for k, d in self._sent.items() if d.worker != worker}
         before = self.coordinator.stats.recoveries
         self._apply(self.coordinator.on_worker_lost(worker, now))
@@ -225,6 +246,45 @@ class Engine:
 
     def cancel(self, request_id: int) -> None:
         self._apply(self.coordinator.cancel(request_id, self._now()))
+
+    def fail(self, request_id: int, reason: str) -> None:
+        """End a running request as failed with ``reason`` (a timeout, a stall): cancelled in the
+        coordinator, reported ``failed``."""
+        if request_id in self.coordinator.requests:
+            self._fail_reasons[request_id] = reason
+            self.cancel(request_id)
+
+    # -- supervision -------------------------------------------------------------------------
+
+    async def _supervise_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.supervise_interval_s)
+            try:
+                self.supervise()
+            except Exception:  # a failed check must not end the loop (or the server)
+                self.log.exception("supervision step failed")
+
+    def supervise(self, now: float | None = None) -> None:
+        """Time out stuck calls and fail stalled requests (see :mod:`legodiffusion.runtime.supervisor`)."""
+        check(self, self._now() if now is None else now)
+
+    def stop_call(self, d: Dispatch) -> None:
+        """Ask ``d`` to stop at its call's next block boundary (once)."""
+        if d.id not in self._stops_asked and self.coordinator.workers[d.worker].alive:
+            self._stops_asked.add(d.id)
+            self.workers[d.worker].stop_dispatch(d.id)
+
+    def _stop_orphaned(self) -> None:
+        """Calls whose every request has ended (cancelled, failed) stop at their next block
+        boundary: nobody waits for what they compute. A batch with a live request runs on."""
+        requests = self.coordinator.requests
+        for d in list(self._sent.values()):
+            if d.items and d.id not in self._stops_asked and not any(it.request_id in requests for it in d.items):
+                self.stop_call(d)
+
+    def health(self) -> dict:
+        """Readiness and the per-worker view (see :func:`legodiffusion.runtime.supervisor.health_of`)."""
+        return health_of(self)
 
     # -- autoscaling -------------------------------------------------------------------------
 
@@ -276,6 +336,8 @@ class Engine:
         for peer in c.lost_peers:  # learn of the death first, so this result counts as orphaned
             self.lose_worker(peer)
         d = self._sent.pop(c.dispatch_id, None)
+        self.supervisor.done(c.dispatch_id, self._now())
+        self._stops_asked.discard(c.dispatch_id)
         if d is not None:
             self._note(d, c)
             if self.on_dispatch_done is not None:
@@ -298,7 +360,9 @@ class Engine:
                 run.notes["lora_active_from_step"] = notes["step"] if prev is None else min(prev, notes["step"])
 
     def _apply(self, actions: Actions) -> None:
+        now = self._now()
         for rid in actions.progressed:
+            self.supervisor.progressed(rid, now)
             run = self._runs.get(rid)
             if run is not None:
                 run.nodes_done += 1
@@ -306,7 +370,11 @@ class Engine:
                     run.on_progress(run)
         for outcome in actions.finished:
             run = self._runs.pop(outcome.request_id)
+            self.supervisor.ended(outcome.request_id)
             outputs, status, error = {}, outcome.status, outcome.error
+            reason = self._fail_reasons.pop(outcome.request_id, None)
+            if reason is not None and status == "cancelled":
+                status, error = "failed", reason
             if outcome.outputs:
                 try:
                     outputs = {name: _to_host(self.plane.get(ref, ref.worker)) for name, ref in outcome.outputs.items()}
@@ -329,8 +397,12 @@ class Engine:
             self.plane.free(actions.frees)
         if actions.abandoned:
             self.plane.abandon(actions.abandoned)
+        if actions.finished:
+            self._stop_orphaned()
         for d in actions.dispatches:
             self._sent[d.id] = d
+            record = self.coordinator.inflight.get(d.id)
+            self.supervisor.sent(d, record.reserved_s if record is not None else 0.0, now)
             self.plane.note_dispatch(d)
             if self.on_dispatch_sent is not None:
                 self.on_dispatch_sent(d)

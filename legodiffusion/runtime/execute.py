@@ -13,6 +13,7 @@ from legodiffusion.models.store import ResidentModels
 from legodiffusion.ops.base import Deferred, Item, OperatorRegistry
 from legodiffusion.runtime.dataplane import DataPlane
 from legodiffusion.runtime.patching import lora_patches
+from legodiffusion.runtime.stopping import STOPPED, CallStopped, StopFlags
 
 
 def _reason(exc: BaseException) -> str:
@@ -32,9 +33,26 @@ def _input(plane: DataPlane, ref, worker: int, device: str) -> Any:
     return _pull(plane, ref, worker, device)
 
 
-def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: ResidentModels, plane: DataPlane) -> Completion:
-    """Run ``d``; a dispatch with no items (a prefetch) only makes its component resident."""
+def execute(
+    d: Dispatch, worker: int, registry: OperatorRegistry, models: ResidentModels, plane: DataPlane, stops: StopFlags | None = None
+) -> Completion:
+    """Run ``d``; a dispatch with no items (a prefetch) only makes its component resident.
+    With ``stops``, a dispatch asked to stop (before or while it runs) ends at the next block
+    boundary of its model call, its items reported cancelled."""
     start = time.perf_counter()
+    if stops is not None and not stops.begin(d.id):
+        stops.end()
+        return Completion(d.id, worker, [ItemResult(error=STOPPED) for _ in d.items], start, time.perf_counter())
+    try:
+        return _execute(d, worker, registry, models, plane, stops, start)
+    finally:
+        if stops is not None:
+            stops.end()
+
+
+def _execute(
+    d: Dispatch, worker: int, registry, models: ResidentModels, plane: DataPlane, stops: StopFlags | None, start: float
+) -> Completion:
     if not d.items:
         try:
             res = models.acquire(d.model, d.component, d.scope, use=False)
@@ -52,11 +70,13 @@ def execute(d: Dispatch, worker: int, registry: OperatorRegistry, models: Reside
             err = f"loading {d.model}/{d.component}: {_reason(exc)}"
             return Completion(d.id, worker, [ItemResult(error=err) for _ in d.items], start, time.perf_counter())
         model, loaded, evicted = res.obj, res.loaded, res.evicted
-    results = _run(d, op, model, worker, models, plane)
+        if stops is not None and not (models.compile and d.component == "denoiser"):  # hooks would break compiled graphs
+            stops.guard(model)
+    results = _run(d, op, model, worker, models, plane, stops)
     return Completion(d.id, worker, results, start, time.perf_counter(), loaded, evicted)
 
 
-def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: DataPlane) -> list[ItemResult]:
+def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: DataPlane, stops: StopFlags | None) -> list[ItemResult]:
     results: list[ItemResult] = []
     try:
         items = [Item({**it.values, **{p: _input(plane, r, worker, models.device) for p, r in it.refs.items()}}, it.key) for it in d.items]
@@ -74,11 +94,14 @@ def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: Dat
         return results
     except Exception as exc:
         plane.free(r for res in results for r in (res.outputs or {}).values())
+        if isinstance(exc, CallStopped) or (stops is not None and stops.stopping):
+            # every request of the batch is gone (and may have taken its inputs along): nobody to isolate
+            return [ItemResult(error=STOPPED) for _ in d.items]
         if len(d.items) == 1:
             return [ItemResult(error=_reason(exc))]
         # isolate the culprit: one bad request must not fail its batch-mates
         out = []
         for it in d.items:
             single = Dispatch(d.id, d.worker, d.op, d.mode, d.model, d.component, [it], d.light, d.scope)
-            out.extend(_run(single, op, model, worker, models, plane))
+            out.extend(_run(single, op, model, worker, models, plane, stops))
         return out

@@ -58,7 +58,7 @@ class Scaling:
         """``lost`` died: if that leaves fewer workers than the floor, start replacements now, so
         that the requests it affected wait for them rather than fail for want of a worker."""
         backend, coord = engine.backend, engine.coordinator
-        if not backend.scalable:
+        if not (backend.scalable or backend.replaces_lost):
             return
         if lost in self.joining:  # one that never came up is not replaced at once (the next step may)
             return

@@ -14,6 +14,7 @@ from legodiffusion.models.store import HostCache, ResidentModels
 from legodiffusion.ops.base import OperatorRegistry
 from legodiffusion.runtime.dataplane import DataPlane
 from legodiffusion.runtime.execute import execute
+from legodiffusion.runtime.stopping import StopFlags
 
 
 @dataclass
@@ -43,7 +44,14 @@ class Worker(ABC):
     def submit(self, d: Dispatch) -> None: ...
 
     @abstractmethod
-    def stop(self) -> None: ...
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop taking work and end, waiting at most ``timeout_s`` for the call in progress."""
+
+    @abstractmethod
+    def stop_dispatch(self, dispatch_id: int) -> None:
+        """Ask a dispatch sent here to stop at the next block boundary of its model call (or not
+        to start): nobody waits for its results any more. Its completion still comes, its items
+        cancelled (or with results, if it ended first)."""
 
     @abstractmethod
     def stats(self) -> WorkerStats: ...
@@ -72,6 +80,7 @@ class ThreadWorker(Worker):
         self.busy_s = 0.0
         self.dispatches = 0
         self._dead = False
+        self.stops = StopFlags()
 
     def start(self, on_complete: Callable[[Completion], None], on_lost: Callable[[int], None] | None = None) -> None:
         self._thread = threading.Thread(target=self._loop, args=(on_complete,), name=f"worker-{self.id}", daemon=True)
@@ -80,24 +89,43 @@ class ThreadWorker(Worker):
     def submit(self, d: Dispatch) -> None:
         self._inbox.put(d)
 
-    def stop(self) -> None:
+    def stop_dispatch(self, dispatch_id: int) -> None:
+        self.stops.ask(dispatch_id)
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """A thread is up as soon as it is started."""
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Finish the queued work (all of it, or, if this worker was killed, the call in progress
+        up to its next block boundary) and end the thread; at most ``timeout_s``. A thread that
+        outlives it (a call that never reaches a boundary) is left to end on its own."""
         if self._thread is not None:
             self._inbox.put(None)
-            self._thread.join()
-            self._thread = None
+            self._thread.join(timeout_s)
+            if not self._thread.is_alive():
+                self._thread = None
+
+    @property
+    def thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def kill(self) -> None:
-        """Stop at once, as a crashed device would: queued work is dropped, nothing is reported."""
+        """Stop at once, as a crashed device would: queued work is dropped, nothing is reported,
+        the call in progress ends at its next block boundary."""
         self._dead = True
+        self.stops.halt()
         self._inbox.put(None)
 
     def _loop(self, on_complete: Callable[[Completion], None]) -> None:
         while True:
             d = self._inbox.get()
-            if d is None or self._dead:
+            if self._dead:
+                self.models.release()
+                return
+            if d is None:
                 return
             t0 = time.perf_counter()
-            c = execute(d, self.id, self.registry, self.models, self.plane)
+            c = execute(d, self.id, self.registry, self.models, self.plane, self.stops)
             self.busy_s += time.perf_counter() - t0
             self.dispatches += 1
             if not self._dead:

@@ -46,6 +46,11 @@ class Metrics:
             ["kind", "reason"],
             registry=r,
         )
+        self.busy_workers = Gauge("legodiffusion_workers_busy", "Workers running a call", registry=r)
+        self.stuck_workers = Gauge("legodiffusion_workers_stuck", "Workers whose call runs past its timeout", registry=r)
+        self.dispatches = Gauge("legodiffusion_dispatches_in_flight", "Dispatches sent to workers and not reported", registry=r)
+        self.timeouts = Counter("legodiffusion_call_timeouts", "Model calls that ran past their timeout", registry=r)
+        self.stalls = Counter("legodiffusion_stalled_requests", "Requests failed by the watchdog", registry=r)
         self._seen = {"recoveries": 0, "lost": 0, "events": 0}
 
     def evicted(self, kind: str, reason: str) -> None:
@@ -82,6 +87,7 @@ class Metrics:
         self.dataplane_bytes.set(engine.plane.live_bytes())
         self.inflight.set(len(engine.coordinator.requests))
         self._scaling(engine)
+        self._health(engine)
         return generate_latest(self.registry)
 
     def _scaling(self, engine) -> None:
@@ -102,3 +108,12 @@ class Metrics:
             self.workers.labels(state).set(n)
         for model, n in engine.autoscaler.targets.items():
             self.replica_target.labels(model).set(n)
+
+    def _health(self, engine) -> None:
+        health, sup, seen = engine.health(), engine.supervisor, self._seen
+        self.busy_workers.set(health["busy"])
+        self.stuck_workers.set(health["stuck"])
+        self.dispatches.set(health["dispatches_in_flight"])
+        self.timeouts.inc(sup.timeouts - seen.get("timeouts", 0))
+        self.stalls.inc(sup.stalls - seen.get("stalls", 0))
+        seen.update(timeouts=sup.timeouts, stalls=sup.stalls)

@@ -90,6 +90,12 @@ class WorkerActor:
                 self._next_seq += 1
         return done.result()
 
+    @ray.method(concurrency_group="io")
+    def stop_dispatch(self, dispatch_id: int) -> None:
+        """Stop a dispatch at its call's next block boundary: on an io thread, so it reaches
+        the worker thread while that computes."""
+        self.worker.stop_dispatch(dispatch_id)
+
     @ray.method(concurrency_group="watch")
     def watch(self) -> None:
         """Never returns while the actor lives: the engine learns of its death when this fails."""

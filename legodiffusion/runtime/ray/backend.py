@@ -112,8 +112,11 @@ class RayWorker(Worker):
         """Block until the actor is up (or raise: it failed to start, or took over ``timeout_s``)."""
         ray.get(self.ready, timeout=timeout_s)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
         self.retire()
+
+    def stop_dispatch(self, dispatch_id: int) -> None:
+        self.handle.stop_dispatch.remote(dispatch_id)
 
     def retire(self) -> None:
         """Stop for good; calls still out end with the actor and are not reported."""
@@ -239,13 +242,13 @@ class RayBackend(Backend):
         out["engine_held_bytes"] = self.plane.held_bytes
         return out
 
-    def close(self, live: list[Worker]) -> None:
+    def close(self, live: list[Worker], timeout_s: float | None = None) -> None:
         """Keep the final traffic and value counts (for accounting after the run), then stop."""
         try:
             self.last_traffic = self.traffic()
             self.last_counts = self.plane.counts()
         except (RayActorError, GetTimeoutError) as exc:  # an actor died or hangs: the figures are not complete
             log.warning("final traffic and counts not read: %s", exc)
-        super().close(live)
+        super().close(live, timeout_s)
         if self.started_cluster:
             ray.shutdown()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from legodiffusion.server.state import ServerState, state
 
@@ -17,7 +17,11 @@ async def healthz():
 
 @router.get("/readyz")
 async def readyz(request: Request):
-    return {"status": "ready" if hasattr(request.app.state, "server") else "starting"}
+    """Ready when a live worker can take work; else 503 ``degraded``, with the per-worker view."""
+    if not hasattr(request.app.state, "server"):
+        return JSONResponse({"status": "starting"}, status_code=503)
+    health = request.app.state.server.engine.health()
+    return JSONResponse(health, status_code=200 if health["status"] == "ready" else 503)
 
 
 @router.get("/metrics")
