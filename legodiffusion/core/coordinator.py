@@ -208,7 +208,9 @@ class Coordinator:
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
         self._woken = False
-        self._orphans: set[tuple[int, int]] = set()  # (dispatch, node) whose result a recovery discards
+        #: (dispatch, request, node) whose result a recovery discards (node ids are per request: a batch
+        #: may carry the same node of several requests)
+        self._orphans: set[tuple[int, int, int]] = set()
         #: admitted requests waiting for a replica of their workflow (gated policies), by workflow,
         #: oldest first; ended ones are skipped lazily
         self.held: dict[str, deque[_Live]] = {}
@@ -351,9 +353,9 @@ class Coordinator:
         self.stats.dispatches_by_op[d.op] += 1
         for item, res in zip(d.items, c.results):
             live = self.requests.get(item.request_id)
-            orphan = (d.id, item.node) in self._orphans
+            orphan = (d.id, item.request_id, item.node) in self._orphans
             if orphan:
-                self._orphans.discard((d.id, item.node))
+                self._orphans.discard((d.id, item.request_id, item.node))
             if live is None or live.status != RUNNING or orphan:
                 actions.frees.extend((res.outputs or {}).values())
                 continue
@@ -404,7 +406,7 @@ class Coordinator:
             for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
                 for it in rec.dispatch.items:
                     if it.request_id == live.req.id and any(r.id in lost_ids for r in it.refs.values()):
-                        self._orphans.add((did, it.node))
+                        self._orphans.add((did, it.request_id, it.node))
                         rerun.add(it.node)
             work = list(rerun)
             while work:  # lineage: a node to redo needs its inputs; redo the producers of gone ones
@@ -432,25 +434,16 @@ class Coordinator:
                 live.done -= 1
                 live.remaining_s += live.costs[node]
                 live.priority = self.policy.priority(live, live.seq, live.remaining_s)
-                for inp in tmpl.nodes[node].inputs:  # it will read its present inputs again
-                    if inp.kind == FROM_NODE and (inp.node, inp.name) in live.refs:
-                        live.uses[(inp.node, inp.name)] += 1
-        for node in rerun:
             for port in tmpl.out_ports[node]:
-                live.uses[(node, port)] = sum(
-                    1
-                    for c in (*tmpl.consumers[node], *tmpl.deferred_consumers[node])
-                    if c not in live.finished
-                    for inp in tmpl.nodes[c].inputs
-                    if inp.kind == FROM_NODE and inp.node == node and inp.name == port
-                )
-                live.uses[(node, port)] += sum(1 for n, p in tmpl.outputs.values() if (n, p) == (node, port))
                 live.out_ids.pop((node, port), None)
+        # every value is read once more by each reader still to finish: counted afresh, since a
+        # reader redone may read a value that is itself being re-made (not in ``refs`` now)
+        live.uses = tmpl.uses_after(live.finished)
         running = {
             it.node
             for did, rec in self.inflight.items()
             for it in rec.dispatch.items
-            if it.request_id == live.req.id and (did, it.node) not in self._orphans
+            if it.request_id == live.req.id and (did, it.request_id, it.node) not in self._orphans
         }
         live.queued.clear()
         if live.pin is not None and not self.workers[live.pin].alive:
