@@ -209,8 +209,9 @@ class Coordinator:
         self._light: list[tuple[_Live, int]] = []
         self._woken = False
         #: (dispatch, request, node) whose result a recovery discards (node ids are per request: a batch
-        #: may carry the same node of several requests)
-        self._orphans: set[tuple[int, int, int]] = set()
+        #: may carry the same node of several requests) -> the deferred inputs it may be waiting for
+        self._orphans: dict[tuple[int, int, int], tuple[int, ...]] = {}
+        self._orphan_waits: Counter = Counter()  # deferred ids an orphan in flight may wait for
         #: admitted requests waiting for a replica of their workflow (gated policies), by workflow,
         #: oldest first; ended ones are skipped lazily
         self.held: dict[str, deque[_Live]] = {}
@@ -353,9 +354,7 @@ class Coordinator:
         self.stats.dispatches_by_op[d.op] += 1
         for item, res in zip(d.items, c.results):
             live = self.requests.get(item.request_id)
-            orphan = (d.id, item.request_id, item.node) in self._orphans
-            if orphan:
-                self._orphans.discard((d.id, item.request_id, item.node))
+            orphan = self._unorphan((d.id, item.request_id, item.node))
             if live is None or live.status != RUNNING or orphan:
                 actions.frees.extend((res.outputs or {}).values())
                 continue
@@ -366,7 +365,7 @@ class Coordinator:
             self.stats.items_by_worker[d.worker] += 1
             self._record(live, item, res.outputs or {}, actions)
         self._dispatch(actions)
-        return actions
+        return self._released(actions)
 
     def on_worker_lost(self, worker: int, now: float) -> Actions:
         """A worker died: its in-flight nodes and the tensors it held are gone. Every affected
@@ -379,6 +378,8 @@ class Coordinator:
         redo: dict[int, set[int]] = {}
         for did in [d for d, rec in self.inflight.items() if rec.dispatch.worker == worker]:
             for item in self.inflight.pop(did).dispatch.items:
+                if self._unorphan((did, item.request_id, item.node)):
+                    continue  # already redone elsewhere
                 redo.setdefault(item.request_id, set()).add(item.node)
                 actions.abandoned.extend(item.output_ids.values())  # whatever it still writes is dropped
         for live in list(self.requests.values()):
@@ -391,7 +392,7 @@ class Coordinator:
                 self._recover(live, lost, redo.get(live.req.id, set()), actions, worker)
                 self.stats.recoveries += 1
         self._dispatch(actions)
-        return actions
+        return self._released(actions)
 
     def _recover(self, live: _Live, lost: list, inflight_lost: set[int], actions: Actions, worker: int) -> None:
         tmpl = live.req.template
@@ -406,7 +407,7 @@ class Coordinator:
             for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
                 for it in rec.dispatch.items:
                     if it.request_id == live.req.id and any(r.id in lost_ids for r in it.refs.values()):
-                        self._orphans.add((did, it.request_id, it.node))
+                        self._orphan(did, it)
                         rerun.add(it.node)
             work = list(rerun)
             while work:  # lineage: a node to redo needs its inputs; redo the producers of gone ones
@@ -489,9 +490,34 @@ class Coordinator:
         if live is not None and live.status == RUNNING:
             self._end(live, CANCELLED, actions, error="cancelled")
             self._dispatch(actions)
-        return actions
+        return self._released(actions)
 
     # -- mechanics -------------------------------------------------------------------------
+
+    def _orphan(self, did: int, it: DispatchItem) -> None:
+        """``it`` (in dispatch ``did``) runs on a lost input: its result will be discarded."""
+        key = (did, it.request_id, it.node)
+        if key not in self._orphans:
+            waits = self._orphans[key] = tuple(r.id for r in it.refs.values() if r.worker == PENDING)
+            self._orphan_waits.update(waits)
+
+    def _unorphan(self, key: tuple[int, int, int]) -> bool:
+        """The orphan ``key`` reported or was lost; False if it was no orphan."""
+        waits = self._orphans.pop(key, None)
+        if waits is None:
+            return False
+        self._orphan_waits.subtract(waits)
+        for tid in waits:
+            if self._orphan_waits[tid] <= 0:
+                del self._orphan_waits[tid]
+        return True
+
+    def _released(self, actions: Actions) -> Actions:
+        """A deferred value released while an orphan may still wait for it is also abandoned, so
+        that the orphan fails at once rather than blocking its worker until the wait limit."""
+        if self._orphan_waits:
+            actions.abandoned.extend(ref.id for ref in actions.frees if ref.id in self._orphan_waits)
+        return actions
 
     def node_costs(self, tmpl: Template, px: int | None) -> list[float]:
         """Profiled solo execution time of each node of ``tmpl`` at ``px`` pixels."""

@@ -13,14 +13,25 @@ import random
 from collections import deque
 
 import pytest
+from PIL import Image
 
+from legodiffusion import sd_txt2img
 from legodiffusion.core.coordinator import Coordinator, Request
 from legodiffusion.core.graph import FROM_NODE
 from legodiffusion.core.messages import PENDING, Completion, ItemResult, TensorRef
 from legodiffusion.core.policy import make_policy
+from legodiffusion.ops import default_registry
+from legodiffusion.workflow.expand import Expander, bind_inputs
 from tests.core.test_scheduling_decisions import sd_maker
 
+
+def sd_maker_cn():
+    ex = Expander(sd_txt2img("sd15", name="sd-cn", controlnets=("cn",)), default_registry())
+    return lambda **inputs: (ex.template(b := bind_inputs(ex.spec, {"prompt": "x", **inputs})), b)
+
+
 pytestmark = pytest.mark.reliability
+SD, CN = sd_maker(), sd_maker_cn()
 
 
 class Cluster:
@@ -63,8 +74,11 @@ class Cluster:
             self.problems.append(f"final output {ref.id} is gone")
         return tag
 
-    def submit(self, rid: int, steps: int) -> None:
-        tmpl, bound = sd_maker()(steps=steps, seed=rid)
+    def submit(self, rid: int, steps: int, controlnet: bool) -> None:
+        if controlnet:  # the base model reads the ControlNet's residuals as a deferred input
+            tmpl, bound = CN(steps=steps, seed=rid, control_image=Image.new("RGB", (8, 8)), control_scale=0.5)
+        else:
+            tmpl, bound = SD(steps=steps, seed=rid)
         self.templates[rid] = tmpl
         self.apply(self.coord.submit(Request(rid, tmpl, bound), 0.0))
 
@@ -146,7 +160,7 @@ def chaos(seed: int, policy: str, workers: int, requests: int, losses: int) -> C
     rng = random.Random(seed)
     c = Cluster(rng, workers, policy)
     for rid in range(requests):
-        c.submit(rid, steps=rng.choice([2, 3, 4]))
+        c.submit(rid, steps=rng.choice([2, 3, 4]), controlnet=rng.random() < 0.4)
     kills = sorted(rng.sample(range(1, 60), losses))
     unknown: dict[int, int] = {}  # killed worker -> events until its watch reports it
     events = 0
@@ -191,7 +205,7 @@ def chaos(seed: int, policy: str, workers: int, requests: int, losses: int) -> C
     return c
 
 
-@pytest.mark.parametrize("policy", ["default", "fcfs"])
+@pytest.mark.parametrize("policy", ["default", "fcfs", "bundle"])
 @pytest.mark.parametrize("workers,losses", [(2, 1), (3, 2)])
 def test_every_request_survives_worker_loss_at_random_moments(policy, workers, losses):
     for seed in range(150):
