@@ -50,10 +50,13 @@ class Cluster:
         self.late: list[Completion] = []  # completions still to arrive from killed workers
         self.joining: list[int] = []
         self.problems: list[str] = []
+        self.progress: dict[int, int] = {}  # nodes reported done, by request
 
     # -- the driver -----------------------------------------------------------------------
 
     def apply(self, actions) -> None:
+        for rid in actions.progressed:
+            self.progress[rid] = self.progress.get(rid, 0) + 1
         for o in actions.finished:
             self.finished[o.request_id] = o
             if o.outputs:
@@ -219,3 +222,5 @@ def test_every_request_survives_worker_loss_at_random_moments(policy, workers, l
         live = {tid: v for tid, v in c.store.items() if v[1] not in c.dead}
         assert not live, f"seed {seed}: values never released: {live}"
         assert not c.coord.requests and not c.coord.inflight
+        assert c.coord.stats.violations == 0
+        assert all(c.progress[rid] == len(t.nodes) for rid, t in c.templates.items()), "progress counts each node once"
