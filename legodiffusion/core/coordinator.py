@@ -18,6 +18,7 @@ from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
 from legodiffusion.core.policy import BatchKey, ClassInfo, Prefetch, SchedulingPolicy
 from legodiffusion.core.pool import WorkerPool
+from legodiffusion.core.recovery import Orphans
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
 #: how the error of a request failed by a broken coordinator invariant begins
@@ -213,10 +214,7 @@ class Coordinator:
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
         self._woken = False
-        #: (dispatch, request, node) whose result a recovery discards (node ids are per request: a batch
-        #: may carry the same node of several requests) -> the deferred inputs it may be waiting for
-        self._orphans: dict[tuple[int, int, int], tuple[int, ...]] = {}
-        self._orphan_waits: Counter = Counter()  # deferred ids an orphan in flight may wait for
+        self._orphans = Orphans()  # in-flight items whose result a recovery discards
         self._broken: dict[int, str] = {}  # request -> the invariant it broke: failed as the event ends
         #: admitted requests waiting for a replica of their workflow (gated policies), by workflow,
         #: oldest first; ended ones are skipped lazily
@@ -360,14 +358,14 @@ class Coordinator:
         self.stats.dispatches_by_op[d.op] += 1
         if len(c.results) != len(d.items):
             for item in d.items:
-                self._unorphan((d.id, item.request_id, item.node))
+                self._orphans.settle((d.id, item.request_id, item.node))
                 self._violation(item.request_id, f"dispatch {d.id} ({d.op}) reported {len(c.results)} results for {len(d.items)} items")
             actions.frees.extend(ref for res in c.results for ref in (res.outputs or {}).values())
             self._dispatch(actions)
             return self._finish(actions)
         for item, res in zip(d.items, c.results):
             live = self.requests.get(item.request_id)
-            orphan = self._unorphan((d.id, item.request_id, item.node))
+            orphan = self._orphans.settle((d.id, item.request_id, item.node))
             if live is None or live.status != RUNNING or orphan:
                 actions.frees.extend((res.outputs or {}).values())
                 continue
@@ -395,7 +393,7 @@ class Coordinator:
         redo: dict[int, set[int]] = {}
         for did in [d for d, rec in self.inflight.items() if rec.dispatch.worker == worker]:
             for item in self.inflight.pop(did).dispatch.items:
-                if self._unorphan((did, item.request_id, item.node)):
+                if self._orphans.settle((did, item.request_id, item.node)):
                     continue  # already redone elsewhere
                 redo.setdefault(item.request_id, set()).add(item.node)
                 actions.abandoned.extend(item.output_ids.values())  # whatever it still writes is dropped
@@ -424,7 +422,7 @@ class Coordinator:
             for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
                 for it in rec.dispatch.items:
                     if it.request_id == live.req.id and any(r.id in lost_ids for r in it.refs.values()):
-                        self._orphan(did, it)
+                        self._orphans.add(did, it)
                         rerun.add(it.node)
             work = list(rerun)
             while work:  # lineage: a node to redo needs its inputs; redo the producers of gone ones
@@ -533,24 +531,6 @@ class Coordinator:
                 return True
         return False
 
-    def _orphan(self, did: int, it: DispatchItem) -> None:
-        """``it`` (in dispatch ``did``) runs on a lost input: its result will be discarded."""
-        key = (did, it.request_id, it.node)
-        if key not in self._orphans:
-            waits = self._orphans[key] = tuple(r.id for r in it.refs.values() if r.worker == PENDING)
-            self._orphan_waits.update(waits)
-
-    def _unorphan(self, key: tuple[int, int, int]) -> bool:
-        """The orphan ``key`` reported or was lost; False if it was no orphan."""
-        waits = self._orphans.pop(key, None)
-        if waits is None:
-            return False
-        self._orphan_waits.subtract(waits)
-        for tid in waits:
-            if self._orphan_waits[tid] <= 0:
-                del self._orphan_waits[tid]
-        return True
-
     def _finish(self, actions: Actions) -> Actions:
         """The end of every event: requests that broke an invariant fail with the reason; a
         deferred value released while an orphan may still wait for it is also abandoned, so that
@@ -562,8 +542,8 @@ class Coordinator:
                 if live is not None and live.status == RUNNING:
                     self._end(live, FAILED, actions, error=f"{INVARIANT}: {what}")
             self._dispatch(actions)
-        if self._orphan_waits:
-            actions.abandoned.extend(ref.id for ref in actions.frees if ref.id in self._orphan_waits)
+        if self._orphans:
+            actions.abandoned.extend(ref.id for ref in actions.frees if self._orphans.waited(ref.id))
         return actions
 
     def node_costs(self, tmpl: Template, px: int | None) -> list[float]:
