@@ -18,8 +18,11 @@ from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
 from legodiffusion.core.policy import BatchKey, ClassInfo, Prefetch, SchedulingPolicy
 from legodiffusion.core.pool import WorkerPool
+from legodiffusion.core.recovery import Orphans
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
+#: how the error of a request failed by a broken coordinator invariant begins
+INVARIANT = "internal error (coordinator invariant)"
 
 
 @dataclass
@@ -55,6 +58,7 @@ class _Live:
         "px",
         "making",
         "seq",
+        "peak",
     )
 
     def __init__(self, req: Request, costs: list[float], px: int | None) -> None:
@@ -76,6 +80,7 @@ class _Live:
         self.priority: tuple = ()
         self.making: dict[int, int] = {}  # output id -> the worker its producer was sent to
         self.seq = 0  # admission order
+        self.peak = 0  # the most nodes ever done at once: progress, which a recovery's re-runs do not repeat
 
     # RequestView for policies
     @property
@@ -123,6 +128,7 @@ class CoordinatorStats:
     cross_workflow_batches: int = 0
     loads_by_worker: Counter = field(default_factory=Counter)
     recoveries: int = 0  # requests that re-ran lost work after a worker died
+    violations: int = 0  # broken invariants (each failed its request with the reason)
     evictions_by_worker: Counter = field(default_factory=Counter)
     work_by_workflow: Counter = field(default_factory=Counter)  # profiled solo seconds of admitted requests
     admitted: int = 0
@@ -208,7 +214,8 @@ class Coordinator:
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
         self._woken = False
-        self._orphans: set[tuple[int, int]] = set()  # (dispatch, node) whose result a recovery discards
+        self._orphans = Orphans()  # in-flight items whose result a recovery discards
+        self._broken: dict[int, str] = {}  # request -> the invariant it broke: failed as the event ends
         #: admitted requests waiting for a replica of their workflow (gated policies), by workflow,
         #: oldest first; ended ones are skipped lazily
         self.held: dict[str, deque[_Live]] = {}
@@ -298,7 +305,7 @@ class Coordinator:
         else:
             self._start(live, pin)
         self._dispatch(actions)
-        return actions
+        return self._finish(actions)
 
     def _start(self, live: _Live, pin: int | None) -> None:
         live.pin = pin
@@ -332,7 +339,7 @@ class Coordinator:
         if self.policy.on_tick(self.view, now):
             self._freed.update(w.id for w in self.workers if w.pinned == 0)
             self._dispatch(actions)
-        return actions
+        return self._finish(actions)
 
     def on_complete(self, c: Completion, now: float) -> Actions:
         self._now = max(self._now, now)
@@ -349,13 +356,22 @@ class Coordinator:
             self.stats.evictions_by_worker[w.id] += 1
         self.stats.loads_by_worker[w.id] += len(c.loaded)
         self.stats.dispatches_by_op[d.op] += 1
+        if len(c.results) != len(d.items):
+            for item in d.items:
+                self._orphans.settle((d.id, item.request_id, item.node))
+                self._violation(item.request_id, f"dispatch {d.id} ({d.op}) reported {len(c.results)} results for {len(d.items)} items")
+            actions.frees.extend(ref for res in c.results for ref in (res.outputs or {}).values())
+            self._dispatch(actions)
+            return self._finish(actions)
         for item, res in zip(d.items, c.results):
             live = self.requests.get(item.request_id)
-            orphan = (d.id, item.node) in self._orphans
-            if orphan:
-                self._orphans.discard((d.id, item.node))
+            orphan = self._orphans.settle((d.id, item.request_id, item.node))
             if live is None or live.status != RUNNING or orphan:
                 actions.frees.extend((res.outputs or {}).values())
+                continue
+            if item.node in live.finished:
+                actions.frees.extend((res.outputs or {}).values())
+                self._violation(live.req.id, f"node {item.key} completed again, but it was not running")
                 continue
             if res.error is not None:
                 self._end(live, FAILED, actions, error=res.error, node=item.key)
@@ -364,7 +380,7 @@ class Coordinator:
             self.stats.items_by_worker[d.worker] += 1
             self._record(live, item, res.outputs or {}, actions)
         self._dispatch(actions)
-        return actions
+        return self._finish(actions)
 
     def on_worker_lost(self, worker: int, now: float) -> Actions:
         """A worker died: its in-flight nodes and the tensors it held are gone. Every affected
@@ -377,6 +393,8 @@ class Coordinator:
         redo: dict[int, set[int]] = {}
         for did in [d for d, rec in self.inflight.items() if rec.dispatch.worker == worker]:
             for item in self.inflight.pop(did).dispatch.items:
+                if self._orphans.settle((did, item.request_id, item.node)):
+                    continue  # already redone elsewhere
                 redo.setdefault(item.request_id, set()).add(item.node)
                 actions.abandoned.extend(item.output_ids.values())  # whatever it still writes is dropped
         for live in list(self.requests.values()):
@@ -389,7 +407,7 @@ class Coordinator:
                 self._recover(live, lost, redo.get(live.req.id, set()), actions, worker)
                 self.stats.recoveries += 1
         self._dispatch(actions)
-        return actions
+        return self._finish(actions)
 
     def _recover(self, live: _Live, lost: list, inflight_lost: set[int], actions: Actions, worker: int) -> None:
         tmpl = live.req.template
@@ -404,7 +422,7 @@ class Coordinator:
             for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
                 for it in rec.dispatch.items:
                     if it.request_id == live.req.id and any(r.id in lost_ids for r in it.refs.values()):
-                        self._orphans.add((did, it.node))
+                        self._orphans.add(did, it)
                         rerun.add(it.node)
             work = list(rerun)
             while work:  # lineage: a node to redo needs its inputs; redo the producers of gone ones
@@ -432,25 +450,16 @@ class Coordinator:
                 live.done -= 1
                 live.remaining_s += live.costs[node]
                 live.priority = self.policy.priority(live, live.seq, live.remaining_s)
-                for inp in tmpl.nodes[node].inputs:  # it will read its present inputs again
-                    if inp.kind == FROM_NODE and (inp.node, inp.name) in live.refs:
-                        live.uses[(inp.node, inp.name)] += 1
-        for node in rerun:
             for port in tmpl.out_ports[node]:
-                live.uses[(node, port)] = sum(
-                    1
-                    for c in (*tmpl.consumers[node], *tmpl.deferred_consumers[node])
-                    if c not in live.finished
-                    for inp in tmpl.nodes[c].inputs
-                    if inp.kind == FROM_NODE and inp.node == node and inp.name == port
-                )
-                live.uses[(node, port)] += sum(1 for n, p in tmpl.outputs.values() if (n, p) == (node, port))
                 live.out_ids.pop((node, port), None)
+        # every value is read once more by each reader still to finish: counted afresh, since a
+        # reader redone may read a value that is itself being re-made (not in ``refs`` now)
+        live.uses = tmpl.uses_after(live.finished)
         running = {
             it.node
             for did, rec in self.inflight.items()
             for it in rec.dispatch.items
-            if it.request_id == live.req.id and (did, it.node) not in self._orphans
+            if it.request_id == live.req.id and (did, it.request_id, it.node) not in self._orphans
         }
         live.queued.clear()
         if live.pin is not None and not self.workers[live.pin].alive:
@@ -477,7 +486,7 @@ class Coordinator:
         if self.pool.activate(worker):
             self._freed.add(worker)
             self._dispatch(actions)
-        return actions
+        return self._finish(actions)
 
     def drain_worker(self, worker: int) -> None:
         """Send ``worker`` no new model calls (scale-down); :meth:`drained` says when it may go."""
@@ -491,14 +500,51 @@ class Coordinator:
         return not any(ref.worker == worker for live in self.requests.values() for ref in live.refs.values())
 
     def cancel(self, request_id: int, now: float) -> Actions:
+        return self._stop(request_id, CANCELLED, "cancelled")
+
+    def fail(self, request_id: int, reason: str, now: float) -> Actions:
+        """The driver could not carry out an event for this request: it fails with ``reason``."""
+        return self._stop(request_id, FAILED, reason)
+
+    def _stop(self, request_id: int, status: str, error: str) -> Actions:
         actions = Actions()
         live = self.requests.get(request_id)
         if live is not None and live.status == RUNNING:
-            self._end(live, CANCELLED, actions, error="cancelled")
+            self._end(live, status, actions, error=error)
             self._dispatch(actions)
-        return actions
+        return self._finish(actions)
 
     # -- mechanics -------------------------------------------------------------------------
+
+    def _violation(self, request_id: int, what: str) -> None:
+        """A broken invariant: the request fails with ``what`` as the event ends (never raises)."""
+        self.stats.violations += 1
+        if request_id in self.requests:
+            self._broken.setdefault(request_id, what)
+
+    def _missing_input(self, live: _Live, node: int) -> bool:
+        """Does ``node``, about to be queued or sent, lack an input that must be present (a
+        broken invariant)?"""
+        for inp in live.req.template.nodes[node].inputs:
+            if inp.kind == FROM_NODE and not inp.deferred and (inp.node, inp.name) not in live.refs:
+                self._violation(live.req.id, f"node {live.req.template.nodes[node].key} became ready without its input {inp.name!r}")
+                return True
+        return False
+
+    def _finish(self, actions: Actions) -> Actions:
+        """The end of every event: requests that broke an invariant fail with the reason; a
+        deferred value released while an orphan may still wait for it is also abandoned, so that
+        the orphan fails at once rather than blocking its worker until the wait limit."""
+        while self._broken:
+            broken, self._broken = self._broken, {}
+            for rid, what in broken.items():
+                live = self.requests.get(rid)
+                if live is not None and live.status == RUNNING:
+                    self._end(live, FAILED, actions, error=f"{INVARIANT}: {what}")
+            self._dispatch(actions)
+        if self._orphans:
+            actions.abandoned.extend(ref.id for ref in actions.frees if self._orphans.waited(ref.id))
+        return actions
 
     def node_costs(self, tmpl: Template, px: int | None) -> list[float]:
         """Profiled solo execution time of each node of ``tmpl`` at ``px`` pixels."""
@@ -513,9 +559,6 @@ class Coordinator:
     def _record(self, live: _Live, item: DispatchItem, outputs: dict[str, TensorRef], actions: Actions) -> None:
         tmpl = live.req.template
         node = item.node
-        if node in live.finished:  # a second result for a node (a recovery re-made it): keep the first
-            actions.frees.extend(outputs.values())
-            return
         for port, ref in outputs.items():
             live.pending.discard(ref.id)
             if live.uses.get((node, port), 0) > 0:
@@ -534,8 +577,14 @@ class Coordinator:
         live.finished.add(node)
         live.remaining_s -= live.costs[node]
         live.priority = self.policy.priority(live, live.seq, live.remaining_s)  # laxity grows as work is done
-        actions.progressed.append(live.req.id)
+        if live.done > live.peak:
+            live.peak = live.done
+            actions.progressed.append(live.req.id)
         if live.done == len(tmpl.nodes):
+            missing = [name for name, k in tmpl.outputs.items() if k not in live.refs]
+            if missing:
+                self._violation(live.req.id, f"finished without its output(s) {missing}")
+                return
             outs = {name: live.refs[k] for name, k in tmpl.outputs.items()}
             self._end(live, SUCCEEDED, actions, outputs=outs)
             return
@@ -560,6 +609,8 @@ class Coordinator:
 
     def _make_ready(self, live: _Live, node: int) -> None:
         tn = live.req.template.nodes[node]
+        if self._missing_input(live, node):
+            return
         if tn.light:
             self._light.append((live, node))
             return
@@ -668,7 +719,8 @@ class Coordinator:
                 live = self.requests.get(rid)
                 if live is not None and node in live.queued:  # else ended, or reset by a recovery
                     live.queued.discard(node)
-                    members.append((live, node))
+                    if not self._missing_input(live, node):
+                        members.append((live, node))
             if not q:
                 del self.queues[a.key]
                 info = self.classes.pop(a.key)
@@ -701,7 +753,7 @@ class Coordinator:
             return
         groups: dict[tuple, list[tuple[_Live, int]]] = {}
         for live, node in self._light:
-            if live.status != RUNNING:
+            if live.status != RUNNING or self._missing_input(live, node):
                 continue
             tn = live.req.template.nodes[node]
             wid = live.pin if live.pin is not None else self._light_home(live, tn)

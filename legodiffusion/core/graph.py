@@ -52,6 +52,19 @@ class Template:
     deferred_deps: list[int] = field(default_factory=list)
     deferred_consumers: list[tuple[int, ...]] = field(default_factory=list)
 
+    def uses_after(self, finished: set[int]) -> dict[tuple[int, str], int]:
+        """Reads still to come of each (node, port) once the ``finished`` nodes have run: its
+        edges into the other nodes (deferred ones included) plus the workflow outputs reading it."""
+        uses = {(i, p): 0 for i in range(len(self.nodes)) for p in self.out_ports[i]}
+        for c, node in enumerate(self.nodes):
+            if c not in finished:
+                for inp in node.inputs:
+                    if inp.kind == FROM_NODE:
+                        uses[(inp.node, inp.name)] += 1
+        for k in self.outputs.values():
+            uses[k] += 1
+        return uses
+
     def finish(self, out_ports: list[tuple[str, ...]]) -> Template:
         n = len(self.nodes)
         self.out_ports = out_ports
@@ -59,7 +72,6 @@ class Template:
         consumers: list[set[int]] = [set() for _ in range(n)]
         dproducers: list[set[int]] = [set() for _ in range(n)]
         dconsumers: list[set[int]] = [set() for _ in range(n)]
-        uses: dict[tuple[int, str], int] = {(i, p): 0 for i in range(n) for p in out_ports[i]}
         for i, node in enumerate(self.nodes):
             for inp in node.inputs:
                 if inp.kind == FROM_NODE:
@@ -69,12 +81,9 @@ class Template:
                     else:
                         producers[i].add(inp.node)
                         consumers[inp.node].add(i)
-                    uses[(inp.node, inp.name)] += 1
-        for node_idx, port in self.outputs.values():
-            uses[(node_idx, port)] += 1
         self.indegree = [len(p) for p in producers]
         self.consumers = [tuple(sorted(c)) for c in consumers]
-        self.uses = uses
+        self.uses = self.uses_after(set())
         self.deferred_deps = [len(p) for p in dproducers]
         self.deferred_consumers = [tuple(sorted(c)) for c in dconsumers]
         self.sources = tuple(i for i in range(n) if self.indegree[i] == 0 and self.deferred_deps[i] == 0)

@@ -92,5 +92,5 @@ class Actions:
     dispatches: list[Dispatch] = field(default_factory=list)
     finished: list[RequestOutcome] = field(default_factory=list)
     frees: list[TensorRef] = field(default_factory=list)
-    progressed: list[int] = field(default_factory=list)  # request ids with newly finished nodes
+    progressed: list[int] = field(default_factory=list)  # a request id per node newly finished (a re-run after a loss counts once)
     abandoned: list[int] = field(default_factory=list)  # deferred ids that will never be written

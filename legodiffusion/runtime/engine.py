@@ -17,7 +17,7 @@ from typing import Any
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.core.autoscale import ReplicaAutoscaler
-from legodiffusion.core.coordinator import Request, pixels
+from legodiffusion.core.coordinator import INVARIANT, Request, pixels
 from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.patchset import parse_patches
 from legodiffusion.models.components import PipelineConfig, is_pipeline, pipeline_config
@@ -64,7 +64,8 @@ class Run:
     nodes_done: int = 0
     on_progress: Callable[[Run], None] | None = None
     notes: dict = field(default_factory=dict)
-    steps_done: int = 0  # sampling steps finished (sampler_step nodes)
+    steps_done: int = 0  # sampling steps finished (sampler_step nodes; a re-run after a loss counts once)
+    step_nodes: set[int] = field(default_factory=set, repr=False)  # the sampler_step nodes finished
     started: bool = False  # a model call of this request has finished (before: queued)
 
 
@@ -105,7 +106,6 @@ class Engine:
         self._ticker: asyncio.Task | None = None
         self.supervisor = Supervisor(cfg)
         self._supervise_task: asyncio.Task | None = None
-        self._fail_reasons: dict[int, str] = {}  # requests ended by the engine with a reason, not by a client
         self._stops_asked: set[int] = set()  # dispatches asked to stop, until they report
 
     def _memory_bytes(self) -> int | None:
@@ -225,34 +225,41 @@ class Engine:
 
     def lose_worker(self, worker: int) -> None:
         """Treat ``worker`` as dead (it is stopped at once if it is not already): its in-flight
-        work and the tensors it held are redone elsewhere from lineage."""
+        work and the tensors it held are redone elsewhere from lineage. Never raises: a recovery
+        that cannot be carried out fails the requests it concerns, with the reason."""
         if not self.coordinator.workers[worker].alive:
             return
         w = self.workers[worker]
-        if hasattr(w, "kill"):
-            w.kill()
-        self.backend.forget(worker)
-        self.supervisor.lost(worker)
-        self.workers_lost += 1
         now = self._now()
-        self.scaling.replace(self, worker, now)  # replacements first: affected requests wait for them
+        try:  # stopping it and starting replacements (replacements first: affected requests wait for them)
+            if hasattr(w, "kill"):
+                w.kill()
+            self.backend.forget(worker)
+            self.supervisor.lost(worker)
+            self.scaling.replace(self, worker, now)
+        except Exception:
+            self.log.exception("worker %d lost: stopping it or starting a replacement failed", worker)
+        self.workers_lost += 1
         self.scaling.joining.discard(worker)
         self.scaling.retiring.discard(worker)
         self._stops_asked.difference_update(k for k, d in self._sent.items() if d.worker == worker)
         self._sent = {k: d for k, d in self._sent.items() if d.worker != worker}
         before = self.coordinator.stats.recoveries
-        self._apply(self.coordinator.on_worker_lost(worker, now))
+        try:
+            actions = self.coordinator.on_worker_lost(worker, now)
+        except Exception as exc:  # its state may be out of step for any request: none is left waiting
+            self.log.exception("recovering from the loss of worker %d failed", worker)
+            self._fail_runs(list(self._runs), f"internal error recovering from the loss of worker {worker}: {type(exc).__name__}: {exc}")
+            return
+        self._apply(actions)
         self.log.warning("worker %d lost; %d request(s) recovering from lineage", worker, self.coordinator.stats.recoveries - before)
 
     def cancel(self, request_id: int) -> None:
         self._apply(self.coordinator.cancel(request_id, self._now()))
 
     def fail(self, request_id: int, reason: str) -> None:
-        """End a running request as failed with ``reason`` (a timeout, a stall): cancelled in the
-        coordinator, reported ``failed``."""
-        if request_id in self.coordinator.requests:
-            self._fail_reasons[request_id] = reason
-            self.cancel(request_id)
+        """End a running request as failed with ``reason`` (a timeout, a stall)."""
+        self._apply(self.coordinator.fail(request_id, reason, self._now()))
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -333,16 +340,29 @@ class Engine:
             loop.call_soon_threadsafe(self.lose_worker, worker)
 
     def _on_completion(self, c: Completion) -> None:
+        """A dispatch reported. Never raises: a failing observer hook is logged; should the
+        coordinator fail on it, the requests of that dispatch fail with the reason."""
         for peer in c.lost_peers:  # learn of the death first, so this result counts as orphaned
             self.lose_worker(peer)
         d = self._sent.pop(c.dispatch_id, None)
         self.supervisor.done(c.dispatch_id, self._now())
         self._stops_asked.discard(c.dispatch_id)
         if d is not None:
-            self._note(d, c)
-            if self.on_dispatch_done is not None:
-                self.on_dispatch_done(d, c)
-        self._apply(self.coordinator.on_complete(c, self._now()))
+            try:
+                self._note(d, c)
+                if self.on_dispatch_done is not None:
+                    self.on_dispatch_done(d, c)
+            except Exception:  # accounting and observers only: the result still counts
+                self.log.exception("noting the completion of dispatch %d failed", c.dispatch_id)
+        rec = self.coordinator.inflight.get(c.dispatch_id)
+        try:
+            actions = self.coordinator.on_complete(c, self._now())
+        except Exception as exc:
+            self.log.exception("handling the completion of dispatch %d failed", c.dispatch_id)
+            concerned = {it.request_id for it in rec.dispatch.items} if rec is not None else set()
+            self._fail_runs(concerned, f"internal error handling a completion: {type(exc).__name__}: {exc}")
+            return
+        self._apply(actions)
 
     def _note(self, d: Dispatch, c: Completion) -> None:
         """Count sampling steps, and record per request the step from which its LoRA patch set
@@ -351,7 +371,9 @@ class Engine:
             notes = res.notes
             run = self._runs.get(item.request_id)
             if run is not None and res.error is None:
-                run.steps_done += d.op == "sampler_step"
+                if d.op == "sampler_step":
+                    run.step_nodes.add(item.node)
+                    run.steps_done = len(run.step_nodes)
                 run.started = run.started or not d.light
             if run is None or not notes or notes.get("step") is None:
                 continue
@@ -360,6 +382,16 @@ class Engine:
                 run.notes["lora_active_from_step"] = notes["step"] if prev is None else min(prev, notes["step"])
 
     def _apply(self, actions: Actions) -> None:
+        """Carry out the coordinator's actions. Never raises: should that fail, the requests they
+        concern fail with the reason (and it is logged)."""
+        try:
+            self._carry_out(actions)
+        except Exception as exc:
+            self.log.exception("carrying out the coordinator's actions failed")
+            concerned = {o.request_id for o in actions.finished} | {it.request_id for d in actions.dispatches for it in d.items}
+            self._fail_runs(concerned, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _carry_out(self, actions: Actions) -> None:
         now = self._now()
         for rid in actions.progressed:
             self.supervisor.progressed(rid, now)
@@ -367,36 +399,30 @@ class Engine:
             if run is not None:
                 run.nodes_done += 1
                 if run.on_progress is not None:
-                    run.on_progress(run)
+                    try:
+                        run.on_progress(run)
+                    except Exception:  # a caller's callback must not stop the engine
+                        self.log.exception("progress callback of request %d failed", rid)
         for outcome in actions.finished:
-            run = self._runs.pop(outcome.request_id)
+            run = self._runs.pop(outcome.request_id, None)
             self.supervisor.ended(outcome.request_id)
+            if run is None:
+                continue
             outputs, status, error = {}, outcome.status, outcome.error
-            reason = self._fail_reasons.pop(outcome.request_id, None)
-            if reason is not None and status == "cancelled":
-                status, error = "failed", reason
+            if error is not None and error.startswith(INVARIANT):
+                self.log.error("request %d failed: %s", outcome.request_id, error)
             if outcome.outputs:
                 try:
                     outputs = {name: _to_host(self.plane.get(ref, ref.worker)) for name, ref in outcome.outputs.items()}
                 except Exception as exc:  # its holder died after reporting: the request fails, the engine goes on
                     outputs, status, error = {}, "failed", f"reading the outputs: {type(exc).__name__}: {exc}"
-            result = RunResult(
-                outcome.request_id,
-                run.workflow,
-                status,
-                outputs,
-                error,
-                outcome.node,
-                time.perf_counter() - run.submitted_s,
-                run.nodes_total,
-                run.notes,
-            )
-            if not run.future.done():
-                run.future.set_result(result)
-        if actions.frees:
-            self.plane.free(actions.frees)
-        if actions.abandoned:
-            self.plane.abandon(actions.abandoned)
+            self._resolve(run, status, outputs, error, outcome.node)
+        for release, ids in ((self.plane.free, actions.frees), (self.plane.abandon, actions.abandoned)):
+            if ids:
+                try:
+                    release(ids)
+                except Exception:  # values left in memory, or a reader waiting to its limit: logged, the rest goes on
+                    self.log.exception("%s of %d value(s) failed", release.__name__, len(ids))
         if actions.finished:
             self._stop_orphaned()
         for d in actions.dispatches:
@@ -406,7 +432,30 @@ class Engine:
             self.plane.note_dispatch(d)
             if self.on_dispatch_sent is not None:
                 self.on_dispatch_sent(d)
-            self.workers[d.worker].submit(d)
+            try:
+                self.workers[d.worker].submit(d)
+            except Exception:  # the worker cannot take work: lost, and its work redone elsewhere
+                self.log.exception("sending dispatch %d to worker %d failed", d.id, d.worker)
+                asyncio.get_running_loop().call_soon(self.lose_worker, d.worker)
+
+    def _resolve(self, run: Run, status: str, outputs: dict, error: str | None, node: str | None = None) -> None:
+        result = RunResult(
+            run.request_id, run.workflow, status, outputs, error, node, time.perf_counter() - run.submitted_s, run.nodes_total, run.notes
+        )
+        if not run.future.done():
+            run.future.set_result(result)
+
+    def _fail_runs(self, request_ids, reason: str) -> None:
+        """End these requests as failed with ``reason``, through the coordinator where it can
+        (releasing what they hold), else directly: none is left waiting."""
+        for rid in sorted(request_ids):
+            try:
+                self._carry_out(self.coordinator.fail(rid, reason, self._now()))
+            except Exception:
+                self.log.exception("failing request %d cleanly failed too", rid)
+            run = self._runs.pop(rid, None)
+            if run is not None:
+                self._resolve(run, "failed", {}, reason)
 
 
 def _to_host(value: Any) -> Any:

@@ -1,10 +1,12 @@
 """The coordinator as a pure state machine, driven by hand with a model-free operator."""
 
+from legodiffusion.core.coordinator import INVARIANT
 from legodiffusion.core.messages import Completion, ItemResult, TensorRef
 from legodiffusion.ops import default_registry
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from tests.core.harness import Harness
+from tests.core.test_scheduling_decisions import sd_maker
 
 
 def chain_template(steps=3, fail_at=-1):
@@ -94,3 +96,20 @@ def test_a_worker_never_holds_more_heavy_dispatches_than_its_slots():
     heavy = [d for d in h.pending if not d.light]
     per_worker = {w: sum(1 for d in heavy if d.worker == w) for w in (0, 1)}
     assert max(per_worker.values()) <= 1
+
+
+def test_a_broken_invariant_fails_its_request_with_the_reason_and_the_rest_go_on():
+    """A completion that does not match its dispatch (here: no results for its items) fails the
+    requests in it with the reason, rather than raising into the driver or leaving them waiting;
+    other requests finish."""
+    h = Harness(workers=2, policy="default")
+    make = sd_maker()
+    h.submit(1, make, steps=2)
+    d = h.pending.pop(0)
+    h.apply(h.coord.on_complete(Completion(d.id, d.worker, []), 0.0))
+    h.submit(2, make, steps=2)
+    h.drain()
+    assert h.finished[1].status == "failed" and h.finished[1].error.startswith(INVARIANT)
+    assert "reported 0 results" in h.finished[1].error
+    assert h.finished[2].status == "succeeded"
+    assert h.coord.stats.violations == 1 and not h.coord.requests

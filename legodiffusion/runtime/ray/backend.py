@@ -23,7 +23,7 @@ from legodiffusion.core.messages import Completion, Dispatch
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.runtime.backend import Backend
 from legodiffusion.runtime.ray.actor import CONCURRENCY, WorkerActor
-from legodiffusion.runtime.ray.plane import DriverPlane
+from legodiffusion.runtime.ray.plane import DriverPlane, ask
 from legodiffusion.runtime.worker import Worker, WorkerStats
 
 log = logging.getLogger("legodiffusion.ray")
@@ -234,8 +234,10 @@ class RayBackend(Backend):
         request_resources(bundles=self.requested)
 
     def traffic(self) -> dict:
-        """Worker-to-worker pulls summed over the live actors, and what the engine read."""
-        parts = ray.get([h.traffic.remote() for w, h in list(self.handles.items()) if w in self.plane.up], timeout=self.plane.ASK_TIMEOUT_S)
+        """Worker-to-worker pulls summed over the live actors (those that answer), and what the
+        engine read."""
+        calls = {w: h.traffic.remote() for w, h in list(self.handles.items()) if w in self.plane.up}
+        parts = ask(calls, self.plane.ASK_TIMEOUT_S).values()
         out = {k: sum(p[k] for p in parts) for k in ("pulls", "pulled_bytes", "pushes", "pushed_bytes", "served")}
         out["transport"] = self.transport
         out["engine_output_bytes"] = self.plane.output_bytes
@@ -244,11 +246,8 @@ class RayBackend(Backend):
 
     def close(self, live: list[Worker], timeout_s: float | None = None) -> None:
         """Keep the final traffic and value counts (for accounting after the run), then stop."""
-        try:
-            self.last_traffic = self.traffic()
-            self.last_counts = self.plane.counts()
-        except (RayActorError, GetTimeoutError) as exc:  # an actor died or hangs: the figures are not complete
-            log.warning("final traffic and counts not read: %s", exc)
+        self.last_traffic = self.traffic()  # (without any actor that died or hangs)
+        self.last_counts = self.plane.counts()
         super().close(live, timeout_s)
         if self.started_cluster:
             ray.shutdown()

@@ -9,11 +9,12 @@ value or a copy of it, and reads final outputs from their holder.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 
 from legodiffusion.core.messages import PENDING, Dispatch, TensorRef
 from legodiffusion.runtime.dataplane import DataPlane, ValueStore, make_ref
@@ -21,8 +22,30 @@ from legodiffusion.runtime.dataplane import DataPlane, ValueStore, make_ref
 #: errors that mean "the worker holding this value is gone"
 PEER_LOST = (RayActorError, ValueError)  # ValueError: ray.get_actor found no such (killed) actor
 
+log = logging.getLogger("legodiffusion.ray")
+
 #: direct transports and the tensors they carry
 DIRECT_DEVICES = {"nccl": "cuda", "gloo": "cpu"}
+
+
+def ask(calls: dict[int, Any], timeout_s: float) -> dict[int, Any]:
+    """The answers of the actor calls (worker id -> object ref) that answer within ``timeout_s``:
+    an actor that died (perhaps before the engine knows) or does not answer is left out, so
+    figures gathered from the workers (metrics, health) never fail because one of them died."""
+    if not calls:
+        return {}
+    ready, _ = ray.wait(list(calls.values()), num_returns=len(calls), timeout=timeout_s)
+    ready = set(ready)
+    out = {}
+    for w, ref in calls.items():
+        if ref not in ready:
+            log.warning("worker %d did not answer within %.0f s; left out of the figures", w, timeout_s)
+            continue
+        try:
+            out[w] = ray.get(ref)
+        except RayError as exc:
+            log.warning("worker %d left out of the figures: %s", w, type(exc).__name__)
+    return out
 
 
 def pushed(ref: TensorRef, holder: int, dst: int, direct: tuple[str, frozenset[int]] | None) -> bool:
@@ -258,8 +281,10 @@ class DriverPlane(DataPlane):
             handle.abandon.remote(ids)
 
     def counts(self) -> list[tuple[int, int]]:
-        """(values, bytes) held by each live worker actor."""
-        return ray.get([h.plane_counts.remote() for w, h in list(self._handles.items()) if w in self.up], timeout=self.ASK_TIMEOUT_S)
+        """(values, bytes) held by each live worker actor (one that died or does not answer is
+        left out)."""
+        calls = {w: h.plane_counts.remote() for w, h in list(self._handles.items()) if w in self.up}
+        return list(ask(calls, self.ASK_TIMEOUT_S).values())
 
     def live_count(self) -> int:
         return sum(n for n, _ in self.counts())
