@@ -225,8 +225,9 @@ def test_a_node_that_times_out_twice_fails_its_request_with_a_reason(sd15):
 
 
 def test_the_watchdog_fails_a_request_nothing_works_on(sd15, monkeypatch):
-    """A completion whose bookkeeping breaks (as ``KeyError`` from ``_make_ready`` did in the
-    Ray chaos run) leaves the request with nothing queued or running: it fails with a reason."""
+    """A request whose bookkeeping silently loses an event (here: its decode never becomes
+    ready; an exception there is caught and fails the request at once) is left with nothing
+    queued or running: the watchdog fails it with a reason, and the engine goes on."""
 
     async def main():
         config = EngineConfig(workers=1, device="cpu", supervise_interval_s=0.05, stall_floor_s=0.5)
@@ -237,11 +238,10 @@ def test_the_watchdog_fails_a_request_nothing_works_on(sd15, monkeypatch):
 
             def broken(live, node):
                 if live.req.template.nodes[node].op == "vae_decode":
-                    raise KeyError((node, "latents"))
+                    return None  # the event is lost: nothing raises, nothing becomes ready
                 return real(live, node)
 
             monkeypatch.setattr(coord, "_make_ready", broken)
-            asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: None)  # the escaped KeyError
             result = await asyncio.wait_for(engine.run("sd-txt2img", SMALL), WAIT_S)
             monkeypatch.setattr(coord, "_make_ready", real)
             return result, await asyncio.wait_for(engine.run("sd-txt2img", SMALL), WAIT_S)
