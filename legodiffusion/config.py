@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from legodiffusion.core.autoscale import AutoscaleConfig
+from legodiffusion.workflow.bounds import RequestBounds
+from legodiffusion.workflow.expand import CACHE_NODES
 
 # Nothing may download weights at run time: every model loads from a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,6 +112,11 @@ class EngineConfig:
     """Per-model replica targets; on the ray backend they also add and remove worker actors."""
     autoscale_interval_s: float = 2.0
     """How often the targets are re-evaluated (and, on ray, acted on); 0 turns the loop off."""
+    bounds: RequestBounds = field(default_factory=RequestBounds)
+    """The most one request may cost (nodes, steps, pixels, profiled work, tensor bytes), checked
+    on its expanded graph at submission; the server passes its own (``Limits``)."""
+    template_cache_nodes: int = CACHE_NODES
+    """Nodes of expanded workflow templates kept for reuse across all workflows (LRU)."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "ray"):

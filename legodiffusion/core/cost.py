@@ -23,6 +23,9 @@ class CostModel(Protocol):
 
     def weight_bytes(self, model: str, component: str) -> int: ...
 
+    def profiled(self, op: str, mode: str, model: str | None) -> bool:
+        """Whether :meth:`exec_s` of this call is measured rather than a guess."""
+
 
 # Worker-to-worker fetch: ~60 us fixed, then bandwidth (DiFlow's measured intra-node figures).
 FETCH_FIXED_S = 60e-6
@@ -52,6 +55,10 @@ class DefaultCost:
     def weight_bytes(self, model, component) -> int:
         return 0
 
+    def profiled(self, op: str, mode: str, model: str | None) -> bool:
+        """Whether :meth:`exec_s` of this call is measured rather than a guess."""
+        return False
+
 
 def nearest(points, batch: int, px: int | None):
     """The measured point closest to (batch, px) on log scales, and a batch scale factor for
@@ -70,8 +77,17 @@ def nearest(points, batch: int, px: int | None):
 def interpolate(points, batch: int, px: int | None, value) -> float:
     """``value(point)`` at (batch, px): at the measured resolution nearest ``px``, linear in the
     batch between the two measured batches around it (a batch of 3 between measured 2 and 4 is
-    not charged as 4), scaled in proportion beyond the largest, and the smallest's value below it."""
+    not charged as 4), scaled in proportion beyond the largest, and the smallest's value below it.
+    Beyond the largest measured resolution it grows in proportion to the pixels, so a request
+    far larger than anything profiled is not charged as the largest profiled one (attention grows
+    faster than that: profile the sizes you serve)."""
     best, _ = nearest(points, batch, px)
+    if px and best.px and px > best.px and best.px == max(p.px for p in points):
+        return _in_batch(points, best, batch, value) * px / best.px
+    return _in_batch(points, best, batch, value)
+
+
+def _in_batch(points, best, batch: int, value) -> float:
     row = sorted((p for p in points if p.px == best.px), key=lambda p: p.batch)
     below = [p for p in row if p.batch <= batch]
     above = [p for p in row if p.batch >= batch]

@@ -99,6 +99,10 @@ class ProfileCost(DefaultCost):
         found = prof.latency(op, mode, batch, px) if prof is not None else None
         return found if found is not None else super().exec_s(op, mode, model, batch, px)
 
+    def profiled(self, op, mode, model) -> bool:
+        prof = self.profiles.get(model) if model is not None else None
+        return prof is not None and bool(prof._points(op, mode))
+
     def load_s(self, model, component) -> float:
         """Host memory -> device: the cost of a load once a host copy exists (host copies are
         kept, so this is the steady state); :meth:`disk_load_s` is the first read."""

@@ -155,27 +155,35 @@ def create_app(
     def state() -> ServerState:
         return holder["state"]
 
-    def submit(workflow: str, runs: list[dict], slo_s: float | None) -> list[RunRecord]:
-        """Admit a request's runs (one set of inputs each) together or not at all: the limits and the
-        room for every run are checked before any is submitted, and should the engine refuse one
-        (bad inputs), those already submitted are cancelled at once and none is recorded."""
+    async def submit(workflow: str, runs: list[dict], slo_s: float | None) -> list[RunRecord]:
+        """Admit a request's runs (one set of inputs each) together or not at all, deciding before
+        any is queued: each run is expanded, checked and costed off the event loop (a huge
+        expansion stalls nothing), then the room for all of them is checked, in runs and in
+        seconds of profiled work; a full queue answers 429 with ``Retry-After``, before expanding
+        anything when it is full already. A request with a deadline that admission cannot meet
+        is answered ``rejected`` (``SLO_REJECTED``) rather than 429, and nothing of it is queued."""
+        if "state" not in holder:
+            raise ApiError(503, "unavailable", "the server is starting", None, retryable=True, retry_after_s=limits.retry_unavailable_s)
         st = state()
-        if workflow not in st.engine.workflows:
-            raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(st.engine.workflows)}", "workflow")
+        engine = st.engine
+        if workflow not in engine.workflows:
+            raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(engine.workflows)}", "workflow")
         for inputs in runs:
             limits.check_inputs(inputs)
-        limits.check_room(len(runs), queued=len(st.engine.coordinator.requests))
+        if slo_s is None:  # full already: refused without expanding anything
+            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), 0.0, engine.live_workers())
+        bounds = limits.bounds()
+        prepared = await asyncio.to_thread(lambda: [engine.prepare(workflow, inputs, slo_s, bounds) for inputs in runs])
+        refusal = next((r for r in map(engine.slo_refusal, prepared) if r is not None), None)
+        if refusal is None:
+            work_s = sum(p.cost.work_s for p in prepared)
+            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), work_s, engine.live_workers())
         recs: list[RunRecord] = []
-        try:
-            for inputs in runs:
-                st.counter += 1
-                rec = RunRecord(f"run-{st.counter}", workflow, time.time())
-                rec.run = st.engine.submit(workflow, inputs, slo_s=slo_s)
-                recs.append(rec)
-        except Exception:
-            for rec in recs:
-                st.engine.cancel(rec.run.request_id)
-            raise
+        for p in prepared:  # no await from the room check to here: nothing else is admitted between
+            st.counter += 1
+            rec = RunRecord(f"run-{st.counter}", workflow, time.time())
+            rec.run = engine.refuse(p, refusal) if refusal is not None else engine.submit_prepared(p)
+            recs.append(rec)
         for rec in recs:
             log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
             rec.run.future.add_done_callback(functools.partial(finished, rec, slo_s))
@@ -284,7 +292,7 @@ def create_app(
 
     @app.post("/v1/runs")
     async def create_run(body: RunBody):
-        (rec,) = submit(body.workflow, [body.inputs], body.slo_s)
+        (rec,) = await submit(body.workflow, [body.inputs], body.slo_s)
         if body.wait:
             await asyncio.shield(rec.run.future)
             await asyncio.sleep(0)  # let the done-callback record the result
@@ -338,7 +346,7 @@ def create_app(
                 status_code=400,
                 media_type="application/json",
             )
-        runs = submit(job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None)
+        runs = await submit(job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None)
         st.counter += 1
         prompt_id = f"prompt-{st.counter}"
         comfy_jobs[prompt_id] = (job, [r.id for r in runs])
@@ -404,7 +412,7 @@ def create_app(
             if getattr(body, key) is not None:
                 inputs[key] = getattr(body, key)
         base_seed = body.seed or 0
-        recs = submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None)
+        recs = await submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None)
         results = [await r.run.future for r in recs]
         failed = [r for r in results if not r.ok]
         if failed:
