@@ -23,8 +23,9 @@ class CostModel(Protocol):
 
     def weight_bytes(self, model: str, component: str) -> int: ...
 
-    def profiled(self, op: str, mode: str, model: str | None) -> bool:
-        """Whether :meth:`exec_s` of this call is measured rather than a guess."""
+    def profiled_px(self, op: str, mode: str, model: str | None) -> int | None:
+        """The largest image pixels this call is measured at (0: measured, at no particular
+        size), or None where :meth:`exec_s` of it is a guess."""
 
 
 # Worker-to-worker fetch: ~60 us fixed, then bandwidth (DiFlow's measured intra-node figures).
@@ -55,9 +56,10 @@ class DefaultCost:
     def weight_bytes(self, model, component) -> int:
         return 0
 
-    def profiled(self, op: str, mode: str, model: str | None) -> bool:
-        """Whether :meth:`exec_s` of this call is measured rather than a guess."""
-        return False
+    def profiled_px(self, op: str, mode: str, model: str | None) -> int | None:
+        """The largest image pixels this call is measured at (0: measured, at no particular
+        size), or None where :meth:`exec_s` of it is a guess."""
+        return None
 
 
 def nearest(points, batch: int, px: int | None):
@@ -78,9 +80,10 @@ def interpolate(points, batch: int, px: int | None, value) -> float:
     """``value(point)`` at (batch, px): at the measured resolution nearest ``px``, linear in the
     batch between the two measured batches around it (a batch of 3 between measured 2 and 4 is
     not charged as 4), scaled in proportion beyond the largest, and the smallest's value below it.
-    Beyond the largest measured resolution it grows in proportion to the pixels, so a request
-    far larger than anything profiled is not charged as the largest profiled one (attention grows
-    faster than that: profile the sizes you serve)."""
+    Beyond the largest measured resolution it grows in proportion to the pixels (tokens), as the
+    simulator's reference model scales resolution, so a request far larger than anything profiled
+    is not charged as the largest profiled one (attention grows faster: profile the sizes you
+    serve, which the request bounds ask for beyond ``max_unprofiled_pixels``)."""
     best, _ = nearest(points, batch, px)
     if px and best.px and px > best.px and best.px == max(p.px for p in points):
         return _in_batch(points, best, batch, value) * px / best.px

@@ -9,7 +9,7 @@ or an engine without workers (503) says when to come back, in ``Retry-After`` an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from legodiffusion.server.errors import ApiError
 from legodiffusion.workflow.bounds import RequestBounds
@@ -29,6 +29,8 @@ class Limits:
     """Largest value reaching a node's ``steps`` port."""
     max_nodes: int = _B.max_nodes
     """Most nodes a request may expand to; checked before it is expanded."""
+    max_unprofiled_pixels: int = _B.max_unprofiled_pixels
+    """Largest height x width for a model call not profiled at that size or larger."""
     max_request_work_s: float = _B.max_request_work_s
     """Most profiled work (seconds) one run may be, where its models are profiled."""
     max_tensor_bytes: int = _B.max_tensor_bytes
@@ -49,7 +51,7 @@ class Limits:
 
     def bounds(self) -> RequestBounds:
         """The bounds ``Engine.prepare`` checks each run against."""
-        return RequestBounds(self.max_nodes, self.max_steps, self.max_pixels, self.max_side, self.max_request_work_s, self.max_tensor_bytes)
+        return RequestBounds(**{f.name: getattr(self, f.name) for f in fields(RequestBounds)})
 
     def check_count(self, n: int, name: str, path: str) -> None:
         """A request's run count ``n`` (its field ``name`` at ``path``): at least 1, at most ``max_n``."""

@@ -38,6 +38,10 @@ class RequestBounds:
     """Largest height x width reaching a node's size ports."""
     max_side: int = 4096
     """Largest height or width reaching a node's size ports (``100000x8`` is within max_pixels)."""
+    max_unprofiled_pixels: int = 1024 * 1024
+    """Largest height x width for a model call not profiled at that size or a larger one (its cost
+    there is a guess): a call profiled up to 256x256 takes up to 1024x1024 here, one profiled at
+    2048x2048 up to 2048x2048. Profile the sizes you serve (``legodiffusion profile --sizes``)."""
     max_request_work_s: float = 60.0
     """Most profiled solo work (seconds, summed over the request's nodes); applies where every
     model call of the request is profiled."""
@@ -87,9 +91,16 @@ def request_cost(
     issues = list(dict.fromkeys(issues))  # one input feeding many nodes is reported once
     if issues:
         raise WorkflowError(issues)
+    profiled = True
+    for op, mode, model in dict.fromkeys((n.op, n.mode, n.model) for n in template.nodes if n.component is not None):
+        measured = cost.profiled_px(op, mode, model)
+        profiled = profiled and measured is not None
+        if px is not None and measured != 0 and px > max(measured or 0, bounds.max_unprofiled_pixels):
+            where = f"profiled up to {measured} pixels" if measured else "not profiled"
+            message = f"{px} pixels: {op} of {model} is {where}, beyond max_unprofiled_pixels={bounds.max_unprofiled_pixels} (profile this size to serve it)"
+            raise WorkflowError([_over(_size_path(template, inputs), message)])
     costs = [cost.exec_s(n.op, n.mode, n.model, 1, px) for n in template.nodes]
     work_s = sum(costs)
-    profiled = all(cost.profiled(n.op, n.mode, n.model) for n in template.nodes if n.component is not None)
     if profiled and work_s > bounds.max_request_work_s:
         raise WorkflowError(
             [_over("inputs", f"the request is {work_s:.1f}s of profiled work, beyond max_request_work_s={bounds.max_request_work_s:g}")]
@@ -109,6 +120,16 @@ def _largest_tensor(template: Template, px: int | None, cost: CostModel, native_
         at = px or native_px(n.model) or 0
         largest = max(largest, at * IMAGE_BYTES_PER_PX, peak(n.op, n.mode, n.model, 1, px) if peak is not None else 0)
     return largest
+
+
+def _size_path(template: Template, inputs: dict[str, Any]) -> str:
+    """Where the largest size reaching a node comes from."""
+    node, h_in, w_in = max(template.sizes, key=lambda s: _area(known_value(s[1], inputs), known_value(s[2], inputs)))
+    return _path(template, node, h_in)
+
+
+def _area(h, w) -> int:
+    return h * w if isinstance(h, int) and isinstance(w, int) else -1
 
 
 def _path(template: Template, node: int, inp) -> str:
