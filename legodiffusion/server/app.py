@@ -176,8 +176,8 @@ def create_app(
         prepared = await asyncio.to_thread(lambda: [engine.prepare(workflow, inputs, slo_s, bounds) for inputs in runs])
         refusal = next((r for r in map(engine.slo_refusal, prepared) if r is not None), None)
         if refusal is None:
-            work_s = sum(p.cost.work_s for p in prepared)
-            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), work_s, engine.live_workers())
+            ahead_s = sum(p.cost.work_s for p in prepared[:-1])  # its own runs queue ahead of its last
+            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), ahead_s, engine.live_workers())
         recs: list[RunRecord] = []
         for p in prepared:  # no await from the room check to here: nothing else is admitted between
             st.counter += 1
@@ -186,8 +186,11 @@ def create_app(
             recs.append(rec)
         for rec in recs:
             log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
-            rec.run.future.add_done_callback(functools.partial(finished, rec, slo_s))
             st.runs[rec.id] = rec
+            if rec.run.future.done():  # refused at once: the answer says so, not "queued"
+                finished(rec, slo_s, rec.run.future)
+            else:
+                rec.run.future.add_done_callback(functools.partial(finished, rec, slo_s))
         return recs
 
     def finished(rec: RunRecord, slo_s: float | None, fut: asyncio.Future) -> None:

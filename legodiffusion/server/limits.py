@@ -43,9 +43,10 @@ class Limits:
     max_queued: int = 1000
     """Most runs in flight; a request whose runs do not all fit gets 429 (retryable), whole."""
     max_queue_s: float = 30.0
-    """Longest expected wait: a request is admitted only while the profiled work in flight, its
-    own included, divided by the live workers stays within this many seconds; beyond, 429 with
-    ``Retry-After``. The queue a client may wait behind, in the unit it waits in."""
+    """Longest queue, in seconds: the profiled work in flight not yet done (plus a multi-run
+    request's own runs ahead of its last) over the live workers, which is how long a request
+    without a deadline waits, must stay within this; beyond, 429 with ``Retry-After``. A request
+    on an idle server is admitted whatever its size (``max_request_work_s`` bounds that)."""
     retry_unavailable_s: int = 5
     """``Retry-After`` of a 503 while the engine is starting or has no live worker."""
 
@@ -60,24 +61,27 @@ class Limits:
         if n > self.max_n:
             raise ApiError(400, "limit_exceeded", f"{name}={n} exceeds max_n={self.max_n}", path)
 
-    def check_room(self, n: int, queued: int, queued_work_s: float, work_s: float, workers: int) -> None:
-        """Room for all ``n`` runs of one request (``work_s`` seconds of profiled work together;
-        0 before they are costed) beside the ``queued`` runs in flight, which hold
-        ``queued_work_s`` of work not yet done, spread over ``workers`` live workers."""
+    def check_room(self, n: int, queued: int, queued_work_s: float, own_ahead_s: float, workers: int) -> None:
+        """Room for all ``n`` runs of one request beside the ``queued`` runs in flight, which hold
+        ``queued_work_s`` of profiled work not yet done, spread over ``workers`` live workers.
+        ``own_ahead_s``: the request's own work queued ahead of its last run (0 for one run, or
+        before its runs are costed). The expected wait of its last run is the work ahead of it
+        over the workers; a request on an idle server is admitted whatever its size (that is
+        bounded by ``max_request_work_s``)."""
         if workers < 1:
             raise ApiError(503, "unavailable", "no live worker to run it", None, retryable=True, retry_after_s=self.retry_unavailable_s)
         if queued + n > self.max_queued:
-            # runs leave the queue as they finish: at the mean run's pace, until n fit
+            # runs leave the queue as they finish: at the mean queued run's pace, until n fit
             per_run_s = queued_work_s / workers / max(queued, 1)
             raise self._full(
                 f"{queued} runs in flight and {n} runs asked for: max_queued={self.max_queued}",
                 (queued + n - self.max_queued) * per_run_s,
             )
-        wait_s = (queued_work_s + work_s) / workers
+        wait_s = (queued_work_s + own_ahead_s) / workers
         if wait_s > self.max_queue_s:
             raise self._full(
-                f"{queued_work_s:.1f}s of work in flight and {work_s:.1f}s asked for over {workers} worker(s): "
-                f"~{wait_s:.1f}s until done, max_queue_s={self.max_queue_s:g}",
+                f"{queued_work_s:.1f}s of profiled work in flight over {workers} worker(s): ~{wait_s:.1f}s of waiting, "
+                f"max_queue_s={self.max_queue_s:g}",
                 wait_s - self.max_queue_s,
             )
 
