@@ -112,13 +112,13 @@ def request_cost(
 
 
 def _largest_tensor(template: Template, px: int | None, cost: CostModel, native_px: Callable[[str], int | None]) -> int:
-    peak = getattr(cost, "activation_bytes", None)
+    peak = getattr(cost, "activation_bytes", None)  # profiled cost models only
     largest = 0
-    for n in template.nodes:
-        if n.model is None or n.component is None:
-            continue
-        at = px or native_px(n.model) or 0
-        largest = max(largest, at * IMAGE_BYTES_PER_PX, peak(n.op, n.mode, n.model, 1, px) if peak is not None else 0)
+    for op, mode, model in dict.fromkeys(
+        (n.op, n.mode, n.model) for n in template.nodes if n.model is not None and n.component is not None
+    ):
+        at = px or native_px(model) or 0
+        largest = max(largest, at * IMAGE_BYTES_PER_PX, peak(op, mode, model, 1, px) if peak is not None else 0)
     return largest
 
 
