@@ -27,21 +27,20 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
+import multiprocessing  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import report, stamp  # noqa: E402
+from benchmarks.loadgen import WORKFLOW, calibrate_job, level_job  # noqa: E402
 from legodiffusion import Engine, EngineConfig  # noqa: E402
 from legodiffusion.cli.profile import workflow_ops  # noqa: E402
 from legodiffusion.models.tiny import write_tiny_models  # noqa: E402
@@ -52,7 +51,6 @@ from legodiffusion.server.catalog import builtin_workflows  # noqa: E402
 from legodiffusion.server.limits import Limits  # noqa: E402
 from tests.server.live import serve  # noqa: E402
 
-WORKFLOW = "sd15-txt2img"
 LEVELS = (1.0, 3.0, 10.0)
 
 
@@ -60,96 +58,12 @@ def rss_mb() -> float:
     return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
-async def one(client: httpx.AsyncClient, inputs: dict, slo_s: float | None) -> dict:
-    body = {"workflow": WORKFLOW, "inputs": inputs, "wait": True, **({"slo_s": slo_s} if slo_s else {})}
-    t0 = time.perf_counter()
-    r = await client.post("/v1/runs", json=body)
-    out = {"code": r.status_code, "latency_s": time.perf_counter() - t0, "deadline": slo_s is not None}
-    if r.status_code == 200:
-        out["status"] = r.json()["status"]
-    else:
-        out["retry_after"] = r.headers.get("retry-after")
-    return out
-
-
-async def calibrate(client: httpx.AsyncClient, inputs: dict, n: int) -> tuple[float, float]:
-    """(solo latency, throughput in requests/s): one request alone, then ``n`` two at a time."""
-    await one(client, inputs, None)  # warm: loads the components
-    solo = statistics.median([(await one(client, {**inputs, "seed": i}, None))["latency_s"] for i in range(3)])
-    t0 = time.perf_counter()
-    for i in range(0, n, 2):
-        await asyncio.gather(*(one(client, {**inputs, "seed": 100 + i + j}, None) for j in range(2)))
-    return solo, n / (time.perf_counter() - t0)
-
-
-async def level(client: httpx.AsyncClient, inputs: dict, rate: float, duration_s: float, slo_s: float, seed: int) -> dict:
-    rng = random.Random(seed)
-    answers: list[tuple[float, asyncio.Task]] = []
-    health: list[float] = []
-    start = time.perf_counter()
-
-    async def probe() -> None:
-        while time.perf_counter() - start < duration_s:
-            t0 = time.perf_counter()
-            await client.get("/healthz")
-            health.append(time.perf_counter() - t0)
-            await asyncio.sleep(0.2)
-
-    prober = asyncio.create_task(probe())
-    at = 0.0
-    i = 0
-    while True:
-        at += rng.expovariate(rate)
-        if at >= duration_s:
-            break
-        await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
-        slo = slo_s if i % 2 == 0 else None
-        answers.append((time.perf_counter() - start, asyncio.create_task(one(client, {**inputs, "seed": seed * 100_000 + i}, slo))))
-        i += 1
-    await prober
-    done = [(t, await task) for t, task in answers]
-    accepted = [a for _, a in done if a["code"] == 200 and a["status"] != "rejected"]
-    met = [a for a in accepted if a["status"] == "succeeded" and a["latency_s"] <= slo_s]
-    busy = [a for _, a in done if a["code"] in (429, 503)]
-    slo_rejected = [a for _, a in done if a["code"] == 200 and a["status"] == "rejected"]
-    refused_at = [t + a["latency_s"] for t, a in done if a in busy or a in slo_rejected]
-    refusal_s = sorted(a["latency_s"] for a in busy + slo_rejected)
-    return {
-        "offered_rps": round(rate, 2),
-        "sent": len(done),
-        "accepted": len(accepted),
-        "accepted_slo_attainment": round(len(met) / len(accepted), 3) if accepted else None,
-        "accepted_by_class": {
-            "deadline": sum(a["deadline"] for a in accepted),
-            "plain": sum(not a["deadline"] for a in accepted),
-        },
-        "refused_429": sum(a["code"] == 429 for a in busy),
-        "refused_503": sum(a["code"] == 503 for a in busy),
-        "slo_rejected": len(slo_rejected),
-        "other": sum(a["code"] not in (200, 429, 503) for _, a in done),
-        "failed_or_cancelled": sum(a.get("status") in ("failed", "cancelled") for a in accepted),
-        "time_to_first_refusal_s": round(min(refused_at), 2) if refused_at else None,
-        "share_429_503_with_retry_after": round(sum(a["retry_after"] is not None for a in busy) / len(busy), 3) if busy else None,
-        "retry_after_s_median": statistics.median(int(a["retry_after"]) for a in busy if a["retry_after"]) if busy else None,
-        "refusal_answer_s_p50_p99": [round(refusal_s[len(refusal_s) // 2], 3), round(refusal_s[int(len(refusal_s) * 0.99)], 3)]
-        if refusal_s
-        else None,
-        "accepted_latency_s_p50_p99": _p50_p99([a["latency_s"] for a in accepted]),
-        "healthz_s_max": round(max(health), 3) if health else None,
-    }
-
-
-def _p50_p99(xs: list[float]) -> list[float] | None:
-    xs = sorted(xs)
-    return [round(xs[len(xs) // 2], 3), round(xs[int(len(xs) * 0.99)], 3)] if xs else None
-
-
-async def drive(url: str, args, inputs: dict, limits: Limits, profiled_s: float) -> dict:
-    """Calibrate, bound the queue by the SLO (the server reads ``limits`` per request), run the levels."""
-    pool = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=pool) as client:
+def drive(url: str, args, inputs: dict, limits: Limits, profiled_s: float) -> dict:
+    """Calibrate, bound the queue by the SLO (the server reads ``limits`` per request), run the
+    levels. The load comes from another process, so making it does not slow the server down."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as generator:
         limits.max_queue_s = float("inf")  # no refusals while calibrating
-        solo_s, capacity_rps = await calibrate(client, inputs, args.calibrate)
+        solo_s, capacity_rps = generator.submit(calibrate_job, url, inputs, args.calibrate).result()
         slo_s = args.slo_factor * solo_s
         # an admitted request may wait the SLO less its solo latency; the queue is counted in
         # profiled seconds, which leave out what a request costs beyond its model calls
@@ -157,18 +71,18 @@ async def drive(url: str, args, inputs: dict, limits: Limits, profiled_s: float)
         levels = {}
         for factor in args.levels:
             before = rss_mb()
-            row = await level(client, inputs, factor * capacity_rps, args.duration, slo_s, seed=int(factor * 10))
+            row = generator.submit(level_job, url, inputs, factor * capacity_rps, args.duration, slo_s, int(factor * 10)).result()
             row["rss_mb_before_after"] = [before, rss_mb()]
             levels[f"{factor:g}x"] = row
             print(f"{factor:g}x", row, flush=True)
-        return {
-            "solo_s": round(solo_s, 3),
-            "capacity_rps": round(capacity_rps, 2),
-            "slo_s": round(slo_s, 3),
-            "profiled_work_s": round(profiled_s, 3),
-            "max_queue_s": round(limits.max_queue_s, 3),
-            "levels": levels,
-        }
+    return {
+        "solo_s": round(solo_s, 3),
+        "capacity_rps": round(capacity_rps, 2),
+        "slo_s": round(slo_s, 3),
+        "profiled_work_s": round(profiled_s, 3),
+        "max_queue_s": round(limits.max_queue_s, 3),
+        "levels": levels,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -199,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         profiled_s = costing.prepare(WORKFLOW, inputs).cost.work_s
         limits = Limits()
         with serve(create_app(models, config, builtin_workflows(models), limits=limits)) as url:
-            figures = asyncio.run(drive(url, args, inputs, limits, profiled_s))
+            figures = drive(url, args, inputs, limits, profiled_s)
     figures.update(
         rss_mb_start_end=[rss_start, rss_mb()],
         config={**vars(args), "request": inputs, "max_queued": limits.max_queued},
