@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from legodiffusion.core.autoscale import AutoscaleConfig
+from legodiffusion.workflow.bounds import RequestBounds
+from legodiffusion.workflow.expand import CACHE_NODES
 
 # Nothing may download weights at run time: every model loads from a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,6 +127,11 @@ class EngineConfig:
     drain_s: float = 10.0
     """On stop, how long dispatches already sent may take to report back (each is asked to stop
     at its next block boundary first); stop returns within this plus a small margin."""
+    bounds: RequestBounds = field(default_factory=RequestBounds)
+    """The most one request may cost (nodes, steps, pixels, profiled work, tensor bytes), checked
+    on its expanded graph at submission; the server passes its own (``Limits``)."""
+    template_cache_nodes: int = CACHE_NODES
+    """Nodes of expanded workflow templates kept for reuse across all workflows (LRU)."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "ray"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from legodiffusion.core.cost import CostModel, DefaultCost
-from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template
+from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_value
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
 from legodiffusion.core.policy import BatchKey, ClassInfo, Prefetch, SchedulingPolicy
 from legodiffusion.core.pool import WorkerPool
@@ -33,6 +33,8 @@ class Request:
     workflow: str = ""
     arrival_s: float = 0.0
     deadline_s: float | None = None  # absolute, on the driver's clock
+    #: profiled solo seconds of each node, where the driver costed them already (else computed here)
+    costs: list[float] | None = None
 
 
 class _Live:
@@ -225,6 +227,8 @@ class Coordinator:
         self._demand: dict[tuple, tuple[float, float]] = {}
         self.demand_window_s = 10.0
         self._now = 0.0  # the latest event's time
+        #: profiled work not yet done of every admitted request (seconds; kept as work is done)
+        self.work_s = 0.0
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -279,9 +283,7 @@ class Coordinator:
             raise ValueError(f"request {req.id} is already running")
         self._now = max(self._now, now)
         actions = Actions()
-        px = pixels(req.inputs)
-        costs = self.node_costs(req.template, px)
-        live = _Live(req, costs, px)
+        live = self._live(req)
         solo = live.remaining_s
         if not any(w.alive for w in self.workers):
             actions.finished.append(RequestOutcome(req.id, FAILED, error="no live worker can run this request"))
@@ -297,6 +299,7 @@ class Coordinator:
         live.priority = self.policy.priority(live, self._seq, solo)
         self.stats.work_by_workflow[req.workflow] += solo
         self.stats.admitted += 1
+        self.work_s += solo
         self._observe(live, now)
         self.requests[req.id] = live
         pin = self.policy.pin(self.view, live)
@@ -306,6 +309,15 @@ class Coordinator:
             self._start(live, pin)
         self._dispatch(actions)
         return self._finish(actions)
+
+    def _live(self, req: Request) -> _Live:
+        px = pixels(req.inputs, req.template)
+        return _Live(req, req.costs if req.costs is not None else self.node_costs(req.template, px), px)
+
+    def refusal(self, req: Request, now: float) -> str | None:
+        """Why the policy's admission would refuse ``req`` now, or None; changes nothing."""
+        live = self._live(req)
+        return self.policy.admit(self.view, live, live.remaining_s, now)
 
     def _start(self, live: _Live, pin: int | None) -> None:
         live.pin = pin
@@ -449,6 +461,7 @@ class Coordinator:
                 live.finished.discard(node)
                 live.done -= 1
                 live.remaining_s += live.costs[node]
+                self.work_s += live.costs[node]
                 live.priority = self.policy.priority(live, live.seq, live.remaining_s)
             for port in tmpl.out_ports[node]:
                 live.out_ids.pop((node, port), None)
@@ -576,6 +589,7 @@ class Coordinator:
         live.done += 1
         live.finished.add(node)
         live.remaining_s -= live.costs[node]
+        self.work_s -= live.costs[node]
         live.priority = self.policy.priority(live, live.seq, live.remaining_s)  # laxity grows as work is done
         if live.done > live.peak:
             live.peak = live.done
@@ -606,6 +620,8 @@ class Coordinator:
         live.pending.clear()
         self.stats.requests[status] += 1
         del self.requests[live.req.id]
+        # what is left of its work leaves the queue (rounding cannot build up past an empty queue)
+        self.work_s = self.work_s - live.remaining_s if self.requests else 0.0
 
     def _make_ready(self, live: _Live, node: int) -> None:
         tn = live.req.template.nodes[node]
@@ -788,7 +804,14 @@ class Coordinator:
         return min(alive, key=lambda w: (w.reserved_s, w.inflight, w.id)).id
 
 
-def pixels(inputs: dict[str, Any]) -> int | None:
-    """Image pixels of a request (height x width), or None when it asks for the native size."""
-    h, w = inputs.get("height"), inputs.get("width")
-    return h * w if isinstance(h, int) and isinstance(w, int) else None
+def pixels(inputs: dict[str, Any], template: Template | None = None) -> int | None:
+    """Image pixels of a request (height x width), or None when it asks for the native size: the
+    largest size reaching a node of ``template`` through its size ports, whatever the request
+    inputs feeding them are named; without a template, the inputs named ``height`` and ``width``."""
+    pairs = (
+        [(known_value(h, inputs), known_value(w, inputs)) for _, h, w in template.sizes]
+        if template is not None
+        else [(inputs.get("height"), inputs.get("width"))]
+    )
+    sizes = [h * w for h, w in pairs if isinstance(h, int) and isinstance(w, int)]
+    return max(sizes) if sizes else None

@@ -23,6 +23,10 @@ class CostModel(Protocol):
 
     def weight_bytes(self, model: str, component: str) -> int: ...
 
+    def profiled_px(self, op: str, mode: str, model: str | None) -> int | None:
+        """The largest image pixels this call is measured at (0: measured, at no particular
+        size), or None where :meth:`exec_s` of it is a guess."""
+
 
 # Worker-to-worker fetch: ~60 us fixed, then bandwidth (DiFlow's measured intra-node figures).
 FETCH_FIXED_S = 60e-6
@@ -52,6 +56,11 @@ class DefaultCost:
     def weight_bytes(self, model, component) -> int:
         return 0
 
+    def profiled_px(self, op: str, mode: str, model: str | None) -> int | None:
+        """The largest image pixels this call is measured at (0: measured, at no particular
+        size), or None where :meth:`exec_s` of it is a guess."""
+        return None
+
 
 def nearest(points, batch: int, px: int | None):
     """The measured point closest to (batch, px) on log scales, and a batch scale factor for
@@ -70,8 +79,18 @@ def nearest(points, batch: int, px: int | None):
 def interpolate(points, batch: int, px: int | None, value) -> float:
     """``value(point)`` at (batch, px): at the measured resolution nearest ``px``, linear in the
     batch between the two measured batches around it (a batch of 3 between measured 2 and 4 is
-    not charged as 4), scaled in proportion beyond the largest, and the smallest's value below it."""
+    not charged as 4), scaled in proportion beyond the largest, and the smallest's value below it.
+    Beyond the largest measured resolution it grows in proportion to the pixels (tokens), as the
+    simulator's reference model scales resolution, so a request far larger than anything profiled
+    is not charged as the largest profiled one (attention grows faster: profile the sizes you
+    serve, which the request bounds ask for beyond ``max_unprofiled_pixels``)."""
     best, _ = nearest(points, batch, px)
+    if px and best.px and px > best.px and best.px == max(p.px for p in points):
+        return _in_batch(points, best, batch, value) * px / best.px
+    return _in_batch(points, best, batch, value)
+
+
+def _in_batch(points, best, batch: int, value) -> float:
     row = sorted((p for p in points if p.px == best.px), key=lambda p: p.batch)
     below = [p for p in row if p.batch <= batch]
     above = [p for p in row if p.batch >= batch]

@@ -13,6 +13,9 @@ from typing import Any
 # An input source inside a template: a node output, a request input, or a constant.
 FROM_NODE, FROM_INPUT, CONSTANT = 0, 1, 2
 
+#: The operator ports that set the image size a node works at (whatever request inputs feed them).
+SIZE_PORTS = ("height", "width")
+
 
 @dataclass(frozen=True)
 class TInput:
@@ -51,6 +54,8 @@ class Template:
     #: distinct producers a node reads as deferred inputs: it waits for their dispatch only
     deferred_deps: list[int] = field(default_factory=list)
     deferred_consumers: list[tuple[int, ...]] = field(default_factory=list)
+    #: (node, height input, width input) of every node with the :data:`SIZE_PORTS`
+    sizes: tuple[tuple[int, TInput, TInput], ...] = ()
 
     def uses_after(self, finished: set[int]) -> dict[tuple[int, str], int]:
         """Reads still to come of each (node, port) once the ``finished`` nodes have run: its
@@ -87,4 +92,18 @@ class Template:
         self.deferred_deps = [len(p) for p in dproducers]
         self.deferred_consumers = [tuple(sorted(c)) for c in dconsumers]
         self.sources = tuple(i for i in range(n) if self.indegree[i] == 0 and self.deferred_deps[i] == 0)
+        sizes = []
+        for i, node in enumerate(self.nodes):
+            by_port = {inp.port: inp for inp in node.inputs}
+            if all(p in by_port for p in SIZE_PORTS):
+                sizes.append((i, by_port[SIZE_PORTS[0]], by_port[SIZE_PORTS[1]]))
+        self.sizes = tuple(sizes)
         return self
+
+
+def known_value(inp: TInput, inputs: dict[str, Any]) -> Any:
+    """The value ``inp`` has before anything runs: a request input's or a constant's (None for a
+    node output)."""
+    if inp.kind == FROM_INPUT:
+        return inputs.get(inp.name)
+    return inp.value if inp.kind == CONSTANT else None

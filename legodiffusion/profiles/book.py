@@ -99,6 +99,14 @@ class ProfileCost(DefaultCost):
         found = prof.latency(op, mode, batch, px) if prof is not None else None
         return found if found is not None else super().exec_s(op, mode, model, batch, px)
 
+    def profiled_px(self, op, mode, model) -> int | None:
+        key = ("px", op, mode, model)
+        if key not in self._memo:
+            prof = self.profiles.get(model) if model is not None else None
+            points = prof._points(op, mode) if prof is not None else []
+            self._memo[key] = max(p.px for p in points) if points else None
+        return self._memo[key]
+
     def load_s(self, model, component) -> float:
         """Host memory -> device: the cost of a load once a host copy exists (host copies are
         kept, so this is the steady state); :meth:`disk_load_s` is the first read."""

@@ -17,7 +17,8 @@ from typing import Any
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.core.autoscale import ReplicaAutoscaler
-from legodiffusion.core.coordinator import INVARIANT, Request, pixels
+from legodiffusion.core.coordinator import INVARIANT, Request
+from legodiffusion.core.graph import Template
 from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.patchset import parse_patches
 from legodiffusion.models.components import PipelineConfig, is_pipeline, pipeline_config
@@ -29,8 +30,9 @@ from legodiffusion.runtime.backend import make_backend
 from legodiffusion.runtime.scaling import Scaling
 from legodiffusion.runtime.supervisor import Supervisor, check, health_of
 from legodiffusion.runtime.worker import Worker
+from legodiffusion.workflow.bounds import RequestBounds, RequestCost, request_cost
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
-from legodiffusion.workflow.expand import Expander, bind_inputs
+from legodiffusion.workflow.expand import Expander, TemplateCache, bind_inputs
 from legodiffusion.workflow.spec import WorkflowSpec
 from legodiffusion.workflow.values import check_values
 
@@ -50,6 +52,17 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request expanded, checked and costed (:meth:`Engine.prepare`), ready to submit."""
+
+    workflow: str
+    template: Template
+    inputs: dict[str, Any]  # bound: defaults applied
+    slo_s: float | None
+    cost: RequestCost
 
 
 @dataclass
@@ -91,6 +104,7 @@ class Engine:
         self.cost.memory_bytes = self._memory_bytes()
         self.coordinator = cfg.coordinator(len(self.workers), self.cost)
         self.workflows: dict[str, Expander] = {}
+        self.templates = TemplateCache(cfg.template_cache_nodes)  # shared by every workflow's expander
         self._pipeline_configs: dict[str, PipelineConfig | None] = {}  # what submissions are checked against
         self._runs: dict[int, Run] = {}
         self._ids = itertools.count(1)
@@ -168,38 +182,86 @@ class Engine:
             if model not in self.catalog:
                 raise KeyError(f"workflow {spec.name!r}: model slot {slot!r} names unknown model {model!r}; known: {self.catalog.names()}")
         name = name or spec.name
-        self.workflows[name] = Expander(spec, self.registry)
+        self.workflows[name] = Expander(spec, self.registry, self.templates)
         return name
 
-    def submit(
-        self, workflow: str, inputs: dict[str, Any], on_progress: Callable[[Run], None] | None = None, slo_s: float | None = None
-    ) -> Run:
-        """Expand and submit a request; raises WorkflowError/KeyError for bad input, before any work:
-        every value a node will receive from the request or the workflow's literals is checked
-        against its port's type and range and its operator's checks with the model's facts.
+    def prepare(self, workflow: str, inputs: dict[str, Any], slo_s: float | None = None, bounds: RequestBounds | None = None) -> Prepared:
+        """Bind, expand, check and cost a request without submitting it; raises WorkflowError
+        (``limit_exceeded`` for a bound of ``bounds``, default the config's) or KeyError for bad
+        input. Every value a node will receive from the request or the workflow's literals is
+        checked against its port's type and range and its operator's checks with the model's facts.
 
-        ``slo_s``: the request must finish within this many seconds; admission may reject it at once
-        (status ``rejected``, error starting ``SLO_REJECTED``) when current load makes that impossible."""
-        if self._loop is None:
-            raise RuntimeError("engine is not started (use `async with Engine(...)`)")
+        Thread-safe and changes no engine state but its caches, so a server runs it off the event
+        loop: a large expansion stalls nothing."""
         try:
             expander = self.workflows[workflow]
         except KeyError:
             raise KeyError(f"unknown workflow {workflow!r}; registered: {sorted(self.workflows)}") from None
+        bounds = bounds or self.config.bounds
         bound = bind_inputs(expander.spec, inputs)
-        template = expander.template(bound)
+        template = expander.template(bound, bounds.max_nodes)
         check_values(template, bound, self.registry, self._pipeline_config)
         self._check_patches(bound)
+        cost = request_cost(template, bound, self.cost, bounds, self._native_px)
+        return Prepared(workflow, template, bound, slo_s, cost)
+
+    def submit_prepared(self, prepared: Prepared, on_progress: Callable[[Run], None] | None = None) -> Run:
+        """Submit a prepared request (on the event loop; cheap). ``prepared.slo_s``: the request
+        must finish within this many seconds; admission may reject it at once (status
+        ``rejected``, error starting ``SLO_REJECTED``) when current load makes that impossible."""
+        if self._loop is None:
+            raise RuntimeError("engine is not started (use `async with Engine(...)`)")
+        p = prepared
         rid = next(self._ids)
-        run = Run(rid, workflow, len(template.nodes), self._loop.create_future(), time.perf_counter(), on_progress=on_progress)
+        run = Run(rid, p.workflow, len(p.template.nodes), self._loop.create_future(), time.perf_counter(), on_progress=on_progress)
         self._runs[rid] = run
         now = self._now()
-        deadline = None if slo_s is None else now + slo_s
-        request = Request(rid, template, bound, workflow, now, deadline)
+        request = self._request(rid, p, now)
         self._observe_demand(request, now)
         self.supervisor.arrived(rid, now)
         self._apply(self.coordinator.submit(request, now))
         return run
+
+    def submit(
+        self, workflow: str, inputs: dict[str, Any], on_progress: Callable[[Run], None] | None = None, slo_s: float | None = None
+    ) -> Run:
+        """:meth:`prepare` then :meth:`submit_prepared`, on the calling (event loop) thread."""
+        if self._loop is None:
+            raise RuntimeError("engine is not started (use `async with Engine(...)`)")
+        return self.submit_prepared(self.prepare(workflow, inputs, slo_s), on_progress)
+
+    def slo_refusal(self, prepared: Prepared) -> str | None:
+        """Why admission would reject ``prepared`` now (``SLO_REJECTED: ...``), or None; submits nothing."""
+        if prepared.slo_s is None:
+            return None
+        now = self._now()
+        return self.coordinator.refusal(self._request(0, prepared, now), now)
+
+    def refuse(self, prepared: Prepared, reason: str) -> Run:
+        """A run of ``prepared`` that ends at once as ``rejected`` with ``reason``, queuing nothing:
+        how a request that admission would reject is answered without submitting it."""
+        if self._loop is None:
+            raise RuntimeError("engine is not started (use `async with Engine(...)`)")
+        rid = next(self._ids)
+        run = Run(rid, prepared.workflow, len(prepared.template.nodes), self._loop.create_future(), time.perf_counter())
+        run.future.set_result(RunResult(rid, prepared.workflow, "rejected", error=reason, nodes=run.nodes_total))
+        return run
+
+    def queued_work_s(self) -> float:
+        """Profiled work not yet done of every admitted request (seconds); O(1)."""
+        return max(self.coordinator.work_s, 0.0)
+
+    def live_workers(self) -> int:
+        """Workers that take new work (alive, not draining)."""
+        return sum(1 for w in self.coordinator.workers if w.alive and not w.draining)
+
+    def _request(self, rid: int, p: Prepared, now: float) -> Request:
+        deadline = None if p.slo_s is None else now + p.slo_s
+        return Request(rid, p.template, p.inputs, p.workflow, now, deadline, costs=p.cost.costs)
+
+    def _native_px(self, model: str) -> int | None:
+        cfg = self._pipeline_config(model)
+        return cfg.default_size**2 if cfg is not None else None
 
     def _pipeline_config(self, model: str) -> PipelineConfig | None:
         """A pipeline model's cheap facts (None for a single model such as a ControlNet), read
@@ -297,8 +359,7 @@ class Engine:
 
     def _observe_demand(self, request: Request, now: float) -> None:
         work: dict[str, float] = {}
-        costs = self.coordinator.node_costs(request.template, pixels(request.inputs))
-        for node, cost in zip(request.template.nodes, costs):
+        for node, cost in zip(request.template.nodes, request.costs):
             if node.model is not None and not node.light:
                 work[node.model] = work.get(node.model, 0.0) + cost
         for model, w in work.items():

@@ -16,9 +16,15 @@ log = logging.getLogger("legodiffusion.server")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, path: str | None = None, retryable: bool = False) -> None:
+    """``retry_after_s``: when a retry may succeed (a full queue, no worker), sent as the
+    ``Retry-After`` header and as the error's ``retry_after_s``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, path: str | None = None, retryable: bool = False, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.path, self.retryable = status, code, message, path, retryable
+        self.retry_after_s = retry_after_s
 
 
 def error_body(code: str, message: str, path: str | None = None, retryable: bool = False, **extra) -> dict:
@@ -62,7 +68,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
-        return JSONResponse(error_body(exc.code, exc.message, exc.path, exc.retryable), status_code=exc.status)
+        if exc.retry_after_s is None:
+            return JSONResponse(error_body(exc.code, exc.message, exc.path, exc.retryable), status_code=exc.status)
+        body = error_body(exc.code, exc.message, exc.path, exc.retryable, retry_after_s=exc.retry_after_s)
+        return JSONResponse(body, status_code=exc.status, headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(WorkflowError)
     async def _workflow(request: Request, exc: WorkflowError):

@@ -44,29 +44,42 @@ class ServerState:
         created = self.workflows.created_s.get(workflow, self.started_s)
         return {"id": workflow, "object": "model", "created": created, "owned_by": "legodiffusion"}
 
-    def submit(self, workflow: str, runs: list[dict], slo_s: float | None) -> list[RunRecord]:
-        """Admit a request's runs (one set of inputs each) together or not at all: the limits and the
-        room for every run are checked before any is submitted, and should the engine refuse one
-        (bad inputs), those already submitted are cancelled at once and none is recorded."""
-        st, limits = self, self.limits
-        if workflow not in st.engine.workflows:
-            raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(st.engine.workflows)}", "workflow")
+    async def submit(self, workflow: str, runs: list[dict], slo_s: float | None) -> list[RunRecord]:
+        """Admit a request's runs (one set of inputs each) together or not at all, deciding before
+        any is queued: each run is expanded, checked and costed off the event loop (a huge
+        expansion stalls nothing), then the room for all of them is checked, in runs and in
+        seconds of profiled work; a full queue answers 429 with ``Retry-After``, before expanding
+        anything when it is full already. A request with a deadline that admission cannot meet
+        is answered ``rejected`` (``SLO_REJECTED``) rather than 429, and nothing of it is queued."""
+        engine, limits = self.engine, self.limits
+        if workflow not in engine.workflows:
+            raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(engine.workflows)}", "workflow")
         for inputs in runs:
             limits.check_inputs(inputs)
-        limits.check_room(len(runs), queued=len(st.engine.coordinator.requests))
-        submitted = []
+        if slo_s is None:  # full already: refused without expanding anything
+            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), 0.0, engine.live_workers())
+        bounds = limits.bounds()
+        prepared = await asyncio.to_thread(lambda: [engine.prepare(workflow, inputs, slo_s, bounds) for inputs in runs])
+        refusal = next((r for r in map(engine.slo_refusal, prepared) if r is not None), None)
+        if refusal is None:
+            ahead_s = sum(p.cost.work_s for p in prepared[:-1])  # its own runs queue ahead of its last
+            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), ahead_s, engine.live_workers())
+        submitted = []  # no await from the room check to here: nothing else is admitted between
         try:
-            for inputs in runs:
-                submitted.append(st.engine.submit(workflow, inputs, slo_s=slo_s))
+            for p in prepared:
+                submitted.append(engine.refuse(p, refusal) if refusal is not None else engine.submit_prepared(p))
         except Exception:
             for run in submitted:
-                st.engine.cancel(run.request_id)
+                engine.cancel(run.request_id)
             raise
-        st.workflows.touch(workflow)
-        recs = [st.runs.add(workflow, run) for run in submitted]  # numbered only once admitted
+        self.workflows.touch(workflow)
+        recs = [self.runs.add(workflow, run) for run in submitted]  # numbered only once admitted
         for rec in recs:
             log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
-            rec.run.future.add_done_callback(functools.partial(self.finished, rec, slo_s))
+            if rec.run.future.done():  # refused at once: the answer says so, not "queued"
+                await self._keep(rec, slo_s, rec.run.future.result())
+            else:
+                rec.run.future.add_done_callback(functools.partial(self.finished, rec, slo_s))
         return recs
 
     def finished(self, rec: RunRecord, slo_s: float | None, fut: asyncio.Future) -> None:
@@ -123,5 +136,9 @@ async def _disconnect(request: Request) -> None:
 
 
 def state(request: Request) -> ServerState:
-    """The server's shared state (a FastAPI dependency); set by the app's lifespan."""
-    return request.app.state.server
+    """The server's shared state (a FastAPI dependency); set by the app's lifespan (before it,
+    503 with ``Retry-After``)."""
+    server = getattr(request.app.state, "server", None)
+    if server is None:
+        raise ApiError(503, "unavailable", "the server is starting", None, retryable=True, retry_after_s=Limits.retry_unavailable_s)
+    return server

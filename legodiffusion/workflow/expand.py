@@ -2,12 +2,16 @@
 
 Expansion depends only on the *structural* inputs (loop counts, predicate inputs), so templates are
 cached per (workflow, structural values) and a new request of a known shape costs a dict lookup.
+The cache holds a budget of nodes across workflows, least recently used first out; the size of an
+expansion is computed from the spec before it is built, so a loop count of 40000 is refused
+without building 40000 iterations.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from legodiffusion.core.graph import CONSTANT, FROM_INPUT, FROM_NODE, Template, TInput, TNode
@@ -29,7 +33,11 @@ from legodiffusion.workflow.validate import assignable, find_cycle, literal_type
 # What a source resolves to while unrolling: a template input without its port name.
 _Val = tuple  # (FROM_NODE, idx, port) | (FROM_INPUT, name) | (CONSTANT, value)
 
+#: Most nodes one expansion may have unless the caller bounds it tighter.
 MAX_EXPANDED_NODES = 200_000
+#: Nodes of expanded templates a :class:`TemplateCache` keeps by default. A node costs about
+#: 0.5 KB with its inputs and graph indices, so this is some tens of megabytes.
+CACHE_NODES = 100_000
 
 
 def bind_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
@@ -134,26 +142,92 @@ def _order(nodes: list[Node]) -> list[Node]:
     return ordered
 
 
-class Expander:
-    """Validates a spec once, then turns request inputs into cached templates."""
+def expanded_size(nodes: list[Node], inputs: dict[str, Any]) -> tuple[int, str | None]:
+    """(nodes the expansion of ``nodes`` will have at most, the request input counting the
+    largest loop or None), from the spec alone: a loop is its count times its body, a branch its
+    larger side."""
+    total, worst, worst_n = 0, None, -1
+    for n in nodes:
+        if isinstance(n, OpNode):
+            total += 1
+        elif isinstance(n, LoopNode):
+            body, inner = expanded_size(n.body, inputs)
+            count = inputs.get(n.count.name) if isinstance(n.count, InputRef) else n.count.value  # type: ignore[union-attr]
+            size = max(int(count), 0) * body if isinstance(count, (int, float)) else 0
+            total += size
+            if size > worst_n:
+                worst, worst_n = f"inputs.{n.count.name}" if isinstance(n.count, InputRef) else inner, size
+        else:
+            then, a = expanded_size(n.then.nodes, inputs)
+            otherwise, b = expanded_size(n.otherwise.nodes, inputs)
+            total += max(then, otherwise)
+            if max(then, otherwise) > worst_n:
+                worst, worst_n = (a if then >= otherwise else b), max(then, otherwise)
+    return total, worst
 
-    def __init__(self, spec: WorkflowSpec, registry: OperatorRegistry) -> None:
+
+class TemplateCache:
+    """Expanded templates by (expander, structural values), within a budget of nodes; the least
+    recently used go first. Thread-safe: requests are expanded off the event loop."""
+
+    def __init__(self, max_nodes: int = CACHE_NODES) -> None:
+        self.max_nodes = max_nodes
+        self.nodes = 0  # held now
+        self._entries: OrderedDict[tuple, Template] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple) -> Template | None:
+        with self._lock:
+            tmpl = self._entries.get(key)
+            if tmpl is not None:
+                self._entries.move_to_end(key)
+            return tmpl
+
+    def put(self, key: tuple, tmpl: Template) -> None:
+        size = len(tmpl.nodes)
+        if size > self.max_nodes:
+            return  # larger than the whole budget: built for this request only
+        with self._lock:
+            old = self._entries.pop(key, None)
+            self.nodes -= len(old.nodes) if old is not None else 0
+            while self._entries and self.nodes + size > self.max_nodes:
+                _, gone = self._entries.popitem(last=False)
+                self.nodes -= len(gone.nodes)
+            self._entries[key] = tmpl
+            self.nodes += size
+
+
+class Expander:
+    """Validates a spec once, then turns request inputs into cached templates (in ``cache``,
+    which several expanders may share; by default one of its own)."""
+
+    def __init__(self, spec: WorkflowSpec, registry: OperatorRegistry, cache: TemplateCache | None = None) -> None:
         self.spec = validate(spec, registry)
         self.registry = registry
         self.structural = sorted(_structural_inputs(spec.nodes))
-        self._cache: dict[tuple, Template] = {}
-        self._lock = threading.Lock()
+        self.cache = cache if cache is not None else TemplateCache()
+        self._token = object()  # this expander's part of a shared cache's keys
 
-    def template(self, inputs: dict[str, Any]) -> Template:
-        key = tuple(inputs[n] for n in self.structural)
-        with self._lock:
-            tmpl = self._cache.get(key)
+    def template(self, inputs: dict[str, Any], max_nodes: int = MAX_EXPANDED_NODES) -> Template:
+        """The template of bound ``inputs``; a :class:`WorkflowError` (``limit_exceeded``) before
+        anything is built when it would have more than ``max_nodes`` nodes."""
+        key = (self._token, *(inputs[n] for n in self.structural))
+        tmpl = self.cache.get(key)
         if tmpl is None:
+            size, path = expanded_size(self.spec.nodes, inputs)
+            if size > max_nodes:
+                raise WorkflowError(
+                    [SpecIssue("limit_exceeded", path or "inputs", f"the request expands to {size} nodes, beyond max_nodes={max_nodes}")]
+                )
             tmpl = _Unroller(self.spec, self.registry, inputs).run()
-            with self._lock:
-                if len(self._cache) > 256:
-                    self._cache.clear()
-                self._cache[key] = tmpl
+            self.cache.put(key, tmpl)
+        if len(tmpl.nodes) > max_nodes:
+            raise WorkflowError(
+                [SpecIssue("limit_exceeded", "inputs", f"the request expands to {len(tmpl.nodes)} nodes, beyond max_nodes={max_nodes}")]
+            )
         return tmpl
 
 
@@ -202,8 +276,6 @@ class _Unroller:
                 outs = tuple(op.modes[node.mode].outputs)
                 self.out_ports.append(outs)
                 env[node.id] = {p: (FROM_NODE, idx, p) for p in outs}
-                if len(self.nodes) > MAX_EXPANDED_NODES:
-                    raise WorkflowError([SpecIssue("too_large", key, f"expansion exceeds {MAX_EXPANDED_NODES} nodes")])
             elif isinstance(node, LoopNode):
                 state = {k: self.resolve(s, env, carry) for k, s in node.carry.items()}
                 for i in range(self.count(node.count)):

@@ -39,7 +39,7 @@ async def comfy_prompt(body: dict, st: ServerState = Depends(state)):
             status_code=400,
             media_type="application/json",
         )
-    runs = st.submit(job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None)
+    runs = await st.submit(job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None)
     prompt_id, number = st.runs.add_prompt(job, [r.id for r in runs])
     return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
 

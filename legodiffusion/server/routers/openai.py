@@ -57,7 +57,7 @@ async def openai_images(body: ImagesBody, request: Request, st: ServerState = De
         if getattr(body, key) is not None:
             inputs[key] = getattr(body, key)
     base_seed = body.seed or 0
-    recs = st.submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None)
+    recs = await st.submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None)
     await wait_for(st, request, recs)
     failed = [r for r in recs if r.status != "succeeded"]
     if failed:

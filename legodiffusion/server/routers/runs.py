@@ -24,7 +24,7 @@ class RunBody(BaseModel):
 
 @router.post("/v1/runs")
 async def create_run(body: RunBody, request: Request, st: ServerState = Depends(state)):
-    (rec,) = st.submit(body.workflow, [body.inputs], body.slo_s)
+    (rec,) = await st.submit(body.workflow, [body.inputs], body.slo_s)
     if body.wait:
         await wait_for(st, request, [rec])
         return rec.to_json()
