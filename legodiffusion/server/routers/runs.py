@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, Field
 from legodiffusion.server.state import TERMINAL, ServerState, state, wait_for
 
 router = APIRouter()
+CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the run's record to say it ended
 
 
 class RunBody(BaseModel):
@@ -40,7 +42,8 @@ async def get_run(run_id: str, st: ServerState = Depends(state)):
 async def cancel_run(run_id: str, st: ServerState = Depends(state)):
     rec = st.runs.get(run_id)
     st.cancel([rec])
-    await asyncio.sleep(0)
+    with contextlib.suppress(asyncio.TimeoutError):  # a cancelled run ends at once; its record as soon as it is kept
+        await asyncio.wait_for(rec.ended.wait(), CANCEL_ANSWER_S)
     return rec.to_json(images=False)
 
 
