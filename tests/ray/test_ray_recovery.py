@@ -63,6 +63,9 @@ def run(folder, kill_when=None, workers=2, transport="object_store"):
     return asyncio.run(main())
 
 
+SETUP_TRIES = 3  # the vae-only case needs the request's decode placed on the VAE-only worker
+
+
 def kill_denoiser_at_step_10(engine, r, d):
     return d.op == "denoise" and r.steps_done >= 10
 
@@ -80,8 +83,11 @@ def kill_vae_only_decoder(engine, r, d):
 )
 def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, workers, transport):
     base, *_ = run(sd15)
-    result, engine, state, metrics = run(sd15, kill_when, workers, transport)
-    assert state["killed"] is not None, "the moment to kill never came"
+    for _ in range(SETUP_TRIES):  # where the decode goes is the scheduler's choice, by cost and timing
+        result, engine, state, metrics = run(sd15, kill_when, workers, transport)
+        if state["killed"] is not None:
+            break
+    assert state["killed"] is not None, f"the moment to kill never came in {SETUP_TRIES} tries"
     if kill_when is kill_vae_only_decoder:
         assert VAE in state["held"] and DENOISER not in state["held"]
     else:
