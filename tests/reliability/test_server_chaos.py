@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from legodiffusion.config import EngineConfig
+from legodiffusion.config import EngineConfig, RayConfig
 from legodiffusion.server.app import create_app
 from legodiffusion.server.catalog import builtin_workflows
 from legodiffusion.server.limits import Limits
@@ -40,13 +40,14 @@ PROMPTS = ["a harbour", "a red fox", "a lighthouse", "a forest"]
 STEPS, SIZE = 2, 64
 KINDS = ("async", "wait", "openai", "comfy", "leave")
 ANSWER_S = 120.0  # the bound on any one request's answer, and on the runs ending after the load
-# Memory after the load against after warm-up. Live Python objects (torch-free, exact) measured
-# -0.4% (2 rounds) and +0.5% (12 rounds, 41 workers lost: each leaves a small record of itself).
+# Memory after the load against after warm-up. Live Python objects (torch-free, exact): measured
+# from -0.9% to +0.5% (2 and 12 rounds, up to 45 workers lost).
 HEAP_TOLERANCE = 0.01
-# RSS is noisier: +11% after 2 rounds and +21% after 12, flat from round 9 on (most likely glibc's
-# malloc arenas: each replacement worker is a new thread, and new threads get arenas of their own,
-# up to 8 per core, which are then reused). The bound is loose; the object count is the exact check.
-RSS_TOLERANCE = 0.3
+# RSS is noisier: +11% after 2 rounds, +21% and +26% after 12 (flat from round 9 on). Most of it
+# is glibc's malloc arenas (each replacement worker is a new thread, and threads get arenas of
+# their own, up to 8 per core, then reused): with MALLOC_ARENA_MAX=2 the same soak grows +9.5%.
+# So the bound is loose; the object count is the exact check.
+RSS_TOLERANCE = 0.5
 
 
 def native(prompt: str, seed: int) -> dict:
@@ -141,27 +142,29 @@ def health_poller(url: str, done: threading.Event, answered: list) -> None:
             answered.append(http.get("/healthz").status_code)
 
 
-def round_of_load(url: str, engine, rng: random.Random, jobs: int) -> tuple[list, dict]:
+def round_of_load(url: str, engine, rng: random.Random, jobs: int, kill, kills: int) -> tuple[list, dict]:
     """``jobs`` requests of every kind, 6 clients at a time, with about one seeded chaos moment
-    (a worker lost, a run cancelled, a waiting client gone) every few dispatches. Returns every
-    answered run's (key, status, image) and how many of each chaos action happened."""
+    every few dispatches: a worker lost (``kill(dispatch)``, on the event loop, at most ``kills``
+    times), a run cancelled, a waiting client gone. Returns every answered run's (key, status,
+    image) and how many of each chaos action happened (and how many dispatches were sent)."""
     load = Load(url)
     todo = [(KINDS[i % len(KINDS)], rng.choice(PROMPTS), rng.randrange(3)) for i in range(jobs)]
-    moments = {n: rng.choice(("kill", "cancel", "cancel", "leave")) for n in rng.sample(range(3, jobs * 8), jobs // 2)}
+    moments = {n: rng.choice(("kill", "cancel", "cancel", "leave")) for n in rng.sample(range(3, jobs * 5), jobs // 2)}
     did = {"kill": 0, "cancel": 0, "leave": 0}
     sent = [0]
 
     def on_sent(d) -> None:  # on the event loop, as each dispatch goes out
         sent[0] += 1
         action = moments.pop(sent[0], None)
+        if action == "kill" and did["kill"] == kills:
+            action = "cancel"
         if action == "kill":
-            asyncio_loop.call_soon(engine.lose_worker, d.worker)
+            kill(d)
         elif action is not None:
             (load.cancels if action == "cancel" else load.leaves).put(sent[0])
         if action is not None:
             did[action] += 1
 
-    asyncio_loop = engine._loop
     engine.on_dispatch_sent = on_sent
     leavers = [(p, s) for k, p, s in todo if k == "leave"]
     with ThreadPoolExecutor(len(leavers) + 1) as aside, ThreadPoolExecutor(6) as clients:
@@ -176,6 +179,7 @@ def round_of_load(url: str, engine, rng: random.Random, jobs: int) -> tuple[list
             load.cancels.put(None)
         for f in chaos_clients:
             f.result(timeout=ANSWER_S)  # what they asserted
+    did["dispatches"] = sent[0]
     return [o for runs in answered for o in runs], did
 
 
@@ -190,18 +194,31 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def chaos(models: dict, rounds: int, jobs: int, seed: int, max_queue_s: float = 120.0) -> str:
+def chaos(models: dict, rounds: int, jobs: int, seed: int, max_queue_s: float = 120.0, backend: str = "local", kills: int = 99) -> str:
     """Warm up (every request once, undisturbed: the reference images), then ``rounds`` rounds of
-    ``jobs`` requests under chaos, the queue bounded at ``max_queue_s`` (small: some requests are
-    refused); asserts what the module says and returns a summary line."""
+    ``jobs`` requests under chaos (at most ``kills`` workers lost a round), the queue bounded at
+    ``max_queue_s`` (small: some requests are refused); asserts what the module says and returns
+    a summary line. On Ray a worker actor is killed behind the engine's back, as a crash would."""
     skew = [0.0]
     retention = Retention(clock=lambda: time.time() + skew[0])
     config = EngineConfig(workers=2, device="cpu")
+    if backend == "ray":
+        config = EngineConfig(
+            workers=2, device="cpu", backend="ray", autoscale_interval_s=0, ray=RayConfig(tensor_transport="object_store")
+        )
     app = create_app(models, config, builtin_workflows(models), limits=Limits(max_queue_s=120.0), retention=retention)
     t0 = time.perf_counter()
     with serve(app) as url:
         server = app.state.server
         engine = server.engine
+
+        def kill(d) -> None:
+            if backend == "ray":
+                import ray
+
+                ray.kill(engine.workers[d.worker].handle, no_restart=True)  # the engine is not told
+            else:
+                engine._loop.call_soon(engine.lose_worker, d.worker)
 
         def expire_records() -> None:  # every finished run past its TTL, and pruned
             skew[0] += retention.ttl_s + 1
@@ -222,10 +239,10 @@ def chaos(models: dict, rounds: int, jobs: int, seed: int, max_queue_s: float = 
 
         rng = random.Random(seed)
         statuses: dict[str, int] = {}
-        did = {"kill": 0, "cancel": 0, "leave": 0}
+        did = {"kill": 0, "cancel": 0, "leave": 0, "dispatches": 0}
         rss = [rss0 // 2**20]  # MiB after warm-up, then after each round
         for _ in range(rounds):
-            outcomes, round_did = round_of_load(url, engine, rng, jobs)
+            outcomes, round_did = round_of_load(url, engine, rng, jobs, kill, kills)
             for action, n in round_did.items():
                 did[action] += n
             for key, status, image in outcomes:
@@ -284,4 +301,11 @@ def test_server_chaos_quick(models, caplog):
 @pytest.mark.slow
 def test_server_chaos_soak(models, caplog):
     print(chaos(models, rounds=12, jobs=30, seed=1414, max_queue_s=1.0))
+    no_errors_logged(caplog)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_server_chaos_soak_on_ray(models, ray_cluster, caplog):
+    print(chaos(models, rounds=4, jobs=20, seed=141414, backend="ray", kills=2))
     no_errors_logged(caplog)
