@@ -199,6 +199,10 @@ def heap_objects() -> int:
     return len(gc.get_objects())
 
 
+def worker_threads() -> int:
+    return sum(t.name.startswith("worker-") for t in threading.enumerate())
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -273,6 +277,8 @@ def chaos(models: dict, rounds: int, jobs: int, seed: int, max_queue_s: float = 
                 ANSWER_S,
             )
             assert not engine.coordinator.requests and not engine._sent
+            if backend == "local":  # a lost worker's thread ends too (at its call's next boundary)
+                until(lambda: worker_threads() == engine.live_workers(), "only the live workers' threads left", ANSWER_S)
             assert engine.coordinator.stats.violations == 0
             expire_records()
             rss.append(rss_bytes() // 2**20)
