@@ -19,20 +19,41 @@ class ApiError(RuntimeError):
 
 class Client:
     """``Client("http://127.0.0.1:8000", api_key=...)``; every method raises :class:`ApiError` with
-    the server's stable error object."""
+    the server's stable error object.
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout_s: float = 600.0) -> None:
+    A refusal that says when to come back (429 for a full queue, 503 while the server starts or
+    has no worker, each with ``Retry-After``) is retried after that many seconds: up to
+    ``attempts`` tries in all, and never past ``retry_within_s`` from the first (a wait that would
+    end later is not started); then the refusal is raised. A refused request has queued nothing,
+    so trying it again submits it once."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        attempts: int = 3,
+        retry_within_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+        self.attempts, self.retry_within_s, self._sleep = attempts, retry_within_s, sleep
 
     def _json(self, method: str, path: str, **kw) -> dict:
-        r = self._http.request(method, path, **kw)
-        if r.status_code >= 400:
-            try:
-                raise ApiError(r.status_code, r.json()["error"])
-            except (ValueError, KeyError):
-                raise ApiError(r.status_code, {"code": "http_error", "message": r.text}) from None
-        return r.json()
+        deadline = time.monotonic() + self.retry_within_s
+        for attempt in range(1, self.attempts + 1):
+            r = self._http.request(method, path, **kw)
+            if r.status_code < 400:
+                return r.json()
+            after_s = _retry_after_s(r)
+            if after_s is None or attempt == self.attempts or time.monotonic() + after_s > deadline:
+                break
+            self._sleep(after_s)
+        try:
+            raise ApiError(r.status_code, r.json()["error"])
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(r.status_code, {"code": "http_error", "message": r.text}) from None
 
     def models(self) -> list[str]:
         """The model names the server serves (pipelines, ControlNets, LoRAs); workflows name them."""
@@ -79,3 +100,14 @@ class Client:
             final = self.get(run["id"])
         final["png"] = [base64.b64decode(b) for b in final.get("images", [])]
         return final
+
+
+def _retry_after_s(r: httpx.Response) -> float | None:
+    """Seconds to wait before trying ``r``'s request again: its ``Retry-After`` (in seconds, as
+    this server sends it) on a 429 or 503; None when it should not be retried."""
+    if r.status_code not in (429, 503):
+        return None
+    try:
+        return max(0.0, float(r.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None

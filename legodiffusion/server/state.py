@@ -126,7 +126,15 @@ async def wait_for(st: ServerState, request: Request, recs: list[RunRecord]) -> 
     if not ended.done():
         log.info("client went away; cancelling its runs", extra={"run_id": ",".join(r.id for r in recs)})
         ended.cancel()
+        ended.add_done_callback(_retrieved)
         st.cancel(recs)
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    """A cancelled gather ends holding CancelledError as its exception; read, it is not logged as
+    an error never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _disconnect(request: Request) -> None:

@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 
-from legodiffusion import Engine, EngineConfig, sd_txt2img
+from legodiffusion import Engine, EngineConfig
 from legodiffusion.runtime.stopping import STOPPED
-from tests.reliability.test_stoppable import INSIDE_S, LONG, SMALL, WAIT_S, Recorder
+from tests.reliability.test_stoppable import INSIDE_S, SMALL, WAIT_S, long_call_sent
 
 pytestmark = [pytest.mark.ray, pytest.mark.reliability]
 
@@ -16,11 +16,7 @@ def test_cancel_stops_a_long_call_on_an_actor(sd15, ray_cluster):
     async def main():
         config = EngineConfig(workers=1, device="cpu", backend="ray")
         async with Engine({"sd15": sd15}, config) as engine:
-            engine.add_workflow(sd_txt2img("sd15"))
-            assert (await engine.run("sd-txt2img", SMALL)).ok  # warm: the call below computes at once
-            rec = Recorder(engine)
-            run = engine.submit("sd-txt2img", LONG)
-            d = await rec.wait_sent("denoise")
+            rec, run, d = await long_call_sent(engine)
             await asyncio.sleep(INSIDE_S)  # land inside the call, which runs for many seconds
             engine.cancel(run.request_id)
             assert (await run.future).status == "cancelled"

@@ -17,6 +17,7 @@ from legodiffusion.server.app import create_app
 from legodiffusion.server.catalog import builtin_workflows
 from legodiffusion.server.errors import ApiError
 from legodiffusion.server.limits import Limits
+from tests.server.live import in_flight
 
 pytestmark = pytest.mark.reliability
 
@@ -45,11 +46,6 @@ def _post(client, inputs, **body):
     return client.post("/v1/runs", json={"workflow": "sd15-txt2img", "inputs": inputs, **body})
 
 
-def _in_flight(client) -> float:
-    lines = client.get("/metrics").text.splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("legodiffusion_requests_in_flight"))
-
-
 def _full(r, work_ahead_s: float) -> int:
     """The 429 of a full queue: Retry-After in the header and the error, at least 1 s and no more
     than the work ahead needs to drain down to ``max_queue_s``."""
@@ -72,7 +68,7 @@ def test_a_full_queue_refuses_with_retry_after_and_queues_nothing(server):
         _full(r, held_s)
         # a full queue refuses before expanding: 10**12 steps would be a 400 (max_nodes) once expanded
         _full(_post(client, {**SMALL, "steps": 10**12}), held_s)
-        assert _in_flight(client) == 1  # the held run, nothing of the refused requests
+        assert in_flight(client.get("/metrics").text) == 1  # the held run, nothing of the refused requests
     finally:
         assert client.post(f"/v1/runs/{held['id']}/cancel").json()["status"] == "cancelled"
     # the queue drained: what was refused is admitted now
@@ -92,7 +88,7 @@ def test_a_deadline_that_cannot_be_met_is_slo_rejected_not_429(server):
         assert body["status"] == "rejected" and body["error"]["code"] == "SLO_REJECTED", body
         # a deadline it can meet does not get around the queue bound
         _full(_post(client, SMALL, slo_s=1000.0), held_s)
-        assert _in_flight(client) == 1
+        assert in_flight(client.get("/metrics").text) == 1
     finally:
         client.post(f"/v1/runs/{held['id']}/cancel")
     assert _post(client, SMALL, wait=True, slo_s=1000.0).json()["status"] == "succeeded"

@@ -17,6 +17,7 @@ from legodiffusion import Engine, EngineConfig, sd_txt2img
 from legodiffusion.ops import BUILTIN_OPERATORS, OperatorRegistry
 from legodiffusion.ops.vae import VaeDecode
 from legodiffusion.runtime.stopping import STOPPED, CallStopped, StopFlags
+from tests.server.live import until
 
 pytestmark = pytest.mark.reliability
 
@@ -106,14 +107,20 @@ def test_hooks_stop_a_forward_between_blocks():
     flags.end()
 
 
+async def long_call_sent(engine: Engine):
+    """Warm ``engine`` (its loads done by a small run) and submit LONG: the recorder, the run and
+    its first denoiser dispatch, sent (a call of many seconds)."""
+    engine.add_workflow(sd_txt2img("sd15"))
+    assert (await engine.run("sd-txt2img", SMALL)).ok  # warm: the call below computes at once
+    rec = Recorder(engine)
+    run = engine.submit("sd-txt2img", LONG)
+    return rec, run, await rec.wait_sent("denoise")
+
+
 def test_cancel_stops_a_long_call_and_the_worker_takes_the_next_request(sd15):
     async def main():
         async with Engine({"sd15": sd15}, EngineConfig(workers=1, device="cpu")) as engine:
-            engine.add_workflow(sd_txt2img("sd15"))
-            assert (await engine.run("sd-txt2img", SMALL)).ok  # warm: the call below computes at once
-            rec = Recorder(engine)
-            run = engine.submit("sd-txt2img", LONG)
-            d = await rec.wait_sent("denoise")
+            rec, run, d = await long_call_sent(engine)
             busy = engine.health()["workers"][0]
             assert busy["call"]["op"] == "denoise" and not busy["call"]["stuck"]
             await asyncio.sleep(INSIDE_S)  # land inside the call, which runs for many seconds
@@ -280,11 +287,7 @@ def test_stop_with_a_long_call_in_flight_stops_it_and_joins_every_thread(sd15):
 
     async def main():
         async with Engine({"sd15": sd15}, EngineConfig(workers=1, device="cpu")) as engine:
-            engine.add_workflow(sd_txt2img("sd15"))
-            assert (await engine.run("sd-txt2img", SMALL)).ok  # warm: the call below computes at once
-            rec = Recorder(engine)
-            run = engine.submit("sd-txt2img", LONG)
-            d = await rec.wait_sent("denoise")
+            _, run, d = await long_call_sent(engine)
             engine.lose_worker(d.worker)  # its thread computes on until a boundary
         return engine, run.future.result().status
 
@@ -292,17 +295,6 @@ def test_stop_with_a_long_call_in_flight_stops_it_and_joins_every_thread(sd15):
     assert status == "cancelled"
     assert not any(t.name.startswith("worker-") for t in threading.enumerate())
     assert engine.plane.live_count() == 0
-
-
-def _until(check, what: str):
-    """Poll ``check`` (an HTTP probe) until it returns a truthy value."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)  # a poll interval between probes, not a stand-in for an event
-    raise AssertionError(f"never saw {what}")
 
 
 def test_readyz_and_metrics_show_a_busy_then_a_stuck_worker(sd15):
@@ -319,7 +311,7 @@ def test_readyz_and_metrics_show_a_busy_then_a_stuck_worker(sd15):
             body = client.get("/readyz").json()
             return body if body["workers"][0].get("call", {}).get("op") == "denoise" else None
 
-        busy = _until(denoising, "the denoiser call in /readyz")
+        busy = until(denoising, "the denoiser call in /readyz", WAIT_S)
         assert client.get("/readyz").status_code == 200 and busy["status"] == "ready" and busy["busy"] == 1
         text = client.get("/metrics").text
         assert "legodiffusion_workers_busy 1.0" in text and "legodiffusion_dispatches_in_flight 1.0" in text
@@ -330,7 +322,7 @@ def test_readyz_and_metrics_show_a_busy_then_a_stuck_worker(sd15):
         assert body["status"] == "degraded" and body["stuck"] == 1 and body["workers"][0]["call"]["stuck"]
         assert "legodiffusion_workers_stuck 1.0" in client.get("/metrics").text
         client.post(f"/v1/runs/{run_id}/cancel")
-        _until(lambda: client.get("/readyz").json()["busy"] == 0, "the worker free again")
+        until(lambda: client.get("/readyz").json()["busy"] == 0, "the worker free again", WAIT_S)
         assert client.get("/readyz").json()["status"] == "ready"
 
 
@@ -365,10 +357,10 @@ def test_sigterm_ends_the_server_within_its_drain_limit_during_a_long_call(sd15,
             except httpx.HTTPError:
                 return False
 
-        _until(ready, "the server ready")
+        until(ready, "the server ready", WAIT_S)
         r = httpx.post(url + "/v1/runs", json={"workflow": "sd15-txt2img", "inputs": {**LONG, "height": 1024, "width": 1024}})
         assert r.status_code == 200, r.text
-        _until(lambda: httpx.get(url + "/readyz").json()["workers"][0].get("call", {}).get("op") == "denoise", "the long call")
+        until(lambda: httpx.get(url + "/readyz").json()["workers"][0].get("call", {}).get("op") == "denoise", "the long call", WAIT_S)
         t0 = time.monotonic()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=WAIT_S)

@@ -1,12 +1,15 @@
-"""A real uvicorn server on a loopback port, for tests that need real connections."""
+"""A real uvicorn server on a loopback port, for tests that need real connections, and what
+those tests share: waiting on the server's state, its in-flight gauge, a raw POST."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
 import uvicorn
 
@@ -29,3 +32,35 @@ def serve(app) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def until(check, what: str, limit_s: float = 60.0):
+    """Poll ``check`` (a probe of server state) until it returns something truthy, which is
+    returned; AssertionError after ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)  # a poll interval between probes, not a stand-in for an event
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def in_flight(metrics_text: str) -> float:
+    """The requests admitted and not finished, from ``GET /metrics``'s text."""
+    for line in metrics_text.splitlines():
+        if line.startswith("legodiffusion_requests_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no in-flight gauge")
+
+
+@contextmanager
+def raw_post(url: str, path: str, body: dict) -> Iterator[socket.socket]:
+    """POST ``body`` as JSON on a connection of its own, which is closed (the client gone) when
+    the block ends, whether or not an answer came."""
+    u = urlparse(url)
+    data = json.dumps(body).encode()
+    with socket.create_connection((u.hostname, u.port)) as s:
+        head = f"POST {path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        s.sendall(head.encode() + data)
+        yield s
