@@ -29,3 +29,18 @@ def serve(app) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def load(url: str, api_key: str | None, bodies: list[dict], concurrency: int = 2) -> list[dict]:
+    """POST each of ``bodies`` to ``/v1/runs`` with ``wait``, ``concurrency`` at a time; their answers, in order."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+
+        def one(body: dict) -> dict:
+            return client.post("/v1/runs", json=dict(body, wait=True)).json()
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(one, bodies))
