@@ -33,8 +33,9 @@ def serve(app) -> Iterator[str]:
 
 def load(url: str, api_key: str | None, bodies: list[dict], concurrency: int = 2) -> list[dict]:
     """POST each of ``bodies`` to ``/v1/runs`` with ``wait``, ``concurrency`` at a time; their answers, in order."""
-    import httpx
     from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
 
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=url, headers=headers, timeout=120) as client:

@@ -42,7 +42,11 @@ def server(tiny_models):
 
 def succeeded_in_metrics(url: str) -> int:
     text = httpx.get(url + "/metrics", headers=AUTH).text
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines() if line.startswith("legodiffusion_requests_total{") and 'status="succeeded"' in line)
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("legodiffusion_requests_total{") and 'status="succeeded"' in line
+    )
 
 
 def test_snapshot_timeline_and_images_of_finished_runs(server):
