@@ -52,12 +52,13 @@ function renderWorkers(workers) {
   fill($("#workers tbody"), workers.map((w) => {
     const call = w.call ? `${w.call.op} ${ms(w.call.running_s)}${w.call.stuck ? " (stuck)" : ""}${w.call.queued ? ` +${w.call.queued} queued` : ""}` : "idle";
     const used = w.budget_bytes ? Math.min(100, (100 * w.used_bytes) / w.budget_bytes) : 0;
-    const memory = el("td", {}, el("span", { class: "bar", title: w.budget_bytes ? `of ${mib(w.budget_bytes)}` : "no limit" },
-      el("i", { style: `width:${used}%` })), ` ${mib(w.used_bytes)}${w.budget_bytes ? ` of ${mib(w.budget_bytes)}` : " (no limit)"}`);
+    const memory = el("td", { class: "nowrap" }, el("span", { class: "bar", title: w.budget_bytes ? `of ${mib(w.budget_bytes)}` : "no limit" },
+      el("i", { style: `width:${used}%` })), ` ${mib(w.used_bytes)}${w.budget_bytes ? ` of ${mib(w.budget_bytes)}` : ""}`);
     return el("tr", { class: "worker", "data-worker": w.worker },
       el("td", { text: `${w.worker} (${w.device})` }), el("td", { text: w.state }), el("td", { text: call }),
       el("td", {}, ...(w.resident.length ? w.resident.map((m) => el("span", { class: "chip", text: m })) : [el("span", { class: "muted", text: "nothing" })])),
-      memory, el("td", { text: ms(w.busy_s) }), el("td", { text: w.dispatches }), el("td", { text: `${w.loads} / ${w.evictions}` }));
+      memory, el("td", { class: "nowrap", text: ms(w.busy_s) }), el("td", { text: w.dispatches }),
+      el("td", { class: "nowrap", text: `${w.loads} / ${w.evictions}` }));
   }));
 }
 
@@ -168,7 +169,7 @@ function drawTimeline(t) {
   const step = niceStep(end / 8);
   for (let s = 0; s <= end; s += step) {
     svg.append(el("svg:line", { x1: x(s), y1: 0, x2: x(s), y2: height - 20, stroke: "#dde1e7" }),
-      el("svg:text", { x: x(s) + 2, y: height - 6, text: ms(s) }));
+      el("svg:text", { x: x(s) + 2, y: height - 6, text: ms(s), "text-anchor": x(s) > width - 60 ? "end" : "start" }));
   }
   for (const s of t.spans) {
     const row = workers.indexOf(s.worker), y = row * rowH + 5, w = Math.max(1.5, x(s.end_s) - x(s.start_s));
@@ -178,7 +179,8 @@ function drawTimeline(t) {
     const g = el("svg:g", { class: "span", "data-op": s.op, "data-worker": s.worker },
       el("svg:rect", { x: x(s.start_s), y, width: w, height: rowH - 10, rx: 2, fill: colour(s.op), stroke: s.ok ? "none" : "#000" }),
       el("svg:title", { text: tip }));
-    if (w > 7 * s.op.length) g.append(el("svg:text", { x: x(s.start_s) + 3, y: y + 13, fill: "#fff", text: s.op }));
+    const label = s.batch > 1 ? `${s.op} ×${s.batch}` : s.op;  // a batch: nodes of other runs ran in it too
+    if (w > 7 * label.length) g.append(el("svg:text", { x: x(s.start_s) + 3, y: y + 13, fill: "#fff", text: label }));
     svg.append(g);
   }
   box.replaceChildren(svg);
