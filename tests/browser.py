@@ -137,6 +137,7 @@ def chromium(binary: str, width: int = 1400, height: int = 1000, timeout_s: floa
     args = [
         binary,
         "--headless=new",
+        "--no-sandbox",  # it loads only our own server's page; CI containers and root refuse the sandbox
         "--remote-debugging-port=0",
         f"--user-data-dir={profile}",
         f"--window-size={width},{height}",
@@ -147,8 +148,6 @@ def chromium(binary: str, width: int = 1400, height: int = 1000, timeout_s: floa
         "--disable-dev-shm-usage",
         "about:blank",
     ]
-    if os.geteuid() == 0:
-        args.insert(1, "--no-sandbox")  # Chromium's sandbox refuses to run as root (CI containers)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
