@@ -251,6 +251,10 @@ class Engine:
         """Profiled work not yet done of every admitted request (seconds); O(1)."""
         return max(self.coordinator.work_s, 0.0)
 
+    def in_flight(self) -> list[Dispatch]:
+        """The dispatches sent to workers and not reported yet."""
+        return list(self._sent.values())
+
     def live_workers(self) -> int:
         """Workers that take new work (alive, not draining)."""
         return sum(1 for w in self.coordinator.workers if w.alive and not w.draining)

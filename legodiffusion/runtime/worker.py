@@ -27,6 +27,8 @@ class WorkerStats:
     evictions: int
     load_s: float
     resident: list[str]
+    used_bytes: int = 0  # weight bytes resident on the device
+    budget_bytes: int | None = None  # what it may hold (None: unlimited)
 
 
 class Worker(ABC):
@@ -141,4 +143,6 @@ class ThreadWorker(Worker):
             self.models.evictions,
             self.models.load_s,
             [f"{m}/{c}" + (f"@{s}" if s else "") for m, c, s in self.models.keys()],
+            self.models.used_bytes,
+            self.models.budget_bytes,
         )

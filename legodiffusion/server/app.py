@@ -17,6 +17,7 @@ from legodiffusion.server.metrics import Metrics
 from legodiffusion.server.routers import ROUTERS
 from legodiffusion.server.state import ServerState
 from legodiffusion.server.store import Retention
+from legodiffusion.server.timeline import Timeline, chain
 
 
 def create_app(
@@ -39,10 +40,11 @@ def create_app(
         engine = Engine(models, config or EngineConfig())
         for spec in workflows or []:
             engine.add_workflow(spec)
-        metrics = Metrics()
-        engine.on_dispatch_done = metrics.on_dispatch
+        metrics, timeline = Metrics(), Timeline()
+        engine.on_dispatch_sent = timeline.sent
+        engine.on_dispatch_done = chain(metrics.on_dispatch, timeline.done)
         await engine.start()
-        app.state.server = ServerState(engine, metrics, limits, retention or Retention(), cancel_on_disconnect)
+        app.state.server = ServerState(engine, metrics, limits, retention or Retention(), cancel_on_disconnect, timeline)
         try:
             yield
         finally:

@@ -4,6 +4,9 @@ client's disconnect (Starlette's ``BaseHTTPMiddleware`` hides it)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,6 +15,22 @@ from legodiffusion.server.errors import error_body
 
 OPEN_PATHS = ("/healthz", "/readyz")
 """Answered without an API key."""
+CHALLENGE = 'Bearer realm="legodiffusion", Basic realm="legodiffusion", charset="UTF-8"'
+"""Sent with a 401: a browser (the dashboard) then asks for the key, as the password."""
+
+
+def presented_key(authorization: str) -> str | None:
+    """The API key an ``Authorization`` header carries: ``Bearer KEY``, or HTTP Basic with the
+    key as the password (any user name), which is what a browser sends."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return None
 
 
 class Guard:
@@ -24,10 +43,9 @@ class Guard:
             return
         headers = Headers(scope=scope)
         if self.api_keys and scope["path"] not in OPEN_PATHS:
-            auth = headers.get("authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in self.api_keys:
+            if presented_key(headers.get("authorization", "")) not in self.api_keys:
                 body = error_body("unauthorized", "a valid API key is required (Authorization: Bearer KEY)")
-                await JSONResponse(body, status_code=401)(scope, receive, send)
+                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": CHALLENGE})(scope, receive, send)
                 return
         size = headers.get("content-length")
         if size is not None:

@@ -5,6 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
+def queue_depths(engine) -> dict[str, int]:
+    """Ready nodes waiting in the coordinator's queues, by operator (every registered one)."""
+    depth = dict.fromkeys(engine.registry.names(), 0)
+    for key, q in engine.coordinator.queues.items():
+        depth[key[0]] = depth.get(key[0], 0) + len(q)
+    return depth
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -79,11 +87,8 @@ class Metrics:
             self.model_evictions.labels(str(d.worker)).inc(len(c.evicted))
 
     def render(self, engine) -> bytes:
-        depth: dict[str, int] = {}
-        for key, q in engine.coordinator.queues.items():
-            depth[key[0]] = depth.get(key[0], 0) + len(q)
-        for op in engine.registry.names():
-            self.queue_depth.labels(op).set(depth.get(op, 0))
+        for op, n in queue_depths(engine).items():
+            self.queue_depth.labels(op).set(n)
         self.dataplane_bytes.set(engine.plane.live_bytes())
         self.inflight.set(len(engine.coordinator.requests))
         self._scaling(engine)

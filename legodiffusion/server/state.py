@@ -12,9 +12,11 @@ from fastapi import Request
 
 from legodiffusion.runtime.engine import Engine, RunResult
 from legodiffusion.server.errors import ApiError
+from legodiffusion.server.history import DEFAULT_TENANT, History
 from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
 from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, WorkflowStore, encode
+from legodiffusion.server.timeline import Timeline
 from legodiffusion.server.uploads import UploadStore
 
 __all__ = ["TERMINAL", "RunRecord", "ServerState", "state", "wait_for"]
@@ -30,12 +32,15 @@ class ServerState:
     cancel_on_disconnect: bool = True
     """Cancel the runs of a request that holds its connection open until they end (native
     ``wait``, OpenAI images) when its client goes away."""
+    timeline: Timeline = field(default_factory=Timeline)
+    """Where the nodes of the runs in flight ran (fed by the engine's dispatch hooks)."""
 
     def __post_init__(self) -> None:
         evicted = self.metrics.evicted
         self.runs = RunStore(self.retention, evicted)
         self.uploads = UploadStore(self.retention, evicted)
         self.workflows = WorkflowStore(self.engine, self.retention, evicted)
+        self.history = History()
         self.started_s = int(self.retention.clock())
         self._keeping: set[asyncio.Task] = set()
 
@@ -68,9 +73,11 @@ class ServerState:
         try:
             for p in prepared:
                 submitted.append(engine.refuse(p, refusal) if refusal is not None else engine.submit_prepared(p))
+                self.timeline.open(submitted[-1].request_id)  # before any of its dispatches can report
         except Exception:
             for run in submitted:
                 engine.cancel(run.request_id)
+                self.timeline.close(run.request_id)
             raise
         self.workflows.touch(workflow)
         recs = [self.runs.add(workflow, run) for run in submitted]  # numbered only once admitted
@@ -102,7 +109,10 @@ class ServerState:
             st.metrics.slo_total.inc()
             if result.status == "succeeded" and result.latency_s <= slo_s:
                 st.metrics.slo_met.inc()
-        st.runs.finish(rec, result, pngs)
+        spans = st.timeline.close(result.request_id)
+        work_s = sum(s.work_s for s in spans)
+        st.history.add(rec.workflow, DEFAULT_TENANT, result.status, result.latency_s, slo_s, work_s, st.runs.now())
+        st.runs.finish(rec, result, pngs, spans)
 
     def cancel(self, recs: list[RunRecord]) -> None:
         """Cancel those of ``recs`` still in flight."""

@@ -54,6 +54,7 @@ class RunRecord:
     progress: dict = field(default_factory=dict)  # as it ended
     ended_s: float | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    spans: list = field(default_factory=list)  # its timeline once ended (:mod:`legodiffusion.server.timeline`)
 
     @property
     def nbytes(self) -> int:
@@ -63,10 +64,10 @@ class RunRecord:
         run = self.run
         return {"nodes_done": run.nodes_done, "nodes_total": run.nodes_total, "steps_done": run.steps_done}
 
-    def end(self, result: RunResult, pngs: list[bytes], now_s: float) -> None:
+    def end(self, result: RunResult, pngs: list[bytes], now_s: float, spans: list | None = None) -> None:
         """Keep what the answers need: the images as PNG, the result without its tensors, the
-        progress as it ended; drop the run (whose future holds the tensors)."""
-        self.pngs = pngs
+        progress as it ended, where its nodes ran; drop the run (whose future holds the tensors)."""
+        self.pngs, self.spans = pngs, spans or []
         self.result = replace(result, outputs={})
         self.progress = self._progress()
         self.status, self.run, self.ended_s = result.status, None, now_s
@@ -147,8 +148,8 @@ class RunStore:
             self._prompt_of[r] = prompt_id
         return prompt_id, number
 
-    def finish(self, rec: RunRecord, result: RunResult, pngs: list[bytes]) -> None:
-        rec.end(result, pngs, self.now())
+    def finish(self, rec: RunRecord, result: RunResult, pngs: list[bytes], spans: list | None = None) -> None:
+        rec.end(result, pngs, self.now(), spans)
         if rec.id in self.records:
             self._finished[rec.id] = None
             self.bytes_held += rec.nbytes

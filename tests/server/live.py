@@ -64,3 +64,19 @@ def raw_post(url: str, path: str, body: dict) -> Iterator[socket.socket]:
         head = f"POST {path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
         s.sendall(head.encode() + data)
         yield s
+
+
+def load(url: str, api_key: str | None, bodies: list[dict], concurrency: int = 2) -> list[dict]:
+    """POST each of ``bodies`` to ``/v1/runs`` with ``wait``, ``concurrency`` at a time; their answers, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+
+        def one(body: dict) -> dict:
+            return client.post("/v1/runs", json=dict(body, wait=True)).json()
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(one, bodies))

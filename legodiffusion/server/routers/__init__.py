@@ -1,5 +1,5 @@
 """One FastAPI router per resource, over the shared :class:`~legodiffusion.server.state.ServerState`."""
 
-from legodiffusion.server.routers import comfy, openai, ops, runs, workflows
+from legodiffusion.server.routers import comfy, dashboard, openai, ops, runs, workflows
 
-ROUTERS = (ops.router, runs.router, workflows.router, openai.router, comfy.router)
+ROUTERS = (ops.router, runs.router, workflows.router, openai.router, comfy.router, dashboard.router)

@@ -8,9 +8,11 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from legodiffusion.server.dashboard import RunTimeline, run_timeline
+from legodiffusion.server.errors import ApiError
 from legodiffusion.server.state import TERMINAL, ServerState, state, wait_for
 
 router = APIRouter()
@@ -36,6 +38,22 @@ async def create_run(body: RunBody, request: Request, st: ServerState = Depends(
 @router.get("/v1/runs/{run_id}")
 async def get_run(run_id: str, st: ServerState = Depends(state)):
     return st.runs.get(run_id).to_json()
+
+
+@router.get("/v1/runs/{run_id}/timeline", response_model=RunTimeline)
+async def get_timeline(run_id: str, st: ServerState = Depends(state)):
+    """Where the run's nodes ran: one span per dispatch (worker, operator, sent, start, end, the
+    requests batched with it), so far while it runs; kept as long as the run's record."""
+    return run_timeline(st, st.runs.get(run_id))
+
+
+@router.get("/v1/runs/{run_id}/images/{index}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+async def get_image(run_id: str, index: int, st: ServerState = Depends(state)):
+    """One image of a finished run, as PNG."""
+    rec = st.runs.get(run_id)
+    if not 0 <= index < len(rec.pngs):
+        raise ApiError(404, "unknown_image", f"run {run_id!r} has {len(rec.pngs)} image(s); no index {index}", "index")
+    return Response(rec.pngs[index], media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.post("/v1/runs/{run_id}/cancel")
