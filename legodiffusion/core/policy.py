@@ -61,6 +61,11 @@ class WorkerView(Protocol):
     pinned: int
 
 
+class TenantView(Protocol):
+    rank: int  # priority class: lower first, strictly
+    lead_s: float  # how far the tenant is ahead of its fair share of its class (core/fairness.py)
+
+
 class RequestView(Protocol):
     workflow: str
     arrival_s: float
@@ -68,6 +73,9 @@ class RequestView(Protocol):
     solo_s: float  # profiled work of the whole request
     remaining_s: float  # profiled work not yet done
     priority: tuple
+    tenant: str
+    rank: int  # its tenant's (TenantView)
+    lead_s: float
 
 
 class SchedulerView(Protocol):
@@ -106,9 +114,20 @@ class SchedulingPolicy:
     tick_s: float | None = None
 
     def priority(self, req: RequestView, seq: int, remaining_s: float) -> tuple:
-        """The request's place in every ready queue (lower first), given its admission order and
-        its profiled remaining work; re-evaluated each time one of its nodes finishes."""
+        """The request's place among its tenant's requests in every ready queue (lower first),
+        given its admission order and its profiled remaining work; re-evaluated each time one of
+        its nodes finishes."""
         return (seq,)
+
+    def share_key(self, tenant: TenantView) -> tuple:
+        """Which tenant's ready nodes go first (lower first), read each time a queue's head is
+        chosen: strict priority between classes, then, inside one, the tenant furthest behind its
+        fair share of the class's profiled work (a lead of 0 when it is alone in its class)."""
+        return (tenant.rank, tenant.lead_s)
+
+    def order_key(self, req: RequestView) -> tuple:
+        """A request's place among all requests as of now (its tenant's, then its own)."""
+        return (self.share_key(req), req.priority)
 
     def admit(self, view: SchedulerView, req: RequestView, solo_s: float, now: float) -> str | None:
         """None to admit, else the reason for rejecting."""
@@ -247,7 +266,7 @@ class MicroServingPolicy(SchedulingPolicy):
         if slack < 0:
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work, {req.deadline_s - now:.3f}s left before its deadline"
         workers = sum(1 for w in view.workers if w.alive and not w.draining) or 1
-        mine = self.priority(req, float("inf"), solo_s)
+        mine = (self.share_key(req), self.priority(req, float("inf"), solo_s))
         backlog = view.backlog()
         ahead = [work for prio, work, _ in backlog if prio <= mine]
         wait = sum(ahead) / workers
@@ -255,8 +274,11 @@ class MicroServingPolicy(SchedulingPolicy):
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
         # it must not make an admitted request late: in the fluid limit (all work spread over all
         # workers) the requests after it finish no earlier than the work up to them / workers
+        # (only its own class: a lower class yields to it by design)
         total = sum(ahead) + solo_s
-        for _, work, deadline in backlog[len(ahead) :]:
+        for prio, work, deadline in backlog[len(ahead) :]:
+            if prio[0][0] != mine[0][0]:
+                break
             total += work
             if deadline is not None and total / workers > deadline - now >= (total - solo_s) / workers:
                 return f"SLO_REJECTED: admitting it ({solo_s:.3f}s of work) would make admitted requests miss their deadlines"
