@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from legodiffusion.server.state import TERMINAL, ServerState, state, wait_for
+from legodiffusion.server.state import TERMINAL, ServerState, state, tenant_of, wait_for
 
 router = APIRouter()
 CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the run's record to say it ended
@@ -26,7 +26,7 @@ class RunBody(BaseModel):
 
 @router.post("/v1/runs")
 async def create_run(body: RunBody, request: Request, st: ServerState = Depends(state)):
-    (rec,) = await st.submit(body.workflow, [body.inputs], body.slo_s)
+    (rec,) = await st.submit(body.workflow, [body.inputs], body.slo_s, tenant_of(request))
     if body.wait:
         await wait_for(st, request, [rec])
         return rec.to_json()
