@@ -165,6 +165,7 @@ class CoordinatorView:
         "backlog",
         "held_head",
         "demand",
+        "top_rank",
     )
 
     def __init__(self, coord: Coordinator) -> None:
@@ -176,6 +177,7 @@ class CoordinatorView:
         self.batch_limits, self.locality = coord.batch_limits, coord.locality
         self.backlog, self.held_head = coord.backlog, coord.held_head
         self.demand = coord.demand
+        self.top_rank = coord.fair.top_rank
 
     @property
     def free_slots(self) -> int:
@@ -737,7 +739,8 @@ class Coordinator:
             if q is None:
                 continue
             members: list[tuple[_Live, int]] = []
-            while q and len(members) < a.count:
+            rank = q.head_rank()  # one class per batch: a lower class's items would slow it down
+            while q and len(members) < a.count and q.head_rank() == rank:
                 _, node, rid = q.pop()
                 live = self.requests.get(rid)
                 if live is not None and node in live.queued:  # else ended, or reset by a recovery

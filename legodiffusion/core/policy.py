@@ -79,7 +79,7 @@ class RequestView(Protocol):
 
 
 class SchedulerView(Protocol):
-    queues: dict  # BatchKey -> queue with __len__ and head_priority()
+    queues: dict  # BatchKey -> queue with __len__, head_priority() and head_rank()
     classes: dict  # BatchKey -> ClassInfo
     workers: list
     eligible: set  # ids of live workers with a free slot
@@ -101,6 +101,8 @@ class SchedulerView(Protocol):
     def locality(self, key: BatchKey, n: int) -> dict[int, int]: ...
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]: ...
+
+    def top_rank(self) -> int | None: ...  # the highest priority class (lowest rank) with requests running
 
 
 class SchedulingPolicy:
@@ -161,14 +163,15 @@ class _Slots:
         self.view = view
         self.taken: dict[int, int] = {}
         self.left = view.free_slots
+        self.keep = 0  # slots each worker keeps free (for a higher class) from what is placed now
 
     def has(self, wid: int) -> bool:
         if wid not in self.view.eligible:
             return False
-        if not self.taken:
+        if not self.taken and not self.keep:
             return True
         w = self.view.workers[wid]
-        return w.slots - w.inflight - self.taken.get(wid, 0) > 0
+        return w.slots - w.inflight - self.taken.get(wid, 0) > self.keep
 
     def take(self, wid: int) -> None:
         self.taken[wid] = self.taken.get(wid, 0) + 1
@@ -332,7 +335,7 @@ class MicroServingPolicy(SchedulingPolicy):
         comp = (info.model, info.component, info.scope) if info.component else None
         where = view.locality(key, n)
         candidates = self._candidates(view, info, slots, comp, where)
-        if len(candidates) <= 1:
+        if len(candidates) <= 1 and not slots.keep:
             return candidates[0] if candidates else None
         if self.placement == "random":
             return self._rng.choice(sorted(candidates))
@@ -347,12 +350,17 @@ class MicroServingPolicy(SchedulingPolicy):
             if comp is not None:
                 if comp not in w.resident:
                     c += load_s
-                c += self._eviction_s(view, w, comp, info, n)
+                evict_s = self._eviction_s(view, w, comp, info, n)
+                if evict_s > 0 and slots.keep:
+                    continue  # a lower class evicts nothing while a higher class runs (it would reload)
+                c += evict_s
             missing = total_bytes - where.get(wid, 0)
             if missing > 0:
                 c += cost.transfer_s(missing)
             if c < best_cost or (c == best_cost and wid < best):
                 best, best_cost = wid, c
+        if best < 0:
+            return None
         if (
             self.evictions
             and comp is not None
@@ -445,10 +453,17 @@ class MicroServingPolicy(SchedulingPolicy):
         plan = []
         slots = _Slots(view)
         reserved: dict[int, float] = {}
+        top = view.top_rank()
         for key in keys:
             info = view.classes[key]
             pending = len(view.queues[key])
             limit = limits[key][0] if latency_mode else limits[key][1]
+            # while a higher class has requests running, a lower class leaves each worker a slot
+            # and sends small batches: a higher-class node waits behind at most one short call
+            below = top is not None and queues[key].head_rank() > top
+            slots.keep = 1 if below else 0
+            if below:
+                limit = limits[key][0]
             while pending and slots.any():
                 n = self._batch_size(view.cost, info, min(pending, limit))
                 if info.pin is not None:

@@ -49,6 +49,10 @@ class ReadyQueue:
         account = self._first()
         return (self.share_key(account), *self.heaps[account][0][:2])
 
+    def head_rank(self):
+        """The priority class of the next node (the first element of its share key)."""
+        return self.share_key(self._first())[0]
+
     def first(self, n: int) -> list[Entry]:
         """About the next ``n`` entries (each tenant's heap in heap order, tenants by share key)."""
         out: list[Entry] = []
