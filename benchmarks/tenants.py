@@ -146,7 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--duration", type=float, default=600.0, help="seconds of arrivals (simulated)")
+    ap.add_argument("--duration", type=float, default=300.0, help="seconds of arrivals (simulated)")
     ap.add_argument("--warmup", type=float, default=60.0, help="arrivals before this are not scored")
     ap.add_argument("--web-load", type=float, default=0.5, help="(a) web's load, x capacity")
     ap.add_argument("--batch-share", type=float, default=0.2, help="(a) batch's share, x capacity; the flood is 10x it")

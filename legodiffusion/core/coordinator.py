@@ -165,7 +165,7 @@ class CoordinatorView:
         "backlog",
         "held_head",
         "demand",
-        "top_rank",
+        "top_class",
     )
 
     def __init__(self, coord: Coordinator) -> None:
@@ -177,7 +177,7 @@ class CoordinatorView:
         self.batch_limits, self.locality = coord.batch_limits, coord.locality
         self.backlog, self.held_head = coord.backlog, coord.held_head
         self.demand = coord.demand
-        self.top_rank = coord.fair.top_rank
+        self.top_class = coord.fair.top_class
 
     @property
     def free_slots(self) -> int:

@@ -117,9 +117,11 @@ class FairShare:
         if finishes:
             clock.virtual_s = max(clock.virtual_s, min(finishes))
 
-    def top_rank(self) -> int | None:
-        """The highest priority class (lowest rank) with requests running, or None."""
-        return min((rank for rank, clock in self.classes.items() if any(a.live for a in clock.accounts.values())), default=None)
+    def top_class(self) -> tuple[int, int] | None:
+        """The highest priority class (lowest rank) with requests running, and how many it has
+        running; None when nothing runs."""
+        live = ((rank, sum(a.live for a in clock.accounts.values())) for rank, clock in self.classes.items())
+        return min(((rank, n) for rank, n in live if n), default=None)
 
     def work_by_tenant(self) -> dict[str, float]:
         """Profiled node seconds dispatched per tenant, all classes together."""

@@ -102,7 +102,7 @@ class SchedulerView(Protocol):
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]: ...
 
-    def top_rank(self) -> int | None: ...  # the highest priority class (lowest rank) with requests running
+    def top_class(self) -> tuple[int, int] | None: ...  # (rank, requests running) of the highest class running
 
 
 class SchedulingPolicy:
@@ -163,7 +163,7 @@ class _Slots:
         self.view = view
         self.taken: dict[int, int] = {}
         self.left = view.free_slots
-        self.keep = 0  # slots each worker keeps free (for a higher class) from what is placed now
+        self.keep = 0  # slots each worker (of more than one) keeps free from what is placed now
 
     def has(self, wid: int) -> bool:
         if wid not in self.view.eligible:
@@ -171,7 +171,7 @@ class _Slots:
         if not self.taken and not self.keep:
             return True
         w = self.view.workers[wid]
-        return w.slots - w.inflight - self.taken.get(wid, 0) > self.keep
+        return w.slots - w.inflight - self.taken.get(wid, 0) > min(self.keep, w.slots - 1)
 
     def take(self, wid: int) -> None:
         self.taken[wid] = self.taken.get(wid, 0) + 1
@@ -453,18 +453,22 @@ class MicroServingPolicy(SchedulingPolicy):
         plan = []
         slots = _Slots(view)
         reserved: dict[int, float] = {}
-        top = view.top_rank()
+        top = view.top_class()
         for key in keys:
             info = view.classes[key]
             pending = len(view.queues[key])
             limit = limits[key][0] if latency_mode else limits[key][1]
-            # while a higher class has requests running, a lower class leaves each worker a slot
-            # and sends small batches: a higher-class node waits behind at most one short call
-            below = top is not None and queues[key].head_rank() > top
+            # while a higher class has requests running, a lower class takes only idle workers
+            # (leaving each a slot), one small batch each, and not the last idle workers, one per
+            # running higher-class request: a higher-class node finds a free worker, or waits
+            # behind at most one short call
+            below = top is not None and queues[key].head_rank() > top[0]
             slots.keep = 1 if below else 0
             if below:
                 limit = limits[key][0]
             while pending and slots.any():
+                if below and sum(1 for w in view.idle if w not in slots.taken) <= top[1]:
+                    break
                 n = self._batch_size(view.cost, info, min(pending, limit))
                 if info.pin is not None:
                     if not slots.has(info.pin):

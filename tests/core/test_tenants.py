@@ -123,3 +123,20 @@ def test_fair_share_rejects_a_weight_that_is_not_positive():
         FairShare().account("t", 1, 0.0)
     with pytest.raises(ValueError, match="priority must be one of"):
         priority_rank("urgent")
+
+
+def test_a_lower_class_leaves_room_for_a_running_higher_class():
+    h = Harness(workers=4, policy="default")  # two slots per worker
+    make = sd_maker()
+    for rid in (1, 2):
+        h.submit(rid, make, tenant="web", priority=0, steps=6)
+    for rid in range(10, 30):
+        h.submit(rid, make, tenant="batch", priority=2, steps=6)
+    while 1 in h.coord.requests or 2 in h.coord.requests:
+        low = [d.worker for d in h.pending if d.items and d.items[0].request_id >= 10 and not d.light]
+        assert len(low) == len(set(low)), "one lower-class call per worker: the other slot stays free"
+        high_live = sum(rid in h.coord.requests for rid in (1, 2))
+        assert len(set(low)) <= 4 - high_live, "an idle worker kept per running higher-class request"
+        h.complete(h.pending.pop(0))
+    h.drain()
+    assert {o.status for o in h.finished.values()} == {"succeeded"} and len(h.finished) == 22
