@@ -13,10 +13,12 @@ level with the clock (no credit is banked while away).
 
 With one tenant in a class its lead is always exactly 0 (its finish and the clock advance by the
 same amounts), so the ordering inside a tenant is the policy's own (latest start, least laxity).
-The lead is read when a node is queued; a queued node keeps the lead it was queued with (so a
-newcomer may wait behind one queued node per running request of a tenant that was ahead).
+A ready queue keeps one heap per tenant account and reads the leads each time it picks the next
+node (:mod:`legodiffusion.core.ready`), so nodes queued while a tenant was behind do not keep
+that place once it has caught up.
 
-Mechanism owned by the coordinator; policies only read ``lead_s`` and ``rank`` off a request.
+Mechanism owned by the coordinator; policies only read ``rank`` and ``lead_s``
+(:meth:`SchedulingPolicy.share_key`).
 """
 
 from __future__ import annotations

@@ -206,6 +206,12 @@ class MicroServingPolicy(SchedulingPolicy):
     - proactive replicas (``prefetch``): workers a plan leaves idle load the components whose
       recent demand most exceeds their replicas (:meth:`_prefetches`), so loads leave the
       critical path.
+    - tenants and priority classes (:meth:`share_key`, :mod:`legodiffusion.core.fairness`): a
+      higher class first, strictly, then the tenant furthest behind its fair share, then the
+      ordering above. While a higher class has requests running, a lower class takes only idle
+      workers (one latency-size batch each, leaving the other slots free), keeps one idle worker
+      per running higher-class request free, and evicts nothing; admission counts only its own
+      and higher classes as work ahead and protects only its own class's deadlines.
     """
 
     def __init__(
