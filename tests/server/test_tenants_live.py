@@ -17,7 +17,7 @@ KEYS = [
     "# a bare key: the default tenant",
     "plain-key",
     json.dumps({"key": "key-a", "tenant": "alpha", "max_in_flight": 4}),
-    json.dumps({"key": "key-b", "tenant": "beta"}),
+    json.dumps({"key": "key-b", "tenant": "beta", "slo_s": 600}),
     json.dumps({"key": "key-c", "tenant": "gamma", "priority": "low", "rate_per_s": 0.01, "burst": 1}),
 ]
 
@@ -74,6 +74,8 @@ def test_a_flood_up_to_its_cap_does_not_starve_another_tenant(server):
     assert m['legodiffusion_tenant_refusals_total{reason="concurrency",tenant="alpha"}'] == 1
     assert m['legodiffusion_tenant_in_flight{tenant="alpha"}'] == 0
     assert m['legodiffusion_tenant_requests_total{status="succeeded",tenant="beta"}'] == 1
+    assert m['legodiffusion_tenant_slo_requests_total{tenant="beta"}'] == 1, "the tenant's default deadline applied"
+    assert m['legodiffusion_tenant_slo_met_total{tenant="beta"}'] == 1
     assert m['legodiffusion_tenant_gpu_seconds_total{tenant="beta"}'] > 0
     assert m['legodiffusion_tenant_gpu_seconds_total{tenant="alpha"}'] > 0
     assert _run(server, "key-a", 1, wait=True).json()["status"] == "succeeded", "room again once its runs ended"
