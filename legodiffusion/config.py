@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from legodiffusion.core.autoscale import AutoscaleConfig
+from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, priority_rank
 from legodiffusion.workflow.bounds import RequestBounds
 from legodiffusion.workflow.expand import CACHE_NODES
 
@@ -16,13 +19,102 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
-def api_keys(file: Path | None = None) -> set[str]:
-    """API keys from ``file`` (one per line) and ``$LEGODIFFUSION_API_KEYS`` (comma-separated);
-    empty: the server is open."""
-    keys = {k.strip() for k in os.environ.get("LEGODIFFUSION_API_KEYS", "").split(",") if k.strip()}
-    if file is not None:
-        keys |= {line.strip() for line in Path(file).read_text().splitlines() if line.strip() and not line.startswith("#")}
+@dataclass(frozen=True)
+class TenantSpec:
+    """Who holds an API key, and what they may ask of the server (a line of the keys file)."""
+
+    name: str = DEFAULT_TENANT
+    """The tenant: metrics, limits and fair sharing are per tenant (several keys may share one)."""
+    priority: int = DEFAULT_PRIORITY
+    """Priority class rank (``high``=0, ``normal``=1, ``low``=2 in the file): a lower class
+    waits, strictly, while a higher one has work ready."""
+    weight: float = 1.0
+    """Share of its class's profiled work under contention, against the other tenants' weights."""
+    max_in_flight: int | None = None
+    """Most runs of the tenant admitted and not ended; beyond, 429 with ``Retry-After``."""
+    rate_per_s: float | None = None
+    """Runs per second the tenant may submit on average (a token bucket); beyond, 429."""
+    burst: int | None = None
+    """Runs the bucket holds (default: the rate rounded up, at least 1): the largest request."""
+    slo_s: float | None = None
+    """Deadline given to the tenant's runs that do not name one (native ``slo_s``)."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"tenant must be a non-empty string, got {self.name!r}")
+        if not (isinstance(self.weight, (int, float)) and self.weight > 0):
+            raise ValueError(f"tenant {self.name!r}: weight must be > 0, got {self.weight!r}")
+        for name in ("max_in_flight", "burst"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"tenant {self.name!r}: {name} must be an integer >= 1, got {v!r}")
+        for name in ("rate_per_s", "slo_s"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
+                raise ValueError(f"tenant {self.name!r}: {name} must be > 0, got {v!r}")
+        if self.burst is not None and self.rate_per_s is None:
+            raise ValueError(f"tenant {self.name!r}: burst needs rate_per_s")
+
+    @property
+    def bucket(self) -> int | None:
+        """Runs the rate limit lets through at once (None: no rate limit)."""
+        if self.rate_per_s is None:
+            return None
+        return self.burst if self.burst is not None else max(1, math.ceil(self.rate_per_s))
+
+    @classmethod
+    def parse(cls, entry: dict) -> tuple[str, TenantSpec]:
+        """(key, spec) from one structured line of the keys file."""
+        unknown = sorted(set(entry) - _KEY_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; known: {sorted(_KEY_FIELDS)}")
+        key = entry.get("key")
+        if not isinstance(key, str) or not key.strip() or key != key.strip():
+            raise ValueError("'key' must be a non-empty string without surrounding spaces")
+        fields_ = {k: v for k, v in entry.items() if k not in ("key", "tenant", "priority")}
+        return key, cls(entry.get("tenant", DEFAULT_TENANT), priority_rank(entry.get("priority", DEFAULT_PRIORITY)), **fields_)
+
+
+_KEY_FIELDS = {"key", "tenant", "priority", "weight", "max_in_flight", "rate_per_s", "burst", "slo_s"}
+
+
+def tenant_keys(file: Path | None = None) -> dict[str, TenantSpec]:
+    """API keys and their tenants, from ``$LEGODIFFUSION_API_KEYS`` (comma-separated keys of the
+    default tenant) and ``file``: one entry a line, blank lines and ``#`` comments skipped, each
+    either a bare key (the default tenant) or a JSON object
+    ``{"key": ..., "tenant": ..., "priority": "high"|"normal"|"low", "weight": ...,
+    "max_in_flight": ..., "rate_per_s": ..., "burst": ..., "slo_s": ...}`` (all but ``key``
+    optional). The keys of one tenant must agree on its settings. Empty: the server is open.
+    Raises ValueError naming the line that is wrong."""
+    keys = {k.strip(): TenantSpec() for k in os.environ.get("LEGODIFFUSION_API_KEYS", "").split(",") if k.strip()}
+    if file is None:
+        return keys
+    tenants: dict[str, TenantSpec] = {}
+    for n, line in enumerate(Path(file).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError("a structured line must be one JSON object")
+                key, spec = TenantSpec.parse(entry)
+            else:
+                key, spec = line, TenantSpec()
+            if key in keys and keys[key] != spec:
+                raise ValueError("the key appears twice with different settings")
+            if tenants.setdefault(spec.name, spec) != spec:
+                raise ValueError(f"tenant {spec.name!r} has other settings on an earlier line: give all its keys the same")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{file}:{n}: {exc}") from None
+        keys[key] = spec
     return keys
+
+
+def api_keys(file: Path | None = None) -> set[str]:
+    """The API keys of :func:`tenant_keys`; empty: the server is open."""
+    return set(tenant_keys(file))
 
 
 def home() -> Path:

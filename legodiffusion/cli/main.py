@@ -221,7 +221,10 @@ def serve(
     ),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     policy: str = typer.Option("default", help="scheduling policy"),
-    api_keys_file: Path | None = typer.Option(None, help="file of API keys, one per line (also $LEGODIFFUSION_API_KEYS, comma-separated)"),
+    api_keys_file: Path | None = typer.Option(
+        None,
+        help="file of API keys, one a line: a bare key, or a JSON object with its tenant, priority and limits (see the README; also $LEGODIFFUSION_API_KEYS, comma-separated)",
+    ),
     backend: str = typer.Option("local", help="local (worker threads here) or ray (worker actors across a Ray cluster)"),
     address: str = typer.Option("auto", help="ray: auto (join the running cluster, else start one), local, or ray://host:port"),
     cpus_per_worker: float = typer.Option(0.25, min=0.01, help="ray: CPUs a CPU-only worker actor asks for"),
@@ -252,7 +255,11 @@ def serve(
     from legodiffusion.server.logs import configure
 
     configure()
-    keys = config.api_keys(api_keys_file)
+    try:
+        keys = config.tenant_keys(api_keys_file)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         ray_config = RayConfig(
             address=address,

@@ -7,17 +7,18 @@ It never reads a clock, sleeps, spawns threads or does I/O. A driver feeds it ev
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from legodiffusion.core.cost import CostModel, DefaultCost
+from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, FairShare, TenantAccount
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_value
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, DispatchItem, RequestOutcome, TensorRef
 from legodiffusion.core.policy import BatchKey, ClassInfo, Prefetch, SchedulingPolicy
 from legodiffusion.core.pool import WorkerPool
+from legodiffusion.core.ready import ReadyQueue
 from legodiffusion.core.recovery import Orphans
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
@@ -35,6 +36,11 @@ class Request:
     deadline_s: float | None = None  # absolute, on the driver's clock
     #: profiled solo seconds of each node, where the driver costed them already (else computed here)
     costs: list[float] | None = None
+    #: who sent it: strict priority between classes (``priority``: a rank, lower first), weighted
+    #: fair sharing of profiled work between tenants inside one (:mod:`legodiffusion.core.fairness`)
+    tenant: str = DEFAULT_TENANT
+    priority: int = DEFAULT_PRIORITY
+    weight: float = 1.0
 
 
 class _Live:
@@ -61,9 +67,10 @@ class _Live:
         "making",
         "seq",
         "peak",
+        "account",
     )
 
-    def __init__(self, req: Request, costs: list[float], px: int | None) -> None:
+    def __init__(self, req: Request, costs: list[float], px: int | None, account: TenantAccount) -> None:
         self.req = req
         self.indegree = list(req.template.indegree)
         self.dwait = list(req.template.deferred_deps)
@@ -83,6 +90,7 @@ class _Live:
         self.making: dict[int, int] = {}  # output id -> the worker its producer was sent to
         self.seq = 0  # admission order
         self.peak = 0  # the most nodes ever done at once: progress, which a recovery's re-runs do not repeat
+        self.account = account  # its tenant's share of its priority class
 
     # RequestView for policies
     @property
@@ -97,26 +105,17 @@ class _Live:
     def deadline_s(self) -> float | None:
         return self.req.deadline_s
 
+    @property
+    def tenant(self) -> str:
+        return self.req.tenant
 
-class ReadyQueue:
-    """Ready nodes of one batch class, highest priority first."""
+    @property
+    def rank(self) -> int:
+        return self.req.priority
 
-    __slots__ = ("heap",)
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[tuple, int, int]] = []  # (request priority, node, request id)
-
-    def __len__(self) -> int:
-        return len(self.heap)
-
-    def push(self, priority: tuple, node: int, request_id: int) -> None:
-        heapq.heappush(self.heap, (priority, node, request_id))
-
-    def pop(self) -> tuple[tuple, int, int]:
-        return heapq.heappop(self.heap)
-
-    def head_priority(self) -> tuple:
-        return self.heap[0][:2]
+    @property
+    def lead_s(self) -> float:
+        return self.account.lead_s
 
 
 @dataclass
@@ -166,6 +165,7 @@ class CoordinatorView:
         "backlog",
         "held_head",
         "demand",
+        "top_class",
     )
 
     def __init__(self, coord: Coordinator) -> None:
@@ -177,6 +177,7 @@ class CoordinatorView:
         self.batch_limits, self.locality = coord.batch_limits, coord.locality
         self.backlog, self.held_head = coord.backlog, coord.held_head
         self.demand = coord.demand
+        self.top_class = coord.fair.top_class
 
     @property
     def free_slots(self) -> int:
@@ -229,6 +230,8 @@ class Coordinator:
         self._now = 0.0  # the latest event's time
         #: profiled work not yet done of every admitted request (seconds; kept as work is done)
         self.work_s = 0.0
+        #: priority classes' virtual clocks and tenants' shares of them (read through ``lead_s``)
+        self.fair = FairShare()
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -239,7 +242,7 @@ class Coordinator:
     def locality(self, key: BatchKey, n: int) -> dict[int, int]:
         """Bytes of the first ``n`` queued nodes' inputs, by the worker holding them."""
         where: Counter = Counter()
-        for _, node, rid in self.queues[key].heap[:n]:
+        for _, node, rid in self.queues[key].first(n):
             live = self.requests.get(rid)
             if live is None:
                 continue
@@ -272,9 +275,10 @@ class Coordinator:
             self._demand[k] = (rate * math.exp(-(now - t) / tau) + w / tau, now)
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]:
-        """(priority, profiled remaining work, deadline) of every in-flight request, in priority
-        order."""
-        return sorted((r.priority, r.remaining_s, r.req.deadline_s) for r in self.requests.values())
+        """(order key, profiled remaining work, deadline) of every in-flight request, in order
+        (:meth:`SchedulingPolicy.order_key`)."""
+        key = self.policy.order_key
+        return sorted((key(r), r.remaining_s, r.req.deadline_s) for r in self.requests.values())
 
     # -- events ----------------------------------------------------------------------------
 
@@ -296,6 +300,7 @@ class Coordinator:
             return actions
         self._seq += 1
         live.seq = self._seq
+        self.fair.join(live.account)
         live.priority = self.policy.priority(live, self._seq, solo)
         self.stats.work_by_workflow[req.workflow] += solo
         self.stats.admitted += 1
@@ -312,7 +317,8 @@ class Coordinator:
 
     def _live(self, req: Request) -> _Live:
         px = pixels(req.inputs, req.template)
-        return _Live(req, req.costs if req.costs is not None else self.node_costs(req.template, px), px)
+        account = self.fair.account(req.tenant, req.priority, req.weight)
+        return _Live(req, req.costs if req.costs is not None else self.node_costs(req.template, px), px, account)
 
     def refusal(self, req: Request, now: float) -> str | None:
         """Why the policy's admission would refuse ``req`` now, or None; changes nothing."""
@@ -620,6 +626,7 @@ class Coordinator:
         live.pending.clear()
         self.stats.requests[status] += 1
         del self.requests[live.req.id]
+        self.fair.leave(live.account)
         # what is left of its work leaves the queue (rounding cannot build up past an empty queue)
         self.work_s = self.work_s - live.remaining_s if self.requests else 0.0
 
@@ -648,9 +655,9 @@ class Coordinator:
         key = (tn.op, tn.mode, tn.model, sig, scope, live.pin)
         q = self.queues.get(key)
         if q is None:
-            q = self.queues[key] = ReadyQueue()
+            q = self.queues[key] = ReadyQueue(self.policy.share_key)
             self.classes[key] = ClassInfo(tn.op, tn.mode, tn.model, tn.component, live.px, scope, live.pin)
-        q.push(live.priority, node, live.req.id)
+        q.push(live.priority, node, live.req.id, live.account)
         live.queued.add(node)
 
     def _item(self, live: _Live, node: int, worker: int) -> DispatchItem:
@@ -689,6 +696,8 @@ class Coordinator:
     def _new_dispatch(self, worker: int, tn, scope: str | None, members: list[tuple[_Live, int]], actions: Actions) -> None:
         self._next_dispatch += 1
         items = [self._item(live, node, worker) for live, node in members]
+        for live, node in members:
+            self.fair.charge(live.account, live.costs[node])
         d = Dispatch(self._next_dispatch, worker, tn.op, tn.mode, tn.model, tn.component, items, tn.light, scope)
         px = members[0][0].px
         if tn.component is not None and self._activation_bytes is not None:
@@ -730,7 +739,8 @@ class Coordinator:
             if q is None:
                 continue
             members: list[tuple[_Live, int]] = []
-            while q and len(members) < a.count:
+            rank = q.head_rank()  # one class per batch: a lower class's items would slow it down
+            while q and len(members) < a.count and q.head_rank() == rank:
                 _, node, rid = q.pop()
                 live = self.requests.get(rid)
                 if live is not None and node in live.queued:  # else ended, or reset by a recovery

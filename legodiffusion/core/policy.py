@@ -61,6 +61,11 @@ class WorkerView(Protocol):
     pinned: int
 
 
+class TenantView(Protocol):
+    rank: int  # priority class: lower first, strictly
+    lead_s: float  # how far the tenant is ahead of its fair share of its class (core/fairness.py)
+
+
 class RequestView(Protocol):
     workflow: str
     arrival_s: float
@@ -68,10 +73,13 @@ class RequestView(Protocol):
     solo_s: float  # profiled work of the whole request
     remaining_s: float  # profiled work not yet done
     priority: tuple
+    tenant: str
+    rank: int  # its tenant's (TenantView)
+    lead_s: float
 
 
 class SchedulerView(Protocol):
-    queues: dict  # BatchKey -> queue with __len__ and head_priority()
+    queues: dict  # BatchKey -> queue with __len__, head_priority() and head_rank()
     classes: dict  # BatchKey -> ClassInfo
     workers: list
     eligible: set  # ids of live workers with a free slot
@@ -94,6 +102,8 @@ class SchedulerView(Protocol):
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]: ...
 
+    def top_class(self) -> tuple[int, int] | None: ...  # (rank, requests running) of the highest class running
+
 
 class SchedulingPolicy:
     name = "base"
@@ -106,9 +116,20 @@ class SchedulingPolicy:
     tick_s: float | None = None
 
     def priority(self, req: RequestView, seq: int, remaining_s: float) -> tuple:
-        """The request's place in every ready queue (lower first), given its admission order and
-        its profiled remaining work; re-evaluated each time one of its nodes finishes."""
+        """The request's place among its tenant's requests in every ready queue (lower first),
+        given its admission order and its profiled remaining work; re-evaluated each time one of
+        its nodes finishes."""
         return (seq,)
+
+    def share_key(self, tenant: TenantView) -> tuple:
+        """Which tenant's ready nodes go first (lower first), read each time a queue's head is
+        chosen: strict priority between classes, then, inside one, the tenant furthest behind its
+        fair share of the class's profiled work (a lead of 0 when it is alone in its class)."""
+        return (tenant.rank, tenant.lead_s)
+
+    def order_key(self, req: RequestView) -> tuple:
+        """A request's place among all requests as of now (its tenant's, then its own)."""
+        return (self.share_key(req), req.priority)
 
     def admit(self, view: SchedulerView, req: RequestView, solo_s: float, now: float) -> str | None:
         """None to admit, else the reason for rejecting."""
@@ -142,14 +163,15 @@ class _Slots:
         self.view = view
         self.taken: dict[int, int] = {}
         self.left = view.free_slots
+        self.keep = 0  # slots each worker (of more than one) keeps free from what is placed now
 
     def has(self, wid: int) -> bool:
         if wid not in self.view.eligible:
             return False
-        if not self.taken:
+        if not self.taken and not self.keep:
             return True
         w = self.view.workers[wid]
-        return w.slots - w.inflight - self.taken.get(wid, 0) > 0
+        return w.slots - w.inflight - self.taken.get(wid, 0) > min(self.keep, w.slots - 1)
 
     def take(self, wid: int) -> None:
         self.taken[wid] = self.taken.get(wid, 0) + 1
@@ -184,6 +206,12 @@ class MicroServingPolicy(SchedulingPolicy):
     - proactive replicas (``prefetch``): workers a plan leaves idle load the components whose
       recent demand most exceeds their replicas (:meth:`_prefetches`), so loads leave the
       critical path.
+    - tenants and priority classes (:meth:`share_key`, :mod:`legodiffusion.core.fairness`): a
+      higher class first, strictly, then the tenant furthest behind its fair share, then the
+      ordering above. While a higher class has requests running, a lower class takes only idle
+      workers (one latency-size batch each, leaving the other slots free), keeps one idle worker
+      per running higher-class request free, and evicts nothing; admission counts only its own
+      and higher classes as work ahead and protects only its own class's deadlines.
     """
 
     def __init__(
@@ -247,7 +275,7 @@ class MicroServingPolicy(SchedulingPolicy):
         if slack < 0:
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work, {req.deadline_s - now:.3f}s left before its deadline"
         workers = sum(1 for w in view.workers if w.alive and not w.draining) or 1
-        mine = self.priority(req, float("inf"), solo_s)
+        mine = (self.share_key(req), self.priority(req, float("inf"), solo_s))
         backlog = view.backlog()
         ahead = [work for prio, work, _ in backlog if prio <= mine]
         wait = sum(ahead) / workers
@@ -255,8 +283,11 @@ class MicroServingPolicy(SchedulingPolicy):
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
         # it must not make an admitted request late: in the fluid limit (all work spread over all
         # workers) the requests after it finish no earlier than the work up to them / workers
+        # (only its own class: a lower class yields to it by design)
         total = sum(ahead) + solo_s
-        for _, work, deadline in backlog[len(ahead) :]:
+        for prio, work, deadline in backlog[len(ahead) :]:
+            if prio[0][0] != mine[0][0]:
+                break
             total += work
             if deadline is not None and total / workers > deadline - now >= (total - solo_s) / workers:
                 return f"SLO_REJECTED: admitting it ({solo_s:.3f}s of work) would make admitted requests miss their deadlines"
@@ -310,7 +341,7 @@ class MicroServingPolicy(SchedulingPolicy):
         comp = (info.model, info.component, info.scope) if info.component else None
         where = view.locality(key, n)
         candidates = self._candidates(view, info, slots, comp, where)
-        if len(candidates) <= 1:
+        if len(candidates) <= 1 and not slots.keep:
             return candidates[0] if candidates else None
         if self.placement == "random":
             return self._rng.choice(sorted(candidates))
@@ -325,12 +356,17 @@ class MicroServingPolicy(SchedulingPolicy):
             if comp is not None:
                 if comp not in w.resident:
                     c += load_s
-                c += self._eviction_s(view, w, comp, info, n)
+                evict_s = self._eviction_s(view, w, comp, info, n)
+                if evict_s > 0 and slots.keep:
+                    continue  # a lower class evicts nothing while a higher class runs (it would reload)
+                c += evict_s
             missing = total_bytes - where.get(wid, 0)
             if missing > 0:
                 c += cost.transfer_s(missing)
             if c < best_cost or (c == best_cost and wid < best):
                 best, best_cost = wid, c
+        if best < 0:
+            return None
         if (
             self.evictions
             and comp is not None
@@ -423,11 +459,22 @@ class MicroServingPolicy(SchedulingPolicy):
         plan = []
         slots = _Slots(view)
         reserved: dict[int, float] = {}
+        top = view.top_class()
         for key in keys:
             info = view.classes[key]
             pending = len(view.queues[key])
             limit = limits[key][0] if latency_mode else limits[key][1]
+            # while a higher class has requests running, a lower class takes only idle workers
+            # (leaving each a slot), one small batch each, and not the last idle workers, one per
+            # running higher-class request: a higher-class node finds a free worker, or waits
+            # behind at most one short call
+            below = top is not None and queues[key].head_rank() > top[0]
+            slots.keep = 1 if below else 0
+            if below:
+                limit = limits[key][0]
             while pending and slots.any():
+                if below and sum(1 for w in view.idle if w not in slots.taken) <= top[1]:
+                    break
                 n = self._batch_size(view.cost, info, min(pending, limit))
                 if info.pin is not None:
                     if not slots.has(info.pin):

@@ -18,6 +18,7 @@ from typing import Any
 from legodiffusion.config import EngineConfig
 from legodiffusion.core.autoscale import ReplicaAutoscaler
 from legodiffusion.core.coordinator import INVARIANT, Request
+from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
 from legodiffusion.core.graph import Template
 from legodiffusion.core.messages import Actions, Completion, Dispatch
 from legodiffusion.core.patchset import parse_patches
@@ -63,6 +64,9 @@ class Prepared:
     inputs: dict[str, Any]  # bound: defaults applied
     slo_s: float | None
     cost: RequestCost
+    tenant: str = DEFAULT_TENANT
+    priority: int = DEFAULT_PRIORITY  # class rank: lower first (core/fairness.py)
+    weight: float = 1.0  # the tenant's share of its class
 
 
 @dataclass
@@ -185,11 +189,22 @@ class Engine:
         self.workflows[name] = Expander(spec, self.registry, self.templates)
         return name
 
-    def prepare(self, workflow: str, inputs: dict[str, Any], slo_s: float | None = None, bounds: RequestBounds | None = None) -> Prepared:
+    def prepare(
+        self,
+        workflow: str,
+        inputs: dict[str, Any],
+        slo_s: float | None = None,
+        bounds: RequestBounds | None = None,
+        tenant: str = DEFAULT_TENANT,
+        priority: int = DEFAULT_PRIORITY,
+        weight: float = 1.0,
+    ) -> Prepared:
         """Bind, expand, check and cost a request without submitting it; raises WorkflowError
         (``limit_exceeded`` for a bound of ``bounds``, default the config's) or KeyError for bad
         input. Every value a node will receive from the request or the workflow's literals is
         checked against its port's type and range and its operator's checks with the model's facts.
+        ``tenant``, ``priority`` (class rank) and ``weight``: whose request it is, for the
+        ordering between tenants and classes (:mod:`legodiffusion.core.fairness`).
 
         Thread-safe and changes no engine state but its caches, so a server runs it off the event
         loop: a large expansion stalls nothing."""
@@ -203,7 +218,7 @@ class Engine:
         check_values(template, bound, self.registry, self._pipeline_config)
         self._check_patches(bound)
         cost = request_cost(template, bound, self.cost, bounds, self._native_px)
-        return Prepared(workflow, template, bound, slo_s, cost)
+        return Prepared(workflow, template, bound, slo_s, cost, tenant, priority, weight)
 
     def submit_prepared(self, prepared: Prepared, on_progress: Callable[[Run], None] | None = None) -> Run:
         """Submit a prepared request (on the event loop; cheap). ``prepared.slo_s``: the request
@@ -261,7 +276,7 @@ class Engine:
 
     def _request(self, rid: int, p: Prepared, now: float) -> Request:
         deadline = None if p.slo_s is None else now + p.slo_s
-        return Request(rid, p.template, p.inputs, p.workflow, now, deadline, costs=p.cost.costs)
+        return Request(rid, p.template, p.inputs, p.workflow, now, deadline, p.cost.costs, p.tenant, p.priority, p.weight)
 
     def _native_px(self, model: str) -> int | None:
         cfg = self._pipeline_config(model)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from legodiffusion.config import EngineConfig
+from legodiffusion.config import EngineConfig, TenantSpec
 from legodiffusion.runtime.engine import Engine
 from legodiffusion.server.errors import install
 from legodiffusion.server.guard import Guard
@@ -24,12 +24,14 @@ def create_app(
     models: dict[str, str],
     config: EngineConfig | None = None,
     workflows: list | None = None,
-    api_keys: set[str] | None = None,
+    api_keys: set[str] | dict[str, TenantSpec] | None = None,
     limits: Limits | None = None,
     retention: Retention | None = None,
     cancel_on_disconnect: bool = True,
 ) -> FastAPI:
-    """``api_keys``: when given, every endpoint but the health checks needs ``Authorization: Bearer KEY``.
+    """``api_keys``: when given, every endpoint but the health checks needs ``Authorization: Bearer KEY``;
+    a dict gives each key's tenant (:func:`legodiffusion.config.tenant_keys` reads the keys file),
+    a set puts every key in the default tenant.
     ``retention``: what the server keeps of finished runs, uploads and registered workflows.
     ``cancel_on_disconnect``: a request that waits for its runs (native ``wait``, OpenAI images)
     cancels them when its client goes away."""
@@ -41,10 +43,12 @@ def create_app(
         for spec in workflows or []:
             engine.add_workflow(spec)
         metrics, timeline = Metrics(), Timeline()
-        engine.on_dispatch_sent = timeline.sent
-        engine.on_dispatch_done = chain(metrics.on_dispatch, timeline.done)
         await engine.start()
-        app.state.server = ServerState(engine, metrics, limits, retention or Retention(), cancel_on_disconnect, timeline)
+        server = ServerState(engine, metrics, limits, retention or Retention(), cancel_on_disconnect, timeline)
+        engine.on_dispatch_sent = timeline.sent
+        engine.on_dispatch_done = chain(server.on_dispatch, timeline.done)
+        metrics.watch_tenants(server.tenant_usage)
+        app.state.server = server
         try:
             yield
         finally:
@@ -52,7 +56,8 @@ def create_app(
 
     app = FastAPI(title="legodiffusion", version="0.1.0", lifespan=lifespan)
 
-    app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=limits.max_body_bytes)
+    keys = dict.fromkeys(api_keys, TenantSpec()) if isinstance(api_keys, (set, frozenset, list)) else api_keys
+    app.add_middleware(Guard, api_keys=keys or None, max_body_bytes=limits.max_body_bytes)
     install(app)  # after the guard, so its last-resort handler wraps the guard too
     for router in ROUTERS:
         app.include_router(router)

@@ -58,10 +58,15 @@ class WorkflowSeries(BaseModel):
 
 
 class TenantUsage(BaseModel):
-    runs: dict[str, int] = Field(description="finished runs by status")
-    total: int
-    work_s: float = Field(description="worker-seconds its runs used (a batch shared among its runs)")
-    mean_latency_s: float | None
+    priority: int = Field(description="priority class rank (0 = high)")
+    weight: float
+    in_flight: int = Field(description="runs admitted and not ended")
+    requests: dict[str, int] = Field(description="ended runs by status")
+    refused: dict[str, int] = Field(description="429s by reason")
+    gpu_s: float = Field(description="measured seconds of its nodes' calls (a batch's split over its items)")
+    work_s: float = Field(default=0.0, description="profiled node seconds the scheduler dispatched for it")
+    slo_met: int
+    slo_total: int
 
 
 class RunRow(BaseModel):
@@ -147,7 +152,7 @@ async def snapshot(st: ServerState) -> Snapshot:
         queues=queue_depths(engine),
         batches=batches,
         workflows=st.history.workflows_json(),
-        tenants=st.history.tenants_json(),
+        tenants=st.tenant_usage(),
         runs=[run_row(rec) for rec in itertools.islice(reversed(st.runs.records.values()), RECENT_RUNS)],
     )
 

@@ -17,14 +17,23 @@ log = logging.getLogger("legodiffusion.server")
 
 class ApiError(Exception):
     """``retry_after_s``: when a retry may succeed (a full queue, no worker), sent as the
-    ``Retry-After`` header and as the error's ``retry_after_s``."""
+    ``Retry-After`` header and as the error's ``retry_after_s``; ``extra``: more fields of the
+    error object (e.g. the ``tenant`` a per-tenant limit refused)."""
 
     def __init__(
-        self, status: int, code: str, message: str, path: str | None = None, retryable: bool = False, retry_after_s: int | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        path: str | None = None,
+        retryable: bool = False,
+        retry_after_s: int | None = None,
+        **extra,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.path, self.retryable = status, code, message, path, retryable
         self.retry_after_s = retry_after_s
+        self.extra = extra
 
 
 def error_body(code: str, message: str, path: str | None = None, retryable: bool = False, **extra) -> dict:
@@ -69,8 +78,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
         if exc.retry_after_s is None:
-            return JSONResponse(error_body(exc.code, exc.message, exc.path, exc.retryable), status_code=exc.status)
-        body = error_body(exc.code, exc.message, exc.path, exc.retryable, retry_after_s=exc.retry_after_s)
+            return JSONResponse(error_body(exc.code, exc.message, exc.path, exc.retryable, **exc.extra), status_code=exc.status)
+        body = error_body(exc.code, exc.message, exc.path, exc.retryable, retry_after_s=exc.retry_after_s, **exc.extra)
         return JSONResponse(body, status_code=exc.status, headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(WorkflowError)

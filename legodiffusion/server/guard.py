@@ -1,6 +1,7 @@
 """The outer gate of every HTTP request: the API key, and the body size (``max_body_bytes``),
-checked before any handler runs. A plain ASGI middleware, so that a handler still sees its
-client's disconnect (Starlette's ``BaseHTTPMiddleware`` hides it)."""
+checked before any handler runs; the key's tenant is put in the request's scope state
+(``tenant_of`` reads it). A plain ASGI middleware, so that a handler still sees its client's
+disconnect (Starlette's ``BaseHTTPMiddleware`` hides it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from legodiffusion.config import TenantSpec
 from legodiffusion.server.errors import error_body
 
 OPEN_PATHS = ("/healthz", "/readyz")
@@ -34,7 +36,10 @@ def presented_key(authorization: str) -> str | None:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, api_keys: set[str] | None, max_body_bytes: int) -> None:
+    """``api_keys``: key -> its tenant (None or empty: the server is open, every request the
+    default tenant's)."""
+
+    def __init__(self, app: ASGIApp, api_keys: dict[str, TenantSpec] | None, max_body_bytes: int) -> None:
         self.app, self.api_keys, self.max_body_bytes = app, api_keys, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -43,10 +48,12 @@ class Guard:
             return
         headers = Headers(scope=scope)
         if self.api_keys and scope["path"] not in OPEN_PATHS:
-            if presented_key(headers.get("authorization", "")) not in self.api_keys:
+            tenant = self.api_keys.get(presented_key(headers.get("authorization", "")))
+            if tenant is None:
                 body = error_body("unauthorized", "a valid API key is required (Authorization: Bearer KEY)")
                 await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": CHALLENGE})(scope, receive, send)
                 return
+            scope.setdefault("state", {})["tenant"] = tenant
         size = headers.get("content-length")
         if size is not None:
             if size.isdigit() and int(size) > self.max_body_bytes:

@@ -1,16 +1,13 @@
 """What finished runs looked like, for the dashboard: per workflow a bounded time series of
-latency and deadline attainment, and per tenant what it used. Fed as each run ends
+latency and deadline attainment (per tenant usage is :meth:`ServerState.tenant_usage`). Fed as each run ends
 (:meth:`~legodiffusion.server.state.ServerState._keep`)."""
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from legodiffusion.stats import percentile
-
-DEFAULT_TENANT = "default"
-"""Whom a run is counted for when the server has no tenants."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,24 +21,6 @@ class Point:
         return {"t_s": round(self.t_s, 3), "latency_s": round(self.latency_s, 4), "status": self.status, "met": self.met}
 
 
-@dataclass
-class Usage:
-    """One tenant's finished runs."""
-
-    runs: dict[str, int] = field(default_factory=dict)  # by final status
-    work_s: float = 0.0  # worker-seconds its runs' dispatches took (a batch shared among its runs)
-    latency_s: float = 0.0  # summed over succeeded runs
-
-    def to_json(self) -> dict:
-        ok = self.runs.get("succeeded", 0)
-        return {
-            "runs": dict(self.runs),
-            "total": sum(self.runs.values()),
-            "work_s": round(self.work_s, 4),
-            "mean_latency_s": round(self.latency_s / ok, 4) if ok else None,
-        }
-
-
 class History:
     """Bounded: the last ``max_points`` runs of each workflow, and the ``max_workflows`` workflows
     that finished a run most recently."""
@@ -49,9 +28,8 @@ class History:
     def __init__(self, max_points: int = 500, max_workflows: int = 64) -> None:
         self.max_points, self.max_workflows = max_points, max_workflows
         self.points: OrderedDict[str, deque[Point]] = OrderedDict()
-        self.tenants: dict[str, Usage] = {}
 
-    def add(self, workflow: str, tenant: str, status: str, latency_s: float, slo_s: float | None, work_s: float, now_s: float) -> None:
+    def add(self, workflow: str, status: str, latency_s: float, slo_s: float | None, now_s: float) -> None:
         met = None if slo_s is None else status == "succeeded" and latency_s <= slo_s
         series = self.points.get(workflow)
         if series is None:
@@ -60,11 +38,6 @@ class History:
         series.append(Point(now_s, latency_s, status, met))
         while len(self.points) > self.max_workflows:
             self.points.popitem(last=False)
-        usage = self.tenants.setdefault(tenant, Usage())
-        usage.runs[status] = usage.runs.get(status, 0) + 1
-        usage.work_s += work_s
-        if status == "succeeded":
-            usage.latency_s += latency_s
 
     def workflows_json(self) -> dict[str, dict]:
         """Per workflow: its points, oldest first, and a summary of them (latency of the runs that
@@ -83,6 +56,3 @@ class History:
                 "slo_attainment": round(sum(timed) / len(timed), 4) if timed else None,
             }
         return out
-
-    def tenants_json(self) -> dict[str, dict]:
-        return {name: usage.to_json() for name, usage in sorted(self.tenants.items())}

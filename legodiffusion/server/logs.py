@@ -6,7 +6,7 @@ import json
 import logging
 import time
 
-_FIELDS = ("run_id", "workflow", "latency_s", "error")
+_FIELDS = ("run_id", "workflow", "tenant", "latency_s", "error")
 
 
 class JsonFormatter(logging.Formatter):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 def queue_depths(engine) -> dict[str, int]:
@@ -60,6 +63,10 @@ class Metrics:
         self.timeouts = Counter("legodiffusion_call_timeouts", "Model calls that ran past their timeout", registry=r)
         self.stalls = Counter("legodiffusion_stalled_requests", "Requests failed by the watchdog", registry=r)
         self._seen = {"recoveries": 0, "lost": 0, "events": 0}
+
+    def watch_tenants(self, usage: Callable[[], dict[str, dict]]) -> None:
+        """Export per-tenant usage (``ServerState.tenant_usage``) read at each scrape."""
+        self.registry.register(_TenantCollector(usage))
 
     def evicted(self, kind: str, reason: str) -> None:
         self.evictions.labels(kind, reason).inc()
@@ -122,3 +129,34 @@ class Metrics:
         self.timeouts.inc(sup.timeouts - seen.get("timeouts", 0))
         self.stalls.inc(sup.stalls - seen.get("stalls", 0))
         seen.update(timeouts=sup.timeouts, stalls=sup.stalls)
+
+
+class _TenantCollector:
+    """Per-tenant series, from the one place the server keeps tenant usage."""
+
+    def __init__(self, usage: Callable[[], dict[str, dict]]) -> None:
+        self.usage = usage
+
+    def collect(self):
+        p = "legodiffusion_tenant_"
+        requests = CounterMetricFamily(p + "requests", "Runs by tenant and final status", labels=["tenant", "status"])
+        refused = CounterMetricFamily(p + "refusals", "Requests refused 429 by a tenant's limit", labels=["tenant", "reason"])
+        gpu = CounterMetricFamily(p + "gpu_seconds", "Measured seconds of the tenant's model calls", labels=["tenant"])
+        work = CounterMetricFamily(p + "work_seconds", "Profiled seconds of the tenant's nodes dispatched", labels=["tenant"])
+        inflight = GaugeMetricFamily(p + "in_flight", "Runs of the tenant admitted and not ended", labels=["tenant"])
+        slo_met = CounterMetricFamily(p + "slo_met", "Runs with a deadline that finished in time", labels=["tenant"])
+        slo_total = CounterMetricFamily(p + "slo_requests", "Runs with a deadline", labels=["tenant"])
+        for name, u in self.usage().items():
+            for status, n in u["requests"].items():
+                requests.add_metric([name, status], n)
+            for reason, n in u["refused"].items():
+                refused.add_metric([name, reason], n)
+            gpu.add_metric([name], u["gpu_s"])
+            work.add_metric([name], u.get("work_s", 0.0))
+            inflight.add_metric([name], u["in_flight"])
+            slo_met.add_metric([name], u["slo_met"])
+            slo_total.add_metric([name], u["slo_total"])
+        yield from (requests, refused, gpu, work, inflight, slo_met, slo_total)
+
+    def describe(self):
+        return []  # collected at scrape time only

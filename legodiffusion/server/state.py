@@ -10,16 +10,18 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from legodiffusion.config import TenantSpec
 from legodiffusion.runtime.engine import Engine, RunResult
 from legodiffusion.server.errors import ApiError
-from legodiffusion.server.history import DEFAULT_TENANT, History
+from legodiffusion.server.history import History
 from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
 from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, WorkflowStore, encode
 from legodiffusion.server.timeline import Timeline
+from legodiffusion.server.tenants import DEFAULT, Tenants, tenant_of
 from legodiffusion.server.uploads import UploadStore
 
-__all__ = ["TERMINAL", "RunRecord", "ServerState", "state", "wait_for"]
+__all__ = ["TERMINAL", "RunRecord", "ServerState", "state", "tenant_of", "wait_for"]
 log = logging.getLogger("legodiffusion.server")
 
 
@@ -43,28 +45,52 @@ class ServerState:
         self.history = History()
         self.started_s = int(self.retention.clock())
         self._keeping: set[asyncio.Task] = set()
+        self.tenants = Tenants()
+
+    def tenant_usage(self) -> dict[str, dict]:
+        """Per-tenant usage (:meth:`Tenants.usage`), with the profiled node seconds the scheduler
+        dispatched for each (``work_s``)."""
+        usage = self.tenants.usage()
+        for name, work_s in self.engine.coordinator.fair.work_by_tenant().items():
+            if name in usage:
+                usage[name]["work_s"] = work_s
+        return usage
+
+    def on_dispatch(self, d, c) -> None:
+        """A dispatch finished (the engine's ``on_dispatch_done``): metrics and tenant usage."""
+        self.metrics.on_dispatch(d, c)
+        self.tenants.on_dispatch(d, c)
 
     def model_object(self, workflow: str) -> dict:
         """A workflow as OpenAI describes a model (``created``: when it was registered, in Unix seconds)."""
         created = self.workflows.created_s.get(workflow, self.started_s)
         return {"id": workflow, "object": "model", "created": created, "owned_by": "legodiffusion"}
 
-    async def submit(self, workflow: str, runs: list[dict], slo_s: float | None) -> list[RunRecord]:
+    async def submit(self, workflow: str, runs: list[dict], slo_s: float | None, tenant: TenantSpec = DEFAULT) -> list[RunRecord]:
         """Admit a request's runs (one set of inputs each) together or not at all, deciding before
         any is queued: each run is expanded, checked and costed off the event loop (a huge
         expansion stalls nothing), then the room for all of them is checked, in runs and in
         seconds of profiled work; a full queue answers 429 with ``Retry-After``, before expanding
         anything when it is full already. A request with a deadline that admission cannot meet
-        is answered ``rejected`` (``SLO_REJECTED``) rather than 429, and nothing of it is queued."""
+        is answered ``rejected`` (``SLO_REJECTED``) rather than 429, and nothing of it is queued.
+
+        ``tenant``: who sent it (:func:`tenant_of`): its cap on runs in flight and its rate limit
+        are checked with the queue's room (429 naming the tenant), its deadline default applies
+        when ``slo_s`` is None, and its class and weight order its runs against other tenants'."""
         engine, limits = self.engine, self.limits
         if workflow not in engine.workflows:
             raise ApiError(404, "unknown_workflow", f"unknown workflow {workflow!r}; registered: {sorted(engine.workflows)}", "workflow")
         for inputs in runs:
             limits.check_inputs(inputs)
+        slo_s = slo_s if slo_s is not None else tenant.slo_s
+        self._check_tenant(tenant, len(runs))
         if slo_s is None:  # full already: refused without expanding anything
             limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), 0.0, engine.live_workers())
         bounds = limits.bounds()
-        prepared = await asyncio.to_thread(lambda: [engine.prepare(workflow, inputs, slo_s, bounds) for inputs in runs])
+        prepared = await asyncio.to_thread(
+            lambda: [engine.prepare(workflow, inputs, slo_s, bounds, tenant.name, tenant.priority, tenant.weight) for inputs in runs]
+        )
+        self._check_tenant(tenant, len(runs))  # again: others may have been admitted meanwhile
         refusal = next((r for r in map(engine.slo_refusal, prepared) if r is not None), None)
         if refusal is None:
             ahead_s = sum(p.cost.work_s for p in prepared[:-1])  # its own runs queue ahead of its last
@@ -80,24 +106,35 @@ class ServerState:
                 self.timeline.close(run.request_id)
             raise
         self.workflows.touch(workflow)
+        self.tenants.admitted(tenant, len(submitted), [run.request_id for run in submitted if not run.future.done()])
         recs = [self.runs.add(workflow, run) for run in submitted]  # numbered only once admitted
         for rec in recs:
-            log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow})
+            log.info("run submitted", extra={"run_id": rec.id, "workflow": workflow, "tenant": tenant.name})
             if rec.run.future.done():  # refused at once: the answer says so, not "queued"
-                await self._keep(rec, slo_s, rec.run.future.result())
+                await self._keep(rec, slo_s, tenant, rec.run.future.result())
             else:
-                rec.run.future.add_done_callback(functools.partial(self.finished, rec, slo_s))
+                rec.run.future.add_done_callback(functools.partial(self.finished, rec, slo_s, tenant))
         return recs
 
-    def finished(self, rec: RunRecord, slo_s: float | None, fut: asyncio.Future) -> None:
-        task = asyncio.get_running_loop().create_task(self._keep(rec, slo_s, fut.result()))
+    def _check_tenant(self, tenant: TenantSpec, n: int) -> None:
+        requests = self.engine.coordinator.requests
+
+        def work_s() -> float:
+            return sum(r.remaining_s for r in requests.values() if r.req.tenant == tenant.name)
+
+        self.tenants.check(tenant, n, work_s, self.engine.live_workers())
+
+    def finished(self, rec: RunRecord, slo_s: float | None, tenant: TenantSpec, fut: asyncio.Future) -> None:
+        self.tenants.ended(rec.run.request_id)
+        task = asyncio.get_running_loop().create_task(self._keep(rec, slo_s, tenant, fut.result()))
         self._keeping.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._keeping.discard)
 
-    async def _keep(self, rec: RunRecord, slo_s: float | None, result: RunResult) -> None:
+    async def _keep(self, rec: RunRecord, slo_s: float | None, tenant: TenantSpec, result: RunResult) -> None:
         st = self
         result, pngs = await asyncio.get_running_loop().run_in_executor(None, encode, result)
         st.metrics.requests.labels(rec.workflow, result.status).inc()
+        st.tenants.finished(tenant, result.status, slo_s, result.latency_s)
         log.info(
             "run %s",
             result.status,
@@ -110,8 +147,7 @@ class ServerState:
             if result.status == "succeeded" and result.latency_s <= slo_s:
                 st.metrics.slo_met.inc()
         spans = st.timeline.close(result.request_id)
-        work_s = sum(s.work_s for s in spans)
-        st.history.add(rec.workflow, DEFAULT_TENANT, result.status, result.latency_s, slo_s, work_s, st.runs.now())
+        st.history.add(rec.workflow, result.status, result.latency_s, slo_s, st.runs.now())
         st.runs.finish(rec, result, pngs, spans)
 
     def cancel(self, recs: list[RunRecord]) -> None:

@@ -130,6 +130,9 @@ class Simulator:
         self.disk_loads = 0
         self.bytes_moved = {"same_node": 0, "cross_node": 0}
         self.on_finish: Callable[[RequestOutcome, float], None] | None = None
+        #: simulated busy seconds per request (a dispatch's whole time, split over its items):
+        #: GPU-seconds by tenant, workflow or size are sums of it
+        self.busy_s_by_request: dict[int, float] = {}
         self._ticking = False
 
     def warm_hosts(self, components: list[tuple[str, str]]) -> None:
@@ -247,6 +250,8 @@ class Simulator:
             end = max(end, max(arrivals) + DEFERRED_TAIL * exec_s)
         w.busy_until = end
         w.busy_s += t
+        for it in d.items:
+            self.busy_s_by_request[it.request_id] = self.busy_s_by_request.get(it.request_id, 0.0) + t / len(d.items)
         model = d.model if d.model is not None else self._base.get(rid)
         results = []
         for it in d.items:

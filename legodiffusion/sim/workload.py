@@ -20,6 +20,7 @@ import numpy as np
 
 from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.cost import CostModel
+from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
 from legodiffusion.ops import default_registry
 from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img
 from legodiffusion.workflow.expand import Expander, bind_inputs
@@ -173,13 +174,27 @@ class Workload:
         given = {"prompt": "a photo", "height": self.size, "width": self.size, **wf.inputs, **extra}
         return bind_inputs(wf.spec, given)
 
-    def request(self, rid: int, workflow: str, arrival_s: float, extra: dict[str, Any] | None = None) -> Request:
+    def request(
+        self,
+        rid: int,
+        workflow: str,
+        arrival_s: float,
+        extra: dict[str, Any] | None = None,
+        tenant: str = DEFAULT_TENANT,
+        priority: int = DEFAULT_PRIORITY,
+        weight: float = 1.0,
+        slo_scale: float | None = None,
+    ) -> Request:
+        """A request of ``workflow`` arriving at ``arrival_s``, its inputs overridden by
+        ``extra``; its deadline is ``slo_scale`` (default the workload's) x the workflow's solo
+        latency (None: no deadline). ``tenant``, ``priority`` (class rank) and ``weight``: whose
+        it is (:mod:`legodiffusion.core.fairness`)."""
         if workflow not in self._expanders:
             raise KeyError(f"unknown workflow {workflow!r} in trace; catalogue: {self.names}")
         bound = self.bind(workflow, extra or {})
         tmpl = self._expanders[workflow].template(bound)
-        deadline = arrival_s + self.slo_scale * self.solo_s[workflow]
-        return Request(rid, tmpl, bound, workflow, arrival_s, deadline)
+        deadline = arrival_s + (self.slo_scale if slo_scale is None else slo_scale) * self.solo_s[workflow]
+        return Request(rid, tmpl, bound, workflow, arrival_s, deadline, tenant=tenant, priority=priority, weight=weight)
 
     def pipeline_bytes(self) -> dict[str, int]:
         """Weight memory of each workflow's whole pipeline (what a monolithic replica holds)."""

@@ -26,9 +26,10 @@ class Harness:
         self.log.extend((d.worker, d.op, tuple((i.request_id, i.key) for i in d.items)) for d in actions.dispatches)
         self.dispatches.extend(actions.dispatches)
 
-    def submit(self, rid, make, workflow="", deadline_s=None, now=0.0, **inputs):
+    def submit(self, rid, make, workflow="", deadline_s=None, now=0.0, tenant="default", priority=1, weight=1.0, **inputs):
         tmpl, bound = make(**inputs)
-        self.apply(self.coord.submit(Request(rid, tmpl, bound, workflow, now, deadline_s), now))
+        req = Request(rid, tmpl, bound, workflow, now, deadline_s, tenant=tenant, priority=priority, weight=weight)
+        self.apply(self.coord.submit(req, now))
 
     def complete(self, d):
         results = []

@@ -59,7 +59,7 @@ def test_snapshot_timeline_and_images_of_finished_runs(server):
     assert snap["requests_in_flight"] == 0 and snap["batches"] == [] and {"encode_prompt", "sampler_step"} <= set(snap["queues"])
     series = snap["workflows"]["sd-txt2img"]
     assert series["succeeded"] >= 4 and series["slo_runs"] >= 1 and series["slo_attainment"] == 1.0
-    assert snap["tenants"]["default"]["runs"]["succeeded"] >= 4 and snap["tenants"]["default"]["work_s"] > 0
+    assert snap["tenants"]["default"]["requests"]["succeeded"] >= 4 and snap["tenants"]["default"]["gpu_s"] > 0
     recent = {r["id"]: r for r in snap["runs"]}
     last = recent[answers[-1]["id"]]
     # its timeline holds every node of the run exactly once, each on a worker of the pool

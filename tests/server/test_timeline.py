@@ -1,5 +1,5 @@
 """The dashboard's records, without a server: a run's timeline from the engine's dispatch hooks
-(on the real control messages), and the bounded latency history and tenant usage."""
+(on the real control messages), and the bounded latency history."""
 
 from legodiffusion.core.messages import Completion, Dispatch, DispatchItem, ItemResult
 from legodiffusion.server.history import History
@@ -73,19 +73,16 @@ def test_chain_calls_every_hook_in_order():
     assert seen == [("first", (1, 2)), ("second", (1, 2))]
 
 
-def test_history_is_bounded_and_summarises_latency_attainment_and_tenants():
+def test_history_is_bounded_and_summarises_latency_and_attainment():
     h = History(max_points=3, max_workflows=2)
-    h.add("a", "default", "succeeded", 1.0, 2.0, 0.5, 10.0)
-    h.add("a", "default", "succeeded", 3.0, 2.0, 0.5, 11.0)  # missed its deadline
-    h.add("a", "default", "failed", 0.1, None, 0.0, 12.0)
-    h.add("a", "default", "succeeded", 2.0, None, 0.5, 13.0)  # pushes out the first
+    h.add("a", "succeeded", 1.0, 2.0, 10.0)
+    h.add("a", "succeeded", 3.0, 2.0, 11.0)  # missed its deadline
+    h.add("a", "failed", 0.1, None, 12.0)
+    h.add("a", "succeeded", 2.0, None, 13.0)  # pushes out the first
     out = h.workflows_json()["a"]
     assert [p["t_s"] for p in out["points"]] == [11.0, 12.0, 13.0]
     assert (out["runs"], out["succeeded"], out["slo_runs"], out["slo_attainment"]) == (3, 2, 1, 0.0)
     assert (out["p50_s"], out["p95_s"]) == (3.0, 3.0)
-    h.add("b", "t1", "succeeded", 1.0, 5.0, 1.0, 14.0)
-    h.add("c", "t1", "cancelled", 0.2, None, 0.1, 15.0)
+    h.add("b", "succeeded", 1.0, 5.0, 14.0)
+    h.add("c", "cancelled", 0.2, None, 15.0)
     assert list(h.workflows_json()) == ["b", "c"]  # the least recently finished went
-    tenants = h.tenants_json()
-    assert tenants["default"] == {"runs": {"succeeded": 3, "failed": 1}, "total": 4, "work_s": 1.5, "mean_latency_s": 2.0}
-    assert tenants["t1"]["runs"] == {"succeeded": 1, "cancelled": 1} and tenants["t1"]["work_s"] == 1.1

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from legodiffusion.server.comfy import ComfyError, parse
 from legodiffusion.server.errors import ApiError, error_body
-from legodiffusion.server.state import TERMINAL, ServerState, state
+from legodiffusion.server.state import TERMINAL, ServerState, state, tenant_of
 
 router = APIRouter()
 
 
 @router.post("/prompt")
-async def comfy_prompt(body: dict, st: ServerState = Depends(state)):
+async def comfy_prompt(body: dict, request: Request, st: ServerState = Depends(state)):
     try:
         job = parse(body.get("prompt"), set(st.engine.catalog.names()))
         try:
@@ -39,7 +39,9 @@ async def comfy_prompt(body: dict, st: ServerState = Depends(state)):
             status_code=400,
             media_type="application/json",
         )
-    runs = await st.submit(job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None)
+    runs = await st.submit(
+        job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None, tenant_of(request)
+    )
     prompt_id, number = st.runs.add_prompt(job, [r.id for r in runs])
     return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
 

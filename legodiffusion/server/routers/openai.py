@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from legodiffusion.server.errors import ApiError
-from legodiffusion.server.state import ServerState, state, wait_for
+from legodiffusion.server.state import ServerState, state, tenant_of, wait_for
 
 router = APIRouter()
 
@@ -57,7 +57,7 @@ async def openai_images(body: ImagesBody, request: Request, st: ServerState = De
         if getattr(body, key) is not None:
             inputs[key] = getattr(body, key)
     base_seed = body.seed or 0
-    recs = await st.submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None)
+    recs = await st.submit(body.model, [{**inputs, "seed": base_seed + i} for i in range(body.n)], None, tenant_of(request))
     await wait_for(st, request, recs)
     failed = [r for r in recs if r.status != "succeeded"]
     if failed:

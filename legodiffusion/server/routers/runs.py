@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from legodiffusion.server.dashboard import RunTimeline, run_timeline
 from legodiffusion.server.errors import ApiError
-from legodiffusion.server.state import TERMINAL, ServerState, state, wait_for
+from legodiffusion.server.state import TERMINAL, ServerState, state, tenant_of, wait_for
 
 router = APIRouter()
 CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the run's record to say it ended
@@ -28,7 +28,7 @@ class RunBody(BaseModel):
 
 @router.post("/v1/runs")
 async def create_run(body: RunBody, request: Request, st: ServerState = Depends(state)):
-    (rec,) = await st.submit(body.workflow, [body.inputs], body.slo_s)
+    (rec,) = await st.submit(body.workflow, [body.inputs], body.slo_s, tenant_of(request))
     if body.wait:
         await wait_for(st, request, [rec])
         return rec.to_json()

@@ -116,11 +116,13 @@ function axes(chart, topLabel, spanLabel) {
 }
 
 function renderTenants(tenants) {
-  const total = Object.values(tenants).reduce((a, t) => a + t.work_s, 0);
+  const total = Object.values(tenants).reduce((a, t) => a + t.gpu_s, 0);
+  const count = (o) => Object.values(o).reduce((a, n) => a + n, 0);
   fill($("#tenants tbody"), Object.entries(tenants).map(([name, t]) => el("tr", { class: "tenant" },
-    el("td", { text: name }), el("td", { text: t.total }), el("td", { text: t.runs.succeeded || 0 }),
-    el("td", { text: t.work_s.toFixed(2) }), el("td", { text: total ? `${((100 * t.work_s) / total).toFixed(0)}%` : "–" }),
-    el("td", { text: ms(t.mean_latency_s) }))));
+    el("td", { text: name }), el("td", { text: t.priority }), el("td", { text: t.in_flight }), el("td", { text: count(t.requests) }),
+    el("td", { text: t.requests.succeeded || 0 }), el("td", { text: count(t.refused) }), el("td", { text: t.gpu_s.toFixed(2) }),
+    el("td", { text: total ? `${((100 * t.gpu_s) / total).toFixed(0)}%` : "–" }),
+    el("td", { text: t.slo_total ? `${t.slo_met}/${t.slo_total}` : "–" }))));
 }
 
 function renderRuns(runs) {
