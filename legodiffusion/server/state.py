@@ -17,8 +17,8 @@ from legodiffusion.server.history import History
 from legodiffusion.server.limits import Limits
 from legodiffusion.server.metrics import Metrics
 from legodiffusion.server.store import TERMINAL, Retention, RunRecord, RunStore, WorkflowStore, encode
-from legodiffusion.server.timeline import Timeline
 from legodiffusion.server.tenants import DEFAULT, Tenants, tenant_of
+from legodiffusion.server.timeline import Timeline
 from legodiffusion.server.uploads import UploadStore
 
 __all__ = ["TERMINAL", "RunRecord", "ServerState", "state", "tenant_of", "wait_for"]
