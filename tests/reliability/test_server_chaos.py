@@ -271,11 +271,17 @@ def chaos(models: dict, rounds: int, jobs: int, seed: int, max_queue_s: float = 
                 statuses["server " + rec.status] = statuses.get("server " + rec.status, 0) + 1
                 if rec.status == "failed":
                     assert rec.result.error, rec.id
-            until(
-                lambda: in_flight(httpx.get(f"{url}/metrics").text) == 0 and engine.plane.live_count() == 0,
-                "the engine and the data plane to drain",
-                ANSWER_S,
-            )
+            try:
+                until(
+                    lambda: in_flight(httpx.get(f"{url}/metrics").text) == 0 and engine.plane.live_count() == 0,
+                    "the engine and the data plane to drain",
+                    ANSWER_S,
+                )
+            except AssertionError as exc:  # once seen in a full-suite run, never alone: say what was left
+                left = {rid: (live.status, live.done, sorted(live.pending)) for rid, live in engine.coordinator.requests.items()}
+                raise AssertionError(
+                    f"{exc}: requests {left}, sent {sorted(engine._sent)}, plane ids {sorted(engine.plane._values)}"
+                ) from None
             assert not engine.coordinator.requests and not engine._sent
             if backend == "local":  # a lost worker's thread ends too (at its call's next boundary)
                 until(lambda: worker_threads() == engine.live_workers(), "only the live workers' threads left", ANSWER_S)
