@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures.update(
         rss_mb_start_end=[rss_start, rss_mb()],
         config={**vars(args), "request": inputs, "max_queued": limits.max_queued},
-        note="one shared, noisy 2-core CPU machine; the server and the load generator share this process",
+        note="one shared 2-core CPU machine; the load generator runs in a second process on the same cores",
         stamp=stamp([], t0),
     )
     report("overload", figures)
