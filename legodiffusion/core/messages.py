@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED = "running", "succeeded", "failed", "cancelled", "rejected"
+"""A request's status in the coordinator (every one but ``running`` is final)."""
+
 #: TensorRef.worker of a deferred input not produced yet: the reader waits for it
 PENDING = -1
 
