@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +35,19 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.path, self.retryable = status, code, message, path, retryable
         self.retry_after_s = retry_after_s
         self.extra = extra
+
+
+def retry_later(message: str, wait_s: float, path: str | None, **extra) -> ApiError:
+    """429 ``limit_exceeded``: room for the request in about ``wait_s`` seconds (``Retry-After``:
+    that, rounded up, at least 1)."""
+    after = max(1, math.ceil(wait_s))
+    return ApiError(429, "limit_exceeded", f"{message}; retry after {after}s", path, retryable=True, retry_after_s=after, **extra)
+
+
+def runs_drain_s(excess: int, work_s: float, workers: int, runs: int) -> float:
+    """When ``excess`` of ``runs`` runs in flight (holding ``work_s`` of profiled work over
+    ``workers``) will have left, at the mean run's pace."""
+    return excess * work_s / max(workers, 1) / max(runs, 1)
 
 
 def error_body(code: str, message: str, path: str | None = None, retryable: bool = False, **extra) -> dict:

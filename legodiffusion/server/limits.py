@@ -8,10 +8,9 @@ or an engine without workers (503) says when to come back, in ``Retry-After`` an
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
-from legodiffusion.server.errors import ApiError
+from legodiffusion.server.errors import ApiError, retry_later, runs_drain_s
 from legodiffusion.workflow.bounds import RequestBounds
 
 _B = RequestBounds
@@ -71,25 +70,19 @@ class Limits:
         if workers < 1:
             raise ApiError(503, "unavailable", "no live worker to run it", None, retryable=True, retry_after_s=self.retry_unavailable_s)
         if queued + n > self.max_queued:
-            # runs leave the queue as they finish: at the mean queued run's pace, until n fit
-            per_run_s = queued_work_s / workers / max(queued, 1)
-            raise self._full(
+            raise retry_later(  # runs leave the queue as they finish, until n fit
                 f"{queued} runs in flight and {n} runs asked for: max_queued={self.max_queued}",
-                (queued + n - self.max_queued) * per_run_s,
+                runs_drain_s(queued + n - self.max_queued, queued_work_s, workers, queued),
+                "inputs",
             )
         wait_s = (queued_work_s + own_ahead_s) / workers
         if wait_s > self.max_queue_s:
-            raise self._full(
+            raise retry_later(
                 f"{queued_work_s:.1f}s of profiled work in flight over {workers} worker(s): ~{wait_s:.1f}s of waiting, "
                 f"max_queue_s={self.max_queue_s:g}",
                 wait_s - self.max_queue_s,
+                "inputs",
             )
-
-    @staticmethod
-    def _full(message: str, drain_s: float) -> ApiError:
-        """429: the queue drains enough to admit the request in about ``drain_s`` seconds."""
-        after = max(1, math.ceil(drain_s))
-        return ApiError(429, "limit_exceeded", f"{message}; retry after {after}s", "inputs", retryable=True, retry_after_s=after)
 
     def check_inputs(self, inputs: dict) -> None:
         """Prompts within ``max_prompt_chars`` (sizes, steps and the rest are bounded on the

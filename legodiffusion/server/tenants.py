@@ -9,7 +9,6 @@ The ordering between tenants and priority classes is the scheduler's
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from legodiffusion.config import TenantSpec
-from legodiffusion.server.errors import ApiError
+from legodiffusion.server.errors import ApiError, retry_later, runs_drain_s
 
 #: the tenant of a request when the server has no keys, or a bare key in the keys file
 DEFAULT = TenantSpec()
@@ -79,12 +78,11 @@ class Tenants:
                     "inputs",
                     tenant=spec.name,
                 )
-            per_run_s = queued_work_s() / max(workers, 1) / max(u.in_flight, 1)
             self._refuse(
                 u,
                 "concurrency",
                 f"tenant {spec.name!r} has {u.in_flight} runs in flight (max_in_flight={cap})",
-                (u.in_flight + n - cap) * per_run_s,
+                runs_drain_s(u.in_flight + n - cap, queued_work_s(), workers, u.in_flight),
             )
         if bucket is not None:
             self._fill(u)
@@ -101,10 +99,7 @@ class Tenants:
     @staticmethod
     def _refuse(u: TenantUsage, reason: str, message: str, wait_s: float) -> None:
         u.refused[reason] += 1
-        after = max(1, math.ceil(wait_s))
-        raise ApiError(
-            429, "limit_exceeded", f"{message}; retry after {after}s", "tenant", retryable=True, retry_after_s=after, tenant=u.spec.name
-        )
+        raise retry_later(message, wait_s, "tenant", tenant=u.spec.name)
 
     def admitted(self, spec: TenantSpec, n: int, request_ids: list[int]) -> None:
         """``n`` runs of ``spec``'s tenant were accepted (each takes a token); those queued
