@@ -81,9 +81,13 @@ class Run:
     nodes_done: int = 0
     on_progress: Callable[[Run], None] | None = None
     notes: dict = field(default_factory=dict)
-    steps_done: int = 0  # sampling steps finished (sampler_step nodes; a re-run after a loss counts once)
     step_nodes: set[int] = field(default_factory=set, repr=False)  # the sampler_step nodes finished
     started: bool = False  # a model call of this request has finished (before: queued)
+
+    @property
+    def steps_done(self) -> int:
+        """Sampling steps finished (a re-run after a loss counts once)."""
+        return len(self.step_nodes)
 
 
 class Engine:
@@ -453,7 +457,6 @@ class Engine:
             if run is not None and res.error is None:
                 if d.op == "sampler_step":
                     run.step_nodes.add(item.node)
-                    run.steps_done = len(run.step_nodes)
                 run.started = run.started or not d.light
             if run is None or not notes or notes.get("step") is None:
                 continue

@@ -92,7 +92,7 @@ class Supervisor:
         self._progress_s.pop(request_id, None)
         self._timed_out.pop(request_id, None)
 
-    def note_timeout(self, d: Dispatch, ran_s: float) -> set[tuple[int, int]]:
+    def note_timeout(self, d: Dispatch) -> set[tuple[int, int]]:
         """Record that ``d``'s nodes timed out; returns the (request, node) pairs that had
         timed out before."""
         again = set()
@@ -187,7 +187,7 @@ def _time_out(engine: Engine, call: Call, now: float) -> None:
         log.warning("worker %d: %s call %d ignored its stop for %.1f s; worker lost", d.worker, d.op, d.id, ran_s - limit_s)
         engine.lose_worker(d.worker)
         return
-    again = engine.supervisor.note_timeout(d, ran_s)
+    again = engine.supervisor.note_timeout(d)
     for it in d.items:
         if (it.request_id, it.node) in again:
             engine.fail(it.request_id, f"node {it.key} timed out twice: ran {ran_s:.1f} s, limit {limit_s:.1f} s")
