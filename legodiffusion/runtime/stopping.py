@@ -31,7 +31,7 @@ class CallStopped(Exception):
 class StopFlags:
     """One worker's stop requests: ``ask`` may come from any thread (the engine's loop, a Ray
     io thread) before or while the dispatch runs; the worker thread brackets each dispatch with
-    ``begin``/``end`` and its models' hooks call ``check``. Dispatch ids reach a worker in
+    ``begin``/``end`` and its models' hooks read ``stopping``. Dispatch ids reach a worker in
     increasing order, so requests for ids below the running one are stale and dropped."""
 
     def __init__(self) -> None:
@@ -66,10 +66,6 @@ class StopFlags:
             self._asked.discard(self._running)
             self._running = None
             self.stopping = self._halted
-
-    def check(self) -> None:
-        if self.stopping:
-            raise CallStopped(STOPPED)
 
     def guard(self, component: Any) -> None:
         """Hook ``component``'s blocks to this worker's flags (once per resident copy)."""
