@@ -3,6 +3,7 @@
 from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
 from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
 from legodiffusion.ops.denoise import Denoise
+from legodiffusion.ops.edit import PrepareImage, VaeEncode
 from legodiffusion.ops.latents import InitLatents
 from legodiffusion.ops.noop import Noop
 from legodiffusion.ops.sampler_step import SamplerStep
@@ -19,6 +20,8 @@ BUILTIN_OPERATORS = (
     ControlNet,
     SamplerStep,
     VaeDecode,
+    PrepareImage,
+    VaeEncode,
     Noop,
 )
 

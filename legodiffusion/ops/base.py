@@ -21,7 +21,7 @@ from legodiffusion.core.patchset import parse_patches
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
 SCALAR_TYPES = frozenset({"text", "int", "float"})
-DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "control", "residual", "rng", "any"})
+DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "pixels", "mask", "control", "residual", "rng", "any"})
 #: types a request may carry as inputs (an image: PIL image, numpy array or tensor)
 REQUEST_TYPES = SCALAR_TYPES | {"image"}
 PORT_TYPES = SCALAR_TYPES | DATA_TYPES
@@ -127,6 +127,15 @@ def _number(x: float) -> str:
 #: a request's seed, as ``torch.Generator.manual_seed`` takes it. Negative seeds are refused:
 #: torch maps one to 2**64 + seed, so the same image would answer to two seeds.
 SEED_PORT = Port("int", per_request=True, ge=0, le=2**64 - 1, doc="0 <= seed < 2**64, seeds torch.Generator('cpu')")
+
+
+def _positive(value) -> None:
+    if value <= 0:
+        raise ValueError(f"must be > 0 (an edit runs at least part of the schedule), got {value!r}")
+
+
+#: An edit's strength: the fraction of the schedule it runs, in (0, 1].
+STRENGTH_PORT = Port("float", le=1, form=_positive, doc="the fraction of the schedule an edit runs: 0 < strength <= 1")
 
 
 #: LoRA patch set and its asynchronous-loading bound, on every patchable operator

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from legodiffusion.ops import sampling
-from legodiffusion.ops.base import SEED_PORT, BadValue, Item, Operator, Port, Signature
+from legodiffusion.ops import examples, sampling
+from legodiffusion.ops.base import SEED_PORT, STRENGTH_PORT, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
@@ -90,16 +90,32 @@ class InitLatents(Operator):
                 "rng": Port("rng", optional=True, doc="continue a generator an earlier node drew from (Flux ControlNet)"),
             },
             outputs={"latents": "latent", "sampler": "sampler"},
-        )
+        ),
+        "img2img": Signature(
+            inputs={
+                "image_latents": Port("latent", doc="the encoded input image (vae_encode)"),
+                "rng": Port("rng", doc="the request's generator after encoding the image"),
+                "steps": Port("int", ge=1),
+                "strength": STRENGTH_PORT,
+                "sampler": Port("text"),
+            },
+            outputs={"latents": "latent", "sampler": "sampler", "noise": "noise", "rng": "rng"},
+        ),
     }
 
     def check(self, mode, values, cfg):
         if "sampler" in values:
             check_sampler(values["sampler"], cfg.family if cfg is not None else None)
-        if cfg is not None:
+        if cfg is not None and mode == "default":
             check_size(values.get("height"), values.get("width"), size_factor(cfg.family, cfg.vae_scale_factor), cfg.family)
+        if cfg is not None and mode == "img2img" and isinstance(values.get("steps"), int) and "strength" in values:
+            kept = sampling.kept_steps(values["steps"], values["strength"], sampling.STRENGTH_ROUNDS[cfg.family])
+            if kept < 1:
+                raise BadValue("strength", f"strength {values['strength']} of {values['steps']} steps leaves no step to run")
 
     def run(self, model, mode: str, items: list[Item]):
+        if mode == "img2img":
+            return [self._noised(model, it) for it in items]
         out = []
         for it in items:
             args = it.inputs
@@ -122,6 +138,38 @@ class InitLatents(Operator):
             out.append({"latents": latents, "sampler": state})
         return out
 
+    def _noised(self, model, it: Item) -> dict:
+        """The image's latents noised to the first step an edit of this strength runs, with noise
+        drawn from the generator that encoded them, as the family's img2img pipeline does."""
+        args = it.inputs
+        self.check("img2img", args, model)
+        image_latents, sampler, steps = args["image_latents"], args["sampler"], int(args["steps"])
+        h, w = image_latents.shape[-2:]
+        state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
+        kept = sampling.kept_steps(steps, float(args["strength"]), sampling.STRENGTH_ROUNDS[model.family])
+        state = replace(state, step_index=steps - kept)
+        generator = torch.Generator("cpu")
+        generator.set_state(args["rng"])
+        noise = torch_utils.randn_tensor(tuple(image_latents.shape), generator=generator, dtype=model.dtype)
+        latents = sampling.add_noise(state, image_latents.to(model.dtype), noise)
+        if sampler in sampling.STOCHASTIC:
+            state = replace(state, rng=sampling.generator_state(generator))
+        return {"latents": latents, "sampler": state, "noise": noise, "rng": generator.get_state()}
+
     def example_items(self, cfg, mode, batch, size, device):
         sampler = "flow_euler" if cfg.family in ("sd3", "flux") else "euler"
+        if mode == "img2img":
+            g = torch.Generator("cpu")
+            return [
+                Item(
+                    {
+                        "image_latents": examples.latents(cfg, size, "cpu"),
+                        "rng": g.manual_seed(i).get_state(),
+                        "steps": 20,
+                        "strength": 0.6,
+                        "sampler": sampler,
+                    }
+                )
+                for i in range(batch)
+            ]
         return [Item({"seed": i, "steps": 20, "sampler": sampler, "height": size, "width": size}) for i in range(batch)]

@@ -70,6 +70,21 @@ class SamplerState:
         return replace(self, step_index=self.step_index + 1, **updates)
 
 
+def kept_steps(steps: int, strength: float, rounds: str = "kept") -> int:
+    """How many of a ``steps``-step schedule an edit at ``strength`` runs (its last ones), exactly
+    as diffusers' pipelines count them: ``"kept"`` as the UNet pipelines (floor(steps x strength)),
+    ``"skipped"`` as the flow-matching ones (steps - floor(steps x (1 - strength)))."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    if rounds == "kept":
+        return min(int(steps * strength), steps)
+    return steps - int(max(steps - min(steps * strength, steps), 0))
+
+
+#: how each family's editing pipelines round ``steps x strength`` (see :func:`kept_steps`)
+STRENGTH_ROUNDS = {"sd": "kept", "sdxl": "kept", "sd3": "skipped", "flux": "skipped"}
+
+
 def generator_state(generator: torch.Generator) -> bytes:
     return generator.get_state().numpy().tobytes()
 
@@ -119,6 +134,17 @@ def scheduler_at(state: SamplerState):
     if hasattr(sched, "_step_index"):
         sched._step_index = state.step_index
     return sched
+
+
+def add_noise(state: SamplerState, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``latents`` noised to the timestep of ``state``'s step, as the editing pipelines do with a
+    scheduler whose begin index is set (``add_noise``; ``scale_noise`` for flow matching)."""
+    sched = scheduler_at(state)
+    sched._begin_index = state.step_index
+    t = sched.timesteps[state.step_index : state.step_index + 1].repeat(latents.shape[0])
+    if state.sampler in FLOW_SAMPLERS:
+        return sched.scale_noise(latents, t, noise)
+    return sched.add_noise(latents, noise, t)
 
 
 def timestep(state: SamplerState) -> torch.Tensor:

@@ -24,6 +24,20 @@ def unscale(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents / cfg.scaling_factor
 
 
+def scale(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The latent scaling each family's pipeline applies after encoding (:func:`unscale` undone)."""
+    cfg = vae.config
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        return (latents - mean) * cfg.scaling_factor / std
+    shift = getattr(cfg, "shift_factor", None)
+    if shift is not None:
+        return (latents - shift) * cfg.scaling_factor
+    return cfg.scaling_factor * latents
+
+
 class VaeDecode(Operator):
     name = "vae_decode"
     doc = "Unscale the latents, decode them with the VAE and denormalise to [0, 1]."

@@ -126,25 +126,44 @@ class WorkflowBuilder:
         self._add(OpNode(node_id, op, {k: _source(v) for k, v in inputs.items()}, mode, model))
         return NodeHandle(node_id)
 
-    def loop(self, count: Any, carry: dict[str, Any], body: Callable[[Carry], dict[str, Any]], id: str | None = None) -> NodeHandle:
-        """Run ``body`` ``count`` times; it gets the carried values and returns their next values."""
+    def loop(
+        self,
+        count: Any,
+        carry: dict[str, Any],
+        body: Callable[[Carry], dict[str, Any]],
+        id: str | None = None,
+        strength: Any = None,
+        strength_rounds: str = "kept",
+    ) -> NodeHandle:
+        """Run ``body`` ``count`` times (with a ``strength``: the last part of a ``count``-step
+        schedule, see :mod:`legodiffusion.workflow.spec`); it gets the carried values and returns
+        their next values."""
         node_id = self._new_id("loop", id)
         nodes, nxt = self._nested(body, Carry())
-        self._add(
-            LoopNode(node_id, _source(count), {k: _source(v) for k, v in carry.items()}, nodes, {k: _source(v) for k, v in nxt.items()})
-        )
+        carried, following = {k: _source(v) for k, v in carry.items()}, {k: _source(v) for k, v in nxt.items()}
+        fraction = None if strength is None else _source(strength)
+        self._add(LoopNode(node_id, _source(count), carried, nodes, following, fraction, strength_rounds))
         return NodeHandle(node_id)
 
     def denoise_loop(
-        self, steps: Any, latents: Any, sampler: Any, step: Callable[[Ref, Ref], tuple[Any, Any]], id: str | None = None
+        self,
+        steps: Any,
+        latents: Any,
+        sampler: Any,
+        step: Callable[[Ref, Ref], tuple[Any, Any]],
+        id: str | None = None,
+        strength: Any = None,
+        strength_rounds: str = "kept",
     ) -> NodeHandle:
-        """A sampling loop over (latents, sampler state); ``step`` maps them to their next values."""
+        """A sampling loop over (latents, sampler state); ``step`` maps them to their next values.
+        With a ``strength`` it runs the steps an edit of that strength keeps."""
 
         def body(c: Carry) -> dict[str, Any]:
             lat, smp = step(c.latents, c.sampler)
             return {"latents": lat, "sampler": smp}
 
-        return self.loop(steps, {"latents": latents, "sampler": sampler}, body, id=id or self._new_id("denoise", None))
+        carry = {"latents": latents, "sampler": sampler}
+        return self.loop(steps, carry, body, id=id or self._new_id("denoise", None), strength=strength, strength_rounds=strength_rounds)
 
     def cond(
         self, predicate: Predicate, then: Callable[[], dict[str, Any]], otherwise: Callable[[], dict[str, Any]], id: str | None = None

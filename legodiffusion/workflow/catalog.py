@@ -7,6 +7,7 @@ one denoiser node per step.
 
 from __future__ import annotations
 
+from legodiffusion.ops import sampling
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.spec import WorkflowSpec
 
@@ -16,6 +17,30 @@ _DEFAULTS = {
     "sdxl": (30, 5.0, None, "euler"),
     "sd3": (28, 7.0, "", "flow_euler"),
 }
+#: family -> the default strength of its diffusers image-to-image pipeline
+_STRENGTH = {"sd": 0.8, "sdxl": 0.3, "sd3": 0.6, "flux": 0.6}
+
+
+def _edit_start(wf: WorkflowBuilder, family: str, seed, steps, sampler, height, width):
+    """An image-to-image start: the input image encoded with the request's generator, then noised
+    to the first step its ``strength`` keeps. Returns (init node, keyword arguments of the loop)."""
+    image = wf.input("image", "image", doc="the image to edit (its own size, rounded down to the size factor, unless height/width say)")
+    strength = wf.input(
+        "strength", "float", default=_STRENGTH[family], doc="how much to change: the fraction of the steps run, 0 < strength <= 1"
+    )
+    pixels = wf.call("prepare_image", model="base", image=image, height=height, width=width, id="prepare_image").pixels
+    enc = wf.call("vae_encode", model="base", pixels=pixels, seed=seed, id="encode_image")
+    init = wf.call(
+        "init_latents",
+        model="base",
+        mode="img2img",
+        image_latents=enc.latents,
+        rng=enc.rng,
+        steps=steps,
+        strength=strength,
+        sampler=sampler,
+    )
+    return init, {"strength": strength, "strength_rounds": sampling.STRENGTH_ROUNDS[family]}
 
 
 def _lora_inputs(wf: WorkflowBuilder) -> dict:
@@ -25,10 +50,14 @@ def _lora_inputs(wf: WorkflowBuilder) -> dict:
     }
 
 
-def _txt2img(family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = ()) -> WorkflowSpec:
+def _txt2img(
+    family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = (), edit: bool = False
+) -> WorkflowSpec:
     steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
+    if edit and controlnets:
+        raise ValueError("image-to-image workflows take no ControlNets yet")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     negative = wf.input(
@@ -57,7 +86,10 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt", **extra)
-    init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
+    if edit:
+        init, loop_kw = _edit_start(wf, family, seed, steps, sampler, height, width)
+    else:
+        init, loop_kw = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width), {}
     controls = []
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
@@ -105,7 +137,7 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
             )
             return s.latents, s.sampler
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise").latents}
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", **loop_kw).latents}
 
     def unguided():
         def step(latents, state):
@@ -113,7 +145,7 @@ def _txt2img(family: str, model: str, name: str, prompt_template: str | None, co
             s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
             return s.latents, s.sampler
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain").latents}
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain", **loop_kw).latents}
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
@@ -143,6 +175,22 @@ def sd3_txt2img(
     are laid out like SD's; executing SD3 ControlNet models is not implemented yet (the simulator
     uses these graphs)."""
     return _txt2img("sd3", model, name, prompt_template, tuple(controlnets))
+
+
+def sd_img2img(model: str = "sd15", name: str = "sd-img2img", prompt_template: str | None = None) -> WorkflowSpec:
+    """Stable Diffusion 1.x/2.x image-to-image, as StableDiffusionImg2ImgPipeline: inputs ``image``
+    and ``strength`` (default 0.8) besides text-to-image's."""
+    return _txt2img("sd", model, name, prompt_template, edit=True)
+
+
+def sdxl_img2img(model: str = "sdxl", name: str = "sdxl-img2img", prompt_template: str | None = None) -> WorkflowSpec:
+    """SDXL image-to-image, as StableDiffusionXLImg2ImgPipeline (strength default 0.3)."""
+    return _txt2img("sdxl", model, name, prompt_template, edit=True)
+
+
+def sd3_img2img(model: str = "sd3", name: str = "sd3-img2img", prompt_template: str | None = None) -> WorkflowSpec:
+    """SD3 / SD3.5 image-to-image, as StableDiffusion3Img2ImgPipeline (strength default 0.6)."""
+    return _txt2img("sd3", model, name, prompt_template, edit=True)
 
 
 def flux_txt2img(

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Any
 
 from legodiffusion.core.graph import CONSTANT, FROM_INPUT, FROM_NODE, Template, TInput, TNode
+from legodiffusion.ops import sampling
 from legodiffusion.ops.base import OperatorRegistry
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.spec import (
@@ -89,8 +90,7 @@ def _structural_inputs(nodes: list[Node]) -> set[str]:
     names: set[str] = set()
     for n in nodes:
         if isinstance(n, LoopNode):
-            if isinstance(n.count, InputRef):
-                names.add(n.count.name)
+            names |= {s.name for s in (n.count, n.strength) if isinstance(s, InputRef)}
             names |= _structural_inputs(n.body)
         elif isinstance(n, CondNode):
             names.add(n.predicate.input)
@@ -116,7 +116,7 @@ def _order(nodes: list[Node]) -> list[Node]:
         if isinstance(n, OpNode):
             srcs, kids = list(n.inputs.values()), []
         elif isinstance(n, LoopNode):
-            srcs, kids = [n.count, *n.carry.values(), *n.next.values()], n.body
+            srcs, kids = [n.count, *n.carry.values(), *n.next.values(), *([n.strength] if n.strength else [])], n.body
         else:
             srcs, kids = [*n.then.outputs.values(), *n.otherwise.outputs.values()], n.then.nodes + n.otherwise.nodes
         out = {s.node for s in srcs if isinstance(s, NodeRef)}
@@ -248,11 +248,26 @@ class _Unroller:
             return carry[src.name]
         return (CONSTANT, src.value)
 
-    def count(self, src: Source) -> int:
-        n = self.inputs[src.name] if isinstance(src, InputRef) else src.value  # type: ignore[union-attr]
+    def value(self, src: Source) -> Any:
+        return self.inputs[src.name] if isinstance(src, InputRef) else src.value  # type: ignore[union-attr]
+
+    def count(self, node: LoopNode) -> int:
+        n = self.value(node.count)
         if n < 0:
             raise WorkflowError([SpecIssue("bad_value", "inputs", f"a loop count must be >= 0, got {n}")])
-        return int(n)
+        if node.strength is None:
+            return int(n)
+        strength = self.value(node.strength)
+        where = f"inputs.{node.strength.name}" if isinstance(node.strength, InputRef) else f"nodes.{node.id}.strength"
+        try:
+            kept = sampling.kept_steps(int(n), strength, node.strength_rounds)
+        except (TypeError, ValueError) as exc:
+            raise WorkflowError([SpecIssue("bad_value", where, str(exc))]) from None
+        if kept < 1 <= n:
+            raise WorkflowError(
+                [SpecIssue("bad_value", where, f"strength {strength} of {int(n)} steps leaves no step to run; raise steps or strength")]
+            )
+        return kept
 
     def emit(self, nodes: list[Node], prefix: str, env: dict, carry: dict) -> None:
         for node in _order(nodes):
@@ -278,7 +293,7 @@ class _Unroller:
                 env[node.id] = {p: (FROM_NODE, idx, p) for p in outs}
             elif isinstance(node, LoopNode):
                 state = {k: self.resolve(s, env, carry) for k, s in node.carry.items()}
-                for i in range(self.count(node.count)):
+                for i in range(self.count(node)):
                     inner_env = dict(env)
                     self.emit(node.body, f"{key}[{i}].", inner_env, state)
                     state = {k: self.resolve(s, inner_env, state) for k, s in node.next.items()}

@@ -9,7 +9,12 @@ JSON shapes (lossless round trip with :func:`spec_from_json` / :meth:`WorkflowSp
     source:  {"node": ID, "port": P} | {"input": NAME} | {"literal": V} | {"carry": NAME}
     op:      {"id": ID, "op": OP, "mode": M, "model": SLOT, "inputs": {PORT: source}}
     loop:    {"id": ID, "loop": {"count": source, "carry": {NAME: source},
-                                 "body": [node...], "next": {NAME: source}}}
+                                 "body": [node...], "next": {NAME: source},
+                                 "strength": source, "strength_rounds": "kept" | "skipped"}}
+
+A loop with a ``strength`` (an editing loop) runs only the last part of a ``count``-step schedule,
+as diffusers' image-to-image pipelines do: ``"kept"`` keeps floor(count x strength) steps (the UNet
+pipelines), ``"skipped"`` skips floor(count x (1 - strength)) (the flow-matching pipelines).
     cond:    {"id": ID, "cond": {"if": {"input": NAME, "cmp": ">", "value": V},
                                  "then": {"nodes": [node...], "outputs": {NAME: source}},
                                  "else": {"nodes": [node...], "outputs": {NAME: source}}}}
@@ -24,6 +29,8 @@ from typing import Any, Union
 
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 
+#: how an editing loop rounds ``count x strength`` (see the module doc)
+STRENGTH_ROUNDS = ("kept", "skipped")
 REQUIRED = object()  # an input with no default must be given by every request
 COMPARATORS = {
     ">": lambda a, b: a > b,
@@ -75,6 +82,9 @@ class LoopNode:
     carry: dict[str, Source]
     body: list[Node]
     next: dict[str, Source]
+    #: editing loops: run the last part of the schedule (see the module doc)
+    strength: Source | None = None
+    strength_rounds: str = "kept"
 
 
 @dataclass(frozen=True)
@@ -175,15 +185,15 @@ def _node_to_json(node: Node) -> dict:
         out["inputs"] = {k: _source_to_json(s) for k, s in node.inputs.items()}
         return out
     if isinstance(node, LoopNode):
-        return {
-            "id": node.id,
-            "loop": {
-                "count": _source_to_json(node.count),
-                "carry": {k: _source_to_json(s) for k, s in node.carry.items()},
-                "body": [_node_to_json(n) for n in node.body],
-                "next": {k: _source_to_json(s) for k, s in node.next.items()},
-            },
+        loop = {
+            "count": _source_to_json(node.count),
+            "carry": {k: _source_to_json(s) for k, s in node.carry.items()},
+            "body": [_node_to_json(n) for n in node.body],
+            "next": {k: _source_to_json(s) for k, s in node.next.items()},
         }
+        if node.strength is not None:
+            loop.update(strength=_source_to_json(node.strength), strength_rounds=node.strength_rounds)
+        return {"id": node.id, "loop": loop}
     p = node.predicate
     return {
         "id": node.id,
@@ -274,12 +284,19 @@ class _Parser:
             )
         if kind == "loop":
             loop = self.obj(d["loop"], path + ".loop")
+            for extra in sorted(set(loop) - {"count", "carry", "body", "next", "strength", "strength_rounds"}):
+                self.fail(f"{path}.loop.{extra}", f"unknown field {extra!r} for a loop")
+            rounds = loop.get("strength_rounds", "kept")
+            if rounds not in STRENGTH_ROUNDS:
+                self.fail(path + ".strength_rounds", f"must be one of {list(STRENGTH_ROUNDS)}, got {rounds!r}")
             return LoopNode(
                 id=node_id,
                 count=self.source(loop.get("count"), path + ".count"),
                 carry=self.sources(loop.get("carry", {}), path + ".carry"),
                 body=self.nodes(loop.get("body", []), path + ".body"),
                 next=self.sources(loop.get("next", {}), path + ".next"),
+                strength=self.source(loop["strength"], path + ".strength") if "strength" in loop else None,
+                strength_rounds=str(rounds),
             )
         cond = self.obj(d["cond"], path + ".cond")
         pred = self.obj(cond.get("if"), path + ".if")

@@ -202,6 +202,8 @@ class _Checker:
 
     def check_loop(self, node: LoopNode, w: _Where) -> None:
         self.check_structural(node.count, w, w.path + ".count", {"int"})
+        if node.strength is not None:
+            self.check_structural(node.strength, w, w.path + ".strength", {"float", "int"})
         for name, src in node.carry.items():
             self.type_of(src, w, f"{w.path}.carry.{name}")
         inner = _Where(node, w.path, w.scope + (node.id,), w.loops + (node,))
@@ -245,7 +247,7 @@ class _Checker:
             srcs = list(node.inputs.values())
             nested: list[Node] = []
         elif isinstance(node, LoopNode):
-            srcs = [node.count, *node.carry.values(), *node.next.values()]
+            srcs = [node.count, *node.carry.values(), *node.next.values(), *([node.strength] if node.strength else [])]
             nested = node.body
         else:
             srcs = [*node.then.outputs.values(), *node.otherwise.outputs.values()]

@@ -1,0 +1,90 @@
+"""Image-to-image decomposed into nodes equals each family's diffusers img2img pipeline, for the
+same seed, across strengths (one kept step, a middle one, the whole schedule)."""
+
+import numpy as np
+import pytest
+import torch
+
+from legodiffusion.workflow.catalog import sd3_img2img, sd_img2img, sdxl_img2img
+from tests.helpers import REFERENCE_SCHEDULERS, as_hwc, reference_pipeline, run_requests
+
+
+def _image(h: int, w: int, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def ours(name, folder, workflow, inputs):
+    (result,), engine = run_requests(folder, [dict(inputs, workflow=workflow.name)], models={name: folder}, workflows=[workflow])
+    assert result.ok, result.error
+    assert engine.plane.live_count() == 0
+    return as_hwc(result.outputs["image"])
+
+
+@pytest.mark.parametrize(
+    "strength,steps,sampler,guidance",
+    [(0.8, 4, "euler", 7.5), (0.25, 4, "euler", 7.5), (1.0, 3, "ddim", 1.0), (0.6, 5, "euler_ancestral", 7.5), (0.7, 4, "dpmpp_2m", 7.5)],
+)
+def test_sd_img2img(tiny_models, strength, steps, sampler, guidance):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    folder = tiny_models["sd15"]
+    image = _image(64, 72)
+    got = ours(
+        "sd15",
+        folder,
+        sd_img2img("sd15"),
+        dict(prompt="a cat", image=image, strength=strength, steps=steps, sampler=sampler, guidance_scale=guidance, seed=7),
+    )
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder)
+    cls, overrides = REFERENCE_SCHEDULERS[sampler]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        "a cat",
+        image=image,
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator("cpu").manual_seed(7),
+        output_type="np",
+    ).images[0]
+    assert got.shape == ref.shape == (64, 72, 3)
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+def test_sdxl_img2img(tiny_models, strength):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    folder = tiny_models["sdxl"]
+    image = _image(64, 96, 1)
+    got = ours("sdxl", folder, sdxl_img2img("sdxl"), dict(prompt="a lighthouse", image=image, strength=strength, steps=4, seed=3))
+    ref = reference_pipeline(
+        StableDiffusionXLImg2ImgPipeline, folder, prompt="a lighthouse", image=image, strength=strength, num_inference_steps=4, seed=3
+    )
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("strength,steps", [(0.6, 4), (0.3, 3), (1.0, 3)])
+def test_sd3_img2img(tiny_models, strength, steps):
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    folder = tiny_models["sd3"]
+    image = _image(64, 64, 2)
+    args = dict(prompt="a red fox", negative_prompt="dark", image=image, strength=strength, steps=steps, seed=5, max_sequence_length=32)
+    got = ours("sd3", folder, sd3_img2img("sd3"), args)
+    ref = reference_pipeline(
+        StableDiffusion3Img2ImgPipeline,
+        folder,
+        prompt="a red fox",
+        negative_prompt="dark",
+        image=image,
+        strength=strength,
+        num_inference_steps=steps,
+        seed=5,
+        max_sequence_length=32,
+    )
+    assert np.abs(got - ref).max() <= 1e-4
