@@ -199,6 +199,7 @@ def flux_txt2img(
     prompt_template: str | None = None,
     schnell: bool = False,
     controlnets: tuple[str, ...] = (),
+    edit: bool = False,
 ) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
 
@@ -208,6 +209,8 @@ def flux_txt2img(
     drawn from it, as FluxControlNetPipeline does."""
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
+    if edit and controlnets:
+        raise ValueError("image-to-image workflows take no ControlNets yet")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
@@ -230,7 +233,11 @@ def flux_txt2img(
         )
         rng = {"rng": enc.rng}
         controls.append((enc.control, scale))
-    init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
+    if edit:
+        init, loop_kw = _edit_start(wf, "flux", seed, steps, "flow_euler", height, width)
+    else:
+        init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
+        loop_kw = {}
     extra = {} if guidance is None else {"guidance": guidance}
 
     def step(latents, state):
@@ -264,7 +271,7 @@ def flux_txt2img(
         s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
         return s.latents, s.sampler
 
-    loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise")
+    loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", **loop_kw)
     wf.output("image", wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image)
     return wf.build()
 
@@ -275,10 +282,21 @@ def flux_schnell_txt2img(
     return flux_txt2img(model, name, prompt_template, schnell=True)
 
 
+def flux_img2img(
+    model: str = "flux", name: str = "flux-img2img", prompt_template: str | None = None, schnell: bool = False
+) -> WorkflowSpec:
+    """Flux image-to-image, as FluxImg2ImgPipeline: inputs ``image`` and ``strength`` (default 0.6)."""
+    return flux_txt2img(model, name, prompt_template, schnell=schnell, edit=True)
+
+
 BUILTIN_WORKFLOWS = {
     "sd-txt2img": sd_txt2img,
     "sdxl-txt2img": sdxl_txt2img,
     "sd3-txt2img": sd3_txt2img,
     "flux-txt2img": flux_txt2img,
     "flux-schnell-txt2img": flux_schnell_txt2img,
+    "sd-img2img": sd_img2img,
+    "sdxl-img2img": sdxl_img2img,
+    "sd3-img2img": sd3_img2img,
+    "flux-img2img": flux_img2img,
 }

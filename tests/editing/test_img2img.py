@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from legodiffusion.workflow.catalog import sd3_img2img, sd_img2img, sdxl_img2img
+from legodiffusion.workflow.catalog import flux_img2img, sd3_img2img, sd_img2img, sdxl_img2img
 from tests.helpers import REFERENCE_SCHEDULERS, as_hwc, reference_pipeline, run_requests
 
 
@@ -88,3 +88,43 @@ def test_sd3_img2img(tiny_models, strength, steps):
         max_sequence_length=32,
     )
     assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("strength,steps", [(0.6, 4), (1.0, 2), (0.2, 5)])
+def test_flux_img2img(tiny_models, strength, steps):
+    from diffusers import FluxImg2ImgPipeline
+
+    folder = tiny_models["flux"]
+    image = _image(64, 96, 3)
+    args = dict(prompt="a castle", image=image, strength=strength, steps=steps, seed=2, height=64, width=96, max_sequence_length=32)
+    got = ours("flux", folder, flux_img2img("flux"), args)
+    ref = reference_pipeline(
+        FluxImg2ImgPipeline,
+        folder,
+        prompt="a castle",
+        image=image,
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=3.5,
+        seed=2,
+        height=64,
+        width=96,
+        max_sequence_length=32,
+    )
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_strength_that_leaves_no_step_is_refused_at_submission(tiny_models):
+    import asyncio
+
+    from legodiffusion import Engine, EngineConfig
+    from legodiffusion.workflow.errors import WorkflowError
+
+    async def main():
+        async with Engine({"sd15": tiny_models["sd15"]}, EngineConfig(workers=1, device="cpu")) as engine:
+            engine.add_workflow(sd_img2img("sd15"))
+            for strength, why in ((0.1, "leaves no step"), (0.0, r"strength must be in \(0, 1\]"), (1.5, r"\(0, 1\]")):
+                with pytest.raises(WorkflowError, match=why):
+                    engine.submit("sd-img2img", dict(prompt="x", image=_image(64, 64), strength=strength, steps=4))
+
+    asyncio.run(main())
