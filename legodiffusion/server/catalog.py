@@ -6,9 +6,19 @@ import json
 from pathlib import Path
 
 from legodiffusion.models.components import family_of, is_pipeline
-from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img, sd_txt2img, sdxl_txt2img
+from legodiffusion.workflow.catalog import (
+    flux_img2img,
+    flux_txt2img,
+    sd3_img2img,
+    sd3_txt2img,
+    sd_img2img,
+    sd_txt2img,
+    sdxl_img2img,
+    sdxl_txt2img,
+)
 
 _BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
+_IMG2IMG = {"sd": sd_img2img, "sdxl": sdxl_img2img, "sd3": sd3_img2img}
 
 
 def models_under(root: Path) -> dict[str, str]:
@@ -30,13 +40,31 @@ def txt2img_for(folder: str | Path, model: str, name: str | None = None, control
     family = family_of(folder)
     name = name or f"{model}-txt2img"
     if family == "flux":
-        guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
-        return flux_txt2img(model, name=name, schnell=not guided, controlnets=controlnets)
+        return flux_txt2img(model, name=name, schnell=_schnell(folder), controlnets=controlnets)
     if controlnets and family != "sd":
         raise ValueError("ControlNets are supported for the SD and Flux families")
     return _BUILDERS[family](model, name=name, **({"controlnets": controlnets} if controlnets else {}))
 
 
+def _schnell(folder: Path) -> bool:
+    return not json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
+
+
+def img2img_for(folder: str | Path, model: str, name: str | None = None):
+    """The built-in image-to-image workflow for a model folder's family."""
+    folder = Path(folder)
+    family = family_of(folder)
+    name = name or f"{model}-img2img"
+    if family == "flux":
+        return flux_img2img(model, name=name, schnell=_schnell(folder))
+    return _IMG2IMG[family](model, name=name)
+
+
+def workflows_for(folder: str | Path, model: str) -> list:
+    """Every built-in workflow of one pipeline model: ``<model>-txt2img`` and ``<model>-img2img``."""
+    return [txt2img_for(folder, model), img2img_for(folder, model)]
+
+
 def builtin_workflows(models: dict[str, str]) -> list:
-    """``<model>-txt2img`` for every pipeline model."""
-    return [txt2img_for(folder, name) for name, folder in models.items() if is_pipeline(folder)]
+    """The built-in workflows (:func:`workflows_for`) of every pipeline model."""
+    return [wf for name, folder in models.items() if is_pipeline(folder) for wf in workflows_for(folder, name)]
