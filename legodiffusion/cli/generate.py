@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from legodiffusion.config import EngineConfig
+from legodiffusion.core.images import mask_mismatch
 from legodiffusion.models.components import family_of
-from legodiffusion.ops.base import mask_mismatch
 from legodiffusion.runtime.engine import Engine
 from legodiffusion.runtime.images import to_pil
 from legodiffusion.server.catalog import txt2img_for, workflows_for

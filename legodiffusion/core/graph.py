@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from legodiffusion.core.images import image_size, is_image
+
 # An input source inside a template: a node output, a request input, or a constant.
 FROM_NODE, FROM_INPUT, CONSTANT = 0, 1, 2
 
@@ -38,6 +40,7 @@ class TNode:
     concat_batch: bool
     component: str | None
     key_ports: tuple[str, ...] = ()  # inputs whose values must match within a batch
+    sized_by: str | None = None  # the image input whose size the node works at where no size is given
 
 
 @dataclass
@@ -54,8 +57,9 @@ class Template:
     #: distinct producers a node reads as deferred inputs: it waits for their dispatch only
     deferred_deps: list[int] = field(default_factory=list)
     deferred_consumers: list[tuple[int, ...]] = field(default_factory=list)
-    #: (node, height input, width input) of every node with the :data:`SIZE_PORTS`
-    sizes: tuple[tuple[int, TInput, TInput], ...] = ()
+    #: (node, height input, width input, image input or None) of every node with the
+    #: :data:`SIZE_PORTS` (the image: where it works at that image's size when none is given)
+    sizes: tuple[tuple[int, TInput, TInput, TInput | None], ...] = ()
 
     def uses_after(self, finished: set[int]) -> dict[tuple[int, str], int]:
         """Reads still to come of each (node, port) once the ``finished`` nodes have run: its
@@ -96,9 +100,23 @@ class Template:
         for i, node in enumerate(self.nodes):
             by_port = {inp.port: inp for inp in node.inputs}
             if all(p in by_port for p in SIZE_PORTS):
-                sizes.append((i, by_port[SIZE_PORTS[0]], by_port[SIZE_PORTS[1]]))
+                sizes.append((i, by_port[SIZE_PORTS[0]], by_port[SIZE_PORTS[1]], by_port.get(node.sized_by or "")))
         self.sizes = tuple(sizes)
         return self
+
+
+def known_size(entry: tuple, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """(height, width) a node of :attr:`Template.sizes` works at, as far as known on arrival: its
+    size inputs, and where one is null the size of the image it is sized by (an edit works at its
+    image's size, as the diffusers pipelines preprocess it); None where the model's native size."""
+    _, h_in, w_in, image_in = entry
+    h, w = known_value(h_in, inputs), known_value(w_in, inputs)
+    if (h is None or w is None) and image_in is not None:
+        image = known_value(image_in, inputs)
+        if is_image(image):
+            iw, ih = image_size(image)
+            h, w = ih if h is None else h, iw if w is None else w
+    return h, w
 
 
 def known_value(inp: TInput, inputs: dict[str, Any]) -> Any:

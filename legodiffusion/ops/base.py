@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from legodiffusion.core.images import is_image
 from legodiffusion.core.patchset import parse_patches
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
@@ -44,34 +45,6 @@ class BadValue(ValueError):
         super().__init__(message)
         self.port = port
         self.code = code
-
-
-def is_image(value) -> bool:
-    """PIL images, numpy arrays and tensors are images when a request carries them."""
-    kind = type(value).__module__.split(".")[0]
-    return kind in ("PIL", "numpy", "torch") and hasattr(value, "shape" if kind != "PIL" else "size")
-
-
-def image_size(value) -> tuple[int, int]:
-    """(width, height) of an image a request carries: PIL, numpy (H, W[, C]) or torch ([B,] C, H, W)."""
-    if not hasattr(value, "shape"):  # PIL
-        return tuple(value.size)
-    shape = tuple(value.shape)
-    if type(value).__module__.split(".")[0] == "torch":
-        return shape[-1], shape[-2]
-    h, w = shape[-3:-1] if len(shape) >= 3 else shape[:2]
-    return w, h
-
-
-def mask_mismatch(image, mask) -> str | None:
-    """Why ``mask`` cannot go with ``image`` (their sizes differ), or None: a mask marks pixels of
-    its image, so a resized one would mark other pixels than its author drew."""
-    if image is None or mask is None or not (is_image(image) and is_image(mask)):
-        return None
-    (iw, ih), (mw, mh) = image_size(image), image_size(mask)
-    if (iw, ih) != (mw, mh):
-        return f"mask is {mw}x{mh} but image is {iw}x{ih}: a mask must be its image's size"
-    return None
 
 
 def _has_type(value, type_: str) -> bool:
@@ -213,6 +186,9 @@ class Operator:
     light: ClassVar[bool] = False
     #: Items are concatenated along the batch axis, so they must share tensor shapes.
     concat_batch: ClassVar[bool] = False
+    #: With ``height``/``width`` ports: the image input whose size the node works at where they
+    #: are null (an edit's input image), for cost and bounds before it runs.
+    sized_by: ClassVar[str | None] = None
     doc: ClassVar[str] = ""
 
     def run(self, model: Any, mode: str, items: list[Item]) -> list[dict[str, Any]]:

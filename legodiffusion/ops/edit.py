@@ -26,6 +26,7 @@ class PrepareImage(Operator):
     doc = "Resize an input image to the generation size (its own, rounded down to the size factor, by default) and scale it to [-1, 1]."
     component = "config"
     light = True
+    sized_by = "image"
     modes = {"default": Signature(inputs={"image": Port("image"), **_SIZE}, outputs={"pixels": "pixels"})}
 
     def check(self, mode, values, cfg):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from legodiffusion.ops.base import image_size, is_image, mask_mismatch
+from legodiffusion.core.images import image_size, is_image, mask_mismatch
 from legodiffusion.server.errors import ApiError, retry_later, runs_drain_s
 from legodiffusion.workflow.bounds import RequestBounds
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from legodiffusion.core.cost import CostModel
-from legodiffusion.core.graph import CONSTANT, FROM_INPUT, Template, known_value
+from legodiffusion.core.graph import CONSTANT, FROM_INPUT, Template, known_size, known_value
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 
 #: bytes of a float32 RGB pixel: a decoded image, the largest tensor every text-to-image request holds
@@ -72,8 +72,9 @@ def request_cost(
     if len(template.nodes) > bounds.max_nodes:
         issues.append(_over("inputs", f"the request expands to {len(template.nodes)} nodes, beyond max_nodes={bounds.max_nodes}"))
     px = None
-    for node, h_in, w_in in template.sizes:
-        h, w = known_value(h_in, inputs), known_value(w_in, inputs)
+    for entry in template.sizes:
+        node, h_in, w_in, _ = entry
+        h, w = known_size(entry, inputs)
         if not (isinstance(h, int) and isinstance(w, int)):
             continue
         path = _path(template, node, h_in if h >= w else w_in)
@@ -124,7 +125,7 @@ def _largest_tensor(template: Template, px: int | None, cost: CostModel, native_
 
 def _size_path(template: Template, inputs: dict[str, Any]) -> str:
     """Where the largest size reaching a node comes from."""
-    node, h_in, w_in = max(template.sizes, key=lambda s: _area(known_value(s[1], inputs), known_value(s[2], inputs)))
+    node, h_in, _, _ = max(template.sizes, key=lambda s: _area(*known_size(s, inputs)))
     return _path(template, node, h_in)
 
 
