@@ -7,6 +7,7 @@ from legodiffusion.ops.edit import PrepareImage, VaeEncode
 from legodiffusion.ops.latents import InitLatents
 from legodiffusion.ops.noop import Noop
 from legodiffusion.ops.sampler_step import SamplerStep
+from legodiffusion.ops.step_cache import InitStepCache
 from legodiffusion.ops.text import EncodePrompt, FormatText
 from legodiffusion.ops.vae import VaeDecode
 
@@ -15,6 +16,7 @@ BUILTIN_OPERATORS = (
     FormatText,
     InitLatents,
     Denoise,
+    InitStepCache,
     PrepareControlImage,
     EncodeControlImage,
     ControlNet,

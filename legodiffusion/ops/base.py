@@ -22,10 +22,16 @@ from legodiffusion.core.patchset import parse_patches
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
 SCALAR_TYPES = frozenset({"text", "int", "float"})
-DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "pixels", "mask", "control", "residual", "rng", "any"})
+DATA_TYPES = frozenset(
+    {"embedding", "latent", "noise", "sampler", "cache", "image", "pixels", "mask", "control", "residual", "rng", "any"}
+)
 #: types a request may carry as inputs (an image: PIL image, numpy array or tensor)
 REQUEST_TYPES = SCALAR_TYPES | {"image"}
 PORT_TYPES = SCALAR_TYPES | DATA_TYPES
+
+#: Key of an operator's per-item result under which it may report small facts about that item for
+#: the run's record (they travel in control messages, so never tensors), e.g. a skipped step.
+NOTES = "_notes"
 
 #: Largest guidance scale accepted (classifier-free ``guidance_scale`` and Flux's distilled
 #: ``guidance``), as ComfyUI's KSampler and FluxGuidance bound theirs; far beyond it the combined

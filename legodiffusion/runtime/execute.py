@@ -10,7 +10,7 @@ import torch
 
 from legodiffusion.core.messages import PENDING, Completion, Dispatch, ItemResult
 from legodiffusion.models.store import ResidentModels
-from legodiffusion.ops.base import Deferred, Item, OperatorRegistry
+from legodiffusion.ops.base import NOTES, Deferred, Item, OperatorRegistry
 from legodiffusion.runtime.dataplane import DataPlane
 from legodiffusion.runtime.patching import lora_patches
 from legodiffusion.runtime.stopping import STOPPED, CallStopped, StopFlags
@@ -90,6 +90,8 @@ def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: Dat
                 if lora_active is None
                 else {"lora_active": lora_active, "step": getattr(item.inputs.get("sampler"), "step_index", None)}
             )
+            if out.get(NOTES):
+                notes = {**(notes or {}), **out[NOTES]}
             results.append(ItemResult({p: plane.put(it.output_ids[p], worker, out[p]) for p in it.output_ids}, notes=notes))
         return results
     except Exception as exc:

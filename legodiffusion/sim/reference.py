@@ -25,6 +25,7 @@ GLUE_OPS = (
     ("prepare_control_image", "default"),
     ("prepare_image", "default"),
     ("init_latents", "img2img"),
+    ("init_step_cache", "default"),
 )
 #: one host->device copy per load, plus a fixed setup cost; host copies are kept in host memory
 LOAD_SETUP_S = 0.1

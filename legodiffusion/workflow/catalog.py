@@ -7,7 +7,7 @@ one denoiser node per step.
 
 from __future__ import annotations
 
-from legodiffusion.ops import sampling
+from legodiffusion.ops import sampling, step_cache
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.spec import WorkflowSpec
 
@@ -41,6 +41,21 @@ def _edit_start(wf: WorkflowBuilder, family: str, seed, steps, sampler, height, 
         sampler=sampler,
     )
     return init, {"strength": strength, "strength_rounds": sampling.STRENGTH_ROUNDS[family]}
+
+
+def _step_cache(wf: WorkflowBuilder, family: str, init):
+    """Transformer families: the request's step cache (off by default), its state started from the
+    loop's first sampler state; None for the others."""
+    if family not in step_cache.FAMILIES:
+        return None
+    spec = wf.input(
+        "step_cache",
+        "text",
+        default=None,
+        doc='skip most of the denoiser on steps whose input barely changed: JSON, {"kind": "first_block", "threshold": 0.05} '
+        'or {"kind": "mag", "mag_ratios": [...] or "flux", "threshold": 0.06, ...} (diffusers\' FirstBlockCache and MagCache); null: off',
+    )
+    return wf.call("init_step_cache", model="base", step_cache=spec, sampler=init.sampler, id="step_cache").cache
 
 
 def _lora_inputs(wf: WorkflowBuilder) -> dict:
@@ -90,6 +105,7 @@ def _txt2img(
         init, loop_kw = _edit_start(wf, family, seed, steps, sampler, height, width)
     else:
         init, loop_kw = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width), {}
+    cache = _step_cache(wf, family, init)
     controls = []
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
@@ -97,10 +113,11 @@ def _txt2img(
         prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
         controls.append((prep.control, scale))
 
-    def branch(latents, state, embedding, tag):
+    def branch(latents, state, embedding, tag, caches):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
+        patch_and_cache = patch if caches is None else {**patch, "cache": caches[f"cache{tag}"]}
         if not controls:
-            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **patch)
+            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **patch_and_cache)
         residuals = {
             f"control_{i}": wf.call(
                 "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}"
@@ -116,15 +133,15 @@ def _txt2img(
             embedding=embedding,
             id=f"unet{tag}",
             **residuals,
-            **patch,
+            **patch_and_cache,
         )
 
     def guided():
         uncond = wf.call("encode_prompt", model="base", text=negative, id="encode_negative", **extra)
 
-        def step(latents, state):
-            c = branch(latents, state, cond.embedding, "_cond")
-            u = branch(latents, state, uncond.embedding, "_uncond")
+        def step(latents, state, caches=None):
+            c = branch(latents, state, cond.embedding, "_cond", caches)
+            u = branch(latents, state, uncond.embedding, "_uncond", caches)
             s = wf.call(
                 "sampler_step",
                 mode="guided",
@@ -135,17 +152,19 @@ def _txt2img(
                 guidance_scale=guidance,
                 id="step",
             )
-            return s.latents, s.sampler
+            return (s.latents, s.sampler) if caches is None else (s.latents, s.sampler, {"cache_cond": c.cache, "cache_uncond": u.cache})
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", **loop_kw).latents}
+        caches = None if cache is None else {"cache_cond": cache, "cache_uncond": cache}  # each branch carries its own
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", extra=caches, **loop_kw).latents}
 
     def unguided():
-        def step(latents, state):
-            c = branch(latents, state, cond.embedding, "")
+        def step(latents, state, caches=None):
+            c = branch(latents, state, cond.embedding, "", caches)
             s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
-            return s.latents, s.sampler
+            return (s.latents, s.sampler) if caches is None else (s.latents, s.sampler, {"cache": c.cache})
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain", **loop_kw).latents}
+        caches = None if cache is None else {"cache": cache}
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain", extra=caches, **loop_kw).latents}
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
@@ -239,8 +258,9 @@ def flux_txt2img(
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
         loop_kw = {}
     extra = {} if guidance is None else {"guidance": guidance}
+    cache = _step_cache(wf, "flux", init)
 
-    def step(latents, state):
+    def step(latents, state, caches):
         residuals = {
             f"control_{i}": wf.call(
                 "controlnet",
@@ -264,14 +284,15 @@ def flux_txt2img(
             sampler=state,
             embedding=cond.embedding,
             id="transformer",
+            cache=caches["cache"],
             **extra,
             **patch,
             **residuals,
         )
         s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
-        return s.latents, s.sampler
+        return s.latents, s.sampler, {"cache": c.cache}
 
-    loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", **loop_kw)
+    loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", extra={"cache": cache}, **loop_kw)
     wf.output("image", wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image)
     return wf.build()
 
