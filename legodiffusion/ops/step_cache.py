@@ -93,7 +93,9 @@ class MagConfig:
         if ratios != "flux":
             ok = isinstance(ratios, list) and ratios and all(not isinstance(r, bool) and isinstance(r, (int, float)) for r in ratios)
             if not ok or not all(math.isfinite(r) for r in ratios):
-                raise ValueError(f'mag_ratios must be a non-empty list of finite numbers (calibrated for the model) or "flux", got {ratios!r}')
+                raise ValueError(
+                    f'mag_ratios must be a non-empty list of finite numbers (calibrated for the model) or "flux", got {ratios!r}'
+                )
             ratios = tuple(float(r) for r in ratios)
         return cls(
             _number(raw, "threshold", cls.threshold),

@@ -58,7 +58,10 @@ def deep(tiny_models, tmp_path_factory):
 def ours(folder, workflow, args, step_cache):
     name = workflow.name
     (result,), engine = run_requests(
-        folder, [dict(args, workflow=name, step_cache=json.dumps(step_cache))], models={workflow.models["base"]: folder}, workflows=[workflow]
+        folder,
+        [dict(args, workflow=name, step_cache=json.dumps(step_cache))],
+        models={workflow.models["base"]: folder},
+        workflows=[workflow],
     )
     assert result.ok, result.error
     assert engine.plane.live_count() == 0
@@ -199,17 +202,19 @@ def test_sd3_first_block_equals_diffusers_without_guidance(deep, threshold):
     assert (ref_skipped > 0) == (threshold > 0)
 
 
-def _sample(folder, requests: list[dict], batched: bool) -> list[dict]:
+def _sample(folder, requests: list[dict], batched: bool, model=None) -> list[dict]:
     """Run the 8-step Flux loop of each request (seed, prompt embedding, step cache) with the
     operators alone: with ``batched``, every denoise call takes all requests at once. Each cache
     state is pickled between steps, as moving to another worker would."""
     registry = default_registry()
     denoise, step, init_cache = registry.get("denoise"), registry.get("sampler_step"), registry.get("init_step_cache")
-    cfg, model = load_component(folder, "config"), load_component(folder, "denoiser")
+    cfg, model = load_component(folder, "config"), model or load_component(folder, "denoiser")
     starts = registry.get("init_latents").run(
         cfg, "default", [Item({"seed": r["seed"], "steps": 8, "sampler": "flow_euler", "height": 64, "width": 64}) for r in requests]
     )
-    caches = init_cache.run(cfg, "default", [Item({"step_cache": r["step_cache"], "sampler": s["sampler"]}) for r, s in zip(requests, starts)])
+    caches = init_cache.run(
+        cfg, "default", [Item({"step_cache": r["step_cache"], "sampler": s["sampler"]}) for r, s in zip(requests, starts)]
+    )
     runs = [{**s, **c, "embedding": r["embedding"], "guidance": 3.5, "skipped": []} for r, s, c in zip(requests, starts, caches)]
     groups = [list(range(len(runs)))] if batched else [[i] for i in range(len(runs))]
     for _ in range(8):
@@ -244,6 +249,22 @@ def test_each_item_of_a_batch_decides_on_its_own(deep):
     assert together[2]["skipped"] == [False, False, True, False, True, True, True, False]
     assert 0 < sum(together[0]["skipped"]) < 7
     assert isinstance(together[0]["cache"], FirstBlockState) and isinstance(together[2]["cache"], MagState)
+
+
+def test_a_compiled_denoiser_runs_cached_calls_eager(deep):
+    """Per-sample decisions are Python control flow: with torch.compile on, cached calls run the
+    eager module (nothing is compiled for them) and equal a plain eager run."""
+    from legodiffusion.ops import examples
+    from legodiffusion.runtime.compile import CompileLog, compile_denoiser
+
+    cfg = load_component(deep["flux"], "config")
+    torch.manual_seed(0)
+    requests = [{"seed": 1, "embedding": examples.embedding(cfg, "cpu"), "step_cache": json.dumps(MAG_FLUX)}]
+    log = CompileLog()
+    compiled = compile_denoiser(load_component(deep["flux"], "denoiser"), log, "flux")
+    (got,), (eager,) = _sample(deep["flux"], requests, True, model=compiled), _sample(deep["flux"], requests, True)
+    assert log.events() == [] and log.eager_calls == 0
+    assert torch.equal(got["latents"], eager["latents"]) and got["skipped"] == eager["skipped"]
 
 
 # -- what is refused, at submission -------------------------------------------------------------
@@ -298,7 +319,11 @@ def test_the_server_answers_400_naming_step_cache(tiny_models):
     app = create_app({"flux": str(tiny_models["flux"])}, EngineConfig(workers=1, device="cpu"), [flux_txt2img("flux")])
     with TestClient(app) as client:
         r = client.post("/v1/runs", json={"workflow": "flux-txt2img", "inputs": {"prompt": "x", "step_cache": '{"kind": "nope"}'}})
-        assert r.status_code == 400 and r.json()["error"]["path"] == "inputs.step_cache" and "kind must be one of" in r.json()["error"]["message"]
+        assert (
+            r.status_code == 400
+            and r.json()["error"]["path"] == "inputs.step_cache"
+            and "kind must be one of" in r.json()["error"]["message"]
+        )
         r = client.post("/v1/runs", json={"workflow": "flux-txt2img", "inputs": {"prompt": "x", "step_cache": {"kind": "mag"}}})
         assert r.status_code == 400 and r.json()["error"] == {**r.json()["error"], "code": "type_mismatch", "path": "inputs.step_cache"}
 
@@ -306,6 +331,9 @@ def test_the_server_answers_400_naming_step_cache(tiny_models):
 def test_off_by_default(tiny_models):
     """Without step_cache, a Flux run records no step cache and carries None between its steps."""
     (result,), _ = run_requests(
-        tiny_models["flux"], [dict(FLUX_ARGS, steps=2, workflow="flux-txt2img")], models={"flux": tiny_models["flux"]}, workflows=[flux_txt2img("flux")]
+        tiny_models["flux"],
+        [dict(FLUX_ARGS, steps=2, workflow="flux-txt2img")],
+        models={"flux": tiny_models["flux"]},
+        workflows=[flux_txt2img("flux")],
     )
     assert result.ok and "step_cache_calls" not in result.notes
