@@ -317,10 +317,6 @@ def cached_call(model, states: list, sizes: list[int]):
 _STEP_CACHE_DOC = 'JSON, e.g. {"kind": "first_block", "threshold": 0.08} or {"kind": "mag", "mag_ratios": "flux"}; null: off'
 
 
-def _check_form(text: str) -> None:
-    parse_step_cache(text)
-
-
 class InitStepCache(Operator):
     name = "init_step_cache"
     doc = "A request's step cache, empty, or None where its step_cache input is off; it travels beside the sampler state."
@@ -329,7 +325,7 @@ class InitStepCache(Operator):
     modes = {
         "default": Signature(
             inputs={
-                "step_cache": Port("text", optional=True, doc=_STEP_CACHE_DOC, form=_check_form),
+                "step_cache": Port("text", optional=True, doc=_STEP_CACHE_DOC, form=parse_step_cache),
                 "sampler": Port("sampler", doc="the loop's first sampler state: its steps left are the loop's"),
             },
             outputs={"cache": "cache"},

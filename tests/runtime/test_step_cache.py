@@ -20,7 +20,7 @@ from legodiffusion.ops.base import NOTES, Item
 from legodiffusion.ops.step_cache import FirstBlockState, MagState
 from legodiffusion.server.app import create_app
 from legodiffusion.workflow.builder import WorkflowBuilder
-from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img, sd_txt2img
+from legodiffusion.workflow.catalog import flux_img2img, flux_txt2img, sd3_txt2img, sd_txt2img
 from legodiffusion.workflow.errors import WorkflowError
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.values import check_values
@@ -133,6 +133,36 @@ def test_flux_mag_equals_diffusers(deep, settings, skipped):
     ref, ref_skipped = flux_reference(deep["flux"], MagCacheConfig(**ref_config), FLUX_ARGS)
     assert np.abs(got - ref).max() <= 1e-4
     assert notes["step_cache_skipped"] == ref_skipped == skipped
+
+
+def test_flux_img2img_counts_the_steps_its_edit_runs(deep):
+    """MagCache's step count defaults to the steps the loop runs: an edit's kept steps (here 6 of
+    10), as FluxImg2ImgPipeline calls its transformer."""
+    from diffusers import FluxImg2ImgPipeline
+    from diffusers.hooks import MagCacheConfig
+    from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    args = dict(FLUX_ARGS, steps=10, image=image, strength=0.6)
+    got, notes = ours(deep["flux"], flux_img2img("flux"), args, MAG_FLUX)
+    pipe = FluxImg2ImgPipeline.from_pretrained(deep["flux"])
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.enable_cache(MagCacheConfig(mag_ratios=FLUX_MAG_RATIOS, num_inference_steps=6))
+    ref = pipe(
+        "a castle",
+        image=image,
+        strength=0.6,
+        num_inference_steps=10,
+        guidance_scale=3.5,
+        height=64,
+        width=64,
+        max_sequence_length=32,
+        generator=torch.Generator("cpu").manual_seed(FLUX_ARGS["seed"]),
+        output_type="np",
+    ).images[0]
+    assert np.abs(got - ref).max() <= 1e-4
+    assert notes["step_cache_calls"] == 6 and notes["step_cache_skipped"] > 0
 
 
 def sd3_reference(folder, apply, guidance_scale):
@@ -249,6 +279,22 @@ def test_each_item_of_a_batch_decides_on_its_own(deep):
     assert together[2]["skipped"] == [False, False, True, False, True, True, True, False]
     assert 0 < sum(together[0]["skipped"]) < 7
     assert isinstance(together[0]["cache"], FirstBlockState) and isinstance(together[2]["cache"], MagState)
+
+
+def test_concurrent_requests_on_two_workers_each_equal_their_solo_run(deep):
+    """Three requests with different step caches run at once on two workers, their steps placed
+    by the scheduler (a step may run on another worker than the step before: its cache state is
+    read from the data plane there): each image and count of skipped steps equals the request's
+    run alone on one worker."""
+    caches = [{"kind": "first_block", "threshold": 0.3}, MAG_FLUX, {"kind": "first_block", "threshold": 10.0}]
+    requests = [dict(FLUX_ARGS, seed=i, workflow="flux-txt2img", step_cache=json.dumps(c)) for i, c in enumerate(caches)]
+    folder, workflows = deep["flux"], [flux_txt2img("flux")]
+    together, _ = run_requests(folder, requests, workers=2, models={"flux": folder}, workflows=workflows)
+    for request, result in zip(requests, together):
+        (alone,), _ = run_requests(folder, [request], models={"flux": folder}, workflows=workflows)
+        assert result.ok and alone.ok
+        assert (result.outputs["image"] - alone.outputs["image"]).abs().max().item() <= 1e-4
+        assert result.notes == alone.notes and result.notes["step_cache_calls"] == FLUX_ARGS["steps"]
 
 
 def test_a_compiled_denoiser_runs_cached_calls_eager(deep):
