@@ -201,7 +201,16 @@ class InitLatents(Operator):
         if mode == "inpaint":
             f = cfg.vae_scale_factor
             return [
-                Item({"mask": torch.ones(1, 1, size // f, size // f), "seed": i, "steps": 20, "strength": 1.0, "sampler": sampler})
+                Item(
+                    {
+                        "mask": torch.ones(1, 1, size // f, size // f),
+                        "image_latents": examples.latents(cfg, size, "cpu"),
+                        "seed": i,
+                        "steps": 20,
+                        "strength": 0.6,
+                        "sampler": sampler,
+                    }
+                )
                 for i in range(batch)
             ]
         if mode == "img2img":
