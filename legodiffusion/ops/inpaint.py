@@ -51,17 +51,17 @@ def _processors(cfg):
     return factor, image, mask
 
 
-def _crop(cfg, args) -> tuple[tuple[int, int, int, int] | None, int | None, int | None]:
-    """The pipelines' crop around the mask (None without ``padding_mask_crop``) and the generation
-    size it is taken for (the image's own, rounded down to the size factor, where not given)."""
+def _crop(cfg, image, mask, args) -> tuple[tuple[int, int, int, int] | None, int | None, int | None]:
+    """The pipelines' crop of ``image`` around ``mask`` (None without ``padding_mask_crop``) and the
+    generation size it is taken for (the image's own, rounded down to the size factor, where not given)."""
     height, width, pad = args.get("height"), args.get("width"), args.get("padding_mask_crop")
     if pad is None:
         return None, height, width
     factor, _, mask_proc = _processors(cfg)
-    h, w = image_size(args["image"])
+    h, w = image_size(image)
     height = h - h % factor if height is None else height
     width = w - w % factor if width is None else width
-    return mask_proc.get_crop_region(args["mask"], width, height, pad=pad), height, width
+    return mask_proc.get_crop_region(mask, width, height, pad=pad), height, width
 
 
 class PrepareMask(Operator):
@@ -105,7 +105,7 @@ class PrepareMask(Operator):
         out = []
         for it in items:
             self.check(mode, it.inputs, model)
-            crop, height, width = _crop(model, it.inputs)
+            crop, height, width = _crop(model, it.inputs["image"], it.inputs["mask"], it.inputs)
             resize = "default" if crop is None else "fill"
             pixels = image_proc.preprocess(it.inputs["image"], height=height, width=width, crops_coords=crop, resize_mode=resize)
             pixels = pixels.to(torch.float32)
@@ -219,7 +219,7 @@ class ApplyOverlay(Operator):
         out = []
         for it in items:
             args = it.inputs
-            crop, _, _ = _crop(model, args)
+            crop, _, _ = _crop(model, args["original"], args["mask"], args)
             if crop is None:
                 out.append({"image": args["image"]})
                 continue
