@@ -10,14 +10,19 @@ def is_image(value) -> bool:
     return kind in ("PIL", "numpy", "torch") and hasattr(value, "shape" if kind != "PIL" else "size")
 
 
-def image_size(value) -> tuple[int, int]:
-    """(width, height) of an image a request carries: PIL, numpy (H, W[, C]) or torch ([B,] C, H, W)."""
+def image_size(value, grayscale: bool = False) -> tuple[int, int]:
+    """(width, height) of an image a request carries, read as diffusers' image processors read it:
+    a PIL image, an (H, W[, C]) or (B, H, W, C) array, a ([B,] C, H, W) tensor; with ``grayscale``
+    (a mask) a three-dimensional array is (B, H, W) unless its last dimension is 1."""
     if not hasattr(value, "shape"):  # PIL
         return tuple(value.size)
     shape = tuple(value.shape)
-    if type(value).__module__.split(".")[0] == "torch":
-        return shape[-1], shape[-2]
-    h, w = shape[-3:-1] if len(shape) >= 3 else shape[:2]
+    if type(value).__module__.split(".")[0] == "torch" or len(shape) == 2:
+        h, w = shape[-2], shape[-1]
+    elif len(shape) == 3 and grayscale and shape[-1] != 1:
+        h, w = shape[1], shape[2]
+    else:
+        h, w = (shape[0], shape[1]) if len(shape) == 3 else (shape[1], shape[2])
     return w, h
 
 
@@ -26,7 +31,7 @@ def mask_mismatch(image, mask) -> str | None:
     its image, so a resized one would mark other pixels than its author drew."""
     if image is None or mask is None or not (is_image(image) and is_image(mask)):
         return None
-    (iw, ih), (mw, mh) = image_size(image), image_size(mask)
+    (iw, ih), (mw, mh) = image_size(image), image_size(mask, grayscale=True)
     if (iw, ih) != (mw, mh):
         return f"mask is {mw}x{mh} but image is {iw}x{ih}: a mask must be its image's size"
     return None

@@ -7,9 +7,11 @@ one denoiser node per step.
 
 from __future__ import annotations
 
-from legodiffusion.ops import sampling, step_cache
+from legodiffusion.ops import step_cache
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.inpaint import inpaint_start
 from legodiffusion.workflow.spec import WorkflowSpec
+from legodiffusion.workflow.starts import Start, StartFn, image_start
 
 # family -> (default steps, default guidance, default negative prompt, default sampler)
 _DEFAULTS = {
@@ -17,33 +19,9 @@ _DEFAULTS = {
     "sdxl": (30, 5.0, None, "euler"),
     "sd3": (28, 7.0, "", "flow_euler"),
 }
-#: family -> the default strength of its diffusers image-to-image pipeline
-_STRENGTH = {"sd": 0.8, "sdxl": 0.3, "sd3": 0.6, "flux": 0.6}
 
 
-def _edit_start(wf: WorkflowBuilder, family: str, seed, steps, sampler, height, width):
-    """An image-to-image start: the input image encoded with the request's generator, then noised
-    to the first step its ``strength`` keeps. Returns (init node, keyword arguments of the loop)."""
-    image = wf.input("image", "image", doc="the image to edit (its own size, rounded down to the size factor, unless height/width say)")
-    strength = wf.input(
-        "strength", "float", default=_STRENGTH[family], doc="how much to change: the fraction of the steps run, 0 < strength <= 1"
-    )
-    pixels = wf.call("prepare_image", model="base", image=image, height=height, width=width, id="prepare_image").pixels
-    enc = wf.call("vae_encode", model="base", pixels=pixels, seed=seed, id="encode_image")
-    init = wf.call(
-        "init_latents",
-        model="base",
-        mode="img2img",
-        image_latents=enc.latents,
-        rng=enc.rng,
-        steps=steps,
-        strength=strength,
-        sampler=sampler,
-    )
-    return init, {"strength": strength, "strength_rounds": sampling.STRENGTH_ROUNDS[family]}
-
-
-def _step_cache(wf: WorkflowBuilder, family: str, init):
+def _step_cache(wf: WorkflowBuilder, family: str, start: Start):
     """Transformer families: the request's step cache (off by default), its state started from the
     loop's first sampler state; None for the others."""
     if family not in step_cache.FAMILIES:
@@ -55,7 +33,7 @@ def _step_cache(wf: WorkflowBuilder, family: str, init):
         doc='skip most of the denoiser on steps whose input barely changed: JSON, {"kind": "first_block", "threshold": 0.05} '
         'or {"kind": "mag", "mag_ratios": [...] or "flux", "threshold": 0.06, ...} (diffusers\' FirstBlockCache and MagCache); null: off',
     )
-    return wf.call("init_step_cache", model="base", step_cache=spec, sampler=init.sampler, id="step_cache").cache
+    return wf.call("init_step_cache", model="base", step_cache=spec, sampler=start.sampler, id="step_cache").cache
 
 
 def _lora_inputs(wf: WorkflowBuilder) -> dict:
@@ -66,8 +44,10 @@ def _lora_inputs(wf: WorkflowBuilder) -> dict:
 
 
 def _txt2img(
-    family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = (), edit: bool = False
+    family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = (), edit: StartFn | None = None
 ) -> WorkflowSpec:
+    """A family's sampling graph; ``edit`` (a :class:`~legodiffusion.workflow.starts.Start` function)
+    makes it an edit of an input image."""
     steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
@@ -102,10 +82,11 @@ def _txt2img(
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt", **extra)
     if edit:
-        init, loop_kw = _edit_start(wf, family, seed, steps, sampler, height, width)
+        start = edit(wf, family, seed, steps, sampler, height, width)
     else:
-        init, loop_kw = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width), {}
-    cache = _step_cache(wf, family, init)
+        init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
+        start = Start(init.latents, init.sampler)
+    cache = _step_cache(wf, family, start)
     controls = []
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
@@ -117,7 +98,16 @@ def _txt2img(
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
         patch_and_cache = patch if caches is None else {**patch, "cache": caches[f"cache{tag}"]}
         if not controls:
-            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **patch_and_cache)
+            return wf.call(
+                "denoise",
+                model="base",
+                latents=latents,
+                sampler=state,
+                embedding=embedding,
+                id=f"unet{tag}",
+                **start.denoise,
+                **patch_and_cache,
+            )
         residuals = {
             f"control_{i}": wf.call(
                 "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}"
@@ -152,23 +142,27 @@ def _txt2img(
                 guidance_scale=guidance,
                 id="step",
             )
-            return (s.latents, s.sampler) if caches is None else (s.latents, s.sampler, {"cache_cond": c.cache, "cache_uncond": u.cache})
+            nxt = start.stepped(s.latents, s.sampler, "")
+            return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache_cond": c.cache, "cache_uncond": u.cache})
 
         caches = None if cache is None else {"cache_cond": cache, "cache_uncond": cache}  # each branch carries its own
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", extra=caches, **loop_kw).latents}
+        return {"latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", extra=caches, **start.loop).latents}
 
     def unguided():
         def step(latents, state, caches=None):
             c = branch(latents, state, cond.embedding, "", caches)
             s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
-            return (s.latents, s.sampler) if caches is None else (s.latents, s.sampler, {"cache": c.cache})
+            nxt = start.stepped(s.latents, s.sampler, "_plain")
+            return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
 
         caches = None if cache is None else {"cache": cache}
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain", extra=caches, **loop_kw).latents}
+        return {
+            "latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise_plain", extra=caches, **start.loop).latents
+        }
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
-    wf.output("image", image.image)
+    wf.output("image", start.finished(image.image))
     return wf.build()
 
 
@@ -199,17 +193,38 @@ def sd3_txt2img(
 def sd_img2img(model: str = "sd15", name: str = "sd-img2img", prompt_template: str | None = None) -> WorkflowSpec:
     """Stable Diffusion 1.x/2.x image-to-image, as StableDiffusionImg2ImgPipeline: inputs ``image``
     and ``strength`` (default 0.8) besides text-to-image's."""
-    return _txt2img("sd", model, name, prompt_template, edit=True)
+    return _txt2img("sd", model, name, prompt_template, edit=image_start)
 
 
 def sdxl_img2img(model: str = "sdxl", name: str = "sdxl-img2img", prompt_template: str | None = None) -> WorkflowSpec:
     """SDXL image-to-image, as StableDiffusionXLImg2ImgPipeline (strength default 0.3)."""
-    return _txt2img("sdxl", model, name, prompt_template, edit=True)
+    return _txt2img("sdxl", model, name, prompt_template, edit=image_start)
 
 
 def sd3_img2img(model: str = "sd3", name: str = "sd3-img2img", prompt_template: str | None = None) -> WorkflowSpec:
     """SD3 / SD3.5 image-to-image, as StableDiffusion3Img2ImgPipeline (strength default 0.6)."""
-    return _txt2img("sd3", model, name, prompt_template, edit=True)
+    return _txt2img("sd3", model, name, prompt_template, edit=image_start)
+
+
+def sd_inpaint(
+    model: str = "sd15", name: str = "sd-inpaint", prompt_template: str | None = None, nine_channel: bool = False
+) -> WorkflowSpec:
+    """Stable Diffusion 1.x/2.x inpainting, as StableDiffusionInpaintPipeline: inputs ``image``,
+    ``mask`` (white repaints), ``strength`` (default 1.0) and ``padding_mask_crop``; a base model
+    blends the kept region back after each step, a ``nine_channel`` inpainting UNet reads the mask."""
+    return _txt2img("sd", model, name, prompt_template, edit=inpaint_start(nine_channel))
+
+
+def sdxl_inpaint(
+    model: str = "sdxl", name: str = "sdxl-inpaint", prompt_template: str | None = None, nine_channel: bool = False
+) -> WorkflowSpec:
+    """SDXL inpainting, as StableDiffusionXLInpaintPipeline (strength default 0.9999)."""
+    return _txt2img("sdxl", model, name, prompt_template, edit=inpaint_start(nine_channel))
+
+
+def sd3_inpaint(model: str = "sd3", name: str = "sd3-inpaint", prompt_template: str | None = None) -> WorkflowSpec:
+    """SD3 / SD3.5 inpainting, as StableDiffusion3InpaintPipeline (strength default 0.6)."""
+    return _txt2img("sd3", model, name, prompt_template, edit=inpaint_start())
 
 
 def flux_txt2img(
@@ -218,7 +233,7 @@ def flux_txt2img(
     prompt_template: str | None = None,
     schnell: bool = False,
     controlnets: tuple[str, ...] = (),
-    edit: bool = False,
+    edit: StartFn | None = None,
 ) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
 
@@ -253,12 +268,14 @@ def flux_txt2img(
         rng = {"rng": enc.rng}
         controls.append((enc.control, scale))
     if edit:
-        init, loop_kw = _edit_start(wf, "flux", seed, steps, "flow_euler", height, width)
+        start = edit(wf, "flux", seed, steps, "flow_euler", height, width)
+        if start.denoise:
+            raise ValueError("Flux denoisers read no inputs beside the latents here")
     else:
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
-        loop_kw = {}
+        start = Start(init.latents, init.sampler)
     extra = {} if guidance is None else {"guidance": guidance}
-    cache = _step_cache(wf, "flux", init)
+    cache = _step_cache(wf, "flux", start)
 
     def step(latents, state, caches):
         residuals = {
@@ -290,10 +307,10 @@ def flux_txt2img(
             **residuals,
         )
         s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
-        return s.latents, s.sampler, {"cache": c.cache}
+        return start.stepped(s.latents, s.sampler, ""), s.sampler, {"cache": c.cache}
 
-    loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", extra={"cache": cache}, **loop_kw)
-    wf.output("image", wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image)
+    loop = wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", extra={"cache": cache}, **start.loop)
+    wf.output("image", start.finished(wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image))
     return wf.build()
 
 
@@ -307,7 +324,14 @@ def flux_img2img(
     model: str = "flux", name: str = "flux-img2img", prompt_template: str | None = None, schnell: bool = False
 ) -> WorkflowSpec:
     """Flux image-to-image, as FluxImg2ImgPipeline: inputs ``image`` and ``strength`` (default 0.6)."""
-    return flux_txt2img(model, name, prompt_template, schnell=schnell, edit=True)
+    return flux_txt2img(model, name, prompt_template, schnell=schnell, edit=image_start)
+
+
+def flux_inpaint(
+    model: str = "flux", name: str = "flux-inpaint", prompt_template: str | None = None, schnell: bool = False
+) -> WorkflowSpec:
+    """Flux inpainting, as FluxInpaintPipeline (strength default 0.6)."""
+    return flux_txt2img(model, name, prompt_template, schnell=schnell, edit=inpaint_start())
 
 
 BUILTIN_WORKFLOWS = {
@@ -320,4 +344,8 @@ BUILTIN_WORKFLOWS = {
     "sdxl-img2img": sdxl_img2img,
     "sd3-img2img": sd3_img2img,
     "flux-img2img": flux_img2img,
+    "sd-inpaint": sd_inpaint,
+    "sdxl-inpaint": sdxl_inpaint,
+    "sd3-inpaint": sd3_inpaint,
+    "flux-inpaint": flux_inpaint,
 }
