@@ -8,6 +8,7 @@ from legodiffusion.ops.latents import InitLatents
 from legodiffusion.ops.noop import Noop
 from legodiffusion.ops.sampler_step import SamplerStep
 from legodiffusion.ops.text import EncodePrompt, FormatText
+from legodiffusion.ops.upscale import UpscaleLatents
 from legodiffusion.ops.vae import VaeDecode
 
 BUILTIN_OPERATORS = (
@@ -22,6 +23,7 @@ BUILTIN_OPERATORS = (
     VaeDecode,
     PrepareImage,
     VaeEncode,
+    UpscaleLatents,
     Noop,
 )
 

@@ -16,9 +16,11 @@ from legodiffusion.workflow.catalog import (
     sdxl_img2img,
     sdxl_txt2img,
 )
+from legodiffusion.workflow.hires import flux_hires, sd3_hires, sd_hires, sdxl_hires
 
 _BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
 _IMG2IMG = {"sd": sd_img2img, "sdxl": sdxl_img2img, "sd3": sd3_img2img}
+_HIRES = {"sd": sd_hires, "sdxl": sdxl_hires, "sd3": sd3_hires}
 
 
 def models_under(root: Path) -> dict[str, str]:
@@ -60,9 +62,20 @@ def img2img_for(folder: str | Path, model: str, name: str | None = None):
     return _IMG2IMG[family](model, name=name)
 
 
+def hires_for(folder: str | Path, model: str, name: str | None = None):
+    """The built-in two-stage hires workflow for a model folder's family."""
+    folder = Path(folder)
+    family = family_of(folder)
+    name = name or f"{model}-hires"
+    if family == "flux":
+        return flux_hires(model, name=name, schnell=_schnell(folder))
+    return _HIRES[family](model, name=name)
+
+
 def workflows_for(folder: str | Path, model: str) -> list:
-    """Every built-in workflow of one pipeline model: ``<model>-txt2img`` and ``<model>-img2img``."""
-    return [txt2img_for(folder, model), img2img_for(folder, model)]
+    """Every built-in workflow of one pipeline model: ``<model>-txt2img``, ``<model>-img2img`` and
+    ``<model>-hires``."""
+    return [txt2img_for(folder, model), img2img_for(folder, model), hires_for(folder, model)]
 
 
 def builtin_workflows(models: dict[str, str]) -> list:

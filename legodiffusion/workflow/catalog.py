@@ -1,4 +1,4 @@
-"""Built-in workflows: text-to-image for every family.
+"""Built-in workflows: text-to-image, image-to-image and two-stage hires (:mod:`.hires`) for every family.
 
 Each sampling step is one denoiser node per guidance branch plus a light ``sampler_step`` node;
 with ``guidance_scale <= 1`` (and always for Flux, whose guidance is distilled into the model)
@@ -7,8 +7,11 @@ one denoiser node per step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from legodiffusion.ops import sampling
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.spec import WorkflowSpec
 
 # family -> (default steps, default guidance, default negative prompt, default sampler)
@@ -50,14 +53,29 @@ def _lora_inputs(wf: WorkflowBuilder) -> dict:
     }
 
 
+#: A sampling stage after the first, for two-stage workflows (hires). Called once with the builder
+#: and the request's input handles (``seed``, ``steps``, ``sampler``, ``height``, ``width``) to
+#: declare its inputs, it returns ``then(loop, latents, tag)``: the final latents from the first
+#: stage's, where ``loop(steps, latents, sampler, prefix, **loop_kw)`` runs a sampling loop as the
+#: first stage's (same conditioning and guidance; node ids prefixed) and ``tag`` keeps the stage's
+#: other node ids unique in each guidance branch.
+Stage = Callable[[WorkflowBuilder, dict], Callable]
+
+
 def _txt2img(
-    family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = (), edit: bool = False
+    family: str,
+    model: str,
+    name: str,
+    prompt_template: str | None,
+    controlnets: tuple[str, ...] = (),
+    edit: bool = False,
+    stage: Stage | None = None,
 ) -> WorkflowSpec:
     steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
-    if edit and controlnets:
-        raise ValueError("image-to-image workflows take no ControlNets yet")
+    if (edit or stage) and controlnets:
+        raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     negative = wf.input(
@@ -86,6 +104,7 @@ def _txt2img(
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt", **extra)
+    then = stage(wf, {"seed": seed, "steps": steps, "sampler": sampler, "height": height, "width": width}) if stage else None
     if edit:
         init, loop_kw = _edit_start(wf, family, seed, steps, sampler, height, width)
     else:
@@ -97,13 +116,13 @@ def _txt2img(
         prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
         controls.append((prep.control, scale))
 
-    def branch(latents, state, embedding, tag):
+    def branch(latents, state, embedding, tag, prefix):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
         if not controls:
-            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **patch)
+            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"{prefix}unet{tag}", **patch)
         residuals = {
             f"control_{i}": wf.call(
-                "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}"
+                "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"{prefix}cn{i}{tag}"
             ).residual
             for i, (c, sc) in enumerate(controls)
         }
@@ -114,38 +133,48 @@ def _txt2img(
             latents=latents,
             sampler=state,
             embedding=embedding,
-            id=f"unet{tag}",
+            id=f"{prefix}unet{tag}",
             **residuals,
             **patch,
         )
 
+    def stages(loop, tag: str) -> dict:
+        latents = loop(steps, init.latents, init.sampler, "", **loop_kw)
+        return {"latents": then(loop, latents, tag) if then else latents}
+
     def guided():
         uncond = wf.call("encode_prompt", model="base", text=negative, id="encode_negative", **extra)
 
-        def step(latents, state):
-            c = branch(latents, state, cond.embedding, "_cond")
-            u = branch(latents, state, uncond.embedding, "_uncond")
-            s = wf.call(
-                "sampler_step",
-                mode="guided",
-                latents=latents,
-                sampler=state,
-                noise_cond=c.noise,
-                noise_uncond=u.noise,
-                guidance_scale=guidance,
-                id="step",
-            )
-            return s.latents, s.sampler
+        def loop(count, latents, state, prefix, **kw):
+            def step(latents, state):
+                c = branch(latents, state, cond.embedding, "_cond", prefix)
+                u = branch(latents, state, uncond.embedding, "_uncond", prefix)
+                s = wf.call(
+                    "sampler_step",
+                    mode="guided",
+                    latents=latents,
+                    sampler=state,
+                    noise_cond=c.noise,
+                    noise_uncond=u.noise,
+                    guidance_scale=guidance,
+                    id=prefix + "step",
+                )
+                return s.latents, s.sampler
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", **loop_kw).latents}
+            return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", **kw).latents
+
+        return stages(loop, "")
 
     def unguided():
-        def step(latents, state):
-            c = branch(latents, state, cond.embedding, "")
-            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
-            return s.latents, s.sampler
+        def loop(count, latents, state, prefix, **kw):
+            def step(latents, state):
+                c = branch(latents, state, cond.embedding, "", prefix)
+                s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step_plain")
+                return s.latents, s.sampler
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain", **loop_kw).latents}
+            return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise_plain", **kw).latents
+
+        return stages(loop, "_plain")
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
@@ -200,6 +229,7 @@ def flux_txt2img(
     schnell: bool = False,
     controlnets: tuple[str, ...] = (),
     edit: bool = False,
+    stage: Stage | None = None,
 ) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
 
@@ -209,8 +239,8 @@ def flux_txt2img(
     drawn from it, as FluxControlNetPipeline does."""
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
-    if edit and controlnets:
-        raise ValueError("image-to-image workflows take no ControlNets yet")
+    if (edit or stage) and controlnets:
+        raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
@@ -224,6 +254,7 @@ def flux_txt2img(
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
+    then = stage(wf, {"seed": seed, "steps": steps, "sampler": "flow_euler", "height": height, "width": width}) if stage else None
     controls, rng = [], {}
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
@@ -240,39 +271,44 @@ def flux_txt2img(
         loop_kw = {}
     extra = {} if guidance is None else {"guidance": guidance}
 
-    def step(latents, state):
-        residuals = {
-            f"control_{i}": wf.call(
-                "controlnet",
-                model=f"cn{i}",
+    def loop(count, latents, state, prefix, **kw):
+        def step(latents, state):
+            residuals = {
+                f"control_{i}": wf.call(
+                    "controlnet",
+                    model=f"cn{i}",
+                    latents=latents,
+                    sampler=state,
+                    embedding=cond.embedding,
+                    control=c,
+                    scale=sc,
+                    id=f"{prefix}cn{i}",
+                    **extra,
+                ).residual
+                for i, (c, sc) in enumerate(controls)
+            }
+            mode = "controlnet" if controls else "default"
+            c = wf.call(
+                "denoise",
+                model="base",
+                mode=mode,
                 latents=latents,
                 sampler=state,
                 embedding=cond.embedding,
-                control=c,
-                scale=sc,
-                id=f"cn{i}",
+                id=prefix + "transformer",
                 **extra,
-            ).residual
-            for i, (c, sc) in enumerate(controls)
-        }
-        mode = "controlnet" if controls else "default"
-        c = wf.call(
-            "denoise",
-            model="base",
-            mode=mode,
-            latents=latents,
-            sampler=state,
-            embedding=cond.embedding,
-            id="transformer",
-            **extra,
-            **patch,
-            **residuals,
-        )
-        s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
-        return s.latents, s.sampler
+                **patch,
+                **residuals,
+            )
+            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step")
+            return s.latents, s.sampler
 
-    loop = wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise", **loop_kw)
-    wf.output("image", wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image)
+        return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", **kw).latents
+
+    latents = loop(steps, init.latents, init.sampler, "", **loop_kw)
+    if then:
+        latents = then(loop, latents, "")
+    wf.output("image", wf.call("vae_decode", model="base", latents=latents, id="decode").image)
     return wf.build()
 
 
@@ -299,4 +335,9 @@ BUILTIN_WORKFLOWS = {
     "sdxl-img2img": sdxl_img2img,
     "sd3-img2img": sd3_img2img,
     "flux-img2img": flux_img2img,
+    "sd-hires": sd_hires,
+    "sdxl-hires": sdxl_hires,
+    "sd3-hires": sd3_hires,
+    "flux-hires": flux_hires,
+    "flux-schnell-hires": flux_schnell_hires,
 }
