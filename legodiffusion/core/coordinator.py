@@ -14,7 +14,7 @@ from typing import Any
 
 from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, FairShare, TenantAccount
-from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_value
+from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_size
 from legodiffusion.core.lineage import Lineage
 from legodiffusion.core.messages import (
     CANCELLED,
@@ -738,7 +738,7 @@ def pixels(inputs: dict[str, Any], template: Template | None = None) -> int | No
     largest size reaching a node of ``template`` through its size ports, whatever the request
     inputs feeding them are named; without a template, the inputs named ``height`` and ``width``."""
     pairs = (
-        [(known_value(h, inputs), known_value(w, inputs)) for _, h, w in template.sizes]
+        [known_size(size, inputs) or (None, None) for size in template.sizes]
         if template is not None
         else [(inputs.get("height"), inputs.get("width"))]
     )

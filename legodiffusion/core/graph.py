@@ -15,6 +15,9 @@ FROM_NODE, FROM_INPUT, CONSTANT = 0, 1, 2
 
 #: The operator ports that set the image size a node works at (whatever request inputs feed them).
 SIZE_PORTS = ("height", "width")
+#: A node with the size ports and this one makes an image of height x width times it: a hires
+#: workflow's upscale, whose second stage runs at that size.
+SCALE_PORT = "scale"
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ class Template:
     #: distinct producers a node reads as deferred inputs: it waits for their dispatch only
     deferred_deps: list[int] = field(default_factory=list)
     deferred_consumers: list[tuple[int, ...]] = field(default_factory=list)
-    #: (node, height input, width input) of every node with the :data:`SIZE_PORTS`
-    sizes: tuple[tuple[int, TInput, TInput], ...] = ()
+    #: (node, height input, width input, scale input or None) of every node with the :data:`SIZE_PORTS`
+    sizes: tuple[tuple[int, TInput, TInput, TInput | None], ...] = ()
 
     def uses_after(self, finished: set[int]) -> dict[tuple[int, str], int]:
         """Reads still to come of each (node, port) once the ``finished`` nodes have run: its
@@ -96,7 +99,7 @@ class Template:
         for i, node in enumerate(self.nodes):
             by_port = {inp.port: inp for inp in node.inputs}
             if all(p in by_port for p in SIZE_PORTS):
-                sizes.append((i, by_port[SIZE_PORTS[0]], by_port[SIZE_PORTS[1]]))
+                sizes.append((i, by_port[SIZE_PORTS[0]], by_port[SIZE_PORTS[1]], by_port.get(SCALE_PORT)))
         self.sizes = tuple(sizes)
         return self
 
@@ -107,3 +110,18 @@ def known_value(inp: TInput, inputs: dict[str, Any]) -> Any:
     if inp.kind == FROM_INPUT:
         return inputs.get(inp.name)
     return inp.value if inp.kind == CONSTANT else None
+
+
+def known_size(size: tuple, inputs: dict[str, Any], native: int | None = None) -> tuple[int, int] | None:
+    """The (height, width) in pixels an entry of :attr:`Template.sizes` stands for, from the values
+    known on arrival: its size ports, times its scale port where it has one. A size left null is
+    the model's ``native`` side where given; None where the size is not known."""
+    _, h_in, w_in, scale_in = size
+    h, w = known_value(h_in, inputs), known_value(w_in, inputs)
+    h, w = native if h is None else h, native if w is None else w
+    if not (isinstance(h, int) and isinstance(w, int)):
+        return None
+    scale = 1 if scale_in is None else known_value(scale_in, inputs)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale == 1:
+        return h, w
+    return int(h * scale), int(w * scale)

@@ -96,7 +96,12 @@ class InitLatents(Operator):
                 "image_latents": Port("latent", doc="the encoded input image (vae_encode), or latents a first stage made (hires)"),
                 "rng": Port("rng", optional=True, doc="the request's generator after encoding the image"),
                 "seed": Port(
-                    "int", optional=True, per_request=True, ge=0, le=2**64 - 1, doc="without `rng`: the noise comes from a generator seeded with this"
+                    "int",
+                    optional=True,
+                    per_request=True,
+                    ge=0,
+                    le=2**64 - 1,
+                    doc="without `rng`: the noise comes from a generator seeded with this",
                 ),
                 "steps": Port("int", ge=1),
                 "strength": STRENGTH_PORT,

@@ -49,7 +49,9 @@ class UpscaleLatents(Operator):
                 "latents": Port("latent"),
                 "scale": Port("float", le=SCALE_MAX, form=_positive, doc=f"the factor, 0 < scale <= {SCALE_MAX:g}"),
                 "method": Port("text", form=_method, doc=f"interpolate's mode: {', '.join(METHODS)}"),
-                "height": Port("int", optional=True, ge=1, doc="pixels of the latents given (null: the model's native size), to check the scaled size"),
+                "height": Port(
+                    "int", optional=True, ge=1, doc="pixels of the latents given (null: the model's native size), to check the scaled size"
+                ),
                 "width": Port("int", optional=True, ge=1),
             },
             outputs={"latents": "latent"},

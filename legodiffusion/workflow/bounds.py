@@ -1,7 +1,8 @@
 """Bounding a request's cost before it is accepted, from its expanded graph, not its input names.
 
 What a request costs is read off the template it expands to: how many nodes, the image size
-reaching each node through its size ports (:data:`~legodiffusion.core.graph.SIZE_PORTS`), the
+reaching each node through its size ports (:data:`~legodiffusion.core.graph.SIZE_PORTS`, times
+its :data:`~legodiffusion.core.graph.SCALE_PORT` where it has one: a hires stage), the
 sampling steps reaching ``steps`` ports, its profiled work (seconds, the cost model's solo time of
 every node at that size) and its largest tensor. A workflow whose loop count is called ``iters``
 and whose sizes are ``h`` and ``w`` is bounded like the built-in ones. Where a model call is not
@@ -11,12 +12,13 @@ steps) stand alone; profile the models you serve (``legodiffusion profile``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from legodiffusion.core.cost import CostModel
-from legodiffusion.core.graph import CONSTANT, FROM_INPUT, Template, known_value
+from legodiffusion.core.graph import CONSTANT, FROM_INPUT, Template, known_size, known_value
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 
 #: bytes of a float32 RGB pixel: a decoded image, the largest tensor every text-to-image request holds
@@ -72,11 +74,17 @@ def request_cost(
     if len(template.nodes) > bounds.max_nodes:
         issues.append(_over("inputs", f"the request expands to {len(template.nodes)} nodes, beyond max_nodes={bounds.max_nodes}"))
     px = None
-    for node, h_in, w_in in template.sizes:
-        h, w = known_value(h_in, inputs), known_value(w_in, inputs)
-        if not (isinstance(h, int) and isinstance(w, int)):
+    for size in template.sizes:
+        node, h_in, w_in, scale_in = size
+        scaled = scale_in is not None and known_value(scale_in, inputs) not in (None, 1)
+        # a scaled size of the native one (a hires stage at the model's size) is bounded too
+        model = template.nodes[node].model
+        native = _native_side(native_px(model)) if scaled and model is not None else None
+        hw = known_size(size, inputs, native)
+        if hw is None:
             continue
-        path = _path(template, node, h_in if h >= w else w_in)
+        h, w = hw
+        path = _path(template, node, scale_in if scaled else h_in if h >= w else w_in)
         if max(h, w) > bounds.max_side:
             issues.append(_over(path, f"{w}x{h} has a side beyond max_side={bounds.max_side}"))
         elif h * w > bounds.max_pixels:
@@ -124,12 +132,17 @@ def _largest_tensor(template: Template, px: int | None, cost: CostModel, native_
 
 def _size_path(template: Template, inputs: dict[str, Any]) -> str:
     """Where the largest size reaching a node comes from."""
-    node, h_in, w_in = max(template.sizes, key=lambda s: _area(known_value(s[1], inputs), known_value(s[2], inputs)))
-    return _path(template, node, h_in)
+    node, h_in, _, scale_in = max(template.sizes, key=lambda s: _area(known_size(s, inputs)))
+    return _path(template, node, h_in if scale_in is None or known_value(scale_in, inputs) in (None, 1) else scale_in)
 
 
-def _area(h, w) -> int:
-    return h * w if isinstance(h, int) and isinstance(w, int) else -1
+def _area(hw: tuple[int, int] | None) -> int:
+    return hw[0] * hw[1] if hw is not None else -1
+
+
+def _native_side(px: int | None) -> int | None:
+    """The side of a model's native (square) size."""
+    return None if px is None else math.isqrt(px)
 
 
 def _path(template: Template, node: int, inp) -> str:

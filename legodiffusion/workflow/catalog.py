@@ -122,7 +122,14 @@ def _txt2img(
             return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"{prefix}unet{tag}", **patch)
         residuals = {
             f"control_{i}": wf.call(
-                "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"{prefix}cn{i}{tag}"
+                "controlnet",
+                model=f"cn{i}",
+                latents=latents,
+                sampler=state,
+                embedding=embedding,
+                control=c,
+                scale=sc,
+                id=f"{prefix}cn{i}{tag}",
             ).residual
             for i, (c, sc) in enumerate(controls)
         }

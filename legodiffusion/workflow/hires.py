@@ -41,9 +41,14 @@ def hires_stage(family: str):
         )
         steps = wf.input("hires_steps", "int", default_from=first["steps"], doc="the second stage's schedule (null: steps)")
         strength = wf.input(
-            "strength", "float", default=STRENGTH, doc="how much the second stage changes: the fraction of its schedule run, 0 < strength <= 1"
+            "strength",
+            "float",
+            default=STRENGTH,
+            doc="how much the second stage changes: the fraction of its schedule run, 0 < strength <= 1",
         )
-        method = wf.input("upscale_mode", "text", default=UPSCALE_MODE, doc="latent interpolation: nearest-exact, bilinear, bicubic, area, nearest")
+        method = wf.input(
+            "upscale_mode", "text", default=UPSCALE_MODE, doc="latent interpolation: nearest-exact, bilinear, bicubic, area, nearest"
+        )
         seed = wf.input("hires_seed", "int", default_from=first["seed"], doc="seeds the second stage's noise (null: seed)")
 
         def then(loop, latents, tag: str):

@@ -73,7 +73,9 @@ class _Checker:
         elif not assignable(source.type, spec.type):
             self.fail("type_mismatch", path, f"input {name!r} ({spec.type}) cannot default to {spec.default_from!r} ({source.type})")
         elif spec.default is not None:
-            self.fail("bad_default", f"inputs.{name}.default", f"input {name!r} takes {spec.default_from!r}'s value when left out: no default")
+            self.fail(
+                "bad_default", f"inputs.{name}.default", f"input {name!r} takes {spec.default_from!r}'s value when left out: no default"
+            )
 
     # -- index -----------------------------------------------------------------------------
 
