@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 
-from legodiffusion.models.components import family_of, is_pipeline
+from legodiffusion.models.components import family_of, family_or_none, is_pipeline
 from legodiffusion.workflow.catalog import (
     flux_img2img,
     flux_txt2img,
@@ -81,3 +83,28 @@ def workflows_for(folder: str | Path, model: str) -> list:
 def builtin_workflows(models: dict[str, str]) -> list:
     """The built-in workflows (:func:`workflows_for`) of every pipeline model."""
     return [wf for name, folder in models.items() if is_pipeline(folder) for wf in workflows_for(folder, name)]
+
+
+@lru_cache(maxsize=1024)
+def _family(folder: str) -> str | None:
+    return family_or_none(folder)
+
+
+class ModelFamilies(Mapping):
+    """A catalog's model names with their families (None for a model that is no pipeline), each
+    read from its folder the first time it is asked for."""
+
+    def __init__(self, catalog) -> None:
+        self.catalog = catalog
+
+    def __getitem__(self, name: str) -> str | None:
+        return _family(str(self.catalog.folder(name)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.catalog.names())
+
+    def __len__(self) -> int:
+        return len(self.catalog.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.catalog

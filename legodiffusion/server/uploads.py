@@ -1,4 +1,7 @@
-"""ComfyUI ``LoadImage`` inputs, kept within :class:`~legodiffusion.server.store.Retention`'s caps."""
+"""ComfyUI ``LoadImage`` inputs, kept within :class:`~legodiffusion.server.store.Retention`'s caps.
+
+An image is kept as RGB, or RGBA where it has transparency: ComfyUI reads masks from the alpha
+channel (``LoadImage``'s MASK, ``LoadImageMask``)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from legodiffusion.server.store import Evicted, Retention
 
 @dataclass
 class _Upload:
-    image: Any  # a decoded RGB PIL image
+    image: Any  # a decoded RGB (or RGBA) PIL image
     nbytes: int
     added_s: float
 
@@ -44,13 +47,14 @@ class UploadStore:
         w, h = image.size
         if w * h > r.max_upload_pixels:
             raise ApiError(413, "limit_exceeded", f"{name!r} is {w}x{h}, beyond max_upload_pixels={r.max_upload_pixels}", "image")
-        nbytes = w * h * 3
+        mode = "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
+        nbytes = w * h * len(mode)
         if nbytes > r.max_upload_bytes:
             raise ApiError(
                 413, "limit_exceeded", f"{name!r} decodes to {nbytes} bytes, beyond max_upload_bytes={r.max_upload_bytes}", "image"
             )
         try:
-            rgb = image.convert("RGB")
+            rgb = image.convert(mode)
         except Exception:
             raise ApiError(400, "invalid_image", f"{name!r} is not an image", "image") from None
         self._drop(name)
