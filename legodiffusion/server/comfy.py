@@ -277,4 +277,5 @@ def to_spec(prompt: Any, family: str = "sd") -> dict:
     for name, value in job.inputs.items():
         if name in spec["inputs"]:
             spec["inputs"][name]["default"] = value
+            spec["inputs"][name].pop("default_from", None)  # the graph's own value, not another input's
     return spec
