@@ -177,3 +177,37 @@ def test_a_scale_off_the_size_factor_is_refused_at_submission(tiny_models):
                 engine.submit("flux-hires", dict(base, hires_steps=0))
 
     asyncio.run(main())
+
+
+def test_the_second_stage_batches_with_other_requests_second_stages(tiny_models):
+    """Two hires requests (64 -> 96) beside text-to-image ones at 96x96: their second-stage steps
+    run in one denoiser call (ordinary nodes of the same shape), and every image equals its run
+    alone. A first request takes the idle worker, so the others queue and start together."""
+    from legodiffusion import Engine, EngineConfig
+    from legodiffusion.workflow.catalog import sd_txt2img
+
+    folder = tiny_models["sd15"]
+    first = ("sd-txt2img", dict(prompt="first", steps=1, height=64, width=64, guidance_scale=1.0))
+    hires = [dict(prompt=f"a cat {i}", steps=2, hires_steps=4, strength=1.0, scale=1.5, seed=i, height=64, width=64) for i in range(2)]
+    plain = [dict(prompt=f"a dog {i}", steps=6, seed=10 + i, height=96, width=96) for i in range(2)]
+    requests = [first] + [("sd-hires", r) for r in hires] + [("sd-txt2img", r) for r in plain]
+    calls: list[set] = []
+
+    def record(d, c):
+        if d.op == "denoise":
+            calls.append({(item.request_id, item.key.split("[")[0]) for item in d.items})
+
+    async def main():
+        async with Engine({"sd15": folder}, EngineConfig(workers=1, device="cpu", default_latency_batch=8)) as engine:
+            engine.add_workflow(sd_hires("sd15"))
+            engine.add_workflow(sd_txt2img("sd15"))
+            engine.on_dispatch_done = record
+            runs = [engine.submit(wf, inputs) for wf, inputs in requests]
+            return [await r.future for r in runs]
+
+    results = asyncio.run(main())
+    assert all(r.ok for r in results)
+    assert any(len({rid for rid, key in call if key == "guidance.hires_denoise"}) == 2 for call in calls), calls
+    for (wf, inputs), shared in zip(requests, results, strict=True):
+        alone = ours("sd15", folder, sd_hires("sd15") if wf == "sd-hires" else sd_txt2img("sd15"), inputs)
+        assert np.abs(shared.outputs["image"][0].permute(1, 2, 0).numpy() - alone).max() <= 1e-4
