@@ -37,7 +37,7 @@ from legodiffusion.sim.traces import Arrival, drifting, make_trace, poisson  # n
 from legodiffusion.sim.workload import make_workload  # noqa: E402
 from legodiffusion.stats import mean_ci  # noqa: E402
 
-WORKLOADS = ("paper", "many", "drifting", "csv")
+WORKLOADS = ("paper", "many", "drifting", "csv")  # what `all` runs; `--workloads editing` adds the editing mix
 HEADLINE = ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")
 ABLATIONS = (
     "ours",
@@ -66,6 +66,7 @@ DESCRIBE = {
     "paper": "the paper's 12 workflows over SD3-medium / SD3.5-large(-turbo) / FLUX.1-dev/schnell at 1024 px, 4-50 steps, 0-2 ControlNets, 0-1 LoRAs, skewed popularity; Poisson arrivals",
     "many": "40 seeded workflows over 4 base models (FLUX.1-dev/schnell, SD3.5-large, SD3-medium) with 0-1 LoRAs, 0-2 ControlNets, 512-1024 px, Zipf popularity; Poisson arrivals",
     "drifting": "the paper workflows with Zipf popularity whose ranking changes every 60 s, and two 10 s bursts that each hit one workflow (the total rate x3, the excess all to that workflow)",
+    "editing": "the paper workflows plus image-to-image at strength 0.6 on FLUX.1-dev/schnell and SD3.5-large (a quarter of the requests); Poisson arrivals",
     "csv": "benchmarks/traces/replay.csv replayed (gamma arrivals, CV 2.5, the paper's popularity ranking reversed), its timestamps scaled to the rate; seed s starts the replay s/7 of the way in",
 }
 
@@ -480,7 +481,7 @@ def _plot_bars(detail, key, label):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", choices=["rate", "burst", "gpus", "ablations", "overload", "all"])
-    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=(*WORKLOADS, "editing"))
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32], help="rate on the paper workload (others: 16)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--duration", type=float, default=240.0, help="simulated seconds per trace")

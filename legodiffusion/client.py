@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,7 +67,16 @@ class Client:
     def register(self, spec: dict) -> dict:
         return self._json("POST", "/v1/workflows", json={"spec": spec})
 
+    def upload(self, image: Any) -> str:
+        """Send an image once (a PIL image, or a ``pathlib.Path`` to a PNG, JPEG or WebP file) and
+        return its id, which an image input of any run takes in its place until it expires."""
+        r = self._json("POST", "/v1/uploads", files={"file": ("image", image_bytes(image))})
+        return r["id"]
+
     def submit(self, workflow: str, inputs: dict[str, Any], slo_s: float | None = None) -> dict:
+        """Submit one run. An input that is a PIL image or a ``pathlib.Path`` is sent as a base64
+        image (a string stays a string: a prompt, or an upload id from :meth:`upload`)."""
+        inputs = {k: _encoded(v) for k, v in inputs.items()}
         return self._json("POST", "/v1/runs", json={"workflow": workflow, "inputs": inputs, "slo_s": slo_s})
 
     def get(self, run_id: str) -> dict:
@@ -100,6 +111,23 @@ class Client:
             final = self.get(run["id"])
         final["png"] = [base64.b64decode(b) for b in final.get("images", [])]
         return final
+
+
+def image_bytes(image: Any) -> bytes:
+    """The file bytes of a PIL image (as PNG) or of the image file at a ``pathlib.Path``."""
+    if isinstance(image, Path):
+        return image.read_bytes()
+    if type(image).__module__.split(".")[0] == "PIL":
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise TypeError(f"expected a PIL image or a pathlib.Path, got {type(image).__name__}")
+
+
+def _encoded(value: Any) -> Any:
+    if isinstance(value, Path) or type(value).__module__.split(".")[0] == "PIL":
+        return base64.b64encode(image_bytes(value)).decode()
+    return value
 
 
 def _retry_after_s(r: httpx.Response) -> float | None:

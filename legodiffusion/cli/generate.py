@@ -1,7 +1,9 @@
 """``legodiffusion generate``: one request through the engine, with a progress bar.
 
-The model folder's pipeline class picks the family and its built-in workflow; ControlNets and
-LoRAs are registered next to the base model under their file or folder names.
+The model folder's pipeline class picks the family and its built-in workflow (text-to-image;
+with ``--init-image`` its image-to-image, with ``--mask`` too its inpainting, where the family
+has one); ControlNets and LoRAs are registered next to the base model under their file or folder
+names.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from legodiffusion.config import EngineConfig
+from legodiffusion.core.images import mask_mismatch
 from legodiffusion.models.components import family_of
 from legodiffusion.runtime.engine import Engine
 from legodiffusion.runtime.images import to_pil
-from legodiffusion.server.catalog import txt2img_for
+from legodiffusion.server.catalog import txt2img_for, workflows_for
 from legodiffusion.workflow.errors import WorkflowError
 
 
@@ -44,10 +47,46 @@ class GenerateArgs:
     dtype: str = "auto"
     component_dtypes: dict[str, str] = field(default_factory=dict)
     compile: bool = False
+    init_image: Path | None = None
+    strength: float | None = None
+    mask: Path | None = None  # white repaints, black keeps
 
 
-def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str]) -> dict:
-    inputs = {"prompt": a.prompt, "seed": a.seed, "height": a.height, "width": a.width}
+def _workflow(a: GenerateArgs):
+    """The model's built-in workflow for what is asked: text-to-image, image-to-image, inpainting."""
+    name = a.model.name
+    if a.init_image is None:
+        if a.strength is not None or a.mask is not None:
+            raise ValueError("--strength and --mask edit an --init-image; give one")
+        return txt2img_for(a.model, name, controlnets=tuple(cn.name for cn in a.controlnets))
+    if a.controlnets:
+        raise ValueError("--init-image takes no --controlnet yet")
+    wanted = f"{name}-inpaint" if a.mask is not None else f"{name}-img2img"
+    found = next((wf for wf in workflows_for(a.model, name) if wf.name == wanted), None)
+    if found is None:
+        raise ValueError(f"{a.model} has no built-in {'inpainting' if a.mask is not None else 'image-to-image'} workflow")
+    return found
+
+
+def _edit_inputs(a: GenerateArgs) -> dict:
+    if a.init_image is None:
+        return {}
+    try:
+        inputs = {"image": Image.open(a.init_image).convert("RGB")}
+        if a.mask is not None:
+            inputs["mask"] = Image.open(a.mask).convert("RGB")
+    except OSError as exc:  # not there, or not an image
+        raise ValueError(str(exc)) from None
+    mismatch = mask_mismatch(inputs["image"], inputs.get("mask"))
+    if mismatch is not None:
+        raise ValueError(f"--mask: {mismatch}")
+    if a.strength is not None:
+        inputs["strength"] = a.strength
+    return inputs
+
+
+def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str], edit: dict) -> dict:
+    inputs = {"prompt": a.prompt, "seed": a.seed, "height": a.height, "width": a.width, **edit}
     if a.steps is not None:
         inputs["steps"] = a.steps
     if family == "flux":
@@ -86,11 +125,12 @@ def generate_one(a: GenerateArgs) -> int:
             path, _, weight = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
             models[Path(path).stem] = Path(path)
             lora_names.append(Path(path).stem + (f":{weight}" if weight else ""))
-        workflow = txt2img_for(a.model, a.model.name, controlnets=tuple(cn.name for cn in a.controlnets))
+        edit = _edit_inputs(a)  # its images checked before the workflow is looked for
+        workflow = _workflow(a)
         engine = Engine(
             models, EngineConfig(workers=a.workers, device=a.device, dtype=a.dtype, component_dtypes=a.component_dtypes, compile=a.compile)
         )
-        inputs = _inputs(a, family, workflow, lora_names)
+        inputs = _inputs(a, family, workflow, lora_names, edit)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

@@ -14,6 +14,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Micro-servin
 DTYPE_HELP = "weight precision: auto (bf16 on CUDA, the VAE of SD1.x/SDXL in fp32; fp32 on CPU), bf16, fp16 or fp32"
 COMPONENT_DTYPE_HELP = "per-component precision COMPONENT=DTYPE (denoiser, text_encoder, vae, controlnet), repeatable"
 COMPILE_HELP = "torch.compile the denoiser, batches padded to shape buckets (each bucket compiles on its first call)"
+INIT_IMAGE_HELP = "an image to edit (PNG, JPEG or WebP); the output is its size unless --height/--width say"
+STRENGTH_HELP = "with --init-image: how much to change it, 0 < S <= 1 (the fraction of the steps run; default: the workflow's)"
+MASK_HELP = "with --init-image: where to repaint (white) and keep (black), the init image's size"
 
 
 def _component_dtypes(items: list[str]) -> dict[str, str]:
@@ -74,9 +77,14 @@ def generate(
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     component_dtype: list[str] = typer.Option([], help=COMPONENT_DTYPE_HELP),
     compile: bool = typer.Option(False, "--compile/--no-compile", help=COMPILE_HELP),
+    init_image: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help=INIT_IMAGE_HELP + " (the model's image-to-image workflow)"
+    ),
+    strength: float | None = typer.Option(None, help=STRENGTH_HELP),
+    mask: Path | None = typer.Option(None, exists=True, dir_okay=False, help=MASK_HELP + " (the model's inpainting workflow)"),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG file to write"),
 ) -> None:
-    """Generate one image through the decomposed runtime."""
+    """Generate one image through the decomposed runtime (edit one with --init-image)."""
     from legodiffusion.cli.generate import GenerateArgs, generate_one
 
     args = GenerateArgs(
@@ -100,6 +108,9 @@ def generate(
         dtype,
         _component_dtypes(component_dtype),
         compile,
+        init_image,
+        strength,
+        mask,
     )
     raise typer.Exit(generate_one(args))
 
@@ -298,17 +309,31 @@ def run(
     height: int | None = typer.Option(None),
     width: int | None = typer.Option(None),
     input: list[str] = typer.Option([], "--input", help="extra input KEY=VALUE (repeatable)"),
+    init_image: Path | None = typer.Option(None, exists=True, dir_okay=False, help=INIT_IMAGE_HELP + " (sent as the input image)"),
+    strength: float | None = typer.Option(None, help=STRENGTH_HELP),
+    mask: Path | None = typer.Option(None, exists=True, dir_okay=False, help=MASK_HELP + " (sent as the input mask)"),
     output: Path = typer.Option(Path("out.png"), "-o", "--output"),
 ) -> None:
-    """Send a request to a running server and save the image, with a progress bar fed by SSE."""
+    """Send a request to a running server and save the image, with a progress bar fed by SSE
+    (--init-image, --strength and --mask: an editing workflow's image, strength and mask)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from legodiffusion.client import ApiError, Client
 
+    if init_image is None and (strength is not None or mask is not None):
+        typer.echo("error: --strength and --mask edit an --init-image; give one", err=True)
+        raise typer.Exit(2)
     inputs: dict = {"prompt": prompt, "seed": seed}
-    for key, value in (("steps", steps), ("height", height), ("width", width)):
+    for key, value in (
+        ("steps", steps),
+        ("height", height),
+        ("width", width),
+        ("image", init_image),
+        ("strength", strength),
+        ("mask", mask),
+    ):
         if value is not None:
-            inputs[key] = value
+            inputs[key] = value  # a Path is sent as a base64 image
     for item in input:
         key, _, value = item.partition("=")
         inputs[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false", "null") else value

@@ -13,7 +13,7 @@ from legodiffusion.models.precision import Precision
 from legodiffusion.ops import default_registry
 from legodiffusion.profiles.book import ModelProfile
 from legodiffusion.profiles.profiler import measure, precision_tag, profile_path
-from legodiffusion.server.catalog import txt2img_for
+from legodiffusion.server.catalog import workflows_for
 from legodiffusion.workflow.catalog import BUILTIN_WORKFLOWS
 from legodiffusion.workflow.spec import CondNode, LoopNode, OpNode, WorkflowSpec, spec_from_json
 
@@ -37,17 +37,18 @@ def workflow_ops(spec: WorkflowSpec) -> list[tuple[str, str]]:
     return found
 
 
-def load_workflow(name_or_file: str | None, model: Path) -> WorkflowSpec:
-    """A built-in workflow by name, a JSON spec file, or (None) the model's text-to-image workflow."""
+def load_workflows(name_or_file: str | None, model: Path) -> list[WorkflowSpec]:
+    """A built-in workflow by name, a JSON spec file, or (None) every built-in workflow the server
+    registers for the model (text-to-image and the editing workflows)."""
     model_name = model.name
     if name_or_file is None:
-        return txt2img_for(model, model_name)
+        return workflows_for(model, model_name)
     if name_or_file in BUILTIN_WORKFLOWS:
-        return BUILTIN_WORKFLOWS[name_or_file](model_name)
+        return [BUILTIN_WORKFLOWS[name_or_file](model_name)]
     path = Path(name_or_file)
     if not path.exists():
         raise FileNotFoundError(f"{name_or_file!r} is neither a built-in workflow ({sorted(BUILTIN_WORKFLOWS)}) nor a JSON file")
-    return spec_from_json(json.loads(path.read_text()))
+    return [spec_from_json(json.loads(path.read_text()))]
 
 
 def run_profile(
@@ -63,13 +64,13 @@ def run_profile(
 ) -> Path:
     console = Console()
     device = EngineConfig(device=device).worker_devices()[0]
-    spec = load_workflow(workflow, model)
+    specs = load_workflows(workflow, model)
     path = profile_path(model, device, out_dir, precision)
     if path.exists() and not force:
         console.print(f"cached: {path} (use --force to measure again)")
         prof = ModelProfile.load(path)
     else:
-        ops = workflow_ops(spec)
+        ops = list(dict.fromkeys(op for spec in specs for op in workflow_ops(spec)))
         with console.status("profiling") as status:
             prof = measure(
                 model,

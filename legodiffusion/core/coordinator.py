@@ -179,6 +179,7 @@ class CoordinatorView:
         "held_head",
         "demand",
         "top_class",
+        "kept_for",
     )
 
     def __init__(self, coord: Coordinator) -> None:
@@ -191,6 +192,7 @@ class CoordinatorView:
         self.backlog, self.held_head = coord.backlog, coord.held_head
         self.demand = coord.demand
         self.top_class = coord.fair.top_class
+        self.kept_for = coord.kept_for
 
     @property
     def free_slots(self) -> int:
@@ -245,6 +247,8 @@ class Coordinator(Lineage):
         self.work_s = 0.0
         #: priority classes' virtual clocks and tenants' shares of them (read through ``lead_s``)
         self.fair = FairShare()
+        #: worker -> the request its last model call served first (the highest class in it)
+        self._served: dict[int, int] = {}
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -286,6 +290,17 @@ class Coordinator(Lineage):
         for k, w in work.items():
             rate, t = self._demand.get(k, (0.0, now))
             self._demand[k] = (rate * math.exp(-(now - t) / tau) + w / tau, now)
+
+    def kept_for(self, rank: int) -> set[int]:
+        """Workers whose last model call served a request of a higher class than ``rank`` that is
+        still running: its next call (after glue that runs in no time) would find them warm and
+        free, so a lower class should not slip a call in between."""
+        out = set()
+        for wid, rid in self._served.items():
+            live = self.requests.get(rid)
+            if live is not None and live.account.rank < rank:
+                out.add(wid)
+        return out
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]:
         """(order key, profiled remaining work, deadline) of every in-flight request, in order
@@ -629,6 +644,8 @@ class Coordinator(Lineage):
                 est += self.cost.load_s(tn.model, tn.component)
                 self.note_resident(worker, comp)
         self.pool.reserve(worker, est, tn.light)
+        if not tn.light:
+            self._served[worker] = min(members, key=lambda m: m[0].account.rank)[0].req.id
         self.inflight[d.id] = _Inflight(d, est)
         actions.dispatches.append(d)
         self.stats.batch_sizes[(tn.op, len(items))] += 1
@@ -738,9 +755,7 @@ def pixels(inputs: dict[str, Any], template: Template | None = None) -> int | No
     largest size reaching a node of ``template`` through its size ports, whatever the request
     inputs feeding them are named; without a template, the inputs named ``height`` and ``width``."""
     pairs = (
-        [known_size(size, inputs) or (None, None) for size in template.sizes]
-        if template is not None
-        else [(inputs.get("height"), inputs.get("width"))]
+        [known_size(entry, inputs) for entry in template.sizes] if template is not None else [(inputs.get("height"), inputs.get("width"))]
     )
     sizes = [h * w for h, w in pairs if isinstance(h, int) and isinstance(w, int)]
     return max(sizes) if sizes else None

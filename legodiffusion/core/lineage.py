@@ -28,10 +28,12 @@ class Lineage:
         redo: dict[int, set[int]] = {}
         for did in [d for d, rec in self.inflight.items() if rec.dispatch.worker == worker]:
             for item in self.inflight.pop(did).dispatch.items:
+                # whatever it still writes is dropped: an orphan's too, whose result will now never
+                # report to free it (output ids are never reused: a redo gets fresh ones)
+                actions.abandoned.extend(item.output_ids.values())
                 if self._orphans.settle((did, item.request_id, item.node)):
                     continue  # already redone elsewhere
                 redo.setdefault(item.request_id, set()).add(item.node)
-                actions.abandoned.extend(item.output_ids.values())  # whatever it still writes is dropped
         for live in list(self.requests.values()):
             lost = [k for k, ref in live.refs.items() if ref.worker == worker]
             if not lost and live.req.id not in redo and live.pin != worker:

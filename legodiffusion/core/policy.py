@@ -104,6 +104,8 @@ class SchedulerView(Protocol):
 
     def top_class(self) -> tuple[int, int] | None: ...  # (rank, requests running) of the highest class running
 
+    def kept_for(self, rank: int) -> set[int]: ...  # workers a running request of a higher class than rank last used
+
 
 class SchedulingPolicy:
     name = "base"
@@ -164,9 +166,10 @@ class _Slots:
         self.taken: dict[int, int] = {}
         self.left = view.free_slots
         self.keep = 0  # slots each worker (of more than one) keeps free from what is placed now
+        self.kept: set[int] = set()  # workers nothing may be placed on now
 
     def has(self, wid: int) -> bool:
-        if wid not in self.view.eligible:
+        if wid not in self.view.eligible or wid in self.kept:
             return False
         if not self.taken and not self.keep:
             return True
@@ -470,6 +473,9 @@ class MicroServingPolicy(SchedulingPolicy):
             # behind at most one short call
             below = top is not None and queues[key].head_rank() > top[0]
             slots.keep = 1 if below else 0
+            # and not the workers a running higher-class request just used: its next call would
+            # otherwise wait there behind a lower-class one, step after step
+            slots.kept = view.kept_for(queues[key].head_rank()) if below else _NONE
             if below:
                 limit = limits[key][0]
             while pending and slots.any():

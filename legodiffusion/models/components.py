@@ -20,7 +20,9 @@ import torch
 FAMILY_OF_PIPELINE = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionControlNetPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
     "StableDiffusionXLControlNetPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
@@ -179,7 +181,8 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     scale = _vae_scale(folder)
     tok_path = folder / "tokenizer" / "tokenizer_config.json"
     text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
-    channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg["in_channels"]
+    # what the denoiser predicts: an inpainting UNet reads more channels (mask, masked image) than that
+    channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg.get("out_channels") or den_cfg["in_channels"]
     default_size = 128 * scale if family == "flux" else den_cfg["sample_size"] * scale
     text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim")
     return PipelineConfig(

@@ -18,7 +18,9 @@ Families (each a full pipeline folder, loadable by the matching diffusers pipeli
 
 Extras written next to them by :func:`write_tiny_models`: ``controlnet-sd15`` (a ``ControlNetModel``
 for the sd15 UNet), ``controlnet-flux`` (a ``FluxControlNetModel`` for the flux transformer) and two
-diffusers-format LoRA files for sd15, ``lora-sd15-a.safetensors`` and ``lora-sd15-b.safetensors``.
+diffusers-format LoRA files for sd15, ``lora-sd15-a.safetensors`` and ``lora-sd15-b.safetensors``,
+and inpainting checkpoints ``sd15-inpainting`` / ``sdxl-inpainting`` (``StableDiffusionInpaintPipeline`` /
+``StableDiffusionXLInpaintPipeline``: the base's text encoders and VAE, a UNet with 9 input channels).
 
 The T5 tokenizers have ``model_max_length`` 512 and T5's relative attention works at any length, so
 the pipelines' defaults (SD3: 256, Flux: 512) run; pass a small ``max_sequence_length`` (e.g. 32)
@@ -43,6 +45,8 @@ TINY_EXTRAS = {
     "controlnet-flux": ("flux", "controlnet-flux"),
     "lora-sd15-a": ("sd15", "lora-sd15-a.safetensors"),
     "lora-sd15-b": ("sd15", "lora-sd15-b.safetensors"),
+    "sd15-inpainting": ("sd15", "sd15-inpainting"),
+    "sdxl-inpainting": ("sdxl", "sdxl-inpainting"),
 }
 
 # A few merges so the tokenizer does real BPE work; everything else falls back to bytes.
@@ -157,15 +161,17 @@ def _vae(seed: int, latent_channels: int, **config):
     )
 
 
-def _write_sd15(folder: Path, seed: int) -> None:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def _write_sd15(folder: Path, seed: int, in_channels: int = 4) -> None:
+    """With ``in_channels=9``: an inpainting checkpoint (its UNet reads the mask and the masked
+    image's latents beside the latents), the same text encoder and VAE."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = tiny_clip_tokenizer()
     text_encoder = _clip_text_encoder(tokenizer, seed)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
@@ -184,7 +190,7 @@ def _write_sd15(folder: Path, seed: int) -> None:
         timestep_spacing="leading",
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
+    pipe = (StableDiffusionPipeline if in_channels == 4 else StableDiffusionInpaintPipeline)(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -197,8 +203,9 @@ def _write_sd15(folder: Path, seed: int) -> None:
     pipe.save_pretrained(folder)
 
 
-def _write_sdxl(folder: Path, seed: int) -> None:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def _write_sdxl(folder: Path, seed: int, in_channels: int = 4) -> None:
+    """With ``in_channels=9``: an inpainting checkpoint, as :func:`_write_sd15`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_clip_tokenizer()
     text_encoder = _clip_text_encoder(tokenizer, seed, hidden_size=32)
@@ -210,7 +217,7 @@ def _write_sdxl(folder: Path, seed: int) -> None:
     # encoders' penultimate hidden states concatenated.
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
@@ -236,7 +243,7 @@ def _write_sdxl(folder: Path, seed: int) -> None:
         interpolation_type="linear",
         use_karras_sigmas=False,
     )
-    pipe = StableDiffusionXLPipeline(
+    pipe = (StableDiffusionXLPipeline if in_channels == 4 else StableDiffusionXLInpaintPipeline)(
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
@@ -453,6 +460,9 @@ _EXTRA_WRITERS = {
     "controlnet-flux": lambda out, base, seed: write_tiny_controlnet(out, base, "flux", seed),
     "lora-sd15-a": lambda out, base, seed: write_tiny_lora(out, base, seed + 100),
     "lora-sd15-b": lambda out, base, seed: write_tiny_lora(out, base, seed + 200),
+    # the base's text encoders and VAE (same seeds), a 9-channel UNet: as inpainting checkpoints are made
+    "sd15-inpainting": lambda out, base, seed: _write_sd15(out, seed, in_channels=9),
+    "sdxl-inpainting": lambda out, base, seed: _write_sdxl(out, seed, in_channels=9),
 }
 
 

@@ -4,6 +4,7 @@ from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signa
 from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
 from legodiffusion.ops.denoise import Denoise
 from legodiffusion.ops.edit import PrepareImage, VaeEncode
+from legodiffusion.ops.inpaint import ApplyOverlay, InpaintBlend, PrepareMask, SamplerRng
 from legodiffusion.ops.latents import InitLatents
 from legodiffusion.ops.noop import Noop
 from legodiffusion.ops.sampler_step import SamplerStep
@@ -23,6 +24,10 @@ BUILTIN_OPERATORS = (
     VaeDecode,
     PrepareImage,
     VaeEncode,
+    PrepareMask,
+    InpaintBlend,
+    SamplerRng,
+    ApplyOverlay,
     UpscaleLatents,
     Noop,
 )

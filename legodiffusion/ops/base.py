@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from legodiffusion.core.images import is_image
 from legodiffusion.core.patchset import parse_patches
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
@@ -44,12 +45,6 @@ class BadValue(ValueError):
         super().__init__(message)
         self.port = port
         self.code = code
-
-
-def is_image(value) -> bool:
-    """PIL images, numpy arrays and tensors are images when a request carries them."""
-    kind = type(value).__module__.split(".")[0]
-    return kind in ("PIL", "numpy", "torch") and hasattr(value, "shape" if kind != "PIL" else "size")
 
 
 def _has_type(value, type_: str) -> bool:
@@ -191,6 +186,9 @@ class Operator:
     light: ClassVar[bool] = False
     #: Items are concatenated along the batch axis, so they must share tensor shapes.
     concat_batch: ClassVar[bool] = False
+    #: With ``height``/``width`` ports: the image input whose size the node works at where they
+    #: are null (an edit's input image), for cost and bounds before it runs.
+    sized_by: ClassVar[str | None] = None
     doc: ClassVar[str] = ""
 
     def run(self, model: Any, mode: str, items: list[Item]) -> list[dict[str, Any]]:

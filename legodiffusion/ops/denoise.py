@@ -8,7 +8,7 @@ guidance embedding and unpacks the prediction (a permutation, so the sampler upd
 from __future__ import annotations
 
 from legodiffusion.ops import examples, sampling
-from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, Item, Operator, Port, Signature
+from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals, summed
 from legodiffusion.ops.lazy import lazy_module
 
@@ -35,6 +35,8 @@ def _timesteps(items: list[Item]) -> tuple[list, list]:
 def _unet(model, items, xs, embs, ts, extra):
     scheds = extra
     xs = [s.scale_model_input(x, t) for s, x, t in zip(scheds, xs, ts)]
+    if "masked_latents" in items[0].inputs:  # 9-channel inpainting UNets read the mask and the masked image beside the latents
+        xs = [torch.cat([x, it.inputs["mask"].to(x.dtype), it.inputs["masked_latents"].to(x.dtype)], dim=1) for x, it in zip(xs, items)]
     tvec = [t.reshape(1).expand(x.shape[0]) for t, x in zip(ts, xs)]
     if len({t.dtype for t in tvec}) > 1:  # samplers disagree (int vs float timesteps)
         tvec = [t.float() for t in tvec]
@@ -157,7 +159,19 @@ class Denoise(Operator):
             },
             outputs={"noise": "noise"},
         ),
+        "inpaint": Signature(
+            inputs={
+                **_BASE,
+                "mask": Port("mask", doc="the latent-size mask (prepare_mask)"),
+                "masked_latents": Port("latent", doc="the masked image, encoded"),
+            },
+            outputs={"noise": "noise"},
+        ),
     }
+
+    def check(self, mode, values, cfg):
+        if mode == "inpaint" and cfg is not None and cfg.family not in ("sd", "sdxl"):
+            raise BadValue("mask", f"inpainting denoisers that read the mask are UNets (SD, SDXL), not {cfg.family}")
 
     def run(self, model, mode: str, items: list[Item]):
         scheds, ts = _timesteps(items)
@@ -169,14 +183,11 @@ class Denoise(Operator):
         return [{"noise": n} for n in torch.split(noise, [x.shape[0] for x in xs])]
 
     def example_items(self, cfg, mode, batch, size, device):
-        return [
-            Item(
-                {
-                    "latents": examples.latents(cfg, size, device),
-                    "sampler": examples.sampler_state(cfg),
-                    "embedding": examples.embedding(cfg, device),
-                    "guidance": 3.5,
-                }
-            )
-            for _ in range(batch)
-        ]
+        items = []
+        for _ in range(batch):
+            x = examples.latents(cfg, size, device)
+            args = {"latents": x, "sampler": examples.sampler_state(cfg), "embedding": examples.embedding(cfg, device), "guidance": 3.5}
+            if mode == "inpaint":
+                args.update(mask=torch.ones_like(x[:, :1]), masked_latents=torch.randn_like(x))
+            items.append(Item(args))
+        return items

@@ -15,7 +15,8 @@ from legodiffusion.ops.vae import scale
 torch = lazy_module("torch")
 image_processor = lazy_module("diffusers.image_processor")
 
-_SIZE = {
+#: the generation size of an edit
+SIZE_PORTS = {
     "height": Port("int", optional=True, ge=1, doc="pixels; the image's own size (rounded down to the factor) if null"),
     "width": Port("int", optional=True, ge=1),
 }
@@ -26,7 +27,8 @@ class PrepareImage(Operator):
     doc = "Resize an input image to the generation size (its own, rounded down to the size factor, by default) and scale it to [-1, 1]."
     component = "config"
     light = True
-    modes = {"default": Signature(inputs={"image": Port("image"), **_SIZE}, outputs={"pixels": "pixels"})}
+    sized_by = "image"
+    modes = {"default": Signature(inputs={"image": Port("image"), **SIZE_PORTS}, outputs={"pixels": "pixels"})}
 
     def check(self, mode, values, cfg):
         if cfg is not None:

@@ -109,6 +109,18 @@ class InitLatents(Operator):
             },
             outputs={"latents": "latent", "sampler": "sampler", "noise": "noise", "rng": "rng"},
         ),
+        "inpaint": Signature(
+            inputs={
+                "mask": Port("mask", doc="the latent-size mask (prepare_mask): the noise takes its size"),
+                "image_latents": Port("latent", optional=True, doc="the encoded input image; needed unless strength is 1"),
+                "rng": Port("rng", optional=True, doc="the request's generator after encoding the image"),
+                "seed": Port("int", optional=True, per_request=True, ge=0, le=2**64 - 1, doc="without `rng`: seeds the generator"),
+                "steps": Port("int", ge=1),
+                "strength": STRENGTH_PORT,
+                "sampler": Port("text"),
+            },
+            outputs={"latents": "latent", "sampler": "sampler", "noise": "noise", "rng": "rng"},
+        ),
     }
 
     def check(self, mode, values, cfg):
@@ -116,7 +128,7 @@ class InitLatents(Operator):
             check_sampler(values["sampler"], cfg.family if cfg is not None else None)
         if cfg is not None and mode == "default":
             check_size(values.get("height"), values.get("width"), size_factor(cfg.family, cfg.vae_scale_factor), cfg.family)
-        if cfg is not None and mode == "img2img" and isinstance(values.get("steps"), int) and "strength" in values:
+        if cfg is not None and mode in ("img2img", "inpaint") and isinstance(values.get("steps"), int) and "strength" in values:
             kept = sampling.kept_steps(values["steps"], values["strength"], sampling.STRENGTH_ROUNDS[cfg.family])
             if kept < 1:
                 raise BadValue("strength", f"strength {values['strength']} of {values['steps']} steps leaves no step to run")
@@ -124,6 +136,8 @@ class InitLatents(Operator):
     def run(self, model, mode: str, items: list[Item]):
         if mode == "img2img":
             return [self._noised(model, it) for it in items]
+        if mode == "inpaint":
+            return [self._inpaint_start(model, it) for it in items]
         out = []
         for it in items:
             args = it.inputs
@@ -170,8 +184,49 @@ class InitLatents(Operator):
             state = replace(state, rng=sampling.generator_state(generator))
         return {"latents": latents, "sampler": state, "noise": noise, "rng": generator.get_state()}
 
+    def _inpaint_start(self, model, it: Item) -> dict:
+        """The start of the family's inpainting pipeline: at strength 1 pure noise (times the
+        sampler's initial sigma) for SD, SDXL and SD3, else, and always for Flux, the image's
+        latents noised to the first step kept, as :meth:`_noised`."""
+        args = it.inputs
+        self.check("inpaint", args, model)
+        sampler, steps, strength = args["sampler"], int(args["steps"]), float(args["strength"])
+        h, w = args["mask"].shape[-2:]
+        state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
+        state = replace(state, step_index=steps - sampling.kept_steps(steps, strength, sampling.STRENGTH_ROUNDS[model.family]))
+        generator = torch.Generator("cpu")
+        if args.get("rng") is not None:
+            generator.set_state(args["rng"])
+        else:
+            generator.manual_seed(int(args["seed"]))
+        noise = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=model.dtype)
+        if strength == 1.0 and model.family != "flux":
+            latents = noise * sampling.init_noise_sigma(state) if model.family in ("sd", "sdxl") else noise
+        elif args.get("image_latents") is None:
+            raise BadValue("image_latents", f"strength {strength} < 1 starts from the image: its latents are needed")
+        else:
+            latents = sampling.add_noise(state, args["image_latents"].to(model.dtype), noise)
+        if sampler in sampling.STOCHASTIC:
+            state = replace(state, rng=sampling.generator_state(generator))
+        return {"latents": latents, "sampler": state, "noise": noise, "rng": generator.get_state()}
+
     def example_items(self, cfg, mode, batch, size, device):
         sampler = "flow_euler" if cfg.family in ("sd3", "flux") else "euler"
+        if mode == "inpaint":
+            f = cfg.vae_scale_factor
+            return [
+                Item(
+                    {
+                        "mask": torch.ones(1, 1, size // f, size // f),
+                        "image_latents": examples.latents(cfg, size, "cpu"),
+                        "seed": i,
+                        "steps": 20,
+                        "strength": 0.6,
+                        "sampler": sampler,
+                    }
+                )
+                for i in range(batch)
+            ]
         if mode == "img2img":
             g = torch.Generator("cpu")
             return [

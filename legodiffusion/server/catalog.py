@@ -10,18 +10,23 @@ from pathlib import Path
 from legodiffusion.models.components import family_of, family_or_none, is_pipeline
 from legodiffusion.workflow.catalog import (
     flux_img2img,
+    flux_inpaint,
     flux_txt2img,
     sd3_img2img,
+    sd3_inpaint,
     sd3_txt2img,
     sd_img2img,
+    sd_inpaint,
     sd_txt2img,
     sdxl_img2img,
+    sdxl_inpaint,
     sdxl_txt2img,
 )
 from legodiffusion.workflow.hires import flux_hires, sd3_hires, sd_hires, sdxl_hires
 
 _BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
 _IMG2IMG = {"sd": sd_img2img, "sdxl": sdxl_img2img, "sd3": sd3_img2img}
+_INPAINT = {"sd": sd_inpaint, "sdxl": sdxl_inpaint, "sd3": sd3_inpaint}
 _HIRES = {"sd": sd_hires, "sdxl": sdxl_hires, "sd3": sd3_hires}
 
 
@@ -64,6 +69,24 @@ def img2img_for(folder: str | Path, model: str, name: str | None = None):
     return _IMG2IMG[family](model, name=name)
 
 
+def inpaint_for(folder: str | Path, model: str, name: str | None = None):
+    """The built-in inpainting workflow for a model folder's family; for an inpainting checkpoint
+    (a UNet reading the mask and masked image: 9 input channels) the graph that feeds it them."""
+    folder = Path(folder)
+    family = family_of(folder)
+    name = name or f"{model}-inpaint"
+    if family == "flux":
+        return flux_inpaint(model, name=name, schnell=_schnell(folder))
+    if _nine_channel(folder):
+        return _INPAINT[family](model, name=name, nine_channel=True)
+    return _INPAINT[family](model, name=name)
+
+
+def _nine_channel(folder: Path) -> bool:
+    unet = folder / "unet" / "config.json"
+    return unet.exists() and json.loads(unet.read_text()).get("in_channels") == 9
+
+
 def hires_for(folder: str | Path, model: str, name: str | None = None):
     """The built-in two-stage hires workflow for a model folder's family."""
     folder = Path(folder)
@@ -75,9 +98,12 @@ def hires_for(folder: str | Path, model: str, name: str | None = None):
 
 
 def workflows_for(folder: str | Path, model: str) -> list:
-    """Every built-in workflow of one pipeline model: ``<model>-txt2img``, ``<model>-img2img`` and
-    ``<model>-hires``."""
-    return [txt2img_for(folder, model), img2img_for(folder, model), hires_for(folder, model)]
+    """Every built-in workflow of one pipeline model: ``<model>-txt2img``, ``<model>-img2img``,
+    ``<model>-inpaint`` and ``<model>-hires``; an inpainting checkpoint (9-channel UNet) only
+    inpaints, as in diffusers."""
+    if _nine_channel(Path(folder)):
+        return [inpaint_for(folder, model)]
+    return [txt2img_for(folder, model), img2img_for(folder, model), inpaint_for(folder, model), hires_for(folder, model)]
 
 
 def builtin_workflows(models: dict[str, str]) -> list:

@@ -2,12 +2,12 @@
 image a request input is made of.
 
 Parsing a graph yields an :class:`ImageSource` per image input of the workflow (the upload's name
-and what the graph does to it); the router turns each into a PIL image with :func:`image_for`
+and what the graph does to it); the router turns them into PIL images with :func:`images_for`
 once the prompt is accepted. What ComfyUI does to an image before encoding is done here, on the
 uploaded file: ``ImageScale`` resizes it (PIL's filter of that name; ``area`` is PIL's box filter,
 ``nearest-exact`` its nearest), ``LoadImageMask`` / ``LoadImage``'s MASK read a channel (alpha
-inverted: transparent is what to repaint, as ComfyUI reads it), and ``VAEEncodeForInpaint``'s
-``grow_mask_by`` dilates the mask with ComfyUI's own kernel. A mask becomes a grey image, white
+inverted: transparent is what to repaint, as ComfyUI reads it), a mask is scaled to its image's
+size, and ``VAEEncodeForInpaint``'s ``grow_mask_by`` dilates it with ComfyUI's own kernel. A mask becomes a grey image, white
 where the image is repainted.
 """
 
@@ -94,14 +94,26 @@ def _name(nid: str, node: dict) -> str:
     return name
 
 
-def image_for(source: ImageSource, uploads) -> Any:
-    """The PIL image ``source`` stands for, from the upload ``uploads.get(name)`` returns (an
-    image: RGB; a mask: grey, white where to repaint)."""
+def images_for(sources: dict[str, ImageSource], uploads) -> dict[str, Any]:
+    """The PIL images of a job's image inputs, from ``uploads.get(name)`` (images RGB; a mask
+    grey, white where to repaint, at its image's size: ComfyUI scales a mask to the pixels it
+    masks, then grows it)."""
+    out = {name: image_for(src, uploads) for name, src in sources.items() if src.channel is None}
+    for name, src in sources.items():
+        if src.channel is not None:
+            image = out.get("image")
+            out[name] = image_for(src, uploads, None if image is None else image.size)
+    return out
+
+
+def image_for(source: ImageSource, uploads, size: tuple[int, int] | None = None) -> Any:
+    """The PIL image ``source`` stands for (an image: RGB; a mask: grey, white where to repaint,
+    resized bilinearly to ``size`` first where given)."""
     image = uploads.get(source.upload)
     if image is None:
         raise ComfyError(source.node, source.class_type, f"image {source.upload!r} was not uploaded (POST /upload/image), or has expired")
     if source.channel is not None:
-        return _mask(image, source.channel, source.grow)
+        return _mask(image, source.channel, source.grow, size)
     image = image.convert("RGB")
     for r in source.resizes:
         image = _resize(image, r)
@@ -122,15 +134,17 @@ def _resize(image, r: Resize):
     return image.resize((width, height), resample)
 
 
-def _mask(image, channel: str, grow: int):
-    """ComfyUI's mask of ``image`` (1 where to repaint), as a grey PIL image; dilated by ``grow``
-    pixels with VAEEncodeForInpaint's kernel (a grow x grow square over the rounded mask)."""
+def _mask(image, channel: str, grow: int, size: tuple[int, int] | None):
+    """ComfyUI's mask of ``image`` (1 where to repaint), as a grey PIL image of ``size``; dilated
+    by ``grow`` pixels with VAEEncodeForInpaint's kernel (a grow x grow square over the rounded mask)."""
     import numpy as np
     from PIL import Image, ImageOps
 
     band = image.convert("RGBA").getchannel(channel[0].upper())
     if channel == "alpha":
         band = ImageOps.invert(band)
+    if size is not None and band.size != size:
+        band = band.resize(size, Image.Resampling.BILINEAR)
     if not grow:
         return band
     import torch

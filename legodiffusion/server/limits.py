@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from legodiffusion.core.images import image_size, is_image, mask_mismatch
 from legodiffusion.server.errors import ApiError, retry_later, runs_drain_s
 from legodiffusion.workflow.bounds import RequestBounds
 
@@ -85,8 +86,10 @@ class Limits:
             )
 
     def check_inputs(self, inputs: dict) -> None:
-        """Prompts within ``max_prompt_chars`` (sizes, steps and the rest are bounded on the
-        expanded graph, whatever the workflow calls them)."""
+        """Prompts within ``max_prompt_chars``; input images within ``max_pixels`` and
+        ``max_side`` (413), since an edit is made at its image's size unless the request says
+        otherwise; a ``mask`` the size of its ``image`` (400). Sizes, steps and the rest are
+        bounded on the expanded graph, whatever the workflow calls them."""
         for key in ("prompt", "negative_prompt"):
             text = inputs.get(key)
             if isinstance(text, str) and len(text) > self.max_prompt_chars:
@@ -96,3 +99,14 @@ class Limits:
                     f"{key} of {len(text)} characters exceeds max_prompt_chars={self.max_prompt_chars}",
                     f"inputs.{key}",
                 )
+        for key, value in inputs.items():
+            if not is_image(value):
+                continue
+            w, h = image_size(value)
+            if max(w, h) > self.max_side:
+                raise ApiError(413, "limit_exceeded", f"{key} is {w}x{h}: a side beyond max_side={self.max_side}", f"inputs.{key}")
+            if w * h > self.max_pixels:
+                raise ApiError(413, "limit_exceeded", f"{key} is {w}x{h}, beyond max_pixels={self.max_pixels}", f"inputs.{key}")
+        mismatch = mask_mismatch(inputs.get("image"), inputs.get("mask"))
+        if mismatch is not None:
+            raise ApiError(400, "size_mismatch", mismatch, "inputs.mask")

@@ -1,17 +1,13 @@
-"""ComfyUI ``LoadImage`` inputs, kept within :class:`~legodiffusion.server.store.Retention`'s caps.
-
-An image is kept as RGB, or RGBA where it has transparency: ComfyUI reads masks from the alpha
-channel (``LoadImage``'s MASK, ``LoadImageMask``)."""
+"""Uploaded images (``POST /v1/uploads``, ComfyUI's ``/upload/image``), kept within
+:class:`~legodiffusion.server.store.Retention`'s caps."""
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from legodiffusion.server.errors import ApiError
+from legodiffusion.server.images import decode
 from legodiffusion.server.store import Evicted, Retention
 
 
@@ -23,42 +19,35 @@ class _Upload:
 
 
 class UploadStore:
-    """ComfyUI ``LoadImage`` inputs by file name, oldest dropped first beyond the byte budget or TTL."""
+    """Uploaded images by name (an upload id, or a ComfyUI file name), oldest dropped first beyond
+    the byte budget or TTL."""
 
     def __init__(self, retention: Retention, on_evict: Evicted) -> None:
         self.retention, self.on_evict = retention, on_evict
         self.images: OrderedDict[str, _Upload] = OrderedDict()
         self.bytes_held = 0
 
-    def put(self, name: str, data: bytes) -> None:
-        """Decode ``data`` and keep it as ``name``, once its header shows it within the limits: a
-        small file may claim a huge image, so the size is read before any pixel is decoded."""
-        from PIL import Image
-
+    def decode(self, data: bytes, what: str, path: str, alpha: bool = False) -> Any:
+        """``data`` decoded (:func:`legodiffusion.server.images.decode`) within this server's
+        ``max_upload_pixels`` and ``max_upload_bytes``, sized from its header first; every image a
+        request carries is decoded so, kept or not. Changes nothing: run it off the event loop."""
         r = self.retention
-        try:
-            with warnings.catch_warnings():  # Pillow's bomb warning: the limit below is ours
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))  # reads the header only
-        except Image.DecompressionBombError:
-            raise ApiError(413, "limit_exceeded", f"{name!r} is too large an image to decode", "image") from None
-        except Exception:
-            raise ApiError(400, "invalid_image", f"{name!r} is not an image", "image") from None
+        return decode(data, what, path, r.max_upload_pixels, r.max_upload_bytes, alpha)
+
+    def put(self, name: str, data: bytes, alpha: bool = False) -> None:
+        """Decode ``data`` and keep it as ``name``; with ``alpha``, RGBA where it has transparency
+        (ComfyUI reads masks from an image's alpha channel), else RGB."""
+        image = self.decode(data, repr(name), "image", alpha)
+        if alpha and image.getextrema()[3] == (255, 255):  # opaque: its alpha says nothing
+            image = image.convert("RGB")
+        self.keep(name, image)
+
+    def keep(self, name: str, image: Any) -> None:
+        """Keep a decoded RGB (or RGBA) image as ``name`` (replacing one of that name)."""
         w, h = image.size
-        if w * h > r.max_upload_pixels:
-            raise ApiError(413, "limit_exceeded", f"{name!r} is {w}x{h}, beyond max_upload_pixels={r.max_upload_pixels}", "image")
-        mode = "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
-        nbytes = w * h * len(mode)
-        if nbytes > r.max_upload_bytes:
-            raise ApiError(
-                413, "limit_exceeded", f"{name!r} decodes to {nbytes} bytes, beyond max_upload_bytes={r.max_upload_bytes}", "image"
-            )
-        try:
-            rgb = image.convert(mode)
-        except Exception:
-            raise ApiError(400, "invalid_image", f"{name!r} is not an image", "image") from None
+        nbytes = w * h * len(image.getbands())
         self._drop(name)
-        self.images[name] = _Upload(rgb, nbytes, r.clock())
+        self.images[name] = _Upload(image, nbytes, self.retention.clock())
         self.bytes_held += nbytes
         self.prune()
 

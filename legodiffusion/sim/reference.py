@@ -23,12 +23,14 @@ GLUE_OPS = (
     ("init_latents", "default"),
     ("format_text", "default"),
     ("prepare_control_image", "default"),
+    ("prepare_image", "default"),
+    ("init_latents", "img2img"),
 )
 #: one host->device copy per load, plus a fixed setup cost; host copies are kept in host memory
 LOAD_SETUP_S = 0.1
 #: operators whose time follows the denoiser's tokens, the image's pixels, or neither
 TOKEN_OPS = frozenset({"denoise", "controlnet"})
-PIXEL_OPS = frozenset({"vae_decode", "encode_control_image"})
+PIXEL_OPS = frozenset({"vae_decode", "vae_encode", "encode_control_image"})
 #: bytes of values that are not tensors (sampler state, generator state, text)
 SMALL_BYTES = 1024
 

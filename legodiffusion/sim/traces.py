@@ -285,13 +285,13 @@ def make_trace(
 ) -> list[Arrival]:
     """The trace a benchmark names, for the workload ``make_workload(workload_name, ...)`` built.
 
-    ``paper``, ``many``: Poisson at ``rate`` over ``wl.mix``. ``drifting``: :func:`drifting` over
+    ``paper``, ``many``, ``editing``: Poisson at ``rate`` over ``wl.mix``. ``drifting``: :func:`drifting` over
     ``wl.names`` (``params`` go to it: ``period_s``, ``burst_multiplier``, ...). ``csv``: the
     file replayed with its timestamps scaled by ``observed_rate / rate`` (the observed rate is
     one over the file's mean inter-arrival gap), so that it arrives at ``rate`` on average with
     its own burstiness and mix, and cut at ``duration_s``; a workflow the workload does not have
     is a ``ValueError`` here, before any simulation."""
-    if workload_name in ("paper", "many"):
+    if workload_name in ("paper", "many", "editing"):
         return poisson(rate, duration_s, wl.mix, seed)
     if workload_name == "drifting":
         return drifting(rate, duration_s, wl.names, seed, **params)

@@ -7,6 +7,10 @@ models in almost every workflow; the canny ControlNets serve most ControlNet req
 ``many_workflows``: ~40 seeded workflows over only 4 base models, where one pipeline copy per
 workflow no longer fits while shared base models do.
 
+``editing_workflows``: the paper workload with image editing beside text-to-image: image-to-image at
+strength 0.6 on each base model family, its share of the traffic taken from the text-to-image
+workflows of the same model.
+
 ``make_workload`` names them for benchmarks (``make_trace`` in :mod:`legodiffusion.sim.traces`
 names the traces)."""
 
@@ -22,7 +26,7 @@ from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.cost import CostModel
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
 from legodiffusion.ops import default_registry
-from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img
+from legodiffusion.workflow.catalog import flux_img2img, flux_txt2img, sd3_img2img, sd3_txt2img
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.spec import WorkflowSpec
 
@@ -70,6 +74,29 @@ def paper_workflows() -> list[WorkflowDef]:
         _sd3("sd35t", "sd3.5-large-turbo", 4, 0.0, 8),
         _sd3("sd3m-canny", "sd3-medium", 28, 7.0, 5, cns=("cn-sd3m-canny",)),
     ]
+
+
+#: (name, base model, steps, guidance or None for Flux, popularity) of the editing workload's edits
+_EDITS = (
+    ("flux-dev-img2img", "flux-dev", 28, None, 45),
+    ("flux-schnell-img2img", "flux-schnell", 4, None, 22),
+    ("sd35l-img2img", "sd3.5-large", 28, 4.5, 33),
+)
+EDIT_STRENGTH = 0.6
+
+
+def editing_workflows() -> list[WorkflowDef]:
+    """The paper workflows (popularities summing to 100, here x3) plus image-to-image at strength
+    0.6 (popularities summing to 100): a quarter of the requests are edits."""
+    out = [WorkflowDef(w.name, w.spec, w.inputs, w.popularity * 3) for w in paper_workflows()]
+    for name, model, steps, guidance, pop in _EDITS:
+        inputs: dict[str, Any] = {"steps": steps, "image": _IMAGE, "strength": EDIT_STRENGTH}
+        if guidance is None:
+            spec = flux_img2img(model, name=name, schnell=model == "flux-schnell")
+        else:
+            spec, inputs["guidance_scale"] = sd3_img2img(model, name=name), guidance
+        out.append(WorkflowDef(name, spec, inputs, pop))
+    return out
 
 
 #: base model -> (family, short name, step counts, guidance scales, ControlNets the reference profile has for it)
@@ -223,15 +250,17 @@ class Workload:
         return sum(self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in req.template.nodes)
 
 
-WORKLOADS = ("paper", "many", "drifting", "csv")
+WORKLOADS = ("paper", "many", "drifting", "csv", "editing")
 
 
 def make_workload(name: str, cost: CostModel, seed: int = 0, **kwargs: Any) -> Workload:
     """The workload a benchmark names: ``paper`` (:func:`paper_workflows`), ``many``
-    (:func:`many_workflows` for ``seed``); ``drifting`` and ``csv`` replay traces over the paper
+    (:func:`many_workflows` for ``seed``), ``editing`` (:func:`editing_workflows`); ``drifting`` and ``csv`` replay traces over the paper
     workflows, so they get those. ``kwargs`` go to :class:`Workload` (``slo_scale``, ``size``)."""
     if name in ("paper", "drifting", "csv"):
         return Workload(paper_workflows(), cost, **kwargs)
     if name == "many":
         return Workload(many_workflows(seed), cost, **kwargs)
+    if name == "editing":
+        return Workload(editing_workflows(), cost, **kwargs)
     raise ValueError(f"unknown workload {name!r}; choose one of {WORKLOADS}")

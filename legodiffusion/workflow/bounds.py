@@ -74,16 +74,16 @@ def request_cost(
     if len(template.nodes) > bounds.max_nodes:
         issues.append(_over("inputs", f"the request expands to {len(template.nodes)} nodes, beyond max_nodes={bounds.max_nodes}"))
     px = None
-    for size in template.sizes:
-        node, h_in, w_in, scale_in = size
-        scaled = scale_in is not None and known_value(scale_in, inputs) not in (None, 1)
+    for entry in template.sizes:
+        node, h_in, w_in, _, scale_in = entry
+        scaled = _scaled(scale_in, inputs)
         # a scaled size of the native one (a hires stage at the model's size) is bounded too
         model = template.nodes[node].model
         native = _native_side(native_px(model)) if scaled and model is not None else None
-        hw = known_size(size, inputs, native)
-        if hw is None:
+        h, w = known_size(entry, inputs, native)
+        if not (isinstance(h, int) and isinstance(w, int)):
             continue
-        h, w = hw
+            continue
         path = _path(template, node, scale_in if scaled else h_in if h >= w else w_in)
         if max(h, w) > bounds.max_side:
             issues.append(_over(path, f"{w}x{h} has a side beyond max_side={bounds.max_side}"))
@@ -132,12 +132,17 @@ def _largest_tensor(template: Template, px: int | None, cost: CostModel, native_
 
 def _size_path(template: Template, inputs: dict[str, Any]) -> str:
     """Where the largest size reaching a node comes from."""
-    node, h_in, _, scale_in = max(template.sizes, key=lambda s: _area(known_size(s, inputs)))
-    return _path(template, node, h_in if scale_in is None or known_value(scale_in, inputs) in (None, 1) else scale_in)
+    node, h_in, _, _, scale_in = max(template.sizes, key=lambda s: _area(*known_size(s, inputs)))
+    return _path(template, node, scale_in if _scaled(scale_in, inputs) else h_in)
 
 
-def _area(hw: tuple[int, int] | None) -> int:
-    return hw[0] * hw[1] if hw is not None else -1
+def _area(h, w) -> int:
+    return h * w if isinstance(h, int) and isinstance(w, int) else -1
+
+
+def _scaled(scale_in, inputs: dict[str, Any]) -> bool:
+    """Whether a size entry's scale (a hires stage's upscale) changes its size."""
+    return scale_in is not None and known_value(scale_in, inputs) not in (None, 1)
 
 
 def _native_side(px: int | None) -> int | None:

@@ -1,4 +1,5 @@
-"""Built-in workflows: text-to-image, image-to-image and two-stage hires (:mod:`.hires`) for every family.
+"""Built-in workflows: text-to-image, image-to-image, inpainting and two-stage hires (:mod:`.hires`)
+for every family.
 
 Each sampling step is one denoiser node per guidance branch plus a light ``sampler_step`` node;
 with ``guidance_scale <= 1`` (and always for Flux, whose guidance is distilled into the model)
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from legodiffusion.ops import sampling
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
+from legodiffusion.workflow.inpaint import inpaint_start
 from legodiffusion.workflow.spec import WorkflowSpec
+from legodiffusion.workflow.starts import Start, StartFn, image_start
 
 # family -> (default steps, default guidance, default negative prompt, default sampler)
 _DEFAULTS = {
@@ -20,30 +22,6 @@ _DEFAULTS = {
     "sdxl": (30, 5.0, None, "euler"),
     "sd3": (28, 7.0, "", "flow_euler"),
 }
-#: family -> the default strength of its diffusers image-to-image pipeline
-_STRENGTH = {"sd": 0.8, "sdxl": 0.3, "sd3": 0.6, "flux": 0.6}
-
-
-def _edit_start(wf: WorkflowBuilder, family: str, seed, steps, sampler, height, width):
-    """An image-to-image start: the input image encoded with the request's generator, then noised
-    to the first step its ``strength`` keeps. Returns (init node, keyword arguments of the loop)."""
-    image = wf.input("image", "image", doc="the image to edit (its own size, rounded down to the size factor, unless height/width say)")
-    strength = wf.input(
-        "strength", "float", default=_STRENGTH[family], doc="how much to change: the fraction of the steps run, 0 < strength <= 1"
-    )
-    pixels = wf.call("prepare_image", model="base", image=image, height=height, width=width, id="prepare_image").pixels
-    enc = wf.call("vae_encode", model="base", pixels=pixels, seed=seed, id="encode_image")
-    init = wf.call(
-        "init_latents",
-        model="base",
-        mode="img2img",
-        image_latents=enc.latents,
-        rng=enc.rng,
-        steps=steps,
-        strength=strength,
-        sampler=sampler,
-    )
-    return init, {"strength": strength, "strength_rounds": sampling.STRENGTH_ROUNDS[family]}
 
 
 def _lora_inputs(wf: WorkflowBuilder) -> dict:
@@ -68,14 +46,18 @@ def _txt2img(
     name: str,
     prompt_template: str | None,
     controlnets: tuple[str, ...] = (),
-    edit: bool = False,
+    edit: StartFn | None = None,
     stage: Stage | None = None,
 ) -> WorkflowSpec:
+    """A family's sampling graph; ``edit`` (a :class:`~legodiffusion.workflow.starts.Start` function)
+    makes it an edit of an input image, ``stage`` adds a second sampling stage."""
     steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
     if (edit or stage) and controlnets:
         raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
+    if edit and stage:
+        raise ValueError("a two-stage workflow starts from noise")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     negative = wf.input(
@@ -106,9 +88,10 @@ def _txt2img(
     cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt", **extra)
     then = stage(wf, {"seed": seed, "steps": steps, "sampler": sampler, "height": height, "width": width}) if stage else None
     if edit:
-        init, loop_kw = _edit_start(wf, family, seed, steps, sampler, height, width)
+        start = edit(wf, family, seed, steps, sampler, height, width)
     else:
-        init, loop_kw = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width), {}
+        init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
+        start = Start(init.latents, init.sampler)
     controls = []
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
@@ -119,7 +102,8 @@ def _txt2img(
     def branch(latents, state, embedding, tag, prefix):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
         if not controls:
-            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"{prefix}unet{tag}", **patch)
+            unet = f"{prefix}unet{tag}"
+            return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=unet, **start.denoise, **patch)
         residuals = {
             f"control_{i}": wf.call(
                 "controlnet",
@@ -146,7 +130,7 @@ def _txt2img(
         )
 
     def stages(loop, tag: str) -> dict:
-        latents = loop(steps, init.latents, init.sampler, "", **loop_kw)
+        latents = loop(steps, start.latents, start.sampler, "", **start.loop)
         return {"latents": then(loop, latents, tag) if then else latents}
 
     def guided():
@@ -166,7 +150,7 @@ def _txt2img(
                     guidance_scale=guidance,
                     id=prefix + "step",
                 )
-                return s.latents, s.sampler
+                return start.stepped(s.latents, s.sampler, ""), s.sampler
 
             return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", **kw).latents
 
@@ -177,7 +161,7 @@ def _txt2img(
             def step(latents, state):
                 c = branch(latents, state, cond.embedding, "", prefix)
                 s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step_plain")
-                return s.latents, s.sampler
+                return start.stepped(s.latents, s.sampler, "_plain"), s.sampler
 
             return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise_plain", **kw).latents
 
@@ -185,7 +169,7 @@ def _txt2img(
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
-    wf.output("image", image.image)
+    wf.output("image", start.finished(image.image))
     return wf.build()
 
 
@@ -216,17 +200,38 @@ def sd3_txt2img(
 def sd_img2img(model: str = "sd15", name: str = "sd-img2img", prompt_template: str | None = None) -> WorkflowSpec:
     """Stable Diffusion 1.x/2.x image-to-image, as StableDiffusionImg2ImgPipeline: inputs ``image``
     and ``strength`` (default 0.8) besides text-to-image's."""
-    return _txt2img("sd", model, name, prompt_template, edit=True)
+    return _txt2img("sd", model, name, prompt_template, edit=image_start)
 
 
 def sdxl_img2img(model: str = "sdxl", name: str = "sdxl-img2img", prompt_template: str | None = None) -> WorkflowSpec:
     """SDXL image-to-image, as StableDiffusionXLImg2ImgPipeline (strength default 0.3)."""
-    return _txt2img("sdxl", model, name, prompt_template, edit=True)
+    return _txt2img("sdxl", model, name, prompt_template, edit=image_start)
 
 
 def sd3_img2img(model: str = "sd3", name: str = "sd3-img2img", prompt_template: str | None = None) -> WorkflowSpec:
     """SD3 / SD3.5 image-to-image, as StableDiffusion3Img2ImgPipeline (strength default 0.6)."""
-    return _txt2img("sd3", model, name, prompt_template, edit=True)
+    return _txt2img("sd3", model, name, prompt_template, edit=image_start)
+
+
+def sd_inpaint(
+    model: str = "sd15", name: str = "sd-inpaint", prompt_template: str | None = None, nine_channel: bool = False
+) -> WorkflowSpec:
+    """Stable Diffusion 1.x/2.x inpainting, as StableDiffusionInpaintPipeline: inputs ``image``,
+    ``mask`` (white repaints), ``strength`` (default 1.0) and ``padding_mask_crop``; a base model
+    blends the kept region back after each step, a ``nine_channel`` inpainting UNet reads the mask."""
+    return _txt2img("sd", model, name, prompt_template, edit=inpaint_start(nine_channel))
+
+
+def sdxl_inpaint(
+    model: str = "sdxl", name: str = "sdxl-inpaint", prompt_template: str | None = None, nine_channel: bool = False
+) -> WorkflowSpec:
+    """SDXL inpainting, as StableDiffusionXLInpaintPipeline (strength default 0.9999)."""
+    return _txt2img("sdxl", model, name, prompt_template, edit=inpaint_start(nine_channel))
+
+
+def sd3_inpaint(model: str = "sd3", name: str = "sd3-inpaint", prompt_template: str | None = None) -> WorkflowSpec:
+    """SD3 / SD3.5 inpainting, as StableDiffusion3InpaintPipeline (strength default 0.6)."""
+    return _txt2img("sd3", model, name, prompt_template, edit=inpaint_start())
 
 
 def flux_txt2img(
@@ -235,7 +240,7 @@ def flux_txt2img(
     prompt_template: str | None = None,
     schnell: bool = False,
     controlnets: tuple[str, ...] = (),
-    edit: bool = False,
+    edit: StartFn | None = None,
     stage: Stage | None = None,
 ) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
@@ -248,6 +253,8 @@ def flux_txt2img(
         raise ValueError("at most 3 ControlNets per workflow")
     if (edit or stage) and controlnets:
         raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
+    if edit and stage:
+        raise ValueError("a two-stage workflow starts from noise")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
@@ -272,10 +279,12 @@ def flux_txt2img(
         rng = {"rng": enc.rng}
         controls.append((enc.control, scale))
     if edit:
-        init, loop_kw = _edit_start(wf, "flux", seed, steps, "flow_euler", height, width)
+        start = edit(wf, "flux", seed, steps, "flow_euler", height, width)
+        if start.denoise:
+            raise ValueError("Flux denoisers read no inputs beside the latents here")
     else:
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
-        loop_kw = {}
+        start = Start(init.latents, init.sampler)
     extra = {} if guidance is None else {"guidance": guidance}
 
     def loop(count, latents, state, prefix, **kw):
@@ -308,14 +317,14 @@ def flux_txt2img(
                 **residuals,
             )
             s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step")
-            return s.latents, s.sampler
+            return start.stepped(s.latents, s.sampler, ""), s.sampler
 
         return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", **kw).latents
 
-    latents = loop(steps, init.latents, init.sampler, "", **loop_kw)
+    latents = loop(steps, start.latents, start.sampler, "", **start.loop)
     if then:
         latents = then(loop, latents, "")
-    wf.output("image", wf.call("vae_decode", model="base", latents=latents, id="decode").image)
+    wf.output("image", start.finished(wf.call("vae_decode", model="base", latents=latents, id="decode").image))
     return wf.build()
 
 
@@ -329,7 +338,14 @@ def flux_img2img(
     model: str = "flux", name: str = "flux-img2img", prompt_template: str | None = None, schnell: bool = False
 ) -> WorkflowSpec:
     """Flux image-to-image, as FluxImg2ImgPipeline: inputs ``image`` and ``strength`` (default 0.6)."""
-    return flux_txt2img(model, name, prompt_template, schnell=schnell, edit=True)
+    return flux_txt2img(model, name, prompt_template, schnell=schnell, edit=image_start)
+
+
+def flux_inpaint(
+    model: str = "flux", name: str = "flux-inpaint", prompt_template: str | None = None, schnell: bool = False
+) -> WorkflowSpec:
+    """Flux inpainting, as FluxInpaintPipeline (strength default 0.6)."""
+    return flux_txt2img(model, name, prompt_template, schnell=schnell, edit=inpaint_start())
 
 
 BUILTIN_WORKFLOWS = {
@@ -342,6 +358,10 @@ BUILTIN_WORKFLOWS = {
     "sdxl-img2img": sdxl_img2img,
     "sd3-img2img": sd3_img2img,
     "flux-img2img": flux_img2img,
+    "sd-inpaint": sd_inpaint,
+    "sdxl-inpaint": sdxl_inpaint,
+    "sd3-inpaint": sd3_inpaint,
+    "flux-inpaint": flux_inpaint,
     "sd-hires": sd_hires,
     "sdxl-hires": sdxl_hires,
     "sd3-hires": sd3_hires,

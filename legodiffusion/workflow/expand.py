@@ -292,7 +292,8 @@ class _Unroller:
                 idx = len(self.nodes)
                 model = self.spec.models[node.model] if node.model is not None else None
                 key_ports = tuple(p for p in node.inputs if ports[p].batch_key)
-                self.nodes.append(TNode(key, node.op, node.mode, model, tuple(ins), op.light, op.concat_batch, op.component, key_ports))
+                tnode = TNode(key, node.op, node.mode, model, tuple(ins), op.light, op.concat_batch, op.component, key_ports, op.sized_by)
+                self.nodes.append(tnode)
                 outs = tuple(op.modes[node.mode].outputs)
                 self.out_ports.append(outs)
                 env[node.id] = {p: (FROM_NODE, idx, p) for p in outs}

@@ -20,9 +20,9 @@ noise.
 
 from __future__ import annotations
 
-from legodiffusion.ops import sampling
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.spec import WorkflowSpec
+from legodiffusion.workflow.starts import loop_strength
 
 #: the second stage's defaults: upscale factor, strength, interpolation (ComfyUI's LatentUpscale default)
 SCALE, STRENGTH, UPSCALE_MODE = 2.0, 0.5, "nearest-exact"
@@ -73,8 +73,7 @@ def hires_stage(family: str):
                 sampler=first["sampler"],
                 id="init_hires" + tag,
             )
-            rounds = sampling.STRENGTH_ROUNDS[family]
-            return loop(steps, init.latents, init.sampler, "hires_", strength=strength, strength_rounds=rounds)
+            return loop(steps, init.latents, init.sampler, "hires_", **loop_strength(family, strength))
 
         return then
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from legodiffusion.ops.base import DATA_TYPES, REQUEST_TYPES, SCALAR_TYPES, BadValue, OperatorRegistry, is_image
+from legodiffusion.core.images import is_image
+from legodiffusion.ops.base import DATA_TYPES, REQUEST_TYPES, SCALAR_TYPES, BadValue, OperatorRegistry
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.spec import (
     COMPARATORS,

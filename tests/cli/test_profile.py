@@ -33,6 +33,8 @@ def test_profile_measures_caches_and_feeds_the_cost_model(sd15, tmp_path):
     prof = ModelProfile.load(path)
     ops = {(p.op, p.mode, p.batch) for p in prof.ops}
     assert {("denoise", "default", 1), ("denoise", "default", 2), ("sampler_step", "guided", 2), ("vae_decode", "default", 1)} <= ops
+    # the editing workflows' operators too: the server registers them for every model
+    assert {("vae_encode", "default", 1), ("prepare_image", "default", 2), ("init_latents", "img2img", 1)} <= ops
     assert prof.components["denoiser"].weight_bytes > 0 and prof.components["denoiser"].load_disk_s > 0
     assert all(p.latency_s > 0 for p in prof.ops)
     assert set(prof.versions) == {"torch", "diffusers", "transformers"}

@@ -140,3 +140,29 @@ def test_a_lower_class_leaves_room_for_a_running_higher_class():
         h.complete(h.pending.pop(0))
     h.drain()
     assert {o.status for o in h.finished.values()} == {"succeeded"} and len(h.finished) == 22
+
+
+def test_a_lower_class_does_not_slip_between_the_steps_of_a_running_higher_class_request():
+    """Between a high-class request's model call and its next one runs glue that takes no time;
+    the worker it used looks idle then. A low-class call placed there would make every next step
+    of the high-class request wait behind it (seen in the flood benchmark), so none is."""
+    h = Harness(workers=3, policy="default")
+    make = sd_maker()
+    h.submit(1, make, tenant="web", priority=0, steps=8)
+    for rid in range(10, 40):
+        h.submit(rid, make, tenant="batch", priority=2, steps=8)
+    last_web = None
+    seen = 0
+    while 1 in h.coord.requests:
+        for d in h.dispatches[seen:]:
+            if d.light or not d.items:
+                continue
+            if any(it.request_id == 1 for it in d.items):
+                last_web = d.worker
+            elif last_web is not None:
+                assert d.worker != last_web, f"low-class {d.op} placed on worker {d.worker}, the web request's"
+        seen = len(h.dispatches)
+        h.complete(h.pending.pop(0))
+    assert last_web is not None
+    h.drain()
+    assert {o.status for o in h.finished.values()} == {"succeeded"} and len(h.finished) == 31

@@ -128,3 +128,33 @@ def test_strength_that_leaves_no_step_is_refused_at_submission(tiny_models):
                     engine.submit("sd-img2img", dict(prompt="x", image=_image(64, 64), strength=strength, steps=4))
 
     asyncio.run(main())
+
+
+def test_an_unsized_edit_is_costed_and_bounded_at_its_image_size():
+    """With height/width null an edit works at its image's size (as diffusers preprocesses it), so
+    that is the size its cost and its bounds are read at, not the model's native size."""
+    from legodiffusion.core.coordinator import pixels
+    from legodiffusion.ops import default_registry
+    from legodiffusion.workflow.bounds import RequestBounds, request_cost
+    from legodiffusion.workflow.errors import WorkflowError
+    from legodiffusion.workflow.expand import Expander, bind_inputs
+
+    spec = sd_img2img("sd15")
+    ex = Expander(spec, default_registry())
+
+    def bound(**given):
+        inputs = bind_inputs(spec, dict(prompt="x", steps=4, **given))
+        return ex.template(inputs), inputs
+
+    tmpl, inputs = bound(image=_image(48, 80))
+    assert pixels(inputs, tmpl) == 48 * 80
+    tmpl, inputs = bound(image=_image(48, 80), height=64)  # a size given wins; the other side is the image's
+    assert pixels(inputs, tmpl) == 64 * 80
+
+    class Flat:
+        def exec_s(self, *a):
+            return 0.01
+
+    tmpl, inputs = bound(image=_image(300, 40))
+    with pytest.raises(WorkflowError, match="max_side=256"):
+        request_cost(tmpl, inputs, Flat(), RequestBounds(max_side=256), lambda model: 64 * 64)

@@ -106,3 +106,41 @@ def test_a_controlnet_request_survives_the_loss_of_the_controlnet_worker(tiny_mo
     assert np.abs(result.outputs["image"].numpy() - plain.outputs["image"].numpy()).max() <= 1e-4
     assert engine.coordinator.stats.recoveries == 1
     assert engine.plane.live_count() == 0
+
+
+def test_an_orphan_lost_with_a_second_worker_has_its_late_outputs_dropped():
+    """A node running on worker B reads a value held by worker A. A dies: the node is an orphan,
+    redone elsewhere, its own result to be dropped whenever it reports. Then B dies too, so that
+    result never reports; whatever B's call still writes must be abandoned (dropped by the data
+    plane), or it would stay in memory for good."""
+    from legodiffusion.core.messages import PENDING
+    from legodiffusion.runtime.dataplane import LocalDataPlane
+
+    h = Harness(workers=3, policy="default")
+    make = sd_maker()
+    for rid in range(4):
+        h.submit(rid, make, steps=6)
+    orphan = None
+    for _ in range(200):
+        reads_other = [d for d in h.pending if any(r.worker not in (d.worker, PENDING) for it in d.items for r in it.refs.values())]
+        if reads_other:
+            orphan = reads_other[0]
+            break
+        h.complete(h.pending.pop(0))
+    assert orphan is not None, "no dispatch read a value held by another worker"
+    holder = next(r.worker for it in orphan.items for r in it.refs.values() if r.worker not in (orphan.worker, PENDING))
+    h.pending = [d for d in h.pending if d.worker != holder]
+    h.apply(h.coord.on_worker_lost(holder, 0.0))
+    assert orphan in h.pending  # still running on B, as far as anyone knows
+    h.pending = [d for d in h.pending if d.worker != orphan.worker]
+    second = h.coord.on_worker_lost(orphan.worker, 0.0)
+    h.apply(second)
+    late = [tid for it in orphan.items for tid in it.output_ids.values()]
+    assert set(late) <= set(second.abandoned)
+    plane = LocalDataPlane()
+    plane.abandon(second.abandoned)
+    for tid in late:  # B's call finishing after all
+        plane.put(tid, orphan.worker, b"late")
+    assert plane.live_count() == 0
+    h.drain()
+    assert {o.status for o in h.finished.values()} == {"succeeded"}

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageOps
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.ops.sampling import STRENGTH_ROUNDS, kept_steps
@@ -319,9 +319,42 @@ def test_inpaint_graphs_map_onto_the_inpaint_workflow(kind, mask_from):
     assert job.inputs["steps"] == 3 and kept_steps(3, job.inputs["strength"]) == 3  # denoise 0.8 of 3 steps: int(3 / 0.8) = 3
 
 
-def test_an_inpaint_graph_without_the_inpaint_workflow_is_refused_naming_its_node(client):
-    assert client.post("/upload/image", files={"image": ("mask.png", _png(_photo(alpha=True)), "image/png")}).status_code == 200
-    r = client.post("/prompt", json={"prompt": inpaint_prompt()})
+def _mask_png(w=72, h=64) -> Image.Image:
+    """An RGBA mask: a transparent rectangle (what to repaint) in an opaque image."""
+    alpha = np.full((h, w), 255, dtype=np.uint8)
+    alpha[16:40, 20:52] = 0
+    return Image.fromarray(np.dstack([np.zeros((h, w, 3), np.uint8), alpha]), "RGBA")
+
+
+@pytest.mark.parametrize("kind", ["SetLatentNoiseMask", "VAEEncodeForInpaint"])
+def test_a_comfy_inpaint_graph_runs_as_our_inpaint(client, sd15, kind):
+    from legodiffusion.workflow.catalog import sd_inpaint
+
+    assert client.post("/upload/image", files={"image": ("mask.png", _png(_mask_png()), "image/png")}).status_code == 200
+    _, (ours,) = _images(client, inpaint_prompt(kind))
+    mask = np.asarray(ImageOps.invert(_mask_png().getchannel("A"))) > 127  # white where transparent
+    if kind == "VAEEncodeForInpaint":  # grow_mask_by 4: ComfyUI's 4x4 kernel padded by 2 reaches rows/cols i-2 .. i+1
+        h, w = mask.shape
+        padded, grown = np.pad(mask, ((2, 1), (2, 1))), np.zeros_like(mask)
+        for dy in range(4):
+            for dx in range(4):
+                grown |= padded[dy : dy + h, dx : dx + w]
+        mask = grown
+    mask = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    strength = parse(inpaint_prompt(kind), {"sd15": "sd"}).inputs["strength"]
+    inputs = dict(prompt="a lighthouse", negative_prompt="blurry", image=_photo(), steps=3, strength=strength, sampler="ddim")
+    ref = _native(sd15, sd_inpaint("sd15"), mask=mask, guidance_scale=6.0, seed=5, **inputs)
+    assert ours.shape == ref.shape == (64, 72, 3)
+    assert np.abs(ours - ref).max() <= 1
+
+
+def test_an_inpaint_graph_without_the_inpaint_workflow_is_refused_naming_its_node(tiny_models):
+    models = {"sd15": str(tiny_models["sd15"])}
+    workflows = [wf for wf in builtin_workflows(models) if not wf.name.endswith("-inpaint")]
+    with TestClient(create_app(models, EngineConfig(workers=1, device="cpu"), workflows)) as c:
+        for name, image in (("photo.png", _photo()), ("mask.png", _mask_png())):
+            assert c.post("/upload/image", files={"image": (name, _png(image), "image/png")}).status_code == 200
+        r = c.post("/prompt", json={"prompt": inpaint_prompt()})
     assert r.status_code == 400, r.text
     assert r.json()["node_errors"]["14"]["class_type"] == "SetLatentNoiseMask" and "sd15-inpaint" in r.json()["error"]["message"]
 

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from legodiffusion.server.catalog import ModelFamilies
 from legodiffusion.server.comfy import ComfyError, parse
-from legodiffusion.server.comfy_images import image_for
+from legodiffusion.server.comfy_images import images_for
 from legodiffusion.server.errors import ApiError, error_body
 from legodiffusion.server.state import TERMINAL, ServerState, state, tenant_of
 
@@ -30,8 +30,7 @@ async def comfy_prompt(body: dict, request: Request, st: ServerState = Depends(s
             st.workflows.register(sd_txt2img(job.model, name=job.workflow, controlnets=tuple(job.controlnets)), job.workflow)
         if job.workflow not in st.engine.workflows:
             raise ComfyError(*(job.origin or (None, None)), f"no built-in workflow {job.workflow!r} for that checkpoint ({job.kind})")
-        for name, source in job.images.items():
-            job.inputs[name] = image_for(source, st.uploads)
+        job.inputs.update(images_for(job.images, st.uploads))
     except ComfyError as exc:
         return Response(
             json.dumps({**error_body(exc.code, exc.message, exc.path), "node_errors": exc.node_errors()}),
@@ -47,7 +46,7 @@ async def comfy_prompt(body: dict, request: Request, st: ServerState = Depends(s
 async def comfy_upload(
     image: UploadFile = File(...), subfolder: str = Form(""), type: str = Form("input"), st: ServerState = Depends(state)
 ):
-    st.uploads.put(image.filename, await image.read())
+    st.uploads.put(image.filename, await image.read(), alpha=True)  # masks are read from the alpha channel
     return {"name": image.filename, "subfolder": subfolder, "type": type}
 
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from legodiffusion.server import images
 from legodiffusion.server.dashboard import RunTimeline, run_timeline
 from legodiffusion.server.errors import ApiError
 from legodiffusion.server.state import TERMINAL, ServerState, state, tenant_of, wait_for
@@ -21,14 +22,19 @@ CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the run's record to say it 
 
 class RunBody(BaseModel):
     workflow: str = Field(description="a registered workflow id or name")
-    inputs: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the workflow's inputs; an image-typed one (image, mask, control_image...) as a base64 PNG, JPEG or WebP "
+        "image, a data: URL of one, or an upload id (POST /v1/uploads)",
+    )
     slo_s: float | None = Field(default=None, gt=0, description="deadline in seconds; admission may reject")
     wait: bool = Field(default=False, strict=True, description="block until the run ends and return its images (a JSON boolean)")
 
 
 @router.post("/v1/runs")
 async def create_run(body: RunBody, request: Request, st: ServerState = Depends(state)):
-    (rec,) = await st.submit(body.workflow, [body.inputs], body.slo_s, tenant_of(request))
+    inputs = await images.resolve(st, body.workflow, body.inputs)
+    (rec,) = await st.submit(body.workflow, [inputs], body.slo_s, tenant_of(request))
     if body.wait:
         await wait_for(st, request, [rec])
         return rec.to_json()
