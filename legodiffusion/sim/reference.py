@@ -25,6 +25,11 @@ GLUE_OPS = (
     ("prepare_control_image", "default"),
     ("prepare_image", "default"),
     ("init_latents", "img2img"),
+    ("init_latents", "inpaint"),
+    ("prepare_mask", "default"),
+    ("inpaint_blend", "default"),
+    ("sampler_rng", "default"),
+    ("apply_overlay", "default"),
 )
 #: one host->device copy per load, plus a fixed setup cost; host copies are kept in host memory
 LOAD_SETUP_S = 0.1

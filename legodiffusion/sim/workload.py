@@ -8,8 +8,8 @@ models in almost every workflow; the canny ControlNets serve most ControlNet req
 workflow no longer fits while shared base models do.
 
 ``editing_workflows``: the paper workload with image editing beside text-to-image: image-to-image at
-strength 0.6 on each base model family, its share of the traffic taken from the text-to-image
-workflows of the same model.
+strength 0.6 and inpainting (strength 1, SD3.5-large; 0.85, FLUX.1-dev) on each base model family,
+a quarter of the requests.
 
 ``make_workload`` names them for benchmarks (``make_trace`` in :mod:`legodiffusion.sim.traces`
 names the traces)."""
@@ -26,11 +26,12 @@ from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.cost import CostModel
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
 from legodiffusion.ops import default_registry
-from legodiffusion.workflow.catalog import flux_img2img, flux_txt2img, sd3_img2img, sd3_txt2img
+from legodiffusion.workflow.catalog import flux_img2img, flux_inpaint, flux_txt2img, sd3_img2img, sd3_inpaint, sd3_txt2img
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.spec import WorkflowSpec
 
-_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)  # control images: the simulator never looks at them
+_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)  # control and input images: the simulator never looks at them
+_MASK = np.zeros((1, 1), dtype=np.uint8)
 
 
 @dataclass
@@ -76,26 +77,36 @@ def paper_workflows() -> list[WorkflowDef]:
     ]
 
 
-#: (name, base model, steps, guidance or None for Flux, popularity) of the editing workload's edits
+#: (name, kind, base model, steps, guidance or None for Flux, strength, popularity) of the
+#: editing workload's edits
 _EDITS = (
-    ("flux-dev-img2img", "flux-dev", 28, None, 45),
-    ("flux-schnell-img2img", "flux-schnell", 4, None, 22),
-    ("sd35l-img2img", "sd3.5-large", 28, 4.5, 33),
+    ("flux-dev-img2img", "img2img", "flux-dev", 28, None, 0.6, 30),
+    ("flux-schnell-img2img", "img2img", "flux-schnell", 4, None, 0.6, 15),
+    ("sd35l-img2img", "img2img", "sd3.5-large", 28, 4.5, 0.6, 25),
+    ("flux-dev-inpaint", "inpaint", "flux-dev", 28, None, 0.85, 15),
+    ("sd35l-inpaint", "inpaint", "sd3.5-large", 28, 4.5, 1.0, 15),
 )
-EDIT_STRENGTH = 0.6
+_EDIT_BUILDERS = {
+    ("img2img", "flux"): flux_img2img,
+    ("img2img", "sd3"): sd3_img2img,
+    ("inpaint", "flux"): flux_inpaint,
+    ("inpaint", "sd3"): sd3_inpaint,
+}
 
 
 def editing_workflows() -> list[WorkflowDef]:
-    """The paper workflows (popularities summing to 100, here x3) plus image-to-image at strength
-    0.6 (popularities summing to 100): a quarter of the requests are edits."""
+    """The paper workflows (popularities summing to 100, here x3) plus image-to-image and
+    inpainting (popularities summing to 100): a quarter of the requests are edits."""
     out = [WorkflowDef(w.name, w.spec, w.inputs, w.popularity * 3) for w in paper_workflows()]
-    for name, model, steps, guidance, pop in _EDITS:
-        inputs: dict[str, Any] = {"steps": steps, "image": _IMAGE, "strength": EDIT_STRENGTH}
-        if guidance is None:
-            spec = flux_img2img(model, name=name, schnell=model == "flux-schnell")
-        else:
-            spec, inputs["guidance_scale"] = sd3_img2img(model, name=name), guidance
-        out.append(WorkflowDef(name, spec, inputs, pop))
+    for name, kind, model, steps, guidance, strength, pop in _EDITS:
+        inputs: dict[str, Any] = {"steps": steps, "image": _IMAGE, "strength": strength}
+        if kind == "inpaint":
+            inputs["mask"] = _MASK
+        family = "flux" if guidance is None else "sd3"
+        kwargs = {"schnell": True} if model == "flux-schnell" else {}
+        if guidance is not None:
+            inputs["guidance_scale"] = guidance
+        out.append(WorkflowDef(name, _EDIT_BUILDERS[(kind, family)](model, name=name, **kwargs), inputs, pop))
     return out
 
 

@@ -53,6 +53,35 @@ def test_generate_edits_an_init_image_as_the_diffusers_pipeline_does(sd15, tmp_p
     assert np.abs(ours - (ref * 255).round()).max() <= 1
 
 
+def test_generate_inpaints_with_a_mask_as_the_diffusers_pipeline_does(sd15, tmp_path):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    init, out, mask = picture(tmp_path / "init.png"), tmp_path / "out.png", tmp_path / "mask.png"
+    white_left = np.zeros((64, 72, 3), dtype=np.uint8)
+    white_left[:, :36] = 255
+    Image.fromarray(white_left).save(mask)
+    args = ["generate", "--model", str(sd15), "--prompt", "a cat", "--steps", "4", "--seed", "7", "--sampler", "euler"]
+    result = runner.invoke(app, [*args, "--init-image", str(init), "--mask", str(mask), "--strength", "0.75", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    ours = np.asarray(Image.open(out), dtype=np.int16)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(sd15)
+    pipe.scheduler = REFERENCE_SCHEDULERS["euler"][0].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        "a cat",
+        image=Image.open(init),
+        mask_image=Image.open(mask),
+        strength=0.75,
+        num_inference_steps=4,
+        height=64,
+        width=72,
+        generator=torch.Generator("cpu").manual_seed(7),
+        output_type="np",
+    ).images[0]
+    assert ours.shape == (64, 72, 3)
+    assert np.abs(ours - (ref * 255).round()).max() <= 1
+
+
 def test_generate_refuses_bad_edits_before_anything_runs(sd15, tmp_path):
     init, out = picture(tmp_path / "init.png"), tmp_path / "out.png"
     base = ["generate", "--model", str(sd15), "--prompt", "x", "--steps", "2", "-o", str(out)]

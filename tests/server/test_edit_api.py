@@ -16,7 +16,7 @@ from legodiffusion.server.app import create_app
 from legodiffusion.server.images import openai_mask
 from legodiffusion.server.limits import Limits
 from legodiffusion.workflow.builder import WorkflowBuilder
-from legodiffusion.workflow.catalog import sd_img2img, sd_txt2img
+from legodiffusion.workflow.catalog import sd_img2img, sd_inpaint, sd_txt2img
 from tests.reliability.test_retention import _png as claimed_png
 from tests.server.live import serve
 
@@ -206,7 +206,8 @@ def test_an_edit_with_a_mask_runs_the_inpaint_workflow_with_it_converted(client)
 
 @pytest.fixture(scope="module")
 def live(tiny_models):
-    app = create_app({"sd15": str(tiny_models["sd15"])}, EngineConfig(workers=1, device="cpu"), workflows())
+    inpaint = sd_inpaint("sd15", name="sd15-inpaint")
+    app = create_app({"sd15": str(tiny_models["sd15"])}, EngineConfig(workers=1, device="cpu"), [*workflows(), inpaint])
     with serve(app) as url:
         yield url
 
@@ -226,5 +227,9 @@ def test_the_official_openai_client_edits_as_native_runs_do(live, tmp_path):
     ours = Client(live)
     assert got[0] == ours.run("sd15-img2img", dict(EDIT, image=picture()))["png"][0], "a PIL image, sent by the Python client"
     assert got[1] == ours.run("sd15-img2img", dict(EDIT, seed=4, image=ours.upload(path)))["png"][0], "n: seeds seed, seed + 1"
-    with path.open("rb") as f, pytest.raises(openai.BadRequestError, match="inpaint"):
-        client.images.edit(model="sd15", image=f, mask=encoded(half_mask(72, 64, alpha=True)), prompt="x", extra_body={"steps": 2})
+    with path.open("rb") as f:  # with a mask: the model's inpainting workflow, OpenAI's mask turned white = repaint
+        masked = client.images.edit(
+            model="sd15", image=f, mask=encoded(half_mask(72, 64, alpha=True)), prompt="a cat", extra_body={"steps": 2, "seed": 3}
+        )
+    inpainted = ours.run("sd15-inpaint", {"prompt": "a cat", "steps": 2, "seed": 3, "image": picture(), "mask": half_mask(72, 64)})
+    assert base64.b64decode(masked.data[0].b64_json) == inpainted["png"][0]

@@ -202,17 +202,19 @@ def test_make_workload_and_make_trace_name_the_benchmarks(cost):
 
 
 def test_editing_workload_runs_the_kept_steps_and_its_vae_encoder(cost):
-    """A quarter of the editing mix is img2img at strength 0.6: those requests expand to the
+    """A quarter of the editing mix is edits (img2img at strength 0.6, inpainting): img2img requests expand to the
     steps an edit keeps (0.6 x 28 rounded as the flow pipelines round) plus a VAE encode, and cost
     the simulator less than the same model's text-to-image."""
     from legodiffusion.sim.experiment import run_trace
     from legodiffusion.sim.traces import poisson
 
     wl = make_workload("editing", cost)
-    assert sum(share for name, share in wl.mix.items() if name.endswith("img2img")) == pytest.approx(0.25)
+    assert sum(share for name, share in wl.mix.items() if name.endswith(("img2img", "inpaint"))) == pytest.approx(0.25)
     nodes = wl.template("flux-dev-img2img").nodes
     assert sum(n.op == "denoise" for n in nodes) == 28 - int(28 - 28 * 0.6) == 17
     assert sum(n.op == "vae_encode" for n in nodes) == 1
     assert wl.solo_s["flux-dev-img2img"] < wl.solo_s["flux-dev"]
+    inpaint = wl.template("sd35l-inpaint").nodes  # strength 1: every step, each blended with the image
+    assert sum(n.op == "inpaint_blend" for n in inpaint) == 28 and sum(n.op == "vae_encode" for n in inpaint) >= 1
     result = run_trace(poisson(0.5, 40, wl.mix, 3), wl, "ours", 8)
     assert result.requests > 0 and result.met == result.requests
