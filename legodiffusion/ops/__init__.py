@@ -10,6 +10,7 @@ from legodiffusion.ops.noop import Noop
 from legodiffusion.ops.sampler_step import SamplerStep
 from legodiffusion.ops.step_cache import InitStepCache
 from legodiffusion.ops.text import EncodePrompt, FormatText
+from legodiffusion.ops.upscale import UpscaleLatents
 from legodiffusion.ops.vae import VaeDecode
 
 BUILTIN_OPERATORS = (
@@ -29,6 +30,7 @@ BUILTIN_OPERATORS = (
     InpaintBlend,
     SamplerRng,
     ApplyOverlay,
+    UpscaleLatents,
     Noop,
 )
 

@@ -117,8 +117,10 @@ class WorkflowBuilder:
             nodes = self._scopes.pop()
         return nodes, result
 
-    def input(self, name: str, type: str, default: Any = REQUIRED, doc: str = "") -> InputHandle:
-        self.inputs[name] = InputSpec(type, default, doc)
+    def input(self, name: str, type: str, default: Any = REQUIRED, doc: str = "", default_from: InputHandle | None = None) -> InputHandle:
+        """A request input; with ``default_from`` (another input), left out or null it takes that one's value."""
+        source = None if default_from is None else default_from.source.name  # type: ignore[union-attr]
+        self.inputs[name] = InputSpec(type, None if source is not None else default, doc, source)
         return InputHandle(InputRef(name))
 
     def call(self, op: str, *, model: str | None = None, mode: str = "default", id: str | None = None, **inputs) -> NodeHandle:

@@ -1,4 +1,5 @@
-"""Built-in workflows: text-to-image for every family.
+"""Built-in workflows: text-to-image, image-to-image, inpainting and two-stage hires (:mod:`.hires`)
+for every family.
 
 Each sampling step is one denoiser node per guidance branch plus a light ``sampler_step`` node;
 with ``guidance_scale <= 1`` (and always for Flux, whose guidance is distilled into the model)
@@ -7,8 +8,11 @@ one denoiser node per step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from legodiffusion.ops import step_cache
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.inpaint import inpaint_start
 from legodiffusion.workflow.spec import WorkflowSpec
 from legodiffusion.workflow.starts import Start, StartFn, image_start
@@ -19,6 +23,13 @@ _DEFAULTS = {
     "sdxl": (30, 5.0, None, "euler"),
     "sd3": (28, 7.0, "", "flow_euler"),
 }
+
+
+def _lora_inputs(wf: WorkflowBuilder) -> dict:
+    return {
+        "loras": wf.input("loras", "text", default="", doc="LoRA patch set on the shared base model: NAME[:WEIGHT],..."),
+        "lora_k": wf.input("lora_k", "int", default=0, doc="a LoRA still loading is applied from this step at the latest; 0 waits for it"),
+    }
 
 
 def _step_cache(wf: WorkflowBuilder, family: str, start: Start):
@@ -36,23 +47,33 @@ def _step_cache(wf: WorkflowBuilder, family: str, start: Start):
     return wf.call("init_step_cache", model="base", step_cache=spec, sampler=start.sampler, id="step_cache").cache
 
 
-def _lora_inputs(wf: WorkflowBuilder) -> dict:
-    return {
-        "loras": wf.input("loras", "text", default="", doc="LoRA patch set on the shared base model: NAME[:WEIGHT],..."),
-        "lora_k": wf.input("lora_k", "int", default=0, doc="a LoRA still loading is applied from this step at the latest; 0 waits for it"),
-    }
+#: A sampling stage after the first, for two-stage workflows (hires). Called once with the builder
+#: and the request's input handles (``seed``, ``steps``, ``sampler``, ``height``, ``width``) to
+#: declare its inputs, it returns ``then(loop, latents, tag)``: the final latents from the first
+#: stage's, where ``loop(steps, latents, sampler, prefix, **loop_kw)`` runs a sampling loop as the
+#: first stage's (same conditioning and guidance; node ids prefixed) and ``tag`` keeps the stage's
+#: other node ids unique in each guidance branch.
+Stage = Callable[[WorkflowBuilder, dict], Callable]
 
 
 def _txt2img(
-    family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = (), edit: StartFn | None = None
+    family: str,
+    model: str,
+    name: str,
+    prompt_template: str | None,
+    controlnets: tuple[str, ...] = (),
+    edit: StartFn | None = None,
+    stage: Stage | None = None,
 ) -> WorkflowSpec:
     """A family's sampling graph; ``edit`` (a :class:`~legodiffusion.workflow.starts.Start` function)
-    makes it an edit of an input image."""
+    makes it an edit of an input image, ``stage`` adds a second sampling stage."""
     steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
-    if edit and controlnets:
-        raise ValueError("image-to-image workflows take no ControlNets yet")
+    if (edit or stage) and controlnets:
+        raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
+    if edit and stage:
+        raise ValueError("a two-stage workflow starts from noise")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     negative = wf.input(
@@ -81,6 +102,7 @@ def _txt2img(
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt", **extra)
+    then = stage(wf, {"seed": seed, "steps": steps, "sampler": sampler, "height": height, "width": width}) if stage else None
     if edit:
         start = edit(wf, family, seed, steps, sampler, height, width)
     else:
@@ -94,23 +116,24 @@ def _txt2img(
         prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
         controls.append((prep.control, scale))
 
-    def branch(latents, state, embedding, tag, caches):
+    def branch(latents, state, embedding, tag, prefix, caches):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
         patch_and_cache = patch if caches is None else {**patch, "cache": caches[f"cache{tag}"]}
         if not controls:
+            unet = f"{prefix}unet{tag}"
             return wf.call(
-                "denoise",
-                model="base",
-                latents=latents,
-                sampler=state,
-                embedding=embedding,
-                id=f"unet{tag}",
-                **start.denoise,
-                **patch_and_cache,
+                "denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=unet, **start.denoise, **patch_and_cache
             )
         residuals = {
             f"control_{i}": wf.call(
-                "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}"
+                "controlnet",
+                model=f"cn{i}",
+                latents=latents,
+                sampler=state,
+                embedding=embedding,
+                control=c,
+                scale=sc,
+                id=f"{prefix}cn{i}{tag}",
             ).residual
             for i, (c, sc) in enumerate(controls)
         }
@@ -121,44 +144,52 @@ def _txt2img(
             latents=latents,
             sampler=state,
             embedding=embedding,
-            id=f"unet{tag}",
+            id=f"{prefix}unet{tag}",
             **residuals,
             **patch_and_cache,
         )
 
+    def stages(loop, tag: str, caches: dict | None) -> dict:
+        """The first stage (with the request's step cache, each guidance branch its own) and any
+        later one (without: a step cache is started per schedule)."""
+        latents = loop(steps, start.latents, start.sampler, "", caches=caches, **start.loop)
+        return {"latents": then(loop, latents, tag) if then else latents}
+
     def guided():
         uncond = wf.call("encode_prompt", model="base", text=negative, id="encode_negative", **extra)
 
-        def step(latents, state, caches=None):
-            c = branch(latents, state, cond.embedding, "_cond", caches)
-            u = branch(latents, state, uncond.embedding, "_uncond", caches)
-            s = wf.call(
-                "sampler_step",
-                mode="guided",
-                latents=latents,
-                sampler=state,
-                noise_cond=c.noise,
-                noise_uncond=u.noise,
-                guidance_scale=guidance,
-                id="step",
-            )
-            nxt = start.stepped(s.latents, s.sampler, "")
-            return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache_cond": c.cache, "cache_uncond": u.cache})
+        def loop(count, latents, state, prefix, caches=None, **kw):
+            def step(latents, state, caches=None):
+                c = branch(latents, state, cond.embedding, "_cond", prefix, caches)
+                u = branch(latents, state, uncond.embedding, "_uncond", prefix, caches)
+                s = wf.call(
+                    "sampler_step",
+                    mode="guided",
+                    latents=latents,
+                    sampler=state,
+                    noise_cond=c.noise,
+                    noise_uncond=u.noise,
+                    guidance_scale=guidance,
+                    id=prefix + "step",
+                )
+                nxt = start.stepped(s.latents, s.sampler, "")
+                return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache_cond": c.cache, "cache_uncond": u.cache})
 
-        caches = None if cache is None else {"cache_cond": cache, "cache_uncond": cache}  # each branch carries its own
-        return {"latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", extra=caches, **start.loop).latents}
+            return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", extra=caches, **kw).latents
+
+        return stages(loop, "", None if cache is None else {"cache_cond": cache, "cache_uncond": cache})
 
     def unguided():
-        def step(latents, state, caches=None):
-            c = branch(latents, state, cond.embedding, "", caches)
-            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
-            nxt = start.stepped(s.latents, s.sampler, "_plain")
-            return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
+        def loop(count, latents, state, prefix, caches=None, **kw):
+            def step(latents, state, caches=None):
+                c = branch(latents, state, cond.embedding, "", prefix, caches)
+                s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step_plain")
+                nxt = start.stepped(s.latents, s.sampler, "_plain")
+                return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
 
-        caches = None if cache is None else {"cache": cache}
-        return {
-            "latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise_plain", extra=caches, **start.loop).latents
-        }
+            return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise_plain", extra=caches, **kw).latents
+
+        return stages(loop, "_plain", None if cache is None else {"cache": cache})
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
@@ -234,6 +265,7 @@ def flux_txt2img(
     schnell: bool = False,
     controlnets: tuple[str, ...] = (),
     edit: StartFn | None = None,
+    stage: Stage | None = None,
 ) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
 
@@ -243,8 +275,10 @@ def flux_txt2img(
     drawn from it, as FluxControlNetPipeline does."""
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
-    if edit and controlnets:
-        raise ValueError("image-to-image workflows take no ControlNets yet")
+    if (edit or stage) and controlnets:
+        raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
+    if edit and stage:
+        raise ValueError("a two-stage workflow starts from noise")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
@@ -258,6 +292,7 @@ def flux_txt2img(
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
+    then = stage(wf, {"seed": seed, "steps": steps, "sampler": "flow_euler", "height": height, "width": width}) if stage else None
     controls, rng = [], {}
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
@@ -277,40 +312,46 @@ def flux_txt2img(
     extra = {} if guidance is None else {"guidance": guidance}
     cache = _step_cache(wf, "flux", start)
 
-    def step(latents, state, caches):
-        residuals = {
-            f"control_{i}": wf.call(
-                "controlnet",
-                model=f"cn{i}",
+    def loop(count, latents, state, prefix, caches=None, **kw):
+        def step(latents, state, caches=None):
+            residuals = {
+                f"control_{i}": wf.call(
+                    "controlnet",
+                    model=f"cn{i}",
+                    latents=latents,
+                    sampler=state,
+                    embedding=cond.embedding,
+                    control=c,
+                    scale=sc,
+                    id=f"{prefix}cn{i}",
+                    **extra,
+                ).residual
+                for i, (c, sc) in enumerate(controls)
+            }
+            mode = "controlnet" if controls else "default"
+            c = wf.call(
+                "denoise",
+                model="base",
+                mode=mode,
                 latents=latents,
                 sampler=state,
                 embedding=cond.embedding,
-                control=c,
-                scale=sc,
-                id=f"cn{i}",
+                id=prefix + "transformer",
                 **extra,
-            ).residual
-            for i, (c, sc) in enumerate(controls)
-        }
-        mode = "controlnet" if controls else "default"
-        c = wf.call(
-            "denoise",
-            model="base",
-            mode=mode,
-            latents=latents,
-            sampler=state,
-            embedding=cond.embedding,
-            id="transformer",
-            cache=caches["cache"],
-            **extra,
-            **patch,
-            **residuals,
-        )
-        s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
-        return start.stepped(s.latents, s.sampler, ""), s.sampler, {"cache": c.cache}
+                **patch,
+                **residuals,
+                **({} if caches is None else {"cache": caches["cache"]}),
+            )
+            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step")
+            nxt = start.stepped(s.latents, s.sampler, "")
+            return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
 
-    loop = wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", extra={"cache": cache}, **start.loop)
-    wf.output("image", start.finished(wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image))
+        return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", extra=caches, **kw).latents
+
+    latents = loop(steps, start.latents, start.sampler, "", caches={"cache": cache}, **start.loop)
+    if then:
+        latents = then(loop, latents, "")
+    wf.output("image", start.finished(wf.call("vae_decode", model="base", latents=latents, id="decode").image))
     return wf.build()
 
 
@@ -348,4 +389,9 @@ BUILTIN_WORKFLOWS = {
     "sdxl-inpaint": sdxl_inpaint,
     "sd3-inpaint": sd3_inpaint,
     "flux-inpaint": flux_inpaint,
+    "sd-hires": sd_hires,
+    "sdxl-hires": sdxl_hires,
+    "sd3-hires": sd3_hires,
+    "flux-hires": flux_hires,
+    "flux-schnell-hires": flux_schnell_hires,
 }
