@@ -297,7 +297,7 @@ class Simulator:
                     heapq.heappush(self._events, (t + self.coord.policy.tick_s, next(self._seq), "tick", None))
             elif kind == "arrive":
                 req = payload
-                self._px[req.id] = pixels(req.inputs)
+                self._px[req.id] = pixels(req.inputs, req.template)
                 self._base[req.id] = next((n.model for n in req.template.nodes if n.component == "denoiser"), None)
                 self.arrival_s[req.id] = t
                 self._apply(self.coord.submit(req, t))
