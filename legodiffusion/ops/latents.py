@@ -147,11 +147,7 @@ class InitLatents(Operator):
             sampler, steps = args["sampler"], int(args["steps"])
             h, w = height // model.vae_scale_factor, width // model.vae_scale_factor
             state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
-            generator = torch.Generator("cpu")
-            if args.get("rng") is not None:
-                generator.set_state(args["rng"])
-            else:
-                generator.manual_seed(int(args["seed"]))
+            generator = sampling.request_generator(args)
             latents = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=model.dtype)
             if model.family in ("sd", "sdxl"):
                 latents = latents * sampling.init_noise_sigma(state)
@@ -171,13 +167,9 @@ class InitLatents(Operator):
         state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
         kept = sampling.kept_steps(steps, float(args["strength"]), sampling.STRENGTH_ROUNDS[model.family])
         state = replace(state, step_index=steps - kept)
-        generator = torch.Generator("cpu")
-        if args.get("rng") is not None:
-            generator.set_state(args["rng"])
-        elif args.get("seed") is not None:  # latents no encoder drew for (a hires second stage): a fresh generator
-            generator.manual_seed(int(args["seed"]))
-        else:
+        if args.get("rng") is None and args.get("seed") is None:
             raise BadValue("rng", "img2img latents need the generator that encoded the image (rng) or a seed")
+        generator = sampling.request_generator(args)  # a fresh one for latents no encoder drew for (a hires second stage)
         noise = torch_utils.randn_tensor(tuple(image_latents.shape), generator=generator, dtype=model.dtype)
         latents = sampling.add_noise(state, image_latents.to(model.dtype), noise)
         if sampler in sampling.STOCHASTIC:
@@ -194,11 +186,7 @@ class InitLatents(Operator):
         h, w = args["mask"].shape[-2:]
         state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
         state = replace(state, step_index=steps - sampling.kept_steps(steps, strength, sampling.STRENGTH_ROUNDS[model.family]))
-        generator = torch.Generator("cpu")
-        if args.get("rng") is not None:
-            generator.set_state(args["rng"])
-        else:
-            generator.manual_seed(int(args["seed"]))
+        generator = sampling.request_generator(args)
         noise = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=model.dtype)
         if strength == 1.0 and model.family != "flux":
             latents = noise * sampling.init_noise_sigma(state) if model.family in ("sd", "sdxl") else noise
