@@ -6,6 +6,10 @@ workloads, several trace seeds, and two idealised references beside every figure
     python benchmarks/paper.py rate  [--workloads paper many] [--gpus 8 16 32]
     python benchmarks/paper.py burst | gpus | ablations | overload
     python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
+    python benchmarks/paper.py rate --workloads editing   # the editing mix: results/paper_rate_editing.json
+
+Results of the default workloads go to results/paper_<experiment>.json; any other selection to
+results/paper_<experiment>_<workloads>.json, so a partial run never overwrites the full one.
 
 Systems: ``ours`` (the default policy), ``fcfs`` (ours with arrival order and no admission),
 ``bundle`` (the better of ``bundle-static`` and ``bundle-auto`` at each point: whole-pipeline
@@ -523,7 +527,7 @@ def main() -> None:
             summary = {n: {s: round(r[s]["max_rate"], 2) for s in ABLATIONS} for n, r in detail.items()}
             plot = None
         report(
-            f"paper_{exp}",
+            f"paper_{exp}" + ("" if args.workloads == list(WORKLOADS) else "_" + "-".join(args.workloads)),
             {"summary": summary, "seeds": args.seeds, "duration_s": args.duration, "stamp": stamp(DATA_FILES, t0), "detail": detail},
             None if plot is None else plot,
         )
