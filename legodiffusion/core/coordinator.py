@@ -12,9 +12,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from legodiffusion.core.approx import ApproxIndex
 from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, FairShare, TenantAccount
-from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_size
+from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, TNode, known_size
 from legodiffusion.core.lineage import Lineage
 from legodiffusion.core.messages import (
     CANCELLED,
@@ -37,6 +38,8 @@ from legodiffusion.core.recovery import Orphans
 
 #: how the error of a request failed by a broken coordinator invariant begins
 INVARIANT = "internal error (coordinator invariant)"
+#: what runs in place of a node of an iteration past the end of a shortened schedule
+PASSTHROUGH = TNode("", "passthrough", "default", None, (), True, False, None)
 
 
 @dataclass
@@ -81,6 +84,8 @@ class _Live:
         "seq",
         "peak",
         "account",
+        "passthrough",
+        "approx",
     )
 
     def __init__(self, req: Request, costs: list[float], px: int | None, account: TenantAccount) -> None:
@@ -104,6 +109,8 @@ class _Live:
         self.seq = 0  # admission order
         self.peak = 0  # the most nodes ever done at once: progress, which a recovery's re-runs do not repeat
         self.account = account  # its tenant's share of its priority class
+        self.passthrough: set[int] = set()  # nodes past the end of a schedule an approximate-cache hit shortened
+        self.approx: dict[int, dict] = {}  # lookup node -> what it reported (kept for a re-run after a loss)
 
     # RequestView for policies
     @property
@@ -249,6 +256,8 @@ class Coordinator(Lineage):
         self.fair = FairShare()
         #: worker -> the request its last model call served first (the highest class in it)
         self._served: dict[int, int] = {}
+        #: what the approximate cache holds and how often lookups hit, from its nodes' notes
+        self.approx = ApproxIndex()
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -316,7 +325,7 @@ class Coordinator(Lineage):
         self._now = max(self._now, now)
         actions = Actions()
         live = self._live(req)
-        solo = live.remaining_s
+        solo = self.expected_s(live)
         if not any(w.alive for w in self.workers):
             actions.finished.append(RequestOutcome(req.id, FAILED, error="no live worker can run this request"))
             self.stats.requests[FAILED] += 1
@@ -329,10 +338,10 @@ class Coordinator(Lineage):
         self._seq += 1
         live.seq = self._seq
         self.fair.join(live.account)
-        live.priority = self.policy.priority(live, self._seq, solo)
-        self.stats.work_by_workflow[req.workflow] += solo
+        live.priority = self.policy.priority(live, self._seq, live.remaining_s)
+        self.stats.work_by_workflow[req.workflow] += live.remaining_s
         self.stats.admitted += 1
-        self.work_s += solo
+        self.work_s += live.remaining_s
         self._observe(live, now)
         self.requests[req.id] = live
         pin = self.policy.pin(self.view, live)
@@ -351,7 +360,18 @@ class Coordinator(Lineage):
     def refusal(self, req: Request, now: float) -> str | None:
         """Why the policy's admission would refuse ``req`` now, or None; changes nothing."""
         live = self._live(req)
-        return self.policy.admit(self.view, live, live.remaining_s, now)
+        return self.policy.admit(self.view, live, self.expected_s(live), now)
+
+    def expected_s(self, live: _Live) -> float:
+        """The profiled work ``live`` is expected to need: all of it, less, where it looks up the
+        approximate cache, the share of its sampling loop its workflow's lookups have skipped on
+        average so far (what admission weighs; a hit's actual saving is taken off when known)."""
+        skips = live.req.template.skips
+        share = self.approx.expected_skip(live.req.workflow) if skips else 0.0
+        if not share:
+            return live.remaining_s
+        loop_s = sum(live.costs[n] for iterations in skips.values() for it in iterations for n in it)
+        return live.remaining_s - share * loop_s
 
     def _start(self, live: _Live, pin: int | None) -> None:
         live.pin = pin
@@ -422,11 +442,55 @@ class Coordinator(Lineage):
             if res.error is not None:
                 self._end(live, FAILED, actions, error=res.error, node=item.key)
                 continue
+            if res.notes and ("approx" in res.notes or "approx_saved" in res.notes):
+                self._approx_noted(live, item.node, res.notes)  # before its readers become ready
             self.stats.nodes_by_op[d.op] += 1
             self.stats.items_by_worker[d.worker] += 1
             self._record(live, item, res.outputs or {}, actions)
         self._dispatch(actions)
         return self._finish(actions)
+
+    def _approx_noted(self, live: _Live, node: int, notes: dict) -> None:
+        """An approximate-cache node reported: a state saved (the index learns it), or a lookup's
+        answer. A hit of ``k`` steps makes the last ``k`` iterations of the loop the lookup starts
+        pass-through glue, and the request that much shorter: its remaining work, its whole work
+        (its ordering) and the queue's work lose what those nodes would have cost."""
+        if "approx_saved" in notes:
+            self.approx.saved(notes["approx_saved"])
+        note = notes.get("approx")
+        if note is None:
+            return
+        if node in live.approx:  # a re-run after a loss: pinned to the first answer, nothing changes
+            return
+        live.approx[node] = note
+        self.approx.looked_up(live.req.workflow, note["skipped"], note["steps"])
+        iterations = live.req.template.skips.get(node, ())
+        k = min(int(note["skipped"]), len(iterations))
+        if k <= 0:
+            return
+        skipped = {n for it in iterations[len(iterations) - k :] for n in it}
+        started = skipped & (
+            live.finished
+            | live.queued
+            | {it.node for r in self.inflight.values() for it in r.dispatch.items if it.request_id == live.req.id}
+        )
+        if started:
+            self._violation(
+                live.req.id, f"nodes {sorted(started)} past the end of the shortened schedule started before the lookup answered"
+            )
+            return
+        live.passthrough |= skipped
+        live.costs = list(live.costs)  # its own from now on (the template's are shared)
+        glue_s = self.cost.exec_s(PASSTHROUGH.op, PASSTHROUGH.mode, None, 1, live.px)
+        saved = 0.0
+        for n in skipped:
+            saved += live.costs[n] - glue_s
+            live.costs[n] = glue_s
+        live.remaining_s -= saved
+        live.solo_s -= saved
+        self.work_s -= saved
+        self.stats.work_by_workflow[live.req.workflow] -= saved
+        live.priority = self.policy.priority(live, live.seq, live.remaining_s)
 
     def add_worker(self, slots: int | None = None) -> int:
         """A new worker joins (scale-up) and returns its id; it holds nothing and takes no work
@@ -568,7 +632,7 @@ class Coordinator(Lineage):
         tn = live.req.template.nodes[node]
         if self._missing_input(live, node):
             return
-        if tn.light:
+        if tn.light or node in live.passthrough:
             self._light.append((live, node))
             return
         sig = None
@@ -597,7 +661,11 @@ class Coordinator(Lineage):
     def _item(self, live: _Live, node: int, worker: int) -> DispatchItem:
         tn = live.req.template.nodes[node]
         refs, values = {}, {}
+        ports = live.req.template.out_ports[node]
+        passing = node in live.passthrough
         for inp in tn.inputs:
+            if passing and inp.port not in ports:  # a pass-through reads only what it hands on
+                continue
             if inp.kind == FROM_NODE:
                 ref = live.refs.get((inp.node, inp.name))
                 if ref is None:  # a deferred input its producer has not written yet
@@ -609,7 +677,11 @@ class Coordinator(Lineage):
                 values[inp.port] = live.req.inputs[inp.name]
             else:
                 values[inp.port] = inp.value
-        out_ids = {port: self._out_id(live, node, port) for port in live.req.template.out_ports[node]}
+        if passing:
+            values["ports"] = ports
+        elif node in live.approx:  # a lookup re-run after a loss keeps the answer acted on
+            values["pinned"] = live.approx[node].get("state", 0)
+        out_ids = {port: self._out_id(live, node, port) for port in ports}
         if live.req.template.deferred_consumers[node]:
             for tid in out_ids.values():
                 live.making[tid] = worker
@@ -719,12 +791,14 @@ class Coordinator(Lineage):
                 continue
             tn = live.req.template.nodes[node]
             wid = live.pin if live.pin is not None else self._light_home(live, tn)
-            groups.setdefault((wid, tn.op, tn.mode, tn.model), []).append((live, node))
+            op = PASSTHROUGH if node in live.passthrough else tn
+            groups.setdefault((wid, op.op, op.mode, op.model), []).append((live, node))
         self._light.clear()
         scope_of = (lambda live: live.req.workflow) if self.policy.isolate_workflows else (lambda live: None)
         for (wid, *_), members in groups.items():
-            tn = members[0][0].req.template.nodes[members[0][1]]
-            self._new_dispatch(wid, tn, scope_of(members[0][0]), members, actions)
+            live, node = members[0]
+            tn = PASSTHROUGH if node in live.passthrough else live.req.template.nodes[node]
+            self._new_dispatch(wid, tn, scope_of(live), members, actions)
 
     def _light_home(self, live: _Live, tn) -> int:
         """Where glue runs: the holder of its inputs that can start it first (its queued work plus
@@ -732,8 +806,8 @@ class Coordinator(Lineage):
         on the worker with the most bytes would cost more than moving a latent."""
         weight: Counter = Counter()
         for inp in tn.inputs:
-            if inp.kind == FROM_NODE:
-                ref = live.refs[(inp.node, inp.name)]
+            ref = live.refs.get((inp.node, inp.name)) if inp.kind == FROM_NODE else None
+            if ref is not None:  # (a pass-through's deferred input may not exist yet)
                 weight[ref.worker] += ref.nbytes
         if weight:
             total = sum(weight.values())

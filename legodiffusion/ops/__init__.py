@@ -1,5 +1,6 @@
 """The built-in operators and the default registry."""
 
+from legodiffusion.ops.approx import ApproxInsert, ApproxLookup, Passthrough
 from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
 from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
 from legodiffusion.ops.denoise import Denoise
@@ -28,6 +29,9 @@ BUILTIN_OPERATORS = (
     SamplerRng,
     ApplyOverlay,
     Noop,
+    ApproxLookup,
+    ApproxInsert,
+    Passthrough,
 )
 
 

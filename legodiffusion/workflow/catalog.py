@@ -7,6 +7,7 @@ one denoiser node per step.
 
 from __future__ import annotations
 
+from legodiffusion.workflow.approx import adapter_inputs, approx_input, approx_save, approx_start
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.inpaint import inpaint_start
 from legodiffusion.workflow.spec import WorkflowSpec
@@ -76,6 +77,15 @@ def _txt2img(
         scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
         prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
         controls.append((prep.control, scale))
+    approx = None if edit else approx_input(wf)  # text-to-image only: an edit starts from its image
+    if approx is not None:
+        adapters = adapter_inputs(patch, controlnets, controls)
+        start = approx_start(wf, approx, start, cond.embedding, adapters)
+
+    def stepped(latents, state, tag):
+        if approx is not None:
+            approx_save(wf, approx, latents, state, cond.embedding, adapters, tag)
+        return start.stepped(latents, state, tag)
 
     def branch(latents, state, embedding, tag):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
@@ -117,7 +127,7 @@ def _txt2img(
                 guidance_scale=guidance,
                 id="step",
             )
-            return start.stepped(s.latents, s.sampler, ""), s.sampler
+            return stepped(s.latents, s.sampler, ""), s.sampler
 
         return {"latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", **start.loop).latents}
 
@@ -125,7 +135,7 @@ def _txt2img(
         def step(latents, state):
             c = branch(latents, state, cond.embedding, "")
             s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
-            return start.stepped(s.latents, s.sampler, "_plain"), s.sampler
+            return stepped(s.latents, s.sampler, "_plain"), s.sampler
 
         return {"latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise_plain", **start.loop).latents}
 
@@ -243,6 +253,10 @@ def flux_txt2img(
     else:
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
         start = Start(init.latents, init.sampler)
+    approx = None if edit else approx_input(wf)  # text-to-image only: an edit starts from its image
+    if approx is not None:
+        adapters = adapter_inputs(patch, controlnets, controls)
+        start = approx_start(wf, approx, start, cond.embedding, adapters)
     extra = {} if guidance is None else {"guidance": guidance}
 
     def step(latents, state):
@@ -274,6 +288,8 @@ def flux_txt2img(
             **residuals,
         )
         s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
+        if approx is not None:
+            approx_save(wf, approx, s.latents, s.sampler, cond.embedding, adapters, "")
         return start.stepped(s.latents, s.sampler, ""), s.sampler
 
     loop = wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", **start.loop)
