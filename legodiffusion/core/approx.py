@@ -53,8 +53,8 @@ class ApproxConfig:
                 raise ValueError(f"approx thresholds are (similarity in [-1, 1], steps in (0, {self.reference_steps})), got {(sim, k)}")
 
     def scaled(self, k: int, steps: int) -> int:
-        """``k`` of ``reference_steps`` as a step of a ``steps``-step schedule."""
-        return round(k * steps / self.reference_steps)
+        """``k`` of ``reference_steps`` as a step of a ``steps``-step schedule (halves round up)."""
+        return int(k * steps / self.reference_steps + 0.5)
 
     def saved_steps(self, steps: int) -> tuple[int, ...]:
         """The steps of a ``steps``-step schedule after which its latents are saved (at least one

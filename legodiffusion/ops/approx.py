@@ -2,7 +2,8 @@
 
 ``approx_lookup`` runs once at the start of a request that opts in: it finds the nearest cached
 prompt of the same key and returns that state's latents and the request's own sampler state
-positioned at the cached step (a miss returns its inputs unchanged). ``approx_insert`` follows
+positioned at the cached step (a miss returns its inputs unchanged), so the loop runs the rest of
+the schedule from the cached latents exactly as a diffusers pipeline started there does. ``approx_insert`` follows
 every sampling step and saves the latents after the configured steps. Both are light glue using
 the data plane's store (``service``); neither loads a model. ``passthrough`` is what the
 coordinator runs in place of a node of an iteration past the end of a shortened schedule.
@@ -96,9 +97,9 @@ class ApproxLookup(Operator):
                 raise RuntimeError(f"the cached state {pinned} this request started from was evicted before its lookup re-ran")
         if hit is None:
             return {"latents": args["latents"], "sampler": state, NOTES: {"approx": {"skipped": 0, "steps": state.num_steps}}}
-        # the request's own state (its generator) at the cached step, with the multistep history
-        # of the trajectory it continues
-        start = replace(state, step_index=hit.step, history=hit.sampler.history, order_nums=hit.sampler.order_nums)
+        # the request's own state (its generator) at the cached step, started afresh there (no
+        # multistep history) as a diffusers pipeline started mid-schedule is (denoising_start)
+        start = replace(state, step_index=hit.step)
         note = {"skipped": hit.step, "steps": state.num_steps, "state": hit.id, "from_request": hit.request, "similarity": hit.similarity}
         return {"latents": hit.latents, "sampler": start, NOTES: {"approx": note}}
 
@@ -119,7 +120,8 @@ class ApproxInsert(Operator):
                 continue
             args = it.inputs
             key = cache_key(model.model, args)
-            saved = model.store.insert(key, prompt_vector(args["embedding"]), it.request, state.step_index, args["latents"], state)
+            latents = args["latents"].detach().to("cpu")  # kept in host memory, shared by every worker
+            saved = model.store.insert(key, prompt_vector(args["embedding"]), it.request, state.step_index, latents)
             note = {"id": saved.id, "key": key, "step": state.step_index, "bytes": saved.nbytes, "request": it.request}
             out.append({"saved": saved.id, NOTES: {"approx_saved": {**note, "evicted": list(saved.evicted)}}})
         return out

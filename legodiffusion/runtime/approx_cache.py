@@ -29,7 +29,6 @@ class Hit:
     id: int
     step: int
     latents: Any
-    sampler: Any  # the SamplerState it was saved with (its multistep history)
     similarity: float
     request: int
 
@@ -49,7 +48,6 @@ class _State:
     id: int
     step: int
     latents: Any
-    sampler: Any
     nbytes: int
     seq: int
     uses: int = 1
@@ -66,10 +64,7 @@ class _Prompt:
 
 
 def nbytes_of(value: Any) -> int:
-    """Bytes of the tensors in a value (a tensor, or a sampler state's multistep history)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    return sum(nbytes_of(h) for h in getattr(value, "history", ()) if h is not None)
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
 class ApproxStore:
@@ -105,7 +100,7 @@ class ApproxStore:
                 return None
             state = max(usable, key=lambda s: s.step)
             state.uses += 1
-            return Hit(state.id, state.step, state.latents, state.sampler, similarity, prompt.request)
+            return Hit(state.id, state.step, state.latents, similarity, prompt.request)
 
     def get(self, state_id: int) -> Hit | None:
         """The cached state ``state_id`` as a lookup returns it (None once evicted); counts no use."""
@@ -115,15 +110,16 @@ class ApproxStore:
                 return None
             prompt = self._prompts[where]
             state = next(s for s in prompt.states.values() if s.id == state_id)
-            return Hit(state.id, state.step, state.latents, state.sampler, 1.0, prompt.request)
+            return Hit(state.id, state.step, state.latents, 1.0, prompt.request)
 
-    def insert(self, key: tuple, vector: torch.Tensor, request: int, step: int, latents: Any, sampler: Any) -> Saved:
-        """Cache ``latents`` (and the sampler state) after ``step`` steps of ``request``'s prompt;
-        LCBFU then evicts down to the budget, perhaps this very state."""
-        nbytes = nbytes_of(latents) + nbytes_of(sampler)
+    def insert(self, key: tuple, vector: torch.Tensor, request: int, step: int, latents: Any) -> Saved:
+        """Cache ``latents`` after ``step`` steps of ``request``'s prompt (a hit starts the
+        request's own sampler state there); LCBFU then evicts down to the budget, perhaps this
+        very state."""
+        nbytes = nbytes_of(latents)
         with self._lock:
             prompt = self._prompts.setdefault((key, request), _Prompt(key, vector, request))
-            state = _State(next(self._ids), step, latents, sampler, nbytes, next(self._seq))
+            state = _State(next(self._ids), step, latents, nbytes, next(self._seq))
             old = prompt.states.get(step)
             if old is not None:  # the same request saving the same step again (a re-run after a loss)
                 self._drop(old.id)
