@@ -112,11 +112,11 @@ class ApproxStore:
             state = next(s for s in prompt.states.values() if s.id == state_id)
             return Hit(state.id, state.step, state.latents, 1.0, prompt.request)
 
-    def insert(self, key: tuple, vector: torch.Tensor, request: int, step: int, latents: Any) -> Saved:
-        """Cache ``latents`` after ``step`` steps of ``request``'s prompt (a hit starts the
-        request's own sampler state there); LCBFU then evicts down to the budget, perhaps this
-        very state."""
-        nbytes = nbytes_of(latents)
+    def insert(self, key: tuple, vector: torch.Tensor, request: int, step: int, latents: Any, nbytes: int | None = None) -> Saved:
+        """Cache ``latents`` (of ``nbytes``, by default its size) after ``step`` steps of
+        ``request``'s prompt (a hit starts the request's own sampler state there); LCBFU then
+        evicts down to the budget, perhaps this very state."""
+        nbytes = nbytes_of(latents) if nbytes is None else nbytes
         with self._lock:
             prompt = self._prompts.setdefault((key, request), _Prompt(key, vector, request))
             state = _State(next(self._ids), step, latents, nbytes, next(self._seq))
