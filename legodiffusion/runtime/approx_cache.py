@@ -85,22 +85,26 @@ class ApproxStore:
 
     def lookup(self, key: tuple, vector: torch.Tensor, steps: int) -> Hit | None:
         """The state to start from for a prompt with unit ``vector`` under ``key`` in a
-        ``steps``-step schedule: of the nearest cached prompt with the same key, the state at the
-        largest step its similarity allows; None (a miss) when there is none."""
+        ``steps``-step schedule: of the nearest cached prompt with the same key that has a state
+        its similarity allows (a nearer one may have lost it to eviction, or, having started from
+        a cached state itself, never made it), the state at the largest such step; None (a miss)
+        when there is none."""
         with self._lock:
-            prompts = [p for p in self._prompts.values() if p.key == key and p.states]
+            prompts = [p for p in self._prompts.values() if p.key == key]
             if not prompts:
                 return None
             sims = torch.stack([p.vector for p in prompts]) @ vector
-            best = int(torch.argmax(sims))
-            prompt, similarity = prompts[best], float(sims[best])
-            allowed = self.config.allowed_steps(similarity, steps)
-            usable = [s for s in prompt.states.values() if s.step <= allowed]
-            if not usable:
-                return None
-            state = max(usable, key=lambda s: s.step)
-            state.uses += 1
-            return Hit(state.id, state.step, state.latents, similarity, prompt.request)
+            for i in torch.argsort(sims, descending=True, stable=True).tolist():
+                prompt, similarity = prompts[i], float(sims[i])
+                allowed = self.config.allowed_steps(similarity, steps)
+                if not allowed:
+                    return None  # the farther ones allow no more
+                usable = [s for s in prompt.states.values() if s.step <= allowed]
+                if usable:
+                    state = max(usable, key=lambda s: s.step)
+                    state.uses += 1
+                    return Hit(state.id, state.step, state.latents, similarity, prompt.request)
+            return None
 
     def get(self, state_id: int) -> Hit | None:
         """The cached state ``state_id`` as a lookup returns it (None once evicted); counts no use."""
