@@ -107,8 +107,8 @@ class ApproxIndex:
     """The coordinator's index of the approximate cache, kept from the notes its nodes report:
     each cached state's metadata (id -> (key, step, bytes, the request that made it)), and per
     workflow how often its lookups hit and how much they skipped. Queried without a tensor in
-    sight: how many states and bytes are cached, and what share of a request's schedule a lookup
-    is expected to skip (admission and the profile-based estimates use it)."""
+    sight: how many states and bytes are cached, the hit rate, the share of a schedule a lookup
+    skips on average."""
 
     states: dict[int, tuple] = field(default_factory=dict)
     counts: dict[str, _Counts] = field(default_factory=dict)
@@ -132,8 +132,9 @@ class ApproxIndex:
             c.skipped_share += skipped / max(1, steps)
 
     def expected_skip(self, workflow: str) -> float:
-        """Expected share of a request's schedule its lookup skips, from this workflow's lookups
-        so far (0 before any)."""
+        """Share of a request's schedule its workflow's lookups have skipped on average (0 before
+        any). Admission does not count on it: a miss must fit; a hit's saving is taken off once
+        its lookup answers."""
         c = self.counts.get(workflow)
         return c.skipped_share / c.lookups if c and c.lookups else 0.0
 

@@ -15,7 +15,7 @@ from typing import Any
 from legodiffusion.core.approx import ApproxIndex
 from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, FairShare, TenantAccount
-from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, TNode, known_size
+from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_size
 from legodiffusion.core.lineage import Lineage
 from legodiffusion.core.messages import (
     CANCELLED,
@@ -38,8 +38,6 @@ from legodiffusion.core.recovery import Orphans
 
 #: how the error of a request failed by a broken coordinator invariant begins
 INVARIANT = "internal error (coordinator invariant)"
-#: what runs in place of a node of an iteration past the end of a shortened schedule
-PASSTHROUGH = TNode("", "passthrough", "default", None, (), True, False, None)
 
 
 @dataclass
@@ -86,6 +84,7 @@ class _Live:
         "account",
         "passthrough",
         "approx",
+        "holders",
     )
 
     def __init__(self, req: Request, costs: list[float], px: int | None, account: TenantAccount) -> None:
@@ -111,6 +110,7 @@ class _Live:
         self.account = account  # its tenant's share of its priority class
         self.passthrough: set[int] = set()  # nodes past the end of a schedule an approximate-cache hit shortened
         self.approx: dict[int, dict] = {}  # lookup node -> what it reported (kept for a re-run after a loss)
+        self.holders: dict[int, int] = {}  # value id -> outputs holding it, where a pass-through made it more than one
 
     # RequestView for policies
     @property
@@ -154,6 +154,7 @@ class CoordinatorStats:
     work_by_workflow: Counter = field(default_factory=Counter)  # profiled solo seconds of admitted requests
     admitted: int = 0
     prefetches: int = 0  # loads started ahead of demand (dispatches with no items)
+    passed: int = 0  # nodes past the end of a schedule an approximate-cache hit shortened, run nowhere
 
 
 @dataclass
@@ -238,6 +239,7 @@ class Coordinator(Lineage):
         self._next_tensor = 0
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
+        self._passing: list[tuple[_Live, int]] = []  # pass-through nodes ready to be recorded
         self._woken = False
         self._orphans = Orphans()  # in-flight items whose result a recovery discards
         self._broken: dict[int, str] = {}  # request -> the invariant it broke: failed as the event ends
@@ -325,7 +327,7 @@ class Coordinator(Lineage):
         self._now = max(self._now, now)
         actions = Actions()
         live = self._live(req)
-        solo = self.expected_s(live)
+        solo = live.remaining_s  # a miss must fit: what a lookup skips is taken off once known
         if not any(w.alive for w in self.workers):
             actions.finished.append(RequestOutcome(req.id, FAILED, error="no live worker can run this request"))
             self.stats.requests[FAILED] += 1
@@ -338,10 +340,10 @@ class Coordinator(Lineage):
         self._seq += 1
         live.seq = self._seq
         self.fair.join(live.account)
-        live.priority = self.policy.priority(live, self._seq, live.remaining_s)
-        self.stats.work_by_workflow[req.workflow] += live.remaining_s
+        live.priority = self.policy.priority(live, self._seq, solo)
+        self.stats.work_by_workflow[req.workflow] += solo
         self.stats.admitted += 1
-        self.work_s += live.remaining_s
+        self.work_s += solo
         self._observe(live, now)
         self.requests[req.id] = live
         pin = self.policy.pin(self.view, live)
@@ -360,18 +362,7 @@ class Coordinator(Lineage):
     def refusal(self, req: Request, now: float) -> str | None:
         """Why the policy's admission would refuse ``req`` now, or None; changes nothing."""
         live = self._live(req)
-        return self.policy.admit(self.view, live, self.expected_s(live), now)
-
-    def expected_s(self, live: _Live) -> float:
-        """The profiled work ``live`` is expected to need: all of it, less, where it looks up the
-        approximate cache, the share of its sampling loop its workflow's lookups have skipped on
-        average so far (what admission weighs; a hit's actual saving is taken off when known)."""
-        skips = live.req.template.skips
-        share = self.approx.expected_skip(live.req.workflow) if skips else 0.0
-        if not share:
-            return live.remaining_s
-        loop_s = sum(live.costs[n] for iterations in skips.values() for it in iterations for n in it)
-        return live.remaining_s - share * loop_s
+        return self.policy.admit(self.view, live, live.remaining_s, now)
 
     def _start(self, live: _Live, pin: int | None) -> None:
         live.pin = pin
@@ -446,15 +437,47 @@ class Coordinator(Lineage):
                 self._approx_noted(live, item.node, res.notes)  # before its readers become ready
             self.stats.nodes_by_op[d.op] += 1
             self.stats.items_by_worker[d.worker] += 1
-            self._record(live, item, res.outputs or {}, actions)
+            self._record(live, item.node, res.outputs or {}, actions)
         self._dispatch(actions)
         return self._finish(actions)
+
+    def _release(self, live: _Live, ref: TensorRef, actions: Actions) -> None:
+        """An output holding ``ref`` has no reader left: free its value unless another still holds it."""
+        held = live.holders.pop(ref.id, 1) - 1
+        if held > 1:
+            live.holders[ref.id] = held
+        elif held == 0:
+            actions.frees.append(ref)
+
+    def _pass_ready(self, actions: Actions) -> None:
+        while self._passing:
+            live, node = self._passing.pop()
+            if live.status == RUNNING and node not in live.finished:
+                self._pass(live, node, actions)
+                self._woken = True  # what it readied may be dispatched in this round
+
+    def _pass(self, live: _Live, node: int, actions: Actions) -> None:
+        """A node past the end of a shortened schedule (:meth:`_approx_noted`) runs nowhere: it
+        finishes at once, each output the same value as its input of that name (the latents and
+        sampler state a sampler step hands on; none for a denoiser's noise, which only the next
+        passed step reads)."""
+        tmpl = live.req.template
+        outputs = {}
+        for inp in tmpl.nodes[node].inputs:
+            if inp.kind == FROM_NODE and inp.port in tmpl.out_ports[node] and (inp.node, inp.name) in live.refs:
+                outputs[inp.port] = live.refs[(inp.node, inp.name)]
+        for consumer in tmpl.deferred_consumers[node]:  # a reader of it as a deferred input may start (and pass) too
+            live.dwait[consumer] -= 1
+            if live.dwait[consumer] == 0 and live.indegree[consumer] == 0:
+                self._make_ready(live, consumer)
+        self.stats.passed += 1
+        self._record(live, node, outputs, actions, passed=True)
 
     def _approx_noted(self, live: _Live, node: int, notes: dict) -> None:
         """An approximate-cache node reported: a state saved (the index learns it), or a lookup's
         answer. A hit of ``k`` steps makes the last ``k`` iterations of the loop the lookup starts
-        pass-through glue, and the request that much shorter: its remaining work, its whole work
-        (its ordering) and the queue's work lose what those nodes would have cost."""
+        pass-through (:meth:`_pass`), and the request that much shorter: its remaining work, its
+        whole work (its ordering) and the queue's work lose what those nodes would have cost."""
         if "approx_saved" in notes:
             self.approx.saved(notes["approx_saved"])
         note = notes.get("approx")
@@ -481,11 +504,10 @@ class Coordinator(Lineage):
             return
         live.passthrough |= skipped
         live.costs = list(live.costs)  # its own from now on (the template's are shared)
-        glue_s = self.cost.exec_s(PASSTHROUGH.op, PASSTHROUGH.mode, None, 1, live.px)
         saved = 0.0
         for n in skipped:
-            saved += live.costs[n] - glue_s
-            live.costs[n] = glue_s
+            saved += live.costs[n]
+            live.costs[n] = 0.0
         live.remaining_s -= saved
         live.solo_s -= saved
         self.work_s -= saved
@@ -573,14 +595,17 @@ class Coordinator(Lineage):
             hit = self._node_costs[key] = (tmpl, [self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in tmpl.nodes])
         return hit[1]
 
-    def _record(self, live: _Live, item: DispatchItem, outputs: dict[str, TensorRef], actions: Actions) -> None:
+    def _record(self, live: _Live, node: int, outputs: dict[str, TensorRef], actions: Actions, passed: bool = False) -> None:
+        """``node`` finished with ``outputs``; ``passed``: it passed its inputs on as them (the
+        values stay where they are, now held by one more output)."""
         tmpl = live.req.template
-        node = item.node
         for port, ref in outputs.items():
             live.pending.discard(ref.id)
             if live.uses.get((node, port), 0) > 0:
                 live.refs[(node, port)] = ref
-            else:
+                if passed:
+                    live.holders[ref.id] = live.holders.get(ref.id, 1) + 1
+            elif not passed:
                 actions.frees.append(ref)
         for inp in tmpl.nodes[node].inputs:
             if inp.kind == FROM_NODE:
@@ -589,7 +614,7 @@ class Coordinator(Lineage):
                 if live.uses[k] == 0:
                     ref = live.refs.pop(k, None)
                     if ref is not None:  # else a deferred input whose producer reports later: freed on arrival
-                        actions.frees.append(ref)
+                        self._release(live, ref, actions)
         live.done += 1
         live.finished.add(node)
         live.remaining_s -= live.costs[node]
@@ -618,7 +643,7 @@ class Coordinator(Lineage):
             if self.workers[live.pin].pinned == 0:
                 self._freed.add(live.pin)
         actions.finished.append(RequestOutcome(live.req.id, status, outputs, error, node))
-        actions.frees.extend(live.refs.values())
+        actions.frees.extend({ref.id: ref for ref in live.refs.values()}.values())  # a passed-on value once
         actions.abandoned.extend(sorted(live.pending))
         live.refs.clear()
         live.pending.clear()
@@ -630,9 +655,12 @@ class Coordinator(Lineage):
 
     def _make_ready(self, live: _Live, node: int) -> None:
         tn = live.req.template.nodes[node]
+        if node in live.passthrough:  # runs nowhere (its inputs need not all exist: their makers passed too)
+            self._passing.append((live, node))
+            return
         if self._missing_input(live, node):
             return
-        if tn.light or node in live.passthrough:
+        if tn.light:
             self._light.append((live, node))
             return
         sig = None
@@ -662,10 +690,7 @@ class Coordinator(Lineage):
         tn = live.req.template.nodes[node]
         refs, values = {}, {}
         ports = live.req.template.out_ports[node]
-        passing = node in live.passthrough
         for inp in tn.inputs:
-            if passing and inp.port not in ports:  # a pass-through reads only what it hands on
-                continue
             if inp.kind == FROM_NODE:
                 ref = live.refs.get((inp.node, inp.name))
                 if ref is None:  # a deferred input its producer has not written yet
@@ -677,9 +702,7 @@ class Coordinator(Lineage):
                 values[inp.port] = live.req.inputs[inp.name]
             else:
                 values[inp.port] = inp.value
-        if passing:
-            values["ports"] = ports
-        elif node in live.approx:  # a lookup re-run after a loss keeps the answer acted on
+        if node in live.approx:  # a lookup re-run after a loss keeps the answer acted on
             values["pinned"] = live.approx[node].get("state", 0)
         out_ids = {port: self._out_id(live, node, port) for port in ports}
         if live.req.template.deferred_consumers[node]:
@@ -736,6 +759,7 @@ class Coordinator(Lineage):
             self._dispatch_once(actions)
 
     def _dispatch_once(self, actions: Actions) -> None:
+        self._pass_ready(actions)
         self._dispatch_light(actions)
         if not self.queues or not self.pool.eligible:
             return
@@ -791,14 +815,12 @@ class Coordinator(Lineage):
                 continue
             tn = live.req.template.nodes[node]
             wid = live.pin if live.pin is not None else self._light_home(live, tn)
-            op = PASSTHROUGH if node in live.passthrough else tn
-            groups.setdefault((wid, op.op, op.mode, op.model), []).append((live, node))
+            groups.setdefault((wid, tn.op, tn.mode, tn.model), []).append((live, node))
         self._light.clear()
         scope_of = (lambda live: live.req.workflow) if self.policy.isolate_workflows else (lambda live: None)
         for (wid, *_), members in groups.items():
-            live, node = members[0]
-            tn = PASSTHROUGH if node in live.passthrough else live.req.template.nodes[node]
-            self._new_dispatch(wid, tn, scope_of(live), members, actions)
+            tn = members[0][0].req.template.nodes[members[0][1]]
+            self._new_dispatch(wid, tn, scope_of(members[0][0]), members, actions)
 
     def _light_home(self, live: _Live, tn) -> int:
         """Where glue runs: the holder of its inputs that can start it first (its queued work plus
@@ -806,8 +828,8 @@ class Coordinator(Lineage):
         on the worker with the most bytes would cost more than moving a latent."""
         weight: Counter = Counter()
         for inp in tn.inputs:
-            ref = live.refs.get((inp.node, inp.name)) if inp.kind == FROM_NODE else None
-            if ref is not None:  # (a pass-through's deferred input may not exist yet)
+            if inp.kind == FROM_NODE:
+                ref = live.refs[(inp.node, inp.name)]
                 weight[ref.worker] += ref.nbytes
         if weight:
             total = sum(weight.values())

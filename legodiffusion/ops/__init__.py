@@ -1,6 +1,6 @@
 """The built-in operators and the default registry."""
 
-from legodiffusion.ops.approx import ApproxInsert, ApproxLookup, Passthrough
+from legodiffusion.ops.approx import ApproxInsert, ApproxLookup
 from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
 from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
 from legodiffusion.ops.denoise import Denoise
@@ -31,7 +31,6 @@ BUILTIN_OPERATORS = (
     Noop,
     ApproxLookup,
     ApproxInsert,
-    Passthrough,
 )
 
 

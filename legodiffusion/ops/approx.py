@@ -5,8 +5,7 @@ prompt of the same key and returns that state's latents and the request's own sa
 positioned at the cached step (a miss returns its inputs unchanged), so the loop runs the rest of
 the schedule from the cached latents exactly as a diffusers pipeline started there does. ``approx_insert`` follows
 every sampling step and saves the latents after the configured steps. Both are light glue using
-the data plane's store (``service``); neither loads a model. ``passthrough`` is what the
-coordinator runs in place of a node of an iteration past the end of a shortened schedule.
+the data plane's store (``service``); neither loads a model.
 
 A key holds everything that must match for a state to be reused as it is: the base model, the
 latent shape and dtype (so the resolution), the sampler's schedule (sampler, steps, scheduler
@@ -125,16 +124,3 @@ class ApproxInsert(Operator):
             note = {"id": saved.id, "key": key, "step": state.step_index, "bytes": saved.nbytes, "request": it.request}
             out.append({"saved": saved.id, NOTES: {"approx_saved": {**note, "evicted": list(saved.evicted)}}})
         return out
-
-
-class Passthrough(Operator):
-    name = "passthrough"
-    doc = (
-        "Run by the coordinator in place of a node of a sampling iteration past the end of its schedule (after an "
-        "approximate-cache hit): each output named in `ports` is the input of the same name, None where there is none."
-    )
-    light = True
-    modes = {"default": Signature(inputs={"ports": Port("any")}, outputs={})}
-
-    def run(self, model, mode: str, items: list[Item]):
-        return [{p: it.inputs.get(p) for p in it.inputs["ports"]} for it in items]

@@ -32,7 +32,6 @@ GLUE_OPS = (
     ("apply_overlay", "default"),
     ("approx_lookup", "default"),
     ("approx_insert", "default"),
-    ("passthrough", "default"),
 )
 #: one host->device copy per load, plus a fixed setup cost; host copies are kept in host memory
 LOAD_SETUP_S = 0.1

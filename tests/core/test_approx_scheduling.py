@@ -1,5 +1,5 @@
 """What the coordinator does with an approximate-cache hit: the iterations past the end of the
-shortened schedule run as pass-through glue, the request's remaining and whole work, its place
+shortened schedule pass their values on without running anywhere, the request's remaining and whole work, its place
 in the order and the queue's work lose what they would have cost, admission expects the skips a
 workflow's lookups have made, and a lookup re-run after a worker loss keeps its answer."""
 
@@ -50,15 +50,14 @@ def test_a_hit_passes_the_last_iterations_through_and_takes_their_work_off():
     solo = live.solo_s
     iteration = [live.costs[n] for n in live.req.template.skips[next(iter(live.req.template.skips))][0]]
     h.run_until("approx_lookup")
-    glue = h.coord.cost.exec_s("passthrough", "default", None, 1, None)
-    assert live.solo_s == pytest.approx(solo - SKIPPED * (sum(iteration) - len(iteration) * glue))
+    assert live.solo_s == pytest.approx(solo - SKIPPED * sum(iteration))
     left = [c for n, c in enumerate(live.costs) if n not in live.finished]
     assert live.remaining_s == pytest.approx(sum(left)) and h.coord.work_s == pytest.approx(live.remaining_s)
     h.drain()
     assert h.finished[1].status == "succeeded" and sorted(h.freed) == sorted(h.made)
-    assert items(h, "passthrough") == SKIPPED * 4  # both branches, the step and the insert of each skipped iteration
+    assert h.coord.stats.passed == SKIPPED * 4  # both branches, the step and the insert of each skipped iteration
     assert items(h, "denoise") == 2 * (STEPS - SKIPPED) and items(h, "sampler_step") == STEPS - SKIPPED
-    assert all(d.light and d.component is None for d in h.dispatches if d.op == "passthrough")
+    assert items(h, "approx_insert") == STEPS - SKIPPED
     assert h.coord.approx.hit_rate("sd-txt2img") == 1.0 and h.coord.work_s == pytest.approx(0.0, abs=1e-12)
 
 
@@ -71,10 +70,10 @@ def test_a_miss_changes_nothing():
     h.run_until("approx_lookup")
     assert h.coord.requests[1].solo_s == solo
     h.drain()
-    assert items(h, "passthrough") == 0 and items(h, "denoise") == 2 * STEPS
+    assert h.coord.stats.passed == 0 and items(h, "denoise") == 2 * STEPS
 
 
-def test_ordering_and_admission_know_a_hit_shortens_a_request():
+def test_ordering_knows_a_hit_shortens_a_request():
     make = sd_maker()
     h = CacheHarness(workers=1, policy=MicroServingPolicy("default"))
     h.submit(1, make, workflow="sd-txt2img", approx_cache=True, steps=STEPS, deadline_s=100.0)
@@ -82,18 +81,27 @@ def test_ordering_and_admission_know_a_hit_shortens_a_request():
     before = live.priority
     h.run_until("approx_lookup")
     assert live.priority[1] == pytest.approx(100.0 - live.solo_s) and live.priority[1] > before[1]  # it may start later now
-    h.drain()
-    # the next request's work is what it needs less what this workflow's lookups skip on average
-    template = make(approx_cache=True, steps=STEPS)[0]
-    costs = h.coord.node_costs(template, None)
-    full, loop = sum(costs), sum(costs[n] for it in template.skips[2] for n in it)
-    expected = full - SKIPPED / STEPS * loop
-    deadline = (full + expected) / 2  # too soon for all of it, enough for what it is expected to need
-    cold = CacheHarness(workers=1, policy=MicroServingPolicy("default"))
-    cold.submit(2, make, workflow="sd-txt2img", approx_cache=True, steps=STEPS, deadline_s=deadline)
-    assert cold.finished[2].status == "rejected"
-    h.submit(2, make, workflow="sd-txt2img", approx_cache=True, steps=STEPS, deadline_s=deadline)
-    assert 2 not in h.finished and h.coord.requests[2].remaining_s == pytest.approx(full)
+
+
+@pytest.mark.parametrize("answer,admitted", [(HIT, True), ({"skipped": 0, "steps": STEPS}, False)])
+def test_admission_counts_the_work_a_hit_took_off_an_admitted_request(answer, admitted):
+    """A request fits behind an admitted one only because that one's lookup hit; a newcomer
+    itself is weighed whole (a miss must fit)."""
+    make = sd_maker()
+    h = CacheHarness(workers=1, policy=MicroServingPolicy("default"))
+    h.answer = answer
+    costs = h.coord.node_costs(make(approx_cache=True, steps=STEPS)[0], None)
+    solo = sum(costs)
+    h.submit(1, make, workflow="sd-txt2img", approx_cache=True, steps=STEPS, deadline_s=solo + 0.05)
+    h.run_until("approx_lookup")
+    ahead = h.coord.requests[1].remaining_s
+    plain = sum(h.coord.node_costs(make(steps=STEPS)[0], None))
+    saved = sum(costs[n] for it in h.coord.requests[1].req.template.skips[2][-SKIPPED:] for n in it)
+    slack = (ahead if answer["skipped"] else ahead - saved) + saved / 2  # between the work ahead with and without the hit
+    h.submit(2, make, workflow="sd-txt2img", steps=STEPS, deadline_s=plain + slack)
+    assert (2 not in h.finished) == admitted
+    if not admitted:
+        assert h.finished[2].status == "rejected"
 
 
 def test_a_lookup_rerun_after_a_worker_loss_keeps_its_answer():
@@ -107,4 +115,20 @@ def test_a_lookup_rerun_after_a_worker_loss_keeps_its_answer():
     assert again.items[0].values["pinned"] == HIT["state"]
     h.drain()
     assert h.finished[1].status == "succeeded"
-    assert items(h, "passthrough") >= SKIPPED * 4 and h.coord.approx.counts["sd-txt2img"].lookups == 1
+    assert sorted(h.freed) == sorted(h.made) and h.coord.approx.counts["sd-txt2img"].lookups == 1
+    assert items(h, "denoise") >= 2 * (STEPS - SKIPPED) and h.coord.stats.passed == SKIPPED * 4
+
+
+def test_values_passed_on_are_redone_from_lineage_when_their_worker_is_lost():
+    """The decoder reads the last real step's latents through the passed iterations; losing them
+    re-runs that step (and passes its value on again), each value made is freed once."""
+    make = sd_maker()
+    h = CacheHarness(workers=2)
+    h.submit(1, make, workflow="sd-txt2img", approx_cache=True, steps=STEPS)
+    while items(h, "sampler_step") < STEPS - SKIPPED:
+        last = h.run_until("sampler_step")
+    assert h.coord.stats.passed == SKIPPED * 4 and [d.op for d in h.pending] == ["approx_insert", "vae_decode"]
+    h.apply(h.coord.on_worker_lost(last.worker, 0.0))
+    h.drain()
+    assert h.finished[1].status == "succeeded" and sorted(set(h.freed)) == sorted(h.freed) == sorted(h.made)
+    assert h.coord.stats.recoveries == 1 and h.coord.stats.passed >= SKIPPED * 4

@@ -38,7 +38,7 @@ def test_a_miss_equals_the_uncached_run_exactly(sd15, sampler):
     assert cached.notes["approx_cache"] == {"used": False}
     assert "approx_cache" not in plain.notes and plain.nodes < cached.nodes  # off: not one node more
     assert torch.equal(plain.outputs["image"], cached.outputs["image"])
-    assert engine.coordinator.stats.nodes_by_op["passthrough"] == 0
+    assert engine.coordinator.stats.passed == 0
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
@@ -51,7 +51,8 @@ def test_sdxl_hit_equals_the_pipeline_started_at_the_cached_step(tiny_models, sa
     assert first.notes["approx_cache_saved"] == [1, 2, 3, 4, 5]  # 5, 10, ..., 25 of 50 steps
     # the same prompt: similarity 1 allows 25 of 50 steps, the largest cached
     assert hit.notes["approx_cache"] == {"used": True, "from_step": 5, "of_steps": 10, "from_request": first.request_id, "similarity": 1.0}
-    assert engine.coordinator.stats.nodes_by_op["passthrough"] == 5 * 4  # 5 iterations of 2 branches, a step and an insert
+    assert engine.coordinator.stats.passed == 5 * 4  # 5 iterations of 2 branches, a step and an insert, run nowhere
+    assert engine.coordinator.stats.nodes_by_op["denoise"] == 2 * (10 + 5)
     latents = cached_latents(engine, first.request_id, 5)
 
     pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder)
