@@ -180,3 +180,21 @@ def test_entries_never_cross_models_resolutions_schedules_or_adapters(tiny_model
     assert [u["used"] for u in used] == [False] * 9 + [True] * 3
     ids = [r.request_id for r in results]
     assert [u["from_request"] for u in used[9:]] == [ids[6], ids[5], ids[0]]
+
+
+def test_the_server_takes_the_opt_in_and_returns_what_was_used(sd15):
+    """``"approx_cache": true`` as a JSON boolean in a run's inputs; a non-boolean is a 400 naming it."""
+    from fastapi.testclient import TestClient
+
+    from legodiffusion.config import EngineConfig
+    from legodiffusion.server.app import create_app
+
+    app = create_app({"sd15": str(sd15)}, EngineConfig(workers=1, device="cpu"), [sd_txt2img("sd15")])
+    inputs = {"prompt": "a red fox", "steps": 4, "height": 64, "width": 64, "approx_cache": True}
+    with TestClient(app) as client:
+        first = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": inputs, "wait": True}).json()
+        second = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": {**inputs, "seed": 1}, "wait": True}).json()
+        bad = client.post("/v1/runs", json={"workflow": "sd-txt2img", "inputs": {**inputs, "approx_cache": 1}})
+    assert first["notes"]["approx_cache"] == {"used": False} and first["notes"]["approx_cache_saved"] == [1, 2]
+    assert second["notes"]["approx_cache"]["used"] and second["notes"]["approx_cache"]["from_step"] == 2
+    assert bad.status_code == 400 and bad.json()["error"]["path"] == "inputs.approx_cache"
