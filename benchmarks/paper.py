@@ -6,7 +6,12 @@ workloads, several trace seeds, and two idealised references beside every figure
     python benchmarks/paper.py rate  [--workloads paper many] [--gpus 8 16 32]
     python benchmarks/paper.py burst | gpus | ablations | overload
     python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
-    python benchmarks/paper.py rate --approx-cache nirvana   # "with caching" rows: results paper_*_cached.json
+    python benchmarks/paper.py rate --approx-cache nirvana   # "with caching" rows: results/paper_rate_cached.json
+    python benchmarks/paper.py rate --workloads editing   # the editing mix: results/paper_rate_editing.json
+
+Results of the default workloads go to results/paper_<experiment>.json; any other selection to
+results/paper_<experiment>_<workloads>.json, so a partial run never overwrites the full one; with
+--approx-cache, ``_cached`` follows.
 
 Systems: ``ours`` (the default policy), ``fcfs`` (ours with arrival order and no admission),
 ``bundle`` (the better of ``bundle-static`` and ``bundle-auto`` at each point: whole-pipeline
@@ -544,8 +549,10 @@ def main() -> None:
     started = time.time()
     run = Runner(args)
     todo = ["rate", "burst", "gpus", "ablations", "overload"] if args.experiment == "all" else [args.experiment]
-    suffix = "" if args.approx_cache == "off" else "_cached"
-    if suffix:
+    suffix = ("" if args.workloads == list(WORKLOADS) else "_" + "-".join(args.workloads)) + (
+        "" if args.approx_cache == "off" else "_cached"
+    )
+    if args.approx_cache != "off":
         args.workloads = [f"{n}{CACHED}{args.approx_cache}" for n in args.workloads]
     prior = RESULTS / f"paper_rate{suffix}.json"
     rate_results = json.loads(prior.read_text())["detail"] if prior.exists() and "rate" not in todo else {}

@@ -17,6 +17,9 @@ FROM_NODE, FROM_INPUT, CONSTANT = 0, 1, 2
 
 #: The operator ports that set the image size a node works at (whatever request inputs feed them).
 SIZE_PORTS = ("height", "width")
+#: A node with the size ports and this one makes an image of height x width times it: a hires
+#: workflow's upscale, whose second stage runs at that size.
+SCALE_PORT = "scale"
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,10 @@ class Template:
     #: distinct producers a node reads as deferred inputs: it waits for their dispatch only
     deferred_deps: list[int] = field(default_factory=list)
     deferred_consumers: list[tuple[int, ...]] = field(default_factory=list)
-    #: (node, height input, width input, image input or None) of every node with the
-    #: :data:`SIZE_PORTS` (the image: where it works at that image's size when none is given)
-    sizes: tuple[tuple[int, TInput, TInput, TInput | None], ...] = ()
+    #: (node, height input, width input, image input or None, scale input or None) of every node
+    #: with the :data:`SIZE_PORTS` (the image: where it works at that image's size when none is
+    #: given; the scale: a node making an image that many times that size, see :data:`SCALE_PORT`)
+    sizes: tuple[tuple[int, TInput, TInput, TInput | None, TInput | None], ...] = ()
     #: node that may advance a loop's schedule (``Operator.advances_loop``) -> the nodes of each
     #: iteration of the loop it starts that depend on it: when it reports ``k`` steps skipped, the
     #: last ``k`` iterations pass through (:mod:`legodiffusion.core.approx`)
@@ -104,23 +108,32 @@ class Template:
         for i, node in enumerate(self.nodes):
             by_port = {inp.port: inp for inp in node.inputs}
             if all(p in by_port for p in SIZE_PORTS):
-                sizes.append((i, by_port[SIZE_PORTS[0]], by_port[SIZE_PORTS[1]], by_port.get(node.sized_by or "")))
+                h, w = by_port[SIZE_PORTS[0]], by_port[SIZE_PORTS[1]]
+                sizes.append((i, h, w, by_port.get(node.sized_by or ""), by_port.get(SCALE_PORT)))
         self.sizes = tuple(sizes)
         return self
 
 
-def known_size(entry: tuple, inputs: dict[str, Any]) -> tuple[Any, Any]:
+def known_size(entry: tuple, inputs: dict[str, Any], native: int | None = None) -> tuple[Any, Any]:
     """(height, width) a node of :attr:`Template.sizes` works at, as far as known on arrival: its
     size inputs, and where one is null the size of the image it is sized by (an edit works at its
-    image's size, as the diffusers pipelines preprocess it); None where the model's native size."""
-    _, h_in, w_in, image_in = entry
+    image's size, as the diffusers pipelines preprocess it); None where the model's native size.
+    A node with a scale makes that many times its size (a hires stage's upscale): the scaled size,
+    of the ``native`` side where the size is null and ``native`` is given."""
+    _, h_in, w_in, image_in, scale_in = entry
     h, w = known_value(h_in, inputs), known_value(w_in, inputs)
     if (h is None or w is None) and image_in is not None:
         image = known_value(image_in, inputs)
         if is_image(image):
             iw, ih = image_size(image)
             h, w = ih if h is None else h, iw if w is None else w
-    return h, w
+    scale = None if scale_in is None else known_value(scale_in, inputs)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale == 1:
+        return h, w
+    h, w = native if h is None else h, native if w is None else w
+    if not (isinstance(h, int) and isinstance(w, int)):
+        return h, w
+    return int(h * scale), int(w * scale)
 
 
 def known_value(inp: TInput, inputs: dict[str, Any]) -> Any:

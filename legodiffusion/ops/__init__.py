@@ -9,7 +9,9 @@ from legodiffusion.ops.inpaint import ApplyOverlay, InpaintBlend, PrepareMask, S
 from legodiffusion.ops.latents import InitLatents
 from legodiffusion.ops.noop import Noop
 from legodiffusion.ops.sampler_step import SamplerStep
+from legodiffusion.ops.step_cache import InitStepCache
 from legodiffusion.ops.text import EncodePrompt, FormatText
+from legodiffusion.ops.upscale import UpscaleLatents
 from legodiffusion.ops.vae import VaeDecode
 
 BUILTIN_OPERATORS = (
@@ -17,6 +19,7 @@ BUILTIN_OPERATORS = (
     FormatText,
     InitLatents,
     Denoise,
+    InitStepCache,
     PrepareControlImage,
     EncodeControlImage,
     ControlNet,
@@ -28,6 +31,7 @@ BUILTIN_OPERATORS = (
     InpaintBlend,
     SamplerRng,
     ApplyOverlay,
+    UpscaleLatents,
     Noop,
     ApproxLookup,
     ApproxInsert,

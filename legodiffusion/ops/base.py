@@ -22,7 +22,7 @@ from legodiffusion.core.patchset import parse_patches
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
 SCALAR_TYPES = frozenset({"text", "int", "float", "bool"})
-DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "image", "pixels", "mask", "control", "residual", "rng", "any"})
+DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "cache", "image", "pixels", "mask", "control", "residual", "rng", "any"})
 #: types a request may carry as inputs (an image: PIL image, numpy array or tensor)
 REQUEST_TYPES = SCALAR_TYPES | {"image"}
 PORT_TYPES = SCALAR_TYPES | DATA_TYPES

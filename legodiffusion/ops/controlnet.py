@@ -73,11 +73,7 @@ class EncodeControlImage(Operator):
         out = []
         for it in items:
             check_size(it.inputs.get("height"), it.inputs.get("width"), factor * 2, "flux")
-            generator = torch.Generator("cpu")
-            if it.inputs.get("rng") is not None:
-                generator.set_state(it.inputs["rng"])
-            else:
-                generator.manual_seed(int(it.inputs["seed"]))
+            generator = sampling.request_generator(it.inputs)
             h = 128 * factor if it.inputs.get("height") is None else it.inputs["height"]
             w = 128 * factor if it.inputs.get("width") is None else it.inputs["width"]
             # contiguous as the pipeline's repeat_interleave leaves it: a channels-last input takes

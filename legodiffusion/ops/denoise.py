@@ -11,6 +11,7 @@ from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals, summed
 from legodiffusion.ops.lazy import lazy_module
+from legodiffusion.ops.step_cache import cached_call
 
 torch = lazy_module("torch")
 
@@ -139,8 +140,10 @@ _BASE = {
     "sampler": Port("sampler"),
     "embedding": Port("embedding"),
     "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale", ge=0, le=GUIDANCE_MAX),
+    "cache": Port("cache", optional=True, doc="this branch's step cache state (ops/step_cache.py); null: every block runs"),
     **PATCH_PORTS,
 }
+_OUT = {"noise": "noise", "cache": "cache"}
 
 
 class Denoise(Operator):
@@ -149,7 +152,7 @@ class Denoise(Operator):
     component = "denoiser"
     concat_batch = True
     modes = {
-        "default": Signature(inputs=_BASE, outputs={"noise": "noise"}),
+        "default": Signature(inputs=_BASE, outputs=_OUT),
         "controlnet": Signature(
             inputs={
                 **_BASE,
@@ -157,7 +160,7 @@ class Denoise(Operator):
                 "control_1": Port("residual", optional=True, deferred=True),
                 "control_2": Port("residual", optional=True, deferred=True),
             },
-            outputs={"noise": "noise"},
+            outputs=_OUT,
         ),
         "inpaint": Signature(
             inputs={
@@ -178,9 +181,9 @@ class Denoise(Operator):
         dtype = model.module.dtype  # a no-op where inputs already have it, as in the pipelines
         xs = [it.inputs["latents"].to(dtype) for it in items]
         embs = [{k: v.to(dtype) for k, v in it.inputs["embedding"].items()} for it in items]
-        with torch.inference_mode():
-            noise = _CALLS[model.family](model, items, xs, embs, ts, scheds)
-        return [{"noise": n} for n in torch.split(noise, [x.shape[0] for x in xs])]
+        with torch.inference_mode(), cached_call(model, [it.inputs.get("cache") for it in items], [x.shape[0] for x in xs]) as call:
+            noise = _CALLS[model.family](call.model, items, xs, embs, ts, scheds)
+        return [{"noise": n, **out} for n, out in zip(torch.split(noise, [x.shape[0] for x in xs]), call.outputs())]
 
     def example_items(self, cfg, mode, batch, size, device):
         items = []

@@ -7,6 +7,7 @@ the initial noise (``init_latents`` in its ``img2img`` mode) continues the same 
 
 from __future__ import annotations
 
+from legodiffusion.ops import sampling
 from legodiffusion.ops.base import SEED_PORT, Item, Operator, Port, Signature
 from legodiffusion.ops.latents import check_size, size_factor
 from legodiffusion.ops.lazy import lazy_module
@@ -64,11 +65,7 @@ class VaeEncode(Operator):
     def run(self, model, mode: str, items: list[Item]):
         out = []
         for it in items:  # one generator per request: encoded one by one, as the pipelines do
-            generator = torch.Generator("cpu")
-            if it.inputs.get("rng") is not None:
-                generator.set_state(it.inputs["rng"])
-            else:
-                generator.manual_seed(int(it.inputs["seed"]))
+            generator = sampling.request_generator(it.inputs)
             pixels = it.inputs["pixels"].to(device=model.device, dtype=model.dtype)
             with torch.inference_mode():
                 latents = model.encode(pixels).latent_dist.sample(generator)

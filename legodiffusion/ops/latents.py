@@ -93,8 +93,16 @@ class InitLatents(Operator):
         ),
         "img2img": Signature(
             inputs={
-                "image_latents": Port("latent", doc="the encoded input image (vae_encode)"),
-                "rng": Port("rng", doc="the request's generator after encoding the image"),
+                "image_latents": Port("latent", doc="the encoded input image (vae_encode), or latents a first stage made (hires)"),
+                "rng": Port("rng", optional=True, doc="the request's generator after encoding the image"),
+                "seed": Port(
+                    "int",
+                    optional=True,
+                    per_request=True,
+                    ge=0,
+                    le=2**64 - 1,
+                    doc="without `rng`: the noise comes from a generator seeded with this",
+                ),
                 "steps": Port("int", ge=1),
                 "strength": STRENGTH_PORT,
                 "sampler": Port("text"),
@@ -139,11 +147,7 @@ class InitLatents(Operator):
             sampler, steps = args["sampler"], int(args["steps"])
             h, w = height // model.vae_scale_factor, width // model.vae_scale_factor
             state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
-            generator = torch.Generator("cpu")
-            if args.get("rng") is not None:
-                generator.set_state(args["rng"])
-            else:
-                generator.manual_seed(int(args["seed"]))
+            generator = sampling.request_generator(args)
             latents = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=model.dtype)
             if model.family in ("sd", "sdxl"):
                 latents = latents * sampling.init_noise_sigma(state)
@@ -154,7 +158,8 @@ class InitLatents(Operator):
 
     def _noised(self, model, it: Item) -> dict:
         """The image's latents noised to the first step an edit of this strength runs, with noise
-        drawn from the generator that encoded them, as the family's img2img pipeline does."""
+        drawn from the generator that encoded them (or, for latents no encoder made, one seeded
+        with ``seed``), as the family's img2img pipeline does."""
         args = it.inputs
         self.check("img2img", args, model)
         image_latents, sampler, steps = args["image_latents"], args["sampler"], int(args["steps"])
@@ -162,8 +167,9 @@ class InitLatents(Operator):
         state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
         kept = sampling.kept_steps(steps, float(args["strength"]), sampling.STRENGTH_ROUNDS[model.family])
         state = replace(state, step_index=steps - kept)
-        generator = torch.Generator("cpu")
-        generator.set_state(args["rng"])
+        if args.get("rng") is None and args.get("seed") is None:
+            raise BadValue("rng", "img2img latents need the generator that encoded the image (rng) or a seed")
+        generator = sampling.request_generator(args)  # a fresh one for latents no encoder drew for (a hires second stage)
         noise = torch_utils.randn_tensor(tuple(image_latents.shape), generator=generator, dtype=model.dtype)
         latents = sampling.add_noise(state, image_latents.to(model.dtype), noise)
         if sampler in sampling.STOCHASTIC:
@@ -180,11 +186,7 @@ class InitLatents(Operator):
         h, w = args["mask"].shape[-2:]
         state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
         state = replace(state, step_index=steps - sampling.kept_steps(steps, strength, sampling.STRENGTH_ROUNDS[model.family]))
-        generator = torch.Generator("cpu")
-        if args.get("rng") is not None:
-            generator.set_state(args["rng"])
-        else:
-            generator.manual_seed(int(args["seed"]))
+        generator = sampling.request_generator(args)
         noise = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=model.dtype)
         if strength == 1.0 and model.family != "flux":
             latents = noise * sampling.init_noise_sigma(state) if model.family in ("sd", "sdxl") else noise

@@ -89,6 +89,17 @@ def generator_state(generator: torch.Generator) -> bytes:
     return generator.get_state().numpy().tobytes()
 
 
+def request_generator(args: dict) -> torch.Generator:
+    """The request's CPU generator, as the pipelines use one: continued from ``args["rng"]`` (its
+    state after an earlier node's draws) where given, else seeded with ``args["seed"]``."""
+    generator = torch.Generator("cpu")
+    if args.get("rng") is not None:
+        generator.set_state(args["rng"])
+    else:
+        generator.manual_seed(int(args["seed"]))
+    return generator
+
+
 def generator_from(state: bytes) -> torch.Generator:
     g = torch.Generator("cpu")
     g.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))

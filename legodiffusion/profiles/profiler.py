@@ -149,7 +149,7 @@ def measure(
         model = cache.get(op.component) if op.component else None
         cfg = cache.get("config") or load_component(folder, "config", precision, device)
         cache["config"] = cfg
-        sized = op.concat_batch or op_name in ("init_latents",)
+        sized = op.concat_batch or op_name in ("init_latents", "upscale_latents")
         for size in sizes if sized else (0,):
             for batch in batches:
                 items = op.example_items(cfg, mode, batch, size or cfg.default_size, device)

@@ -82,6 +82,8 @@ class Run:
     on_progress: Callable[[Run], None] | None = None
     notes: dict = field(default_factory=dict)
     step_nodes: set[int] = field(default_factory=set, repr=False)  # the sampler_step nodes finished
+    #: denoise node -> whether its step cache skipped its blocks after the first (a re-run counts once)
+    cached_nodes: dict[int, bool] = field(default_factory=dict, repr=False)
     started: bool = False  # a model call of this request has finished (before: queued)
 
     @property
@@ -449,8 +451,9 @@ class Engine:
         self._apply(actions)
 
     def _note(self, d: Dispatch, c: Completion) -> None:
-        """Count sampling steps, and record per request the step from which its LoRA patch set
-        was active and what it took from and gave to the approximate cache."""
+        """Count sampling steps and the denoiser calls a step cache skipped, and record per
+        request the step from which its LoRA patch set was active and what it took from and gave
+        to the approximate cache."""
         for item, res in zip(d.items, c.results):
             notes = res.notes
             run = self._runs.get(item.request_id)
@@ -458,8 +461,12 @@ class Engine:
                 if d.op == "sampler_step":
                     run.step_nodes.add(item.node)
                 run.started = run.started or not d.light
-            if run is not None and notes and res.error is None:
-                _note_approx(run.notes, notes)
+                if notes and "step_cache_skipped" in notes:
+                    run.cached_nodes[item.node] = notes["step_cache_skipped"]
+                    run.notes["step_cache_calls"] = len(run.cached_nodes)
+                    run.notes["step_cache_skipped"] = sum(run.cached_nodes.values())
+                if notes:
+                    _note_approx(run.notes, notes)
             if run is None or not notes or notes.get("step") is None:
                 continue
             if notes.get("lora_active"):

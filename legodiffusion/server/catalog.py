@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 
-from legodiffusion.models.components import family_of, is_pipeline
+from legodiffusion.models.components import family_of, family_or_none, is_pipeline
 from legodiffusion.workflow.catalog import (
     flux_img2img,
     flux_inpaint,
@@ -20,10 +22,12 @@ from legodiffusion.workflow.catalog import (
     sdxl_inpaint,
     sdxl_txt2img,
 )
+from legodiffusion.workflow.hires import flux_hires, sd3_hires, sd_hires, sdxl_hires
 
 _BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
 _IMG2IMG = {"sd": sd_img2img, "sdxl": sdxl_img2img, "sd3": sd3_img2img}
 _INPAINT = {"sd": sd_inpaint, "sdxl": sdxl_inpaint, "sd3": sd3_inpaint}
+_HIRES = {"sd": sd_hires, "sdxl": sdxl_hires, "sd3": sd3_hires}
 
 
 def models_under(root: Path) -> dict[str, str]:
@@ -83,14 +87,50 @@ def _nine_channel(folder: Path) -> bool:
     return unet.exists() and json.loads(unet.read_text()).get("in_channels") == 9
 
 
+def hires_for(folder: str | Path, model: str, name: str | None = None):
+    """The built-in two-stage hires workflow for a model folder's family."""
+    folder = Path(folder)
+    family = family_of(folder)
+    name = name or f"{model}-hires"
+    if family == "flux":
+        return flux_hires(model, name=name, schnell=_schnell(folder))
+    return _HIRES[family](model, name=name)
+
+
 def workflows_for(folder: str | Path, model: str) -> list:
-    """Every built-in workflow of one pipeline model: ``<model>-txt2img``, ``<model>-img2img`` and
-    ``<model>-inpaint``; an inpainting checkpoint (9-channel UNet) only inpaints, as in diffusers."""
+    """Every built-in workflow of one pipeline model: ``<model>-txt2img``, ``<model>-img2img``,
+    ``<model>-inpaint`` and ``<model>-hires``; an inpainting checkpoint (9-channel UNet) only
+    inpaints, as in diffusers."""
     if _nine_channel(Path(folder)):
         return [inpaint_for(folder, model)]
-    return [txt2img_for(folder, model), img2img_for(folder, model), inpaint_for(folder, model)]
+    return [txt2img_for(folder, model), img2img_for(folder, model), inpaint_for(folder, model), hires_for(folder, model)]
 
 
 def builtin_workflows(models: dict[str, str]) -> list:
     """The built-in workflows (:func:`workflows_for`) of every pipeline model."""
     return [wf for name, folder in models.items() if is_pipeline(folder) for wf in workflows_for(folder, name)]
+
+
+@lru_cache(maxsize=1024)
+def _family(folder: str) -> str | None:
+    return family_or_none(folder)
+
+
+class ModelFamilies(Mapping):
+    """A catalog's model names with their families (None for a model that is no pipeline), each
+    read from its folder the first time it is asked for."""
+
+    def __init__(self, catalog) -> None:
+        self.catalog = catalog
+
+    def __getitem__(self, name: str) -> str | None:
+        return _family(str(self.catalog.folder(name)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.catalog.names())
+
+    def __len__(self) -> int:
+        return len(self.catalog.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.catalog

@@ -33,7 +33,7 @@ def new_upload_id() -> str:
 def decode(data: bytes, what: str, path: str, max_pixels: int, max_bytes: int, alpha: bool = False) -> Any:
     """``data`` as a decoded PIL image, RGB (RGBA with ``alpha``); ``what`` names it in errors and
     ``path`` is the request field at fault. Refused by its header alone when it is beyond
-    ``max_pixels`` (width x height) or would decode beyond ``max_bytes`` (3 bytes a pixel)."""
+    ``max_pixels`` (width x height) or would decode beyond ``max_bytes`` (3 bytes a pixel, 4 with alpha)."""
     from PIL import Image
 
     try:
@@ -47,8 +47,9 @@ def decode(data: bytes, what: str, path: str, max_pixels: int, max_bytes: int, a
     w, h = image.size
     if w * h > max_pixels:
         raise ApiError(413, "limit_exceeded", f"{what} is {w}x{h}, beyond max_upload_pixels={max_pixels}", path)
-    if w * h * 3 > max_bytes:
-        raise ApiError(413, "limit_exceeded", f"{what} decodes to {w * h * 3} bytes, beyond max_upload_bytes={max_bytes}", path)
+    nbytes = w * h * (4 if alpha else 3)
+    if nbytes > max_bytes:
+        raise ApiError(413, "limit_exceeded", f"{what} decodes to {nbytes} bytes, beyond max_upload_bytes={max_bytes}", path)
     try:
         return image.convert("RGBA" if alpha else "RGB")
     except Exception:  # a header that reads and pixels that do not (truncated, corrupt)

@@ -13,7 +13,7 @@ from legodiffusion.server.store import Evicted, Retention
 
 @dataclass
 class _Upload:
-    image: Any  # a decoded RGB PIL image
+    image: Any  # a decoded RGB (or RGBA) PIL image
     nbytes: int
     added_s: float
 
@@ -34,16 +34,21 @@ class UploadStore:
         r = self.retention
         return decode(data, what, path, r.max_upload_pixels, r.max_upload_bytes, alpha)
 
-    def put(self, name: str, data: bytes) -> None:
-        """Decode ``data`` and keep it as ``name``."""
-        self.keep(name, self.decode(data, repr(name), "image"))
+    def put(self, name: str, data: bytes, alpha: bool = False) -> None:
+        """Decode ``data`` and keep it as ``name``; with ``alpha``, RGBA where it has transparency
+        (ComfyUI reads masks from an image's alpha channel), else RGB."""
+        image = self.decode(data, repr(name), "image", alpha)
+        if alpha and image.getextrema()[3] == (255, 255):  # opaque: its alpha says nothing
+            image = image.convert("RGB")
+        self.keep(name, image)
 
     def keep(self, name: str, image: Any) -> None:
-        """Keep a decoded RGB image as ``name`` (replacing one of that name)."""
+        """Keep a decoded RGB (or RGBA) image as ``name`` (replacing one of that name)."""
         w, h = image.size
+        nbytes = w * h * len(image.getbands())
         self._drop(name)
-        self.images[name] = _Upload(image, w * h * 3, self.retention.clock())
-        self.bytes_held += w * h * 3
+        self.images[name] = _Upload(image, nbytes, self.retention.clock())
+        self.bytes_held += nbytes
         self.prune()
 
     def get(self, name: str) -> Any | None:

@@ -310,7 +310,7 @@ class Simulator:
                     heapq.heappush(self._events, (t + self.coord.policy.tick_s, next(self._seq), "tick", None))
             elif kind == "arrive":
                 req = payload
-                self._px[req.id] = pixels(req.inputs)
+                self._px[req.id] = pixels(req.inputs, req.template)
                 self._base[req.id] = next((n.model for n in req.template.nodes if n.component == "denoiser"), None)
                 self._steps[req.id] = int(req.inputs.get("steps") or 0)
                 self.arrival_s[req.id] = t

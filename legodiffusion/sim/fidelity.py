@@ -228,7 +228,7 @@ class ContendedSimulator(Simulator):
         self._together: dict[int, float] = {}
 
     def submit_at(self, t: float, req: Request) -> None:
-        self._pixels[req.id] = pixels(req.inputs)
+        self._pixels[req.id] = pixels(req.inputs, req.template)
         super().submit_at(t, req)
 
     def _mean_s(self, d) -> float:

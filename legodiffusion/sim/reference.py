@@ -30,6 +30,7 @@ GLUE_OPS = (
     ("inpaint_blend", "default"),
     ("sampler_rng", "default"),
     ("apply_overlay", "default"),
+    ("init_step_cache", "default"),
     ("approx_lookup", "default"),
     ("approx_insert", "default"),
 )

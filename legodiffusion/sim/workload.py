@@ -8,8 +8,8 @@ models in almost every workflow; the canny ControlNets serve most ControlNet req
 workflow no longer fits while shared base models do.
 
 ``editing_workflows``: the paper workload with image editing beside text-to-image: image-to-image at
-strength 0.6 and inpainting (strength 1, SD3.5-large; 0.85, FLUX.1-dev) on each base model family,
-a quarter of the requests.
+strength 0.6, inpainting (strength 1, SD3.5-large; 0.85, FLUX.1-dev) and two-stage hires (FLUX.1-dev
+and SD3.5-large, 512² then 1024² at strength 0.5), a quarter of the requests.
 
 ``make_workload`` names them for benchmarks (``make_trace`` in :mod:`legodiffusion.sim.traces`
 names the traces)."""
@@ -29,6 +29,7 @@ from legodiffusion.ops import default_registry
 from legodiffusion.sim.approx import CacheModel
 from legodiffusion.workflow.catalog import flux_img2img, flux_inpaint, flux_txt2img, sd3_img2img, sd3_inpaint, sd3_txt2img
 from legodiffusion.workflow.expand import Expander, bind_inputs
+from legodiffusion.workflow.hires import flux_hires, sd3_hires
 from legodiffusion.workflow.spec import WorkflowSpec
 
 _IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)  # control and input images: the simulator never looks at them
@@ -81,26 +82,34 @@ def paper_workflows() -> list[WorkflowDef]:
 #: (name, kind, base model, steps, guidance or None for Flux, strength, popularity) of the
 #: editing workload's edits
 _EDITS = (
-    ("flux-dev-img2img", "img2img", "flux-dev", 28, None, 0.6, 30),
+    ("flux-dev-img2img", "img2img", "flux-dev", 28, None, 0.6, 25),
     ("flux-schnell-img2img", "img2img", "flux-schnell", 4, None, 0.6, 15),
-    ("sd35l-img2img", "img2img", "sd3.5-large", 28, 4.5, 0.6, 25),
+    ("sd35l-img2img", "img2img", "sd3.5-large", 28, 4.5, 0.6, 20),
     ("flux-dev-inpaint", "inpaint", "flux-dev", 28, None, 0.85, 15),
-    ("sd35l-inpaint", "inpaint", "sd3.5-large", 28, 4.5, 1.0, 15),
+    ("sd35l-inpaint", "inpaint", "sd3.5-large", 28, 4.5, 1.0, 10),
+    ("flux-dev-hires", "hires", "flux-dev", 28, None, 0.5, 10),
+    ("sd35l-hires", "hires", "sd3.5-large", 28, 4.5, 0.5, 5),
 )
 _EDIT_BUILDERS = {
     ("img2img", "flux"): flux_img2img,
     ("img2img", "sd3"): sd3_img2img,
     ("inpaint", "flux"): flux_inpaint,
     ("inpaint", "sd3"): sd3_inpaint,
+    ("hires", "flux"): flux_hires,
+    ("hires", "sd3"): sd3_hires,
 }
 
 
 def editing_workflows() -> list[WorkflowDef]:
-    """The paper workflows (popularities summing to 100, here x3) plus image-to-image and
-    inpainting (popularities summing to 100): a quarter of the requests are edits."""
+    """The paper workflows (popularities summing to 100, here x3) plus image-to-image, inpainting
+    and hires (popularities summing to 100): a quarter of the requests are edits."""
     out = [WorkflowDef(w.name, w.spec, w.inputs, w.popularity * 3) for w in paper_workflows()]
     for name, kind, model, steps, guidance, strength, pop in _EDITS:
-        inputs: dict[str, Any] = {"steps": steps, "image": _IMAGE, "strength": strength}
+        inputs: dict[str, Any] = {"steps": steps, "strength": strength}
+        if kind == "hires":  # 512² drawn, then refined at 1024²
+            inputs.update(height=512, width=512, scale=2.0)
+        else:
+            inputs["image"] = _IMAGE
         if kind == "inpaint":
             inputs["mask"] = _MASK
         family = "flux" if guidance is None else "sd3"
@@ -196,7 +205,7 @@ class Workload:
             self._expanders[wf.name] = ex
             bound = self.bind(wf.name, {})
             tmpl = ex.template(bound)
-            px = pixels(bound) or self.size * self.size  # the workflow's own height x width
+            px = pixels(bound, tmpl) or self.size * self.size  # the workflow's own height x width (a hires: its target)
             self.solo_s[wf.name] = sum(self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in tmpl.nodes)
 
     @property
@@ -258,12 +267,13 @@ class Workload:
         return self._expanders[workflow].template(self.bind(workflow, {}))
 
     def pixels(self, workflow: str) -> int:
-        return pixels(self.bind(workflow, {})) or self.size * self.size
+        bound = self.bind(workflow, {})
+        return pixels(bound, self._expanders[workflow].template(bound)) or self.size * self.size
 
     def solo_of(self, req: Request) -> float:
         """Profiled solo latency of one request (its own inputs may change steps or size), less
         the iterations its approximate-cache hit passes through."""
-        px = pixels(req.inputs) or self.size * self.size
+        px = pixels(req.inputs, req.template) or self.size * self.size
         k = self.approx.skipped(req.id, int(req.inputs.get("steps") or 0)) if self.approx is not None else 0
         passed = {n for iterations in req.template.skips.values() if k for it in iterations[len(iterations) - k :] for n in it}
         return sum(self.cost.exec_s(n.op, n.mode, n.model, 1, px) for i, n in enumerate(req.template.nodes) if i not in passed)

@@ -1,7 +1,8 @@
 """Bounding a request's cost before it is accepted, from its expanded graph, not its input names.
 
 What a request costs is read off the template it expands to: how many nodes, the image size
-reaching each node through its size ports (:data:`~legodiffusion.core.graph.SIZE_PORTS`), the
+reaching each node through its size ports (:data:`~legodiffusion.core.graph.SIZE_PORTS`, times
+its :data:`~legodiffusion.core.graph.SCALE_PORT` where it has one: a hires stage), the
 sampling steps reaching ``steps`` ports, its profiled work (seconds, the cost model's solo time of
 every node at that size) and its largest tensor. A workflow whose loop count is called ``iters``
 and whose sizes are ``h`` and ``w`` is bounded like the built-in ones. Where a model call is not
@@ -11,6 +12,7 @@ steps) stand alone; profile the models you serve (``legodiffusion profile``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,11 +75,16 @@ def request_cost(
         issues.append(_over("inputs", f"the request expands to {len(template.nodes)} nodes, beyond max_nodes={bounds.max_nodes}"))
     px = None
     for entry in template.sizes:
-        node, h_in, w_in, _ = entry
-        h, w = known_size(entry, inputs)
+        node, h_in, w_in, _, scale_in = entry
+        scaled = _scaled(scale_in, inputs)
+        # a scaled size of the native one (a hires stage at the model's size) is bounded too
+        model = template.nodes[node].model
+        native = _native_side(native_px(model)) if scaled and model is not None else None
+        h, w = known_size(entry, inputs, native)
         if not (isinstance(h, int) and isinstance(w, int)):
             continue
-        path = _path(template, node, h_in if h >= w else w_in)
+            continue
+        path = _path(template, node, scale_in if scaled else h_in if h >= w else w_in)
         if max(h, w) > bounds.max_side:
             issues.append(_over(path, f"{w}x{h} has a side beyond max_side={bounds.max_side}"))
         elif h * w > bounds.max_pixels:
@@ -125,12 +132,22 @@ def _largest_tensor(template: Template, px: int | None, cost: CostModel, native_
 
 def _size_path(template: Template, inputs: dict[str, Any]) -> str:
     """Where the largest size reaching a node comes from."""
-    node, h_in, _, _ = max(template.sizes, key=lambda s: _area(*known_size(s, inputs)))
-    return _path(template, node, h_in)
+    node, h_in, _, _, scale_in = max(template.sizes, key=lambda s: _area(*known_size(s, inputs)))
+    return _path(template, node, scale_in if _scaled(scale_in, inputs) else h_in)
 
 
 def _area(h, w) -> int:
     return h * w if isinstance(h, int) and isinstance(w, int) else -1
+
+
+def _scaled(scale_in, inputs: dict[str, Any]) -> bool:
+    """Whether a size entry's scale (a hires stage's upscale) changes its size."""
+    return scale_in is not None and known_value(scale_in, inputs) not in (None, 1)
+
+
+def _native_side(px: int | None) -> int | None:
+    """The side of a model's native (square) size."""
+    return None if px is None else math.isqrt(px)
 
 
 def _path(template: Template, node: int, inp) -> str:

@@ -117,8 +117,10 @@ class WorkflowBuilder:
             nodes = self._scopes.pop()
         return nodes, result
 
-    def input(self, name: str, type: str, default: Any = REQUIRED, doc: str = "") -> InputHandle:
-        self.inputs[name] = InputSpec(type, default, doc)
+    def input(self, name: str, type: str, default: Any = REQUIRED, doc: str = "", default_from: InputHandle | None = None) -> InputHandle:
+        """A request input; with ``default_from`` (another input), left out or null it takes that one's value."""
+        source = None if default_from is None else default_from.source.name  # type: ignore[union-attr]
+        self.inputs[name] = InputSpec(type, None if source is not None else default, doc, source)
         return InputHandle(InputRef(name))
 
     def call(self, op: str, *, model: str | None = None, mode: str = "default", id: str | None = None, **inputs) -> NodeHandle:
@@ -150,19 +152,25 @@ class WorkflowBuilder:
         steps: Any,
         latents: Any,
         sampler: Any,
-        step: Callable[[Ref, Ref], tuple[Any, Any]],
+        step: Callable[..., tuple],
         id: str | None = None,
         strength: Any = None,
         strength_rounds: str = "kept",
+        extra: dict[str, Any] | None = None,
     ) -> NodeHandle:
         """A sampling loop over (latents, sampler state); ``step`` maps them to their next values.
-        With a ``strength`` it runs the steps an edit of that strength keeps."""
+        With a ``strength`` it runs the steps an edit of that strength keeps. ``extra``: further
+        carried values (each guidance branch's step cache), handed to ``step`` as a third
+        argument, a dict of their current values, whose next values ``step`` returns third."""
 
         def body(c: Carry) -> dict[str, Any]:
-            lat, smp = step(c.latents, c.sampler)
-            return {"latents": lat, "sampler": smp}
+            if extra is None:
+                lat, smp = step(c.latents, c.sampler)
+                return {"latents": lat, "sampler": smp}
+            lat, smp, more = step(c.latents, c.sampler, {k: getattr(c, k) for k in extra})
+            return {"latents": lat, "sampler": smp, **more}
 
-        carry = {"latents": latents, "sampler": sampler}
+        carry = {"latents": latents, "sampler": sampler, **(extra or {})}
         return self.loop(steps, carry, body, id=id or self._new_id("denoise", None), strength=strength, strength_rounds=strength_rounds)
 
     def cond(

@@ -1,4 +1,5 @@
-"""Built-in workflows: text-to-image for every family.
+"""Built-in workflows: text-to-image, image-to-image, inpainting and two-stage hires (:mod:`.hires`)
+for every family.
 
 Each sampling step is one denoiser node per guidance branch plus a light ``sampler_step`` node;
 with ``guidance_scale <= 1`` (and always for Flux, whose guidance is distilled into the model)
@@ -7,8 +8,12 @@ one denoiser node per step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from legodiffusion.ops import step_cache
 from legodiffusion.workflow.approx import adapter_inputs, approx_input, approx_save, approx_start
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.inpaint import inpaint_start
 from legodiffusion.workflow.spec import WorkflowSpec
 from legodiffusion.workflow.starts import Start, StartFn, image_start
@@ -28,16 +33,48 @@ def _lora_inputs(wf: WorkflowBuilder) -> dict:
     }
 
 
+def _step_cache(wf: WorkflowBuilder, family: str, start: Start):
+    """Transformer families: the request's step cache (off by default), its state started from the
+    loop's first sampler state; None for the others."""
+    if family not in step_cache.FAMILIES:
+        return None
+    spec = wf.input(
+        "step_cache",
+        "text",
+        default=None,
+        doc='skip most of the denoiser on steps whose input barely changed: JSON, {"kind": "first_block", "threshold": 0.05} '
+        'or {"kind": "mag", "mag_ratios": [...] or "flux", "threshold": 0.06, ...} (diffusers\' FirstBlockCache and MagCache); null: off',
+    )
+    return wf.call("init_step_cache", model="base", step_cache=spec, sampler=start.sampler, id="step_cache").cache
+
+
+#: A sampling stage after the first, for two-stage workflows (hires). Called once with the builder
+#: and the request's input handles (``seed``, ``steps``, ``sampler``, ``height``, ``width``) to
+#: declare its inputs, it returns ``then(loop, latents, tag)``: the final latents from the first
+#: stage's, where ``loop(steps, latents, sampler, prefix, **loop_kw)`` runs a sampling loop as the
+#: first stage's (same conditioning and guidance; node ids prefixed) and ``tag`` keeps the stage's
+#: other node ids unique in each guidance branch.
+Stage = Callable[[WorkflowBuilder, dict], Callable]
+
+
 def _txt2img(
-    family: str, model: str, name: str, prompt_template: str | None, controlnets: tuple[str, ...] = (), edit: StartFn | None = None
+    family: str,
+    model: str,
+    name: str,
+    prompt_template: str | None,
+    controlnets: tuple[str, ...] = (),
+    edit: StartFn | None = None,
+    stage: Stage | None = None,
 ) -> WorkflowSpec:
     """A family's sampling graph; ``edit`` (a :class:`~legodiffusion.workflow.starts.Start` function)
-    makes it an edit of an input image."""
+    makes it an edit of an input image, ``stage`` adds a second sampling stage."""
     steps_d, guidance_d, negative_d, sampler_d = _DEFAULTS[family]
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
-    if edit and controlnets:
-        raise ValueError("image-to-image workflows take no ControlNets yet")
+    if (edit or stage) and controlnets:
+        raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
+    if edit and stage:
+        raise ValueError("a two-stage workflow starts from noise")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     negative = wf.input(
@@ -66,6 +103,7 @@ def _txt2img(
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, id="encode_prompt", **extra)
+    then = stage(wf, {"seed": seed, "steps": steps, "sampler": sampler, "height": height, "width": width}) if stage else None
     if edit:
         start = edit(wf, family, seed, steps, sampler, height, width)
     else:
@@ -77,25 +115,36 @@ def _txt2img(
         scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
         prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
         controls.append((prep.control, scale))
-    approx = None if edit else approx_input(wf)  # text-to-image only: an edit starts from its image
+    approx = None if edit else approx_input(wf)  # starting from noise only: an edit starts from its image
     if approx is not None:
         adapters = adapter_inputs(patch, controlnets, controls)
         start = approx_start(wf, approx, start, cond.embedding, adapters)
+    cache = _step_cache(wf, family, start)  # (after a hit, the steps left are fewer)
 
-    def stepped(latents, state, tag):
-        if approx is not None:
+    def stepped(latents, state, tag, prefix):
+        """After a step: the first stage's latents offered to the approximate cache, then the edit's node."""
+        if approx is not None and not prefix:
             approx_save(wf, approx, latents, state, cond.embedding, adapters, tag)
         return start.stepped(latents, state, tag)
 
-    def branch(latents, state, embedding, tag):
+    def branch(latents, state, embedding, tag, prefix, caches):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
+        patch_and_cache = patch if caches is None else {**patch, "cache": caches[f"cache{tag}"]}
         if not controls:
+            unet = f"{prefix}unet{tag}"
             return wf.call(
-                "denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"unet{tag}", **start.denoise, **patch
+                "denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=unet, **start.denoise, **patch_and_cache
             )
         residuals = {
             f"control_{i}": wf.call(
-                "controlnet", model=f"cn{i}", latents=latents, sampler=state, embedding=embedding, control=c, scale=sc, id=f"cn{i}{tag}"
+                "controlnet",
+                model=f"cn{i}",
+                latents=latents,
+                sampler=state,
+                embedding=embedding,
+                control=c,
+                scale=sc,
+                id=f"{prefix}cn{i}{tag}",
             ).residual
             for i, (c, sc) in enumerate(controls)
         }
@@ -106,38 +155,52 @@ def _txt2img(
             latents=latents,
             sampler=state,
             embedding=embedding,
-            id=f"unet{tag}",
+            id=f"{prefix}unet{tag}",
             **residuals,
-            **patch,
+            **patch_and_cache,
         )
+
+    def stages(loop, tag: str, caches: dict | None) -> dict:
+        """The first stage (with the request's step cache, each guidance branch its own) and any
+        later one (without: a step cache is started per schedule)."""
+        latents = loop(steps, start.latents, start.sampler, "", caches=caches, **start.loop)
+        return {"latents": then(loop, latents, tag) if then else latents}
 
     def guided():
         uncond = wf.call("encode_prompt", model="base", text=negative, id="encode_negative", **extra)
 
-        def step(latents, state):
-            c = branch(latents, state, cond.embedding, "_cond")
-            u = branch(latents, state, uncond.embedding, "_uncond")
-            s = wf.call(
-                "sampler_step",
-                mode="guided",
-                latents=latents,
-                sampler=state,
-                noise_cond=c.noise,
-                noise_uncond=u.noise,
-                guidance_scale=guidance,
-                id="step",
-            )
-            return stepped(s.latents, s.sampler, ""), s.sampler
+        def loop(count, latents, state, prefix, caches=None, **kw):
+            def step(latents, state, caches=None):
+                c = branch(latents, state, cond.embedding, "_cond", prefix, caches)
+                u = branch(latents, state, uncond.embedding, "_uncond", prefix, caches)
+                s = wf.call(
+                    "sampler_step",
+                    mode="guided",
+                    latents=latents,
+                    sampler=state,
+                    noise_cond=c.noise,
+                    noise_uncond=u.noise,
+                    guidance_scale=guidance,
+                    id=prefix + "step",
+                )
+                nxt = stepped(s.latents, s.sampler, "", prefix)
+                return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache_cond": c.cache, "cache_uncond": u.cache})
 
-        return {"latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", **start.loop).latents}
+            return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", extra=caches, **kw).latents
+
+        return stages(loop, "", None if cache is None else {"cache_cond": cache, "cache_uncond": cache})
 
     def unguided():
-        def step(latents, state):
-            c = branch(latents, state, cond.embedding, "")
-            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
-            return stepped(s.latents, s.sampler, "_plain"), s.sampler
+        def loop(count, latents, state, prefix, caches=None, **kw):
+            def step(latents, state, caches=None):
+                c = branch(latents, state, cond.embedding, "", prefix, caches)
+                s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step_plain")
+                nxt = stepped(s.latents, s.sampler, "_plain", prefix)
+                return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
 
-        return {"latents": wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise_plain", **start.loop).latents}
+            return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise_plain", extra=caches, **kw).latents
+
+        return stages(loop, "_plain", None if cache is None else {"cache": cache})
 
     final = wf.cond(guidance > 1, guided, unguided, id="guidance")
     image = wf.call("vae_decode", model="base", latents=final.latents, id="decode")
@@ -213,6 +276,7 @@ def flux_txt2img(
     schnell: bool = False,
     controlnets: tuple[str, ...] = (),
     edit: StartFn | None = None,
+    stage: Stage | None = None,
 ) -> WorkflowSpec:
     """Flux text-to-image: CLIP pooled + T5, packed latents, no classifier-free guidance.
 
@@ -222,8 +286,10 @@ def flux_txt2img(
     drawn from it, as FluxControlNetPipeline does."""
     if len(controlnets) > 3:
         raise ValueError("at most 3 ControlNets per workflow")
-    if edit and controlnets:
-        raise ValueError("image-to-image workflows take no ControlNets yet")
+    if (edit or stage) and controlnets:
+        raise ValueError("image-to-image and two-stage workflows take no ControlNets yet")
+    if edit and stage:
+        raise ValueError("a two-stage workflow starts from noise")
     wf = WorkflowBuilder(name, models={"base": model, **{f"cn{i}": cn for i, cn in enumerate(controlnets)}})
     prompt = wf.input("prompt", "text", doc="what to draw")
     steps = wf.input("steps", "int", default=4 if schnell else 28, doc="sampling steps")
@@ -237,6 +303,7 @@ def flux_txt2img(
     if prompt_template is not None:
         text = wf.call("format_text", template=prompt_template, text=prompt).text
     cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
+    then = stage(wf, {"seed": seed, "steps": steps, "sampler": "flow_euler", "height": height, "width": width}) if stage else None
     controls, rng = [], {}
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
@@ -253,47 +320,55 @@ def flux_txt2img(
     else:
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
         start = Start(init.latents, init.sampler)
-    approx = None if edit else approx_input(wf)  # text-to-image only: an edit starts from its image
+    extra = {} if guidance is None else {"guidance": guidance}
+    approx = None if edit else approx_input(wf)  # starting from noise only: an edit starts from its image
     if approx is not None:
         adapters = adapter_inputs(patch, controlnets, controls)
         start = approx_start(wf, approx, start, cond.embedding, adapters)
-    extra = {} if guidance is None else {"guidance": guidance}
+    cache = _step_cache(wf, "flux", start)  # (after a hit, the steps left are fewer)
 
-    def step(latents, state):
-        residuals = {
-            f"control_{i}": wf.call(
-                "controlnet",
-                model=f"cn{i}",
+    def loop(count, latents, state, prefix, caches=None, **kw):
+        def step(latents, state, caches=None):
+            residuals = {
+                f"control_{i}": wf.call(
+                    "controlnet",
+                    model=f"cn{i}",
+                    latents=latents,
+                    sampler=state,
+                    embedding=cond.embedding,
+                    control=c,
+                    scale=sc,
+                    id=f"{prefix}cn{i}",
+                    **extra,
+                ).residual
+                for i, (c, sc) in enumerate(controls)
+            }
+            mode = "controlnet" if controls else "default"
+            c = wf.call(
+                "denoise",
+                model="base",
+                mode=mode,
                 latents=latents,
                 sampler=state,
                 embedding=cond.embedding,
-                control=c,
-                scale=sc,
-                id=f"cn{i}",
+                id=prefix + "transformer",
                 **extra,
-            ).residual
-            for i, (c, sc) in enumerate(controls)
-        }
-        mode = "controlnet" if controls else "default"
-        c = wf.call(
-            "denoise",
-            model="base",
-            mode=mode,
-            latents=latents,
-            sampler=state,
-            embedding=cond.embedding,
-            id="transformer",
-            **extra,
-            **patch,
-            **residuals,
-        )
-        s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step")
-        if approx is not None:
-            approx_save(wf, approx, s.latents, s.sampler, cond.embedding, adapters, "")
-        return start.stepped(s.latents, s.sampler, ""), s.sampler
+                **patch,
+                **residuals,
+                **({} if caches is None else {"cache": caches["cache"]}),
+            )
+            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step")
+            if approx is not None and not prefix:  # the first stage's latents offered to the approximate cache
+                approx_save(wf, approx, s.latents, s.sampler, cond.embedding, adapters, "")
+            nxt = start.stepped(s.latents, s.sampler, "")
+            return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
 
-    loop = wf.denoise_loop(steps, start.latents, start.sampler, step, id="denoise", **start.loop)
-    wf.output("image", start.finished(wf.call("vae_decode", model="base", latents=loop.latents, id="decode").image))
+        return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", extra=caches, **kw).latents
+
+    latents = loop(steps, start.latents, start.sampler, "", caches={"cache": cache}, **start.loop)
+    if then:
+        latents = then(loop, latents, "")
+    wf.output("image", start.finished(wf.call("vae_decode", model="base", latents=latents, id="decode").image))
     return wf.build()
 
 
@@ -331,4 +406,9 @@ BUILTIN_WORKFLOWS = {
     "sdxl-inpaint": sdxl_inpaint,
     "sd3-inpaint": sd3_inpaint,
     "flux-inpaint": flux_inpaint,
+    "sd-hires": sd_hires,
+    "sdxl-hires": sdxl_hires,
+    "sd3-hires": sd3_hires,
+    "flux-hires": flux_hires,
+    "flux-schnell-hires": flux_schnell_hires,
 }

@@ -55,6 +55,8 @@ def bind_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
                 )
             )
     for name, ispec in spec.inputs.items():
+        if ispec.default_from is not None and given.get(name) is None:
+            continue  # bound below, from the input it defaults to
         if name in given:
             value = given[name]
             if value is None and not ispec.required and ispec.default is None:
@@ -73,6 +75,9 @@ def bind_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
             issues.append(SpecIssue("missing_input", f"inputs.{name}", f"request input {name!r} ({ispec.type}) is required"))
         else:
             out[name] = ispec.default
+    for name, ispec in spec.inputs.items():
+        if ispec.default_from is not None and given.get(name) is None:
+            out[name] = out.get(ispec.default_from)
     if issues:
         raise WorkflowError(issues)
     return out

@@ -6,6 +6,8 @@ into a port is a *source*: another node's output, a request input, a literal, or
 
 JSON shapes (lossless round trip with :func:`spec_from_json` / :meth:`WorkflowSpec.to_json`)::
 
+    input:   {"type": T, "default": V, "doc": S, "default_from": NAME}  (all but type optional; an
+             input with ``default_from`` left out or null takes input NAME's value)
     source:  {"node": ID, "port": P} | {"input": NAME} | {"literal": V} | {"carry": NAME}
     op:      {"id": ID, "op": OP, "mode": M, "model": SLOT, "inputs": {PORT: source}}
     loop:    {"id": ID, "loop": {"count": source, "carry": {NAME: source},
@@ -119,6 +121,9 @@ class InputSpec:
     type: str
     default: Any = REQUIRED
     doc: str = ""
+    #: an input left out (or null) takes this other input's value: a second stage's step count
+    #: defaults to the first's (``default`` is then null)
+    default_from: str | None = None
 
     @property
     def required(self) -> bool:
@@ -160,6 +165,8 @@ def _input_to_json(spec: InputSpec) -> dict:
         out["default"] = spec.default
     if spec.doc:
         out["doc"] = spec.doc
+    if spec.default_from is not None:
+        out["default_from"] = spec.default_from
     return out
 
 
@@ -311,10 +318,12 @@ class _Parser:
         out = {}
         for name, raw in self.obj(value, path).items():
             d = self.obj(raw, f"{path}.{name}")
+            source = d.get("default_from")
             out[name] = InputSpec(
                 type=self.string(d.get("type"), f"{path}.{name}.type"),
-                default=d["default"] if "default" in d else REQUIRED,
+                default=d["default"] if "default" in d else (None if source is not None else REQUIRED),
                 doc=str(d.get("doc", "")),
+                default_from=None if source is None else self.string(source, f"{path}.{name}.default_from"),
             )
         return out
 

@@ -64,6 +64,20 @@ class _Checker:
         if issue not in self.issues:
             self.issues.append(issue)
 
+    def check_default_from(self, name: str, spec) -> None:
+        path = f"inputs.{name}.default_from"
+        source = self.spec.inputs.get(spec.default_from)
+        if source is None:
+            self.fail("unknown_request_input", path, f"input {name!r} defaults to {spec.default_from!r}, which is not declared")
+        elif source.default_from is not None:
+            self.fail("bad_default", path, f"input {name!r} defaults to {spec.default_from!r}, which defaults to another input itself")
+        elif not assignable(source.type, spec.type):
+            self.fail("type_mismatch", path, f"input {name!r} ({spec.type}) cannot default to {spec.default_from!r} ({source.type})")
+        elif spec.default is not None:
+            self.fail(
+                "bad_default", f"inputs.{name}.default", f"input {name!r} takes {spec.default_from!r}'s value when left out: no default"
+            )
+
     # -- index -----------------------------------------------------------------------------
 
     def index(self, nodes: list[Node], path: str, scope: tuple[str, ...], loops: tuple[LoopNode, ...]) -> None:
@@ -292,6 +306,8 @@ class _Checker:
                 self.fail("bad_input_type", f"inputs.{name}.type", f"request inputs are {sorted(REQUEST_TYPES)}, got {spec.type!r}")
             elif not spec.required and spec.default is not None and not assignable(literal_type(spec.default), spec.type):
                 self.fail("type_mismatch", f"inputs.{name}.default", f"default {spec.default!r} is not a {spec.type}")
+            if spec.default_from is not None:
+                self.check_default_from(name, spec)
         self.index(self.spec.nodes, "nodes", (), ())
         for w in list(self.where.values()):
             if isinstance(w.node, OpNode):

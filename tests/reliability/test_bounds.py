@@ -183,3 +183,20 @@ def test_prepare_is_safe_from_many_threads(sd15):
 
     got, inputs = asyncio.run(main())
     assert got == [(len(p.template.nodes), p.cost.work_s) for p in (engine.prepare("sd-txt2img", i) for i in inputs)]
+
+
+def test_a_hires_second_stage_is_bounded_at_its_scaled_size(sd15):
+    """The second stage runs at height x scale: within the bounds at the first stage's size is not enough."""
+    from legodiffusion.workflow.bounds import RequestBounds
+    from legodiffusion.workflow.hires import sd_hires
+
+    engine = Engine({"sd15": sd15}, EngineConfig(workers=1, device="cpu"))
+    engine.add_workflow(sd_hires("sd15"))
+    bounds = RequestBounds(max_pixels=128 * 128, max_unprofiled_pixels=128 * 128)
+    base = {"prompt": "x", "steps": 2, "height": 64, "width": 64}
+    assert engine.prepare("sd-hires", dict(base, scale=2.0), bounds=bounds).cost.px == 128 * 128
+    with pytest.raises(WorkflowError, match=r"inputs\.scale: 192x192 exceeds max_pixels"):
+        engine.prepare("sd-hires", dict(base, scale=3.0), bounds=bounds)
+    # at the model's native size (64x64 for the tiny model) the scaled size is bounded too
+    with pytest.raises(WorkflowError, match=r"inputs\.scale: 256x256 exceeds max_pixels"):
+        engine.prepare("sd-hires", {"prompt": "x", "steps": 2, "scale": 4.0}, bounds=bounds)

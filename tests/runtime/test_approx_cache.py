@@ -3,6 +3,8 @@ equals the rest of the schedule run from those latents by the diffusers pipeline
 the uncached run exactly; eviction is LCBFU under the byte budget; entries never cross models,
 resolutions, schedules or adapter sets."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -71,18 +73,31 @@ def test_sdxl_hit_equals_the_pipeline_started_at_the_cached_step(tiny_models, sa
     assert np.abs(as_hwc(hit.outputs["image"]) - ref).max() <= 1e-4
 
 
-def test_flux_hit_equals_the_pipeline_on_the_rest_of_the_schedule(tiny_models):
+@pytest.mark.parametrize("step_cache", [None, {"kind": "first_block", "threshold": 0.3}])
+def test_flux_hit_equals_the_pipeline_on_the_rest_of_the_schedule(tiny_models, tmp_path, step_cache):
+    """With a step cache too, started for the steps left (diffusers' FirstBlockCache on the call
+    that runs them): deeper transformers make its skips real, as in test_step_cache.py."""
     from diffusers import FluxPipeline
+    from diffusers.hooks import FirstBlockCacheConfig
 
-    folder = tiny_models["flux"]
+    from tests.runtime.test_step_cache import _deeper
+
+    folder = (
+        tiny_models["flux"] if step_cache is None else _deeper(tiny_models["flux"], tmp_path / "flux", num_layers=2, num_single_layers=3)
+    )
     args = dict(prompt="a castle", steps=6, guidance=3.5, height=64, width=96, max_sequence_length=32)
-    first, hit, engine = two_requests("flux", folder, flux_txt2img("flux"), dict(args, seed=1), dict(args, seed=2))
+    later = dict(args, seed=2) if step_cache is None else dict(args, seed=2, step_cache=json.dumps(step_cache))
+    first, hit, engine = two_requests("flux", folder, flux_txt2img("flux"), dict(args, seed=1), later)
     assert first.notes["approx_cache_saved"] == [1, 2, 3]
     assert hit.notes["approx_cache"]["from_step"] == 3 and hit.notes["approx_cache"]["from_request"] == first.request_id
     latents = cached_latents(engine, first.request_id, 3)
 
     pipe = FluxPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
+    if step_cache is not None:
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.3))
+        assert hit.notes["step_cache_calls"] == 3  # the calls it ran, the passed ones not counted
+        assert hit.notes["step_cache_skipped"] >= 1  # and the cache did skip
     ref = pipe(
         "a castle",
         latents=pack(latents),

@@ -100,9 +100,9 @@ def test_import_comfy_converts_offline(tmp_path):
     assert spec["inputs"]["prompt"]["default"] == "a lighthouse" and spec["inputs"]["sampler"]["default"] == "ddim"
     validate(spec_from_json(spec), default_registry())
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"1": {"class_type": "LoadImageMask", "inputs": {}}}))
+    bad.write_text(json.dumps({"1": {"class_type": "UpscaleModelLoader", "inputs": {}}}))
     r = CliRunner().invoke(app, ["import-comfy", str(bad)])
-    assert r.exit_code == 2 and "LoadImageMask" in r.output
+    assert r.exit_code == 2 and "UpscaleModelLoader" in r.output
 
 
 @pytest.fixture(scope="module")

@@ -209,12 +209,15 @@ def test_editing_workload_runs_the_kept_steps_and_its_vae_encoder(cost):
     from legodiffusion.sim.traces import poisson
 
     wl = make_workload("editing", cost)
-    assert sum(share for name, share in wl.mix.items() if name.endswith(("img2img", "inpaint"))) == pytest.approx(0.25)
+    assert sum(share for name, share in wl.mix.items() if name.endswith(("img2img", "inpaint", "hires"))) == pytest.approx(0.25)
     nodes = wl.template("flux-dev-img2img").nodes
     assert sum(n.op == "denoise" for n in nodes) == 28 - int(28 - 28 * 0.6) == 17
     assert sum(n.op == "vae_encode" for n in nodes) == 1
     assert wl.solo_s["flux-dev-img2img"] < wl.solo_s["flux-dev"]
     inpaint = wl.template("sd35l-inpaint").nodes  # strength 1: every step, each blended with the image
     assert sum(n.op == "inpaint_blend" for n in inpaint) == 28 and sum(n.op == "vae_encode" for n in inpaint) >= 1
+    hires = wl.template("flux-dev-hires").nodes  # 28 steps at 512², then the 14 that strength 0.5 keeps at 1024²
+    assert sum(n.op == "denoise" for n in hires) == 28 + 14 and sum(n.op == "upscale_latents" for n in hires) == 1
+    assert wl.pixels("flux-dev-hires") == 1024 * 1024
     result = run_trace(poisson(0.5, 40, wl.mix, 3), wl, "ours", 8)
     assert result.requests > 0 and result.met == result.requests

@@ -162,3 +162,16 @@ def test_duplicate_id():
 def test_malformed_json_names_its_path():
     issues, _ = issues_of(mutate(lambda d: d["nodes"][0]["inputs"].update(text={"inpt": "prompt"})))
     assert issues == [("malformed", "nodes.enc.inputs.text")]
+
+
+@pytest.mark.parametrize(
+    "default_from,code",
+    [("nope", "unknown_request_input"), ("prompt", "type_mismatch"), ("again", "bad_default")],
+)
+def test_an_input_defaulting_to_a_bad_input(default_from, code):
+    def add(data):
+        data["inputs"]["again"] = {"type": "int", "default_from": "seed"}
+        data["inputs"]["more_steps"] = {"type": "int", "default_from": default_from}
+
+    found, _ = issues_of(mutate(add))
+    assert found == [(code, "inputs.more_steps.default_from")]

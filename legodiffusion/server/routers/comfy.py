@@ -7,7 +7,9 @@ import json
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
+from legodiffusion.server.catalog import ModelFamilies
 from legodiffusion.server.comfy import ComfyError, parse
+from legodiffusion.server.comfy_images import images_for
 from legodiffusion.server.errors import ApiError, error_body
 from legodiffusion.server.state import TERMINAL, ServerState, state, tenant_of
 
@@ -17,7 +19,7 @@ router = APIRouter()
 @router.post("/prompt")
 async def comfy_prompt(body: dict, request: Request, st: ServerState = Depends(state)):
     try:
-        job = parse(body.get("prompt"), set(st.engine.catalog.names()))
+        job = parse(body.get("prompt"), ModelFamilies(st.engine.catalog))
         try:
             st.limits.check_count(job.batch, "batch_size", f"prompt.{job.batch_node}.inputs.batch_size")
         except ApiError as exc:
@@ -27,21 +29,15 @@ async def comfy_prompt(body: dict, request: Request, st: ServerState = Depends(s
 
             st.workflows.register(sd_txt2img(job.model, name=job.workflow, controlnets=tuple(job.controlnets)), job.workflow)
         if job.workflow not in st.engine.workflows:
-            raise ComfyError(None, None, f"no built-in workflow {job.workflow!r} for that checkpoint")
-        for i, name in enumerate(job.images):
-            image = st.uploads.get(name)
-            if image is None:
-                raise ComfyError(None, "LoadImage", f"image {name!r} was not uploaded (POST /upload/image), or has expired")
-            job.inputs["control_image" + (f"_{i}" if i else "")] = image
+            raise ComfyError(*(job.origin or (None, None)), f"no built-in workflow {job.workflow!r} for that checkpoint ({job.kind})")
+        job.inputs.update(images_for(job.images, st.uploads))
     except ComfyError as exc:
         return Response(
             json.dumps({**error_body(exc.code, exc.message, exc.path), "node_errors": exc.node_errors()}),
             status_code=400,
             media_type="application/json",
         )
-    runs = await st.submit(
-        job.workflow, [{**job.inputs, "seed": job.inputs["seed"] + i} for i in range(job.batch)], None, tenant_of(request)
-    )
+    runs = await st.submit(job.workflow, [job.inputs_for(i) for i in range(job.batch)], None, tenant_of(request))
     prompt_id, number = st.runs.add_prompt(job, [r.id for r in runs])
     return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
 
@@ -50,7 +46,7 @@ async def comfy_prompt(body: dict, request: Request, st: ServerState = Depends(s
 async def comfy_upload(
     image: UploadFile = File(...), subfolder: str = Form(""), type: str = Form("input"), st: ServerState = Depends(state)
 ):
-    st.uploads.put(image.filename, await image.read())
+    st.uploads.put(image.filename, await image.read(), alpha=True)  # masks are read from the alpha channel
     return {"name": image.filename, "subfolder": subfolder, "type": type}
 
 
