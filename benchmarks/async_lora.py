@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
+from benchmarks.quality import psnr  # noqa: E402
 from legodiffusion import Engine, EngineConfig, sd_txt2img  # noqa: E402
 from legodiffusion.models.tiny import write_tiny_lora, write_tiny_models  # noqa: E402
 
@@ -62,11 +62,6 @@ def load_time(base: Path, lora: Path) -> float:
     inject(den, "x", state, "sd")
     inject(te, "x", state, "sd")
     return time.perf_counter() - t0
-
-
-def psnr(a, b) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from legodiffusion.core.approx import ApproxConfig
 from legodiffusion.core.autoscale import AutoscaleConfig
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, priority_rank
 from legodiffusion.workflow.bounds import RequestBounds
@@ -224,6 +225,9 @@ class EngineConfig:
     on its expanded graph at submission; the server passes its own (``Limits``)."""
     template_cache_nodes: int = CACHE_NODES
     """Nodes of expanded workflow templates kept for reuse across all workflows (LRU)."""
+    approx: ApproxConfig = field(default_factory=ApproxConfig)
+    """The approximate cache across requests (NIRVANA) that requests with ``approx_cache: true``
+    use: its byte budget, the steps it saves and the similarity each skip needs."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "ray"):

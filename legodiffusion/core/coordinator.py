@@ -12,6 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from legodiffusion.core.approx import ApproxIndex
 from legodiffusion.core.cost import CostModel, DefaultCost
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, FairShare, TenantAccount
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_size
@@ -34,6 +35,7 @@ from legodiffusion.core.policy import BatchKey, ClassInfo, Prefetch, SchedulingP
 from legodiffusion.core.pool import WorkerPool
 from legodiffusion.core.ready import ReadyQueue
 from legodiffusion.core.recovery import Orphans
+from legodiffusion.core.shortening import Shortening
 
 #: how the error of a request failed by a broken coordinator invariant begins
 INVARIANT = "internal error (coordinator invariant)"
@@ -81,6 +83,9 @@ class _Live:
         "seq",
         "peak",
         "account",
+        "passthrough",
+        "approx",
+        "holders",
     )
 
     def __init__(self, req: Request, costs: list[float], px: int | None, account: TenantAccount) -> None:
@@ -104,6 +109,9 @@ class _Live:
         self.seq = 0  # admission order
         self.peak = 0  # the most nodes ever done at once: progress, which a recovery's re-runs do not repeat
         self.account = account  # its tenant's share of its priority class
+        self.passthrough: set[int] = set()  # nodes past the end of a schedule an approximate-cache hit shortened
+        self.approx: dict[int, dict] = {}  # lookup node -> what it reported (kept for a re-run after a loss)
+        self.holders: dict[int, int] = {}  # value id -> outputs holding it, where a pass-through made it more than one
 
     # RequestView for policies
     @property
@@ -147,6 +155,7 @@ class CoordinatorStats:
     work_by_workflow: Counter = field(default_factory=Counter)  # profiled solo seconds of admitted requests
     admitted: int = 0
     prefetches: int = 0  # loads started ahead of demand (dispatches with no items)
+    passed: int = 0  # nodes past the end of a schedule an approximate-cache hit shortened, run nowhere
 
 
 @dataclass
@@ -199,7 +208,7 @@ class CoordinatorView:
         return self._pool.free_slots
 
 
-class Coordinator(Lineage):
+class Coordinator(Lineage, Shortening):
     def __init__(
         self,
         n_workers: int,
@@ -231,6 +240,7 @@ class Coordinator(Lineage):
         self._next_tensor = 0
         self._next_dispatch = 0
         self._light: list[tuple[_Live, int]] = []
+        self._passing: list[tuple[_Live, int]] = []  # pass-through nodes ready to be recorded
         self._woken = False
         self._orphans = Orphans()  # in-flight items whose result a recovery discards
         self._broken: dict[int, str] = {}  # request -> the invariant it broke: failed as the event ends
@@ -249,6 +259,8 @@ class Coordinator(Lineage):
         self.fair = FairShare()
         #: worker -> the request its last model call served first (the highest class in it)
         self._served: dict[int, int] = {}
+        #: what the approximate cache holds and how often lookups hit, from its nodes' notes
+        self.approx = ApproxIndex()
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -316,7 +328,7 @@ class Coordinator(Lineage):
         self._now = max(self._now, now)
         actions = Actions()
         live = self._live(req)
-        solo = live.remaining_s
+        solo = live.remaining_s  # a miss must fit: what a lookup skips is taken off once known
         if not any(w.alive for w in self.workers):
             actions.finished.append(RequestOutcome(req.id, FAILED, error="no live worker can run this request"))
             self.stats.requests[FAILED] += 1
@@ -422,9 +434,11 @@ class Coordinator(Lineage):
             if res.error is not None:
                 self._end(live, FAILED, actions, error=res.error, node=item.key)
                 continue
+            if res.notes and ("approx" in res.notes or "approx_saved" in res.notes):
+                self._approx_noted(live, item.node, res.notes)  # before its readers become ready
             self.stats.nodes_by_op[d.op] += 1
             self.stats.items_by_worker[d.worker] += 1
-            self._record(live, item, res.outputs or {}, actions)
+            self._record(live, item.node, res.outputs or {}, actions)
         self._dispatch(actions)
         return self._finish(actions)
 
@@ -509,14 +523,17 @@ class Coordinator(Lineage):
             hit = self._node_costs[key] = (tmpl, [self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in tmpl.nodes])
         return hit[1]
 
-    def _record(self, live: _Live, item: DispatchItem, outputs: dict[str, TensorRef], actions: Actions) -> None:
+    def _record(self, live: _Live, node: int, outputs: dict[str, TensorRef], actions: Actions, passed: bool = False) -> None:
+        """``node`` finished with ``outputs``; ``passed``: it passed its inputs on as them (the
+        values stay where they are, now held by one more output)."""
         tmpl = live.req.template
-        node = item.node
         for port, ref in outputs.items():
             live.pending.discard(ref.id)
             if live.uses.get((node, port), 0) > 0:
                 live.refs[(node, port)] = ref
-            else:
+                if passed:
+                    live.holders[ref.id] = live.holders.get(ref.id, 1) + 1
+            elif not passed:
                 actions.frees.append(ref)
         for inp in tmpl.nodes[node].inputs:
             if inp.kind == FROM_NODE:
@@ -525,7 +542,7 @@ class Coordinator(Lineage):
                 if live.uses[k] == 0:
                     ref = live.refs.pop(k, None)
                     if ref is not None:  # else a deferred input whose producer reports later: freed on arrival
-                        actions.frees.append(ref)
+                        self._release(live, ref, actions)
         live.done += 1
         live.finished.add(node)
         live.remaining_s -= live.costs[node]
@@ -554,7 +571,7 @@ class Coordinator(Lineage):
             if self.workers[live.pin].pinned == 0:
                 self._freed.add(live.pin)
         actions.finished.append(RequestOutcome(live.req.id, status, outputs, error, node))
-        actions.frees.extend(live.refs.values())
+        actions.frees.extend({ref.id: ref for ref in live.refs.values()}.values())  # a passed-on value once
         actions.abandoned.extend(sorted(live.pending))
         live.refs.clear()
         live.pending.clear()
@@ -566,6 +583,9 @@ class Coordinator(Lineage):
 
     def _make_ready(self, live: _Live, node: int) -> None:
         tn = live.req.template.nodes[node]
+        if node in live.passthrough:  # runs nowhere (its inputs need not all exist: their makers passed too)
+            self._passing.append((live, node))
+            return
         if self._missing_input(live, node):
             return
         if tn.light:
@@ -597,6 +617,7 @@ class Coordinator(Lineage):
     def _item(self, live: _Live, node: int, worker: int) -> DispatchItem:
         tn = live.req.template.nodes[node]
         refs, values = {}, {}
+        ports = live.req.template.out_ports[node]
         for inp in tn.inputs:
             if inp.kind == FROM_NODE:
                 ref = live.refs.get((inp.node, inp.name))
@@ -609,7 +630,9 @@ class Coordinator(Lineage):
                 values[inp.port] = live.req.inputs[inp.name]
             else:
                 values[inp.port] = inp.value
-        out_ids = {port: self._out_id(live, node, port) for port in live.req.template.out_ports[node]}
+        if node in live.approx:  # a lookup re-run after a loss keeps the answer acted on
+            values["pinned"] = live.approx[node].get("state", 0)
+        out_ids = {port: self._out_id(live, node, port) for port in ports}
         if live.req.template.deferred_consumers[node]:
             for tid in out_ids.values():
                 live.making[tid] = worker
@@ -664,6 +687,7 @@ class Coordinator(Lineage):
             self._dispatch_once(actions)
 
     def _dispatch_once(self, actions: Actions) -> None:
+        self._pass_ready(actions)
         self._dispatch_light(actions)
         if not self.queues or not self.pool.eligible:
             return

@@ -36,7 +36,9 @@ FETCH_BYTES_PER_S = 160e9
 class DefaultCost:
     """Order-of-magnitude guesses used before anything is profiled."""
 
-    LIGHT_OPS = frozenset({"sampler_step", "init_latents", "init_step_cache", "upscale_latents", "format_text", "noop"})
+    LIGHT_OPS = frozenset(
+        {"sampler_step", "init_latents", "init_step_cache", "upscale_latents", "format_text", "noop", "approx_lookup", "approx_insert"}
+    )
 
     def __init__(self, heavy_s: float = 0.01, light_s: float = 2e-4, load_s: float = 0.5) -> None:
         self.heavy_s = heavy_s

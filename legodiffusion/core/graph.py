@@ -64,6 +64,10 @@ class Template:
     #: with the :data:`SIZE_PORTS` (the image: where it works at that image's size when none is
     #: given; the scale: a node making an image that many times that size, see :data:`SCALE_PORT`)
     sizes: tuple[tuple[int, TInput, TInput, TInput | None, TInput | None], ...] = ()
+    #: node that may advance a loop's schedule (``Operator.advances_loop``) -> the nodes of each
+    #: iteration of the loop it starts that depend on it: when it reports ``k`` steps skipped, the
+    #: last ``k`` iterations pass through (:mod:`legodiffusion.core.approx`)
+    skips: dict[int, tuple[tuple[int, ...], ...]] = field(default_factory=dict)
 
     def uses_after(self, finished: set[int]) -> dict[tuple[int, str], int]:
         """Reads still to come of each (node, port) once the ``finished`` nodes have run: its

@@ -52,8 +52,12 @@ class Lineage:
         unwritten = {tid for tid in live.pending if live.making.get(tid) == worker}  # deferred, never to come
         live.pending -= unwritten  # (abandoned with the lost dispatch's outputs: its readers wake and are redone)
         lost_ids |= unwritten
-        for k in lost:
-            actions.frees.append(live.refs.pop(k))
+        gone = {}
+        for k in lost:  # (an output a pass-through handed on is one value under several keys)
+            ref = live.refs.pop(k)
+            gone[ref.id] = ref
+            live.holders.pop(ref.id, None)
+        actions.frees.extend(gone.values())
         rerun = set(inflight_lost) | {node for node, port in lost if live.uses.get((node, port), 0) > 0}
         while True:
             for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it

@@ -1,5 +1,6 @@
 """The built-in operators and the default registry."""
 
+from legodiffusion.ops.approx import ApproxInsert, ApproxLookup
 from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
 from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
 from legodiffusion.ops.denoise import Denoise
@@ -32,6 +33,8 @@ BUILTIN_OPERATORS = (
     ApplyOverlay,
     UpscaleLatents,
     Noop,
+    ApproxLookup,
+    ApproxInsert,
 )
 
 

@@ -21,7 +21,7 @@ from legodiffusion.core.images import is_image
 from legodiffusion.core.patchset import parse_patches
 
 # Port types. Scalars may be literals or request inputs; data types flow only between nodes.
-SCALAR_TYPES = frozenset({"text", "int", "float"})
+SCALAR_TYPES = frozenset({"text", "int", "float", "bool"})
 DATA_TYPES = frozenset({"embedding", "latent", "noise", "sampler", "cache", "image", "pixels", "mask", "control", "residual", "rng", "any"})
 #: types a request may carry as inputs (an image: PIL image, numpy array or tensor)
 REQUEST_TYPES = SCALAR_TYPES | {"image"}
@@ -52,8 +52,8 @@ class BadValue(ValueError):
 
 
 def _has_type(value, type_: str) -> bool:
-    if isinstance(value, bool):
-        return False
+    if type_ == "bool" or isinstance(value, bool):  # a bool is no number here, nor a number a bool
+        return type_ == "bool" and isinstance(value, bool)
     if type_ == "int":
         return isinstance(value, int)
     if type_ == "float":
@@ -173,10 +173,12 @@ def resolve(value):
 
 @dataclass
 class Item:
-    """One node's inputs inside a batch; ``key`` identifies it for error messages."""
+    """One node's inputs inside a batch; ``key`` identifies it for error messages, ``request``
+    the request it belongs to (for provenance, e.g. of a cached state)."""
 
     inputs: dict[str, Any]
     key: str = ""
+    request: int = 0
 
 
 class Operator:
@@ -193,6 +195,13 @@ class Operator:
     #: With ``height``/``width`` ports: the image input whose size the node works at where they
     #: are null (an edit's input image), for cost and bounds before it runs.
     sized_by: ClassVar[str | None] = None
+    #: A store of the data plane the operator reads and writes (``"approx_cache"``): ``run`` gets
+    #: it, seen from the node's model, as its ``model`` (the operator loads no component).
+    service: ClassVar[str | None] = None
+    #: Its ``sampler`` output may stand later in the schedule than its input (an approximate-cache
+    #: hit): a loop it starts is expanded in full, and the coordinator, told how many steps were
+    #: skipped, passes the last iterations through (:mod:`legodiffusion.core.approx`).
+    advances_loop: ClassVar[bool] = False
     doc: ClassVar[str] = ""
 
     def run(self, model: Any, mode: str, items: list[Item]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import time
 from legodiffusion.config import EngineConfig
 from legodiffusion.models.store import HostCache, ModelCatalog
 from legodiffusion.ops.base import OperatorRegistry
+from legodiffusion.runtime.approx_cache import ApproxStore
 from legodiffusion.runtime.dataplane import DataPlane, LocalDataPlane
 from legodiffusion.runtime.worker import ThreadWorker, Worker
 
@@ -49,6 +50,7 @@ class LocalBackend(Backend):
 
     def __init__(self, catalog: ModelCatalog, config: EngineConfig, registry: OperatorRegistry) -> None:
         self.plane = LocalDataPlane()
+        self.plane.stores = {"approx_cache": ApproxStore(config.approx)}
         devices = config.worker_devices()
         self.host = HostCache(catalog, config.precision(), devices[0])
         self.device = devices[0]

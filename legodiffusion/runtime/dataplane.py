@@ -11,6 +11,7 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +26,28 @@ def make_ref(tensor_id: int, worker: int, value: Any) -> TensorRef:
     return TensorRef(tensor_id, worker, sys.getsizeof(value))
 
 
+@dataclass(frozen=True)
+class StoreView:
+    """What an operator with a :attr:`~legodiffusion.ops.base.Operator.service` gets as its
+    ``model``: the plane's store of that name, and the name of the node's model (part of every
+    key of the approximate cache)."""
+
+    store: Any
+    model: str | None
+
+
 class DataPlane(ABC):
+    #: stores operators read and write besides node outputs, by name (``approx_cache``: the
+    #: approximate cache, :mod:`legodiffusion.runtime.approx_cache`); set by the backend
+    stores: dict[str, Any]
+
+    def service(self, name: str, model: str | None) -> StoreView:
+        """The store ``name`` of this plane, seen from a node of ``model``."""
+        store = getattr(self, "stores", {}).get(name)
+        if store is None:
+            raise KeyError(f"this data plane has no {name!r} store")
+        return StoreView(store, model)
+
     @abstractmethod
     def put(self, tensor_id: int, worker: int, value: Any) -> TensorRef: ...
 

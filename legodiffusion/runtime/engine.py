@@ -452,7 +452,8 @@ class Engine:
 
     def _note(self, d: Dispatch, c: Completion) -> None:
         """Count sampling steps and the denoiser calls a step cache skipped, and record per
-        request the step from which its LoRA patch set was active."""
+        request the step from which its LoRA patch set was active and what it took from and gave
+        to the approximate cache."""
         for item, res in zip(d.items, c.results):
             notes = res.notes
             run = self._runs.get(item.request_id)
@@ -464,9 +465,11 @@ class Engine:
                     run.cached_nodes[item.node] = notes["step_cache_skipped"]
                     run.notes["step_cache_calls"] = len(run.cached_nodes)
                     run.notes["step_cache_skipped"] = sum(run.cached_nodes.values())
+                if notes:
+                    _note_approx(run.notes, notes)
             if run is None or not notes or notes.get("step") is None:
                 continue
-            if notes["lora_active"]:
+            if notes.get("lora_active"):
                 prev = run.notes.get("lora_active_from_step")
                 run.notes["lora_active_from_step"] = notes["step"] if prev is None else min(prev, notes["step"])
 
@@ -545,6 +548,20 @@ class Engine:
             run = self._runs.pop(rid, None)
             if run is not None:
                 self._resolve(run, "failed", {}, reason)
+
+
+def _note_approx(record: dict, notes: dict) -> None:
+    """Into a run's notes: whether it started from a cached state (``approx_cache``: from which
+    step, of which earlier request, how similar its prompt was; the first answer stands, as the
+    coordinator acts on it), and the steps whose states it saved (``approx_cache_saved``)."""
+    if "approx" in notes and "approx_cache" not in record:
+        n = notes["approx"]
+        used = {"used": bool(n["skipped"])}
+        if n["skipped"]:
+            used.update(from_step=n["skipped"], of_steps=n["steps"], from_request=n["from_request"], similarity=round(n["similarity"], 6))
+        record["approx_cache"] = used
+    if "approx_saved" in notes:
+        record.setdefault("approx_cache_saved", []).append(notes["approx_saved"]["step"])
 
 
 def _to_host(value: Any) -> Any:

@@ -72,6 +72,12 @@ def _execute(
         model, loaded, evicted = res.obj, res.loaded, res.evicted
         if stops is not None and not (models.compile and d.component == "denoiser"):  # hooks would break compiled graphs
             stops.guard(model)
+    elif op.service is not None:
+        try:
+            model = plane.service(op.service, d.model)
+        except Exception as exc:  # e.g. a plane without that store: the requests fail, not the worker
+            err = f"data-plane store {op.service!r}: {_reason(exc)}"
+            return Completion(d.id, worker, [ItemResult(error=err) for _ in d.items], start, time.perf_counter())
     results = _run(d, op, model, worker, models, plane, stops)
     return Completion(d.id, worker, results, start, time.perf_counter(), loaded, evicted)
 
@@ -79,7 +85,10 @@ def _execute(
 def _run(d: Dispatch, op, model, worker: int, models: ResidentModels, plane: DataPlane, stops: StopFlags | None) -> list[ItemResult]:
     results: list[ItemResult] = []
     try:
-        items = [Item({**it.values, **{p: _input(plane, r, worker, models.device) for p, r in it.refs.items()}}, it.key) for it in d.items]
+        items = [
+            Item({**it.values, **{p: _input(plane, r, worker, models.device) for p, r in it.refs.items()}}, it.key, it.request_id)
+            for it in d.items
+        ]
         with lora_patches(models, d, model, items) as lora_active:
             outs = op.run(model, d.mode, items)
         if len(outs) != len(items):

@@ -28,6 +28,7 @@ from legodiffusion.core.cost import FETCH_BYTES_PER_S, FETCH_FIXED_S, CostModel
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, ItemResult, RequestOutcome, TensorRef
 from legodiffusion.core.patchset import parse_patches
 from legodiffusion.core.residency import LRUBudget
+from legodiffusion.sim.approx import CacheModel
 from legodiffusion.sim.reference import Link
 
 #: share of a base-model call left to run once its deferred ControlNet residuals arrive (the
@@ -105,8 +106,10 @@ class Simulator:
         overhead_s: float | None = None,
         gpus_per_node: int | None = None,
         host_bytes: int | None = None,
+        approx: CacheModel | None = None,
     ) -> None:
         self.coord = coordinator
+        self.approx = approx  # what approximate-cache lookups answer (None: every one misses)
         self.cost = cost
         n = len(coordinator.workers)
         self.overhead_s = overhead_s if overhead_s is not None else getattr(cost, "dispatch_overhead_s", 0.0)
@@ -120,6 +123,7 @@ class Simulator:
         self._seq = itertools.count()
         self._px: dict[int, int | None] = {}
         self._base: dict[int, str | None] = {}  # request -> its denoiser's model (sizes of glue outputs)
+        self._steps: dict[int, int] = {}  # request -> its sampling steps (what a cache hit skips of)
         self._bytes: dict[int, int] = {}  # tensor id -> bytes (deferred readers learn them late)
         self._ready_at: dict[int, float] = {}  # when each output exists (for deferred readers)
         self.outcomes: dict[int, RequestOutcome] = {}
@@ -262,11 +266,20 @@ class Simulator:
                 self._ready_at[tid] = end
                 self._bytes[tid] = nbytes
                 outs[port] = _sim_ref(tid, d.worker, nbytes, px)
-            results.append(ItemResult(outs))
+            results.append(ItemResult(outs, notes=self._lookup(it.request_id) if d.op == "approx_lookup" else None))
         self.dispatches += 1
         self.dispatched_nodes += len(d.items)
         c = Completion(d.id, d.worker, results, begin, end, loaded, evicted)
         heapq.heappush(self._events, (end, next(self._seq), "complete", c))
+
+    def _lookup(self, request: int) -> dict:
+        """An approximate-cache lookup's note, as the live operator reports it."""
+        steps = self._steps.get(request, 0)
+        k = self.approx.skipped(request, steps) if self.approx is not None and steps > 1 else 0
+        note = {"skipped": k, "steps": steps}
+        if k:
+            note.update(state=request, from_request=0, similarity=1.0)
+        return {"approx": note}
 
     def _prefetch(self, w: SimWorker, d: Dispatch) -> None:
         """A dispatch with no items: the worker loads its component, and that is all."""
@@ -299,6 +312,7 @@ class Simulator:
                 req = payload
                 self._px[req.id] = pixels(req.inputs, req.template)
                 self._base[req.id] = next((n.model for n in req.template.nodes if n.component == "denoiser"), None)
+                self._steps[req.id] = int(req.inputs.get("steps") or 0)
                 self.arrival_s[req.id] = t
                 self._apply(self.coord.submit(req, t))
             else:

@@ -31,6 +31,8 @@ GLUE_OPS = (
     ("sampler_rng", "default"),
     ("apply_overlay", "default"),
     ("init_step_cache", "default"),
+    ("approx_lookup", "default"),
+    ("approx_insert", "default"),
 )
 #: one host->device copy per load, plus a fixed setup cost; host copies are kept in host memory
 LOAD_SETUP_S = 0.1

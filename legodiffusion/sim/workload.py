@@ -26,6 +26,7 @@ from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.cost import CostModel
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
 from legodiffusion.ops import default_registry
+from legodiffusion.sim.approx import CacheModel
 from legodiffusion.workflow.catalog import flux_img2img, flux_inpaint, flux_txt2img, sd3_img2img, sd3_inpaint, sd3_txt2img
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.hires import flux_hires, sd3_hires
@@ -185,12 +186,15 @@ class Workload:
     """Workflows, their popularity mix and their solo latencies under a cost model.
 
     Each workflow runs at the height and width its ``inputs`` bind (``size`` x ``size`` where it
-    binds none): its solo latency, SLO and pipeline are those of that resolution."""
+    binds none): its solo latency, SLO and pipeline are those of that resolution. With ``approx``,
+    every request that can opts in to the approximate cache, whose lookups answer as that model
+    draws (:mod:`legodiffusion.sim.approx`); SLOs stay those of the whole schedule."""
 
     workflows: list[WorkflowDef]
     cost: CostModel
     size: int = 1024
     slo_scale: float = 2.0
+    approx: CacheModel | None = None
     _expanders: dict[str, Expander] = field(default_factory=dict)
     solo_s: dict[str, float] = field(default_factory=dict)
 
@@ -218,7 +222,8 @@ class Workload:
 
     def bind(self, workflow: str, extra: dict[str, Any]) -> dict[str, Any]:
         wf = next(w for w in self.workflows if w.name == workflow)
-        given = {"prompt": "a photo", "height": self.size, "width": self.size, **wf.inputs, **extra}
+        cached = {"approx_cache": True} if self.approx is not None and "approx_cache" in wf.spec.inputs else {}
+        given = {"prompt": "a photo", "height": self.size, "width": self.size, **cached, **wf.inputs, **extra}
         return bind_inputs(wf.spec, given)
 
     def request(
@@ -266,9 +271,12 @@ class Workload:
         return pixels(bound, self._expanders[workflow].template(bound)) or self.size * self.size
 
     def solo_of(self, req: Request) -> float:
-        """Profiled solo latency of one request (its own inputs may change steps or size)."""
+        """Profiled solo latency of one request (its own inputs may change steps or size), less
+        the iterations its approximate-cache hit passes through."""
         px = pixels(req.inputs, req.template) or self.size * self.size
-        return sum(self.cost.exec_s(n.op, n.mode, n.model, 1, px) for n in req.template.nodes)
+        k = self.approx.skipped(req.id, int(req.inputs.get("steps") or 0)) if self.approx is not None else 0
+        passed = {n for iterations in req.template.skips.values() if k for it in iterations[len(iterations) - k :] for n in it}
+        return sum(self.cost.exec_s(n.op, n.mode, n.model, 1, px) for i, n in enumerate(req.template.nodes) if i not in passed)
 
 
 WORKLOADS = ("paper", "many", "drifting", "csv", "editing")

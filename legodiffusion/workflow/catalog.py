@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from legodiffusion.ops import step_cache
+from legodiffusion.workflow.approx import adapter_inputs, approx_input, approx_save, approx_start
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.inpaint import inpaint_start
@@ -108,13 +109,23 @@ def _txt2img(
     else:
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
         start = Start(init.latents, init.sampler)
-    cache = _step_cache(wf, family, start)
     controls = []
     for i in range(len(controlnets)):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
         scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
         prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
         controls.append((prep.control, scale))
+    approx = None if edit else approx_input(wf)  # starting from noise only: an edit starts from its image
+    if approx is not None:
+        adapters = adapter_inputs(patch, controlnets, controls)
+        start = approx_start(wf, approx, start, cond.embedding, adapters)
+    cache = _step_cache(wf, family, start)  # (after a hit, the steps left are fewer)
+
+    def stepped(latents, state, tag, prefix):
+        """After a step: the first stage's latents offered to the approximate cache, then the edit's node."""
+        if approx is not None and not prefix:
+            approx_save(wf, approx, latents, state, cond.embedding, adapters, tag)
+        return start.stepped(latents, state, tag)
 
     def branch(latents, state, embedding, tag, prefix, caches):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
@@ -172,7 +183,7 @@ def _txt2img(
                     guidance_scale=guidance,
                     id=prefix + "step",
                 )
-                nxt = start.stepped(s.latents, s.sampler, "")
+                nxt = stepped(s.latents, s.sampler, "", prefix)
                 return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache_cond": c.cache, "cache_uncond": u.cache})
 
             return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise", extra=caches, **kw).latents
@@ -184,7 +195,7 @@ def _txt2img(
             def step(latents, state, caches=None):
                 c = branch(latents, state, cond.embedding, "", prefix, caches)
                 s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step_plain")
-                nxt = start.stepped(s.latents, s.sampler, "_plain")
+                nxt = stepped(s.latents, s.sampler, "_plain", prefix)
                 return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
 
             return wf.denoise_loop(count, latents, state, step, id=prefix + "denoise_plain", extra=caches, **kw).latents
@@ -310,7 +321,11 @@ def flux_txt2img(
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width, **rng)
         start = Start(init.latents, init.sampler)
     extra = {} if guidance is None else {"guidance": guidance}
-    cache = _step_cache(wf, "flux", start)
+    approx = None if edit else approx_input(wf)  # starting from noise only: an edit starts from its image
+    if approx is not None:
+        adapters = adapter_inputs(patch, controlnets, controls)
+        start = approx_start(wf, approx, start, cond.embedding, adapters)
+    cache = _step_cache(wf, "flux", start)  # (after a hit, the steps left are fewer)
 
     def loop(count, latents, state, prefix, caches=None, **kw):
         def step(latents, state, caches=None):
@@ -343,6 +358,8 @@ def flux_txt2img(
                 **({} if caches is None else {"cache": caches["cache"]}),
             )
             s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id=prefix + "step")
+            if approx is not None and not prefix:  # the first stage's latents offered to the approximate cache
+                approx_save(wf, approx, s.latents, s.sampler, cond.embedding, adapters, "")
             nxt = start.stepped(s.latents, s.sampler, "")
             return (nxt, s.sampler) if caches is None else (nxt, s.sampler, {"cache": c.cache})
 

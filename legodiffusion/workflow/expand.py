@@ -243,6 +243,7 @@ class _Unroller:
         self.inputs = inputs
         self.nodes: list[TNode] = []
         self.out_ports: list[tuple[str, ...]] = []
+        self.skips: dict[int, list[tuple[int, ...]]] = {}  # see Template.skips
 
     def resolve(self, src: Source, env: dict[str, dict[str, _Val]], carry: dict[str, _Val]) -> _Val:
         if isinstance(src, NodeRef):
@@ -299,10 +300,16 @@ class _Unroller:
                 env[node.id] = {p: (FROM_NODE, idx, p) for p in outs}
             elif isinstance(node, LoopNode):
                 state = {k: self.resolve(s, env, carry) for k, s in node.carry.items()}
+                starts = {v[1] for v in state.values() if v[0] == FROM_NODE and self.registry.get(self.nodes[v[1]].op).advances_loop}
+                iterations = []
                 for i in range(self.count(node)):
                     inner_env = dict(env)
+                    first = len(self.nodes)
                     self.emit(node.body, f"{key}[{i}].", inner_env, state)
+                    iterations.append(tuple(range(first, len(self.nodes))))
                     state = {k: self.resolve(s, inner_env, state) for k, s in node.next.items()}
+                for start in starts:
+                    self.skips[start] = iterations
                 env[node.id] = state
             else:
                 try:
@@ -327,4 +334,14 @@ class _Unroller:
             if v[0] != FROM_NODE:
                 raise WorkflowError([SpecIssue("bad_output", f"outputs.{name}", "resolves to a value, not a node output")])
             outputs[name] = (v[1], v[2])
-        return Template(self.nodes, outputs).finish(self.out_ports)
+        skips = {start: self._dependents(start, iterations) for start, iterations in self.skips.items()}
+        return Template(self.nodes, outputs, skips=skips).finish(self.out_ports)
+
+    def _dependents(self, start: int, iterations: list[tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
+        """Each iteration's nodes that read (through any chain) what ``start`` made: only they can
+        wait for it to say how many iterations are past the end of the schedule."""
+        reached = {start}
+        for i in range(start + 1, len(self.nodes)):  # producers come before their readers
+            if any(inp.kind == FROM_NODE and inp.node in reached for inp in self.nodes[i].inputs):
+                reached.add(i)
+        return tuple(tuple(n for n in it if n in reached) for it in iterations)

@@ -32,7 +32,7 @@ class _Where:
 
 def literal_type(value) -> str | None:
     if isinstance(value, bool):
-        return None
+        return "bool"
     if is_image(value):
         return "image"
     if isinstance(value, int):
@@ -141,7 +141,7 @@ class _Checker:
             if t is None and src.value is None and port is not None and port.optional:
                 return port.type
             if t is None:
-                report("type_mismatch", path, f"literal {src.value!r} is not a text, int or float")
+                report("type_mismatch", path, f"literal {src.value!r} is not a text, int, float or bool")
             return t
         if isinstance(src, CarryRef):
             for loop in reversed(w.loops):

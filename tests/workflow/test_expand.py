@@ -30,7 +30,7 @@ def test_templates_are_cached_by_structural_inputs_only():
     b = ex.template(bind_inputs(ex.spec, {"prompt": "b", "steps": 4, "seed": 2}))
     c = ex.template(bind_inputs(ex.spec, {"prompt": "b", "steps": 5}))
     assert a is b and c is not a
-    assert ex.structural == ["guidance_scale", "steps"]
+    assert ex.structural == ["approx_cache", "guidance_scale", "steps"]
 
 
 def test_every_intermediate_has_a_consumer_count():

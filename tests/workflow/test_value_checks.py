@@ -56,7 +56,7 @@ def test_a_literal_patch_set_is_parsed(loras):
 
 def test_an_ordering_predicate_on_text_is_a_type_error():
     spec = sd_txt2img().to_json()
-    cond = next(n for n in spec["nodes"] if "cond" in n)
+    cond = next(n for n in spec["nodes"] if n["id"] == "guidance")
     cond["cond"]["if"]["value"] = "high"
     issues, _ = issues_of(spec)
     assert issues == [("type_mismatch", f"nodes.{cond['id']}.if.value")]

@@ -17,10 +17,12 @@ from concurrent.futures import Future
 import ray
 
 import legodiffusion.config  # noqa: F401  (offline hub settings, before any model code)
+from legodiffusion.core.approx import ApproxConfig
 from legodiffusion.core.messages import Completion, Dispatch
 from legodiffusion.models.precision import Precision
 from legodiffusion.models.store import HostCache, ModelCatalog
 from legodiffusion.ops import default_registry
+from legodiffusion.runtime.ray.approx import RayApproxClient
 from legodiffusion.runtime.ray.plane import ActorPlane
 from legodiffusion.runtime.worker import ThreadWorker, WorkerStats
 
@@ -40,6 +42,7 @@ class WorkerActor:
         torch_threads: int,
         precision: Precision,
         compile: bool = False,
+        approx: tuple[str, ApproxConfig] | None = None,
     ) -> None:
         import torch
 
@@ -52,6 +55,9 @@ class WorkerActor:
         self._namespace = namespace
         self._peers: dict[int, ray.actor.ActorHandle] = {}
         self.plane = ActorPlane(worker_id, self._peer)
+        if approx is not None:  # the approximate cache: one actor shared by every worker (runtime/ray/approx.py)
+            name, config = approx
+            self.plane.stores = {"approx_cache": RayApproxClient(ray.get_actor(name, namespace=namespace), config)}
         host = HostCache(ModelCatalog(models), precision, device)
         self.worker = ThreadWorker(worker_id, device, default_registry(), host, self.plane, budget, compile)
         self._lock = threading.Lock()

@@ -23,11 +23,13 @@ from legodiffusion.core.messages import Completion, Dispatch
 from legodiffusion.models.store import ModelCatalog
 from legodiffusion.runtime.backend import Backend
 from legodiffusion.runtime.ray.actor import CONCURRENCY, WorkerActor
+from legodiffusion.runtime.ray.approx import ApproxActor, RayApproxClient
 from legodiffusion.runtime.ray.plane import DriverPlane, ask
 from legodiffusion.runtime.worker import Worker, WorkerStats
 
 log = logging.getLogger("legodiffusion.ray")
 _Actor = ray.remote(concurrency_groups=CONCURRENCY)(WorkerActor)
+_Approx = ray.remote(ApproxActor)
 
 
 def connect(config: RayConfig) -> bool:
@@ -154,6 +156,9 @@ class RayBackend(Backend):
         n = config.workers or (gpus if self._gpu else len(nodes))
         self.handles: dict[int, object] = {}
         self.plane = DriverPlane(self.handles)
+        self._approx = (self._names.format("approx"), config.approx)
+        self._approx_actor = _Approx.options(name=self._approx[0], namespace=r.namespace, num_cpus=0, max_restarts=0).remote(config.approx)
+        self.plane.stores = {"approx_cache": RayApproxClient(self._approx_actor, config.approx)}
         self.workers: list[Worker] = [self._spawn(i, nodes[i % len(nodes)]) for i in range(n)]
         self.min_workers = n if r.min_workers is None else r.min_workers
         self.max_workers = max(n, self.min_workers) if r.max_workers is None else r.max_workers
@@ -192,7 +197,16 @@ class RayBackend(Backend):
         if self._gpu:
             opts["num_gpus"] = 1
         handle = _Actor.options(**opts).remote(
-            worker_id, self.device, self._models, self._budget, self._names, r.namespace, r.torch_threads, self._precision, self._compile
+            worker_id,
+            self.device,
+            self._models,
+            self._budget,
+            self._names,
+            r.namespace,
+            r.torch_threads,
+            self._precision,
+            self._compile,
+            self._approx,
         )
         self.handles[worker_id] = handle
         return RayWorker(worker_id, self.device, handle, self.plane)
@@ -249,5 +263,6 @@ class RayBackend(Backend):
         self.last_traffic = self.traffic()  # (without any actor that died or hangs)
         self.last_counts = self.plane.counts()
         super().close(live, timeout_s)
+        ray.kill(self._approx_actor, no_restart=True)  # the cache's objects go with it
         if self.started_cluster:
             ray.shutdown()
