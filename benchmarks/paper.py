@@ -7,6 +7,7 @@ workloads, several trace seeds, and two idealised references beside every figure
     python benchmarks/paper.py burst | gpus | ablations | overload
     python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
     python benchmarks/paper.py rate --approx-cache nirvana   # "with caching" rows: results/paper_rate_cached.json
+    python benchmarks/paper.py rate --step-cache fbcache     # with step caching: results/paper_rate_stepcache.json
     python benchmarks/paper.py rate --workloads editing   # the editing mix: results/paper_rate_editing.json
 
 Results of the default workloads go to results/paper_<experiment>.json; any other selection to
@@ -41,6 +42,8 @@ from legodiffusion.sim.approx import MODELS as CACHE_MODELS  # noqa: E402
 from legodiffusion.sim.approx import make_cache_model  # noqa: E402
 from legodiffusion.sim.experiment import TARGET, Evaluator, fluid_rate, run_trace, search_max, trace_mix  # noqa: E402
 from legodiffusion.sim.reference import ReferenceCost  # noqa: E402
+from legodiffusion.sim.step_skip import MODELS as STEP_CACHE_MODELS  # noqa: E402
+from legodiffusion.sim.step_skip import make_step_cache_model  # noqa: E402
 from legodiffusion.sim.traces import Arrival, drifting, make_trace, poisson  # noqa: E402
 from legodiffusion.sim.workload import make_workload  # noqa: E402
 from legodiffusion.stats import mean_ci  # noqa: E402
@@ -79,15 +82,21 @@ DESCRIBE = {
 }
 
 _WORKLOADS: dict = {}
-#: "NAME@MODEL": workload NAME with every request opting in to the approximate cache, whose
-#: lookups the simulator answers from cache model MODEL (legodiffusion/sim/approx.py)
+#: "NAME@MODEL[+MODEL]": workload NAME with every request opting in to the approximate cache,
+#: whose lookups the simulator answers from cache model MODEL (legodiffusion/sim/approx.py),
+#: and/or to step caching, whose skips it draws from step cache model MODEL (sim/step_skip.py)
 CACHED = "@"
 
 
 def workload(name: str):
     if name not in _WORKLOADS:
-        base, _, cache = name.partition(CACHED)
-        _WORKLOADS[name] = make_workload(base, ReferenceCost(), seed=0, approx=make_cache_model(cache or None))
+        base, _, opts = name.partition(CACHED)
+        tokens = opts.split("+") if opts else []
+        approx = next((t for t in tokens if t in CACHE_MODELS), None)
+        step = next((t for t in tokens if t in STEP_CACHE_MODELS), None)
+        _WORKLOADS[name] = make_workload(
+            base, ReferenceCost(), seed=0, approx=make_cache_model(approx), step_cache=make_step_cache_model(step)
+        )
     return _WORKLOADS[name]
 
 
@@ -543,6 +552,12 @@ def main() -> None:
         default="off",
         help="every request opts in to the approximate cache (results *_cached)",
     )
+    ap.add_argument(
+        "--step-cache",
+        choices=("off", *STEP_CACHE_MODELS),
+        default="off",
+        help="every request of a transformer family opts in to step caching (results *_stepcache)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.duration, args.iterations = 2, 120.0, 3
@@ -552,8 +567,10 @@ def main() -> None:
     suffix = ("" if args.workloads == list(WORKLOADS) else "_" + "-".join(args.workloads)) + (
         "" if args.approx_cache == "off" else "_cached"
     )
-    if args.approx_cache != "off":
-        args.workloads = [f"{n}{CACHED}{args.approx_cache}" for n in args.workloads]
+    suffix += "" if args.step_cache == "off" else "_stepcache"
+    tokens = [m for m in (args.approx_cache, args.step_cache) if m != "off"]
+    if tokens:
+        args.workloads = [f"{n}{CACHED}{'+'.join(tokens)}" for n in args.workloads]
     prior = RESULTS / f"paper_rate{suffix}.json"
     rate_results = json.loads(prior.read_text())["detail"] if prior.exists() and "rate" not in todo else {}
     for exp in todo:

@@ -30,6 +30,7 @@ from legodiffusion.core.patchset import parse_patches
 from legodiffusion.core.residency import LRUBudget
 from legodiffusion.sim.approx import CacheModel
 from legodiffusion.sim.reference import Link
+from legodiffusion.sim.step_skip import StepCacheModel
 
 #: share of a base-model call left to run once its deferred ControlNet residuals arrive (the
 #: UNet reads them after its down blocks; DiTs add them block by block)
@@ -107,9 +108,13 @@ class Simulator:
         gpus_per_node: int | None = None,
         host_bytes: int | None = None,
         approx: CacheModel | None = None,
+        step_cache: StepCacheModel | None = None,
     ) -> None:
         self.coord = coordinator
         self.approx = approx  # what approximate-cache lookups answer (None: every one misses)
+        self.step_cache = step_cache  # which denoiser calls of step-cached requests skip (None: none)
+        self._step_cached: set[int] = set()  # requests that opted in
+        self.step_cache_skips = 0  # samples of denoiser calls that skipped
         self.cost = cost
         n = len(coordinator.workers)
         self.overhead_s = overhead_s if overhead_s is not None else getattr(cost, "dispatch_overhead_s", 0.0)
@@ -246,7 +251,7 @@ class Simulator:
             c = Completion(d.id, d.worker, results, begin, begin)
             heapq.heappush(self._events, (begin, next(self._seq), "complete", c))
             return
-        exec_s = self.cost.exec_s(d.op, d.mode, d.model, len(d.items), px)
+        exec_s = self._exec_s(d, px)
         move_s, arrivals = self._transfers(d)
         t = self.overhead_s + load_s + self._patch_s(w, d) + move_s + exec_s
         end = begin + t
@@ -281,6 +286,21 @@ class Simulator:
             note.update(state=request, from_request=0, similarity=1.0)
         return {"approx": note}
 
+    def _exec_s(self, d: Dispatch, px: int | None) -> float:
+        """A call's profiled time; a denoiser call whose step-cached samples skip (drawn per sample)
+        runs its first block for every sample and the rest only for those that compute."""
+
+        def full(n: int) -> float:
+            return self.cost.exec_s(d.op, d.mode, d.model, n, px)
+
+        model = self.step_cache
+        if model is None or d.op != "denoise" or not any(it.request_id in self._step_cached for it in d.items):
+            return full(len(d.items))
+        computing = sum(1 for it in d.items if it.request_id not in self._step_cached or not model.skips(it.request_id, it.node))
+        if computing < len(d.items):
+            self.step_cache_skips += len(d.items) - computing
+        return model.batch_s(full, len(d.items), computing)
+
     def _prefetch(self, w: SimWorker, d: Dispatch) -> None:
         """A dispatch with no items: the worker loads its component, and that is all."""
         begin = max(self.now, w.busy_until)
@@ -311,6 +331,8 @@ class Simulator:
             elif kind == "arrive":
                 req = payload
                 self._px[req.id] = pixels(req.inputs, req.template)
+                if self.step_cache is not None and req.inputs.get("step_cache"):
+                    self._step_cached.add(req.id)
                 self._base[req.id] = next((n.model for n in req.template.nodes if n.component == "denoiser"), None)
                 self._steps[req.id] = int(req.inputs.get("steps") or 0)
                 self.arrival_s[req.id] = t

@@ -164,7 +164,13 @@ def run_trace(
     mix = trace_mix(arrivals) or workload.mix
     policy = make_system(system, workload, gpus, mix)
     coord = Coordinator(gpus, policy, cost=workload.cost)
-    sim = Simulator(coord, workload.cost, budget_bytes=getattr(workload.cost, "memory_bytes", None), approx=workload.approx)
+    sim = Simulator(
+        coord,
+        workload.cost,
+        budget_bytes=getattr(workload.cost, "memory_bytes", None),
+        approx=workload.approx,
+        step_cache=workload.step_cache,
+    )
     deploy(sim, policy, workload, mix)
     ids = itertools.count(1)
     reqs = {}

@@ -27,6 +27,8 @@ from legodiffusion.core.cost import CostModel
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
 from legodiffusion.ops import default_registry
 from legodiffusion.sim.approx import CacheModel
+from legodiffusion.sim.step_skip import REQUEST_INPUT as STEP_CACHE_INPUT
+from legodiffusion.sim.step_skip import StepCacheModel
 from legodiffusion.workflow.catalog import flux_img2img, flux_inpaint, flux_txt2img, sd3_img2img, sd3_inpaint, sd3_txt2img
 from legodiffusion.workflow.expand import Expander, bind_inputs
 from legodiffusion.workflow.hires import flux_hires, sd3_hires
@@ -188,13 +190,16 @@ class Workload:
     Each workflow runs at the height and width its ``inputs`` bind (``size`` x ``size`` where it
     binds none): its solo latency, SLO and pipeline are those of that resolution. With ``approx``,
     every request that can opts in to the approximate cache, whose lookups answer as that model
-    draws (:mod:`legodiffusion.sim.approx`); SLOs stay those of the whole schedule."""
+    draws (:mod:`legodiffusion.sim.approx`); SLOs stay those of the whole schedule. With
+    ``step_cache``, every request whose workflow has a step cache opts in, and the simulator draws
+    which denoiser calls skip (:mod:`legodiffusion.sim.step_skip`)."""
 
     workflows: list[WorkflowDef]
     cost: CostModel
     size: int = 1024
     slo_scale: float = 2.0
     approx: CacheModel | None = None
+    step_cache: StepCacheModel | None = None
     _expanders: dict[str, Expander] = field(default_factory=dict)
     solo_s: dict[str, float] = field(default_factory=dict)
 
@@ -223,6 +228,8 @@ class Workload:
     def bind(self, workflow: str, extra: dict[str, Any]) -> dict[str, Any]:
         wf = next(w for w in self.workflows if w.name == workflow)
         cached = {"approx_cache": True} if self.approx is not None and "approx_cache" in wf.spec.inputs else {}
+        if self.step_cache is not None and "step_cache" in wf.spec.inputs:
+            cached["step_cache"] = STEP_CACHE_INPUT
         given = {"prompt": "a photo", "height": self.size, "width": self.size, **cached, **wf.inputs, **extra}
         return bind_inputs(wf.spec, given)
 

@@ -221,3 +221,30 @@ def test_editing_workload_runs_the_kept_steps_and_its_vae_encoder(cost):
     assert wl.pixels("flux-dev-hires") == 1024 * 1024
     result = run_trace(poisson(0.5, 40, wl.mix, 3), wl, "ours", 8)
     assert result.requests > 0 and result.met == result.requests
+
+
+def test_step_cached_requests_skip_denoiser_calls_and_cost_less(cost):
+    """With the First Block Cache model every paper request opts in; about half its denoiser calls
+    (the model's share) run only their first block, so the same trace keeps the cluster busy for
+    less time, and a call's skips are drawn per sample, the same whatever the order of events."""
+    from legodiffusion.sim.experiment import run_trace
+    from legodiffusion.sim.step_skip import fbcache
+    from legodiffusion.sim.traces import poisson
+
+    model = fbcache()
+    assert model.skips(7, 3) == model.skips(7, 3)
+    assert 0.45 < sum(model.skips(r, n) for r in range(50) for n in range(40)) / 2000 < 0.58
+    full = lambda n: 0.1 * n  # noqa: E731
+    assert model.batch_s(full, 4, 4) == pytest.approx(0.4) and model.batch_s(full, 4, 0) == pytest.approx(0.4 * model.head_share)
+    assert model.batch_s(full, 4, 1) == pytest.approx(0.4 * model.head_share + 0.1 * (1 - model.head_share))
+
+    plain, cached = make_workload("paper", cost), make_workload("paper", cost, step_cache=model)
+    assert cached.bind("flux-dev", {})["step_cache"] and plain.bind("flux-dev", {})["step_cache"] is None
+    arrivals = poisson(0.5, 60, plain.mix, 5)
+    mean_latency = {}
+    for name, wl in (("plain", plain), ("cached", cached)):
+        result = run_trace(arrivals, wl, "ours", 8)
+        assert result.met == result.requests > 0
+        latencies = [x for lat in result.latency_by_workflow.values() for x in lat]
+        mean_latency[name] = sum(latencies) / len(latencies)
+    assert mean_latency["cached"] < 0.8 * mean_latency["plain"]
