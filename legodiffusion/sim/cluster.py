@@ -268,6 +268,8 @@ class Simulator:
             for port, tid in it.output_ids.items():
                 nbytes = getattr(self.cost, "tensor_bytes", lambda *a: None)(port, model, px)
                 nbytes = (px or 512 * 512) // 4 if nbytes is None else nbytes
+                if port == "cache" and it.request_id not in self._step_cached:
+                    nbytes = 0  # step caching off: the carry holds nothing, and moving nothing costs nothing
                 self._ready_at[tid] = end
                 self._bytes[tid] = nbytes
                 outs[port] = _sim_ref(tid, d.worker, nbytes, px)
