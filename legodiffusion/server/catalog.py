@@ -59,27 +59,26 @@ def _schnell(folder: Path) -> bool:
     return not json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
 
 
-def img2img_for(folder: str | Path, model: str, name: str | None = None):
-    """The built-in image-to-image workflow for a model folder's family."""
+def _edit_for(folder: str | Path, model: str, name: str | None, kind: str, builders: dict, flux_builder, **kwargs):
+    """The built-in ``kind`` workflow (``<model>-<kind>`` unless named) for a model folder's family."""
     folder = Path(folder)
     family = family_of(folder)
-    name = name or f"{model}-img2img"
+    name = name or f"{model}-{kind}"
     if family == "flux":
-        return flux_img2img(model, name=name, schnell=_schnell(folder))
-    return _IMG2IMG[family](model, name=name)
+        return flux_builder(model, name=name, schnell=_schnell(folder))
+    return builders[family](model, name=name, **kwargs)
+
+
+def img2img_for(folder: str | Path, model: str, name: str | None = None):
+    """The built-in image-to-image workflow for a model folder's family."""
+    return _edit_for(folder, model, name, "img2img", _IMG2IMG, flux_img2img)
 
 
 def inpaint_for(folder: str | Path, model: str, name: str | None = None):
     """The built-in inpainting workflow for a model folder's family; for an inpainting checkpoint
     (a UNet reading the mask and masked image: 9 input channels) the graph that feeds it them."""
-    folder = Path(folder)
-    family = family_of(folder)
-    name = name or f"{model}-inpaint"
-    if family == "flux":
-        return flux_inpaint(model, name=name, schnell=_schnell(folder))
-    if _nine_channel(folder):
-        return _INPAINT[family](model, name=name, nine_channel=True)
-    return _INPAINT[family](model, name=name)
+    nine = {"nine_channel": True} if _nine_channel(Path(folder)) else {}
+    return _edit_for(folder, model, name, "inpaint", _INPAINT, flux_inpaint, **nine)
 
 
 def _nine_channel(folder: Path) -> bool:
@@ -89,12 +88,7 @@ def _nine_channel(folder: Path) -> bool:
 
 def hires_for(folder: str | Path, model: str, name: str | None = None):
     """The built-in two-stage hires workflow for a model folder's family."""
-    folder = Path(folder)
-    family = family_of(folder)
-    name = name or f"{model}-hires"
-    if family == "flux":
-        return flux_hires(model, name=name, schnell=_schnell(folder))
-    return _HIRES[family](model, name=name)
+    return _edit_for(folder, model, name, "hires", _HIRES, flux_hires)
 
 
 def workflows_for(folder: str | Path, model: str) -> list:
