@@ -73,6 +73,23 @@ def run_requests(folder, requests: list[dict], workers=1, sequential=False, work
     return asyncio.run(main())
 
 
+def run_alone(name: str, folder, workflow, inputs: dict) -> np.ndarray:
+    """One request of ``workflow`` (model ``name`` from ``folder``) on a fresh engine, as an HWC
+    array; it must succeed and leave nothing in the data plane."""
+    (result,), engine = run_requests(folder, [dict(inputs, workflow=workflow.name)], models={name: folder}, workflows=[workflow])
+    assert result.ok, result.error
+    assert engine.plane.live_count() == 0
+    return as_hwc(result.outputs["image"])
+
+
+def random_image(h: int, w: int, seed: int = 0):
+    """An RGB PIL image ``h`` pixels high and ``w`` wide of seeded uniform noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
 def reference_pipeline(
     pipeline_cls, folder, seed: int, lora=None, lora_weight: float = 1.0, torch_dtype=torch.float32, **kwargs
 ) -> np.ndarray:

@@ -13,15 +13,14 @@ from legodiffusion.cli.main import app
 from legodiffusion.config import EngineConfig
 from legodiffusion.server.app import create_app
 from legodiffusion.workflow.catalog import sd_img2img
-from tests.helpers import REFERENCE_SCHEDULERS
+from tests.helpers import REFERENCE_SCHEDULERS, random_image
 from tests.server.live import serve
 
 runner = CliRunner()
 
 
 def picture(path, w: int = 72, h: int = 64, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    random_image(h, w, seed).save(path)
     return path
 
 

@@ -6,21 +6,10 @@ import pytest
 import torch
 
 from legodiffusion.workflow.catalog import flux_img2img, sd3_img2img, sd_img2img, sdxl_img2img
-from tests.helpers import REFERENCE_SCHEDULERS, as_hwc, reference_pipeline, run_requests
+from tests.helpers import REFERENCE_SCHEDULERS, random_image, reference_pipeline, run_alone
 
-
-def _image(h: int, w: int, seed: int = 0):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def ours(name, folder, workflow, inputs):
-    (result,), engine = run_requests(folder, [dict(inputs, workflow=workflow.name)], models={name: folder}, workflows=[workflow])
-    assert result.ok, result.error
-    assert engine.plane.live_count() == 0
-    return as_hwc(result.outputs["image"])
+_image = random_image
+ours = run_alone
 
 
 @pytest.mark.parametrize(

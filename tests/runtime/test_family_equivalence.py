@@ -5,18 +5,14 @@ import pytest
 import torch
 
 from legodiffusion.workflow.catalog import flux_schnell_txt2img, flux_txt2img, sd3_txt2img, sdxl_txt2img
-from tests.helpers import as_hwc, reference_pipeline, run_requests
+from tests.helpers import reference_pipeline, run_alone
 
 
 def reference(pipeline_cls, folder, **kwargs):
     return reference_pipeline(pipeline_cls, folder, **kwargs)
 
 
-def ours(name, folder, workflow, inputs):
-    (result,), engine = run_requests(folder, [dict(inputs, workflow=workflow.name)], models={name: folder}, workflows=[workflow])
-    assert result.ok, result.error
-    assert engine.plane.live_count() == 0
-    return as_hwc(result.outputs["image"])
+ours = run_alone
 
 
 @pytest.mark.parametrize("guidance_scale", [5.0, 1.0])

@@ -17,6 +17,7 @@ from legodiffusion.server.images import openai_mask
 from legodiffusion.server.limits import Limits
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.catalog import sd_img2img, sd_inpaint, sd_txt2img
+from tests.helpers import random_image
 from tests.reliability.test_retention import _png as claimed_png
 from tests.server.live import serve
 
@@ -43,8 +44,7 @@ def workflows():
 
 
 def picture(w: int = 72, h: int = 64, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return random_image(h, w, seed)
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
