@@ -48,6 +48,13 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
     return {}
 
 
+def _edit_state(model, sampler: str, steps: int, strength: float, latent_h: int, latent_w: int) -> sampling.SamplerState:
+    """The sampler state of a ``steps``-step schedule positioned at the first step an edit of
+    ``strength`` keeps (rounded as the family's pipelines round it)."""
+    state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, latent_h, latent_w))
+    return replace(state, step_index=steps - sampling.kept_steps(steps, strength, sampling.STRENGTH_ROUNDS[model.family]))
+
+
 def size_factor(family: str, vae_scale_factor: int) -> int:
     """What a pixel size must be a multiple of: the VAE's downscaling, twice that for Flux, whose
     transformer packs 2x2 latent patches."""
@@ -164,9 +171,7 @@ class InitLatents(Operator):
         self.check("img2img", args, model)
         image_latents, sampler, steps = args["image_latents"], args["sampler"], int(args["steps"])
         h, w = image_latents.shape[-2:]
-        state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
-        kept = sampling.kept_steps(steps, float(args["strength"]), sampling.STRENGTH_ROUNDS[model.family])
-        state = replace(state, step_index=steps - kept)
+        state = _edit_state(model, sampler, steps, float(args["strength"]), h, w)
         if args.get("rng") is None and args.get("seed") is None:
             raise BadValue("rng", "img2img latents need the generator that encoded the image (rng) or a seed")
         generator = sampling.request_generator(args)  # a fresh one for latents no encoder drew for (a hires second stage)
@@ -184,8 +189,7 @@ class InitLatents(Operator):
         self.check("inpaint", args, model)
         sampler, steps, strength = args["sampler"], int(args["steps"]), float(args["strength"])
         h, w = args["mask"].shape[-2:]
-        state = sampling.new_state(sampler, model.scheduler_config, steps, **_timestep_kwargs(model, sampler, steps, h, w))
-        state = replace(state, step_index=steps - sampling.kept_steps(steps, strength, sampling.STRENGTH_ROUNDS[model.family]))
+        state = _edit_state(model, sampler, steps, strength, h, w)
         generator = sampling.request_generator(args)
         noise = torch_utils.randn_tensor((1, model.latent_channels, h, w), generator=generator, dtype=model.dtype)
         if strength == 1.0 and model.family != "flux":
