@@ -463,6 +463,7 @@ class MicroServingPolicy(SchedulingPolicy):
         slots = _Slots(view)
         reserved: dict[int, float] = {}
         top = view.top_class()
+        kept: dict[int, set[int]] = {}  # rank -> workers kept from it (the same for every key of that rank)
         for key in keys:
             info = view.classes[key]
             pending = len(view.queues[key])
@@ -475,7 +476,13 @@ class MicroServingPolicy(SchedulingPolicy):
             slots.keep = 1 if below else 0
             # and not the workers a running higher-class request just used: its next call would
             # otherwise wait there behind a lower-class one, step after step
-            slots.kept = view.kept_for(queues[key].head_rank()) if below else _NONE
+            if below:
+                rank = queues[key].head_rank()
+                if rank not in kept:
+                    kept[rank] = view.kept_for(rank)
+                slots.kept = kept[rank]
+            else:
+                slots.kept = _NONE
             if below:
                 limit = limits[key][0]
             while pending and slots.any():
