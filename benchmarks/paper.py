@@ -469,7 +469,7 @@ WITH_CACHING = (
 )
 WITH_STEP_CACHING = (
     "With step caching (First Block Cache)",
-    "Every request opts in to step caching; the simulator draws which samples of each denoiser call skip all but the first block (`fbcache`: the share that gives First Block Cache's reported 2x on FLUX.1-dev at threshold 0.08, legodiffusion/sim/step_skip.py). The coordinator's estimates stay those of full calls. SLOs stay those of the uncached requests; the fluid bound in paper_rate.json is that of the uncached work.",
+    "Every request on a model with a skip share opts in to step caching; the simulator draws which samples of each denoiser call skip all but the first block (`fbcache`, per base model, legodiffusion/sim/step_skip.py: FLUX.1-dev the share that gives First Block Cache's reported 2x at threshold 0.08; SD3.5-large and SD3-medium the same share assumed, their first block 1/38 and 1/24 of a call; the 4-step schnell and turbo models none). The coordinator's estimates stay those of full calls. SLOs stay those of the uncached requests; the fluid bound in paper_rate.json is that of the uncached work.",
 )
 
 

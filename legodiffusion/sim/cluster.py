@@ -298,10 +298,10 @@ class Simulator:
         model = self.step_cache
         if model is None or d.op != "denoise" or not any(it.request_id in self._step_cached for it in d.items):
             return full(len(d.items))
-        computing = sum(1 for it in d.items if it.request_id not in self._step_cached or not model.skips(it.request_id, it.node))
+        computing = sum(1 for it in d.items if it.request_id not in self._step_cached or not model.skips(it.request_id, it.node, d.model))
         if computing < len(d.items):
             self.step_cache_skips += len(d.items) - computing
-        return model.batch_s(full, len(d.items), computing)
+        return model.batch_s(full, len(d.items), computing, d.model)
 
     def _prefetch(self, w: SimWorker, d: Dispatch) -> None:
         """A dispatch with no items: the worker loads its component, and that is all."""

@@ -191,8 +191,8 @@ class Workload:
     binds none): its solo latency, SLO and pipeline are those of that resolution. With ``approx``,
     every request that can opts in to the approximate cache, whose lookups answer as that model
     draws (:mod:`legodiffusion.sim.approx`); SLOs stay those of the whole schedule. With
-    ``step_cache``, every request whose workflow has a step cache opts in, and the simulator draws
-    which denoiser calls skip (:mod:`legodiffusion.sim.step_skip`)."""
+    ``step_cache``, every request whose workflow has a step cache and whose base model has calls to
+    skip opts in, and the simulator draws which denoiser calls skip (:mod:`legodiffusion.sim.step_skip`)."""
 
     workflows: list[WorkflowDef]
     cost: CostModel
@@ -228,7 +228,7 @@ class Workload:
     def bind(self, workflow: str, extra: dict[str, Any]) -> dict[str, Any]:
         wf = next(w for w in self.workflows if w.name == workflow)
         cached = {"approx_cache": True} if self.approx is not None and "approx_cache" in wf.spec.inputs else {}
-        if self.step_cache is not None and "step_cache" in wf.spec.inputs:
+        if self.step_cache is not None and "step_cache" in wf.spec.inputs and self.step_cache.caches(wf.spec.models.get("base")):
             cached["step_cache"] = STEP_CACHE_INPUT
         given = {"prompt": "a photo", "height": self.size, "width": self.size, **cached, **wf.inputs, **extra}
         return bind_inputs(wf.spec, given)

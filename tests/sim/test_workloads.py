@@ -224,22 +224,29 @@ def test_editing_workload_runs_the_kept_steps_and_its_vae_encoder(cost):
 
 
 def test_step_cached_requests_skip_denoiser_calls_and_cost_less(cost):
-    """With the First Block Cache model every paper request opts in; about half its denoiser calls
-    (the model's share) run only their first block, so the same trace keeps the cluster busy for
-    less time, and a call's skips are drawn per sample, the same whatever the order of events."""
+    """With the First Block Cache model the paper requests on models with a skip share opt in; about
+    half a FLUX.1-dev request's denoiser calls (its share) run only their first block, none of a
+    few-step schnell request's, so the same trace keeps the cluster busy for less time, and a call's
+    skips are drawn per sample, the same whatever the order of events."""
     from legodiffusion.sim.experiment import run_trace
     from legodiffusion.sim.step_skip import fbcache
     from legodiffusion.sim.traces import poisson
 
     model = fbcache()
-    assert model.skips(7, 3) == model.skips(7, 3)
-    assert 0.45 < sum(model.skips(r, n) for r in range(50) for n in range(40)) / 2000 < 0.58
+    assert model.skips(7, 3, "flux-dev") == model.skips(7, 3, "flux-dev")
+    assert 0.45 < sum(model.skips(r, n, "flux-dev") for r in range(50) for n in range(40)) / 2000 < 0.58
+    assert not any(model.skips(r, n, "flux-schnell") for r in range(50) for n in range(40))
     full = lambda n: 0.1 * n  # noqa: E731
-    assert model.batch_s(full, 4, 4) == pytest.approx(0.4) and model.batch_s(full, 4, 0) == pytest.approx(0.4 * model.head_share)
-    assert model.batch_s(full, 4, 1) == pytest.approx(0.4 * model.head_share + 0.1 * (1 - model.head_share))
+    head = model.share("flux-dev").head
+    assert model.batch_s(full, 4, 4, "flux-dev") == pytest.approx(0.4) and model.batch_s(full, 4, 0, "flux-dev") == pytest.approx(
+        0.4 * head
+    )
+    assert model.batch_s(full, 4, 1, "flux-dev") == pytest.approx(0.4 * head + 0.1 * (1 - head))
+    assert model.share("sd3-medium").head > head, "a 24-block MMDiT's first block is a larger share of its call"
 
     plain, cached = make_workload("paper", cost), make_workload("paper", cost, step_cache=model)
     assert cached.bind("flux-dev", {})["step_cache"] and plain.bind("flux-dev", {})["step_cache"] is None
+    assert cached.bind("flux-schnell", {})["step_cache"] is None, "a model with nothing to skip does not opt in"
     arrivals = poisson(0.5, 60, plain.mix, 5)
     mean_latency = {}
     for name, wl in (("plain", plain), ("cached", cached)):
