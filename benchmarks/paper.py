@@ -75,7 +75,7 @@ DRIFT_BURST, DRIFT_BURST_S = 3.0, 10.0  # the drifting trace's one-workflow burs
 PAPER = {"rate": "up to 3x", "burst": "up to 8x", "gpus": "up to 3x fewer"}
 DESCRIBE = {
     "paper": "the paper's 12 workflows over SD3-medium / SD3.5-large(-turbo) / FLUX.1-dev/schnell at 1024 px, 4-50 steps, 0-2 ControlNets, 0-1 LoRAs, skewed popularity; Poisson arrivals",
-    "many": "40 seeded workflows over 4 base models (FLUX.1-dev/schnell, SD3.5-large, SD3-medium) with 0-1 LoRAs, 0-2 ControlNets, 512-1024 px, Zipf popularity; Poisson arrivals",
+    "many": "40 seeded workflows over 7 base models (FLUX.1-dev/schnell, SD3.5-large, SD3-medium, FLUX.2-klein-4B, Z-Image-Turbo, Qwen-Image) with 0-1 LoRAs, 0-2 ControlNets, 512-1024 px, Zipf popularity; Poisson arrivals",
     "drifting": "the paper workflows with Zipf popularity whose ranking changes every 60 s, and two 10 s bursts that each hit one workflow (the total rate x3, the excess all to that workflow)",
     "editing": "the paper workflows plus edits, a quarter of the requests: image-to-image at strength 0.6 (FLUX.1-dev/schnell, SD3.5-large), inpainting (FLUX.1-dev at 0.85, SD3.5-large at 1) and two-stage hires (512² then 1024² at 0.5); Poisson arrivals",
     "csv": "benchmarks/traces/replay.csv replayed (gamma arrivals, CV 2.5, the paper's popularity ranking reversed), its timestamps scaled to the rate; seed s starts the replay s/7 of the way in",

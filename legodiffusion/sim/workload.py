@@ -4,7 +4,8 @@
 steps, with and without guidance, 0-2 ControlNets and 0-1 LoRAs, and skewed popularity (a few base
 models in almost every workflow; the canny ControlNets serve most ControlNet requests).
 
-``many_workflows``: ~40 seeded workflows over only 4 base models, where one pipeline copy per
+``many_workflows``: ~40 seeded workflows over only 7 base models (FLUX.1, SD3.x, and FLUX.2-klein,
+Z-Image-Turbo and Qwen-Image: :mod:`legodiffusion.sim.families`), where one pipeline copy per
 workflow no longer fits while shared base models do.
 
 ``editing_workflows``: the paper workload with image editing beside text-to-image: image-to-image at
@@ -26,6 +27,7 @@ from legodiffusion.core.coordinator import Request, pixels
 from legodiffusion.core.cost import CostModel
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
 from legodiffusion.ops import default_registry
+from legodiffusion.sim import families
 from legodiffusion.sim.approx import CacheModel
 from legodiffusion.sim.step_skip import REQUEST_INPUT as STEP_CACHE_INPUT
 from legodiffusion.sim.step_skip import StepCacheModel
@@ -122,14 +124,19 @@ def editing_workflows() -> list[WorkflowDef]:
     return out
 
 
-#: base model -> (family, short name, step counts, guidance scales, ControlNets the reference profile has for it)
+#: base model -> (family, short name, step counts, guidance scales, ControlNets the reference profile has for it);
+#: family "qwen" is a model of :mod:`legodiffusion.sim.families` (no ControlNets profiled; steps: Z-Image-Turbo's
+#: card runs 9, counting 8 DiT forwards; Qwen-Image's card runs 50, and fewer are the usual trade for speed)
 _MANY_BASES = {
     "flux-dev": ("flux", "fdev", (20, 25, 28, 30, 40, 50), (), ("cn-flux-canny", "cn-flux-depth")),
     "flux-schnell": ("schnell", "fsch", (4,), (), ("cn-flux-canny", "cn-flux-depth")),
     "sd3.5-large": ("sd3", "sd35l", (20, 28, 30, 40), (3.5, 4.5, 5.0, 7.0), ("cn-sd35-canny", "cn-sd35-depth")),
     "sd3-medium": ("sd3", "sd3m", (20, 28, 30, 40), (5.0, 7.0), ("cn-sd3m-canny",)),
+    "flux2-klein-4b": ("qwen", "klein4b", (4,), (), ()),
+    "z-image-turbo": ("qwen", "zit", (8, 9), (), ()),
+    "qwen-image": ("qwen", "qwenimg", (30, 40, 50), (4.0,), ()),
 }
-_MANY_BASE_WEIGHTS = (0.35, 0.2, 0.25, 0.2)
+_MANY_BASE_WEIGHTS = (0.25, 0.15, 0.2, 0.1, 0.1, 0.1, 0.1)
 _MANY_SIZES, _MANY_SIZE_WEIGHTS = (512, 768, 1024), (0.2, 0.3, 0.5)
 _MANY_CONTROLNETS, _MANY_CONTROLNET_WEIGHTS = (0, 1, 2), (0.5, 0.35, 0.15)
 _MANY_LORA_P, _MANY_LORAS_PER_BASE = 0.4, 4
@@ -138,24 +145,26 @@ _MANY_ZIPF = 1.1
 
 
 def many_workflows(seed: int = 0, n: int = 40) -> list[WorkflowDef]:
-    """``n`` seeded workflows over only 4 base models (FLUX.1-dev, FLUX.1-schnell, SD3.5-large,
-    SD3-medium), with Zipf popularity.
+    """``n`` seeded workflows over only 7 base models (FLUX.1-dev, FLUX.1-schnell, SD3.5-large,
+    SD3-medium, FLUX.2-klein 4B, Z-Image-Turbo, Qwen-Image), with Zipf popularity.
 
     What it models: a serving deployment whose users bring many variants of a few base models:
     0-1 LoRAs (``lora-<base>-<k>``, ``k < 4``; the simulator only charges their load time, so the
     names need not exist), 0-2 ControlNets from those the reference profile has for the base
-    (SD3-medium has one), the base's usual step counts (FLUX.1-dev 20-50, schnell 4, SD3.x 20-40)
+    (SD3-medium has one; the Qwen-read families none), the base's usual step counts (FLUX.1-dev
+    20-50, schnell and klein 4, SD3.x 20-40, Z-Image-Turbo 8-9, Qwen-Image 30-50 with true CFG)
     and 512, 768 or 1024 px square images (bound as the workflow's ``height``/``width``).
     Popularity is Zipf (exponent 1.1) over a seeded ranking, so a few workflows carry most
     requests and a long tail is rarely asked for.
 
     Why: with many workflows over few base models, monolithic replicas (one pipeline copy per
-    workflow, 15-47 GB each) run out of GPU memory and cannot cover every workflow, while
-    shared base models (4 denoisers, their encoders and 5 ControlNets) fit on a few GPUs.
+    workflow, 15-58 GB each) run out of GPU memory and cannot cover every workflow, while
+    shared base models (7 denoisers, their encoders and 5 ControlNets) fit on a few GPUs.
 
-    The first four workflows use the four base models in turn, so any ``n >= 4`` covers all four;
-    the rest draw a base (FLUX.1-dev 35%, schnell 20%, SD3.5-large 25%, SD3-medium 20%). Names
-    are unique (they start with the workflow's index) and depend only on ``seed`` and ``n``.
+    The first seven workflows use the seven base models in turn, so any ``n >= 7`` covers them
+    all; the rest draw a base (FLUX.1-dev 25%, schnell 15%, SD3.5-large 20%, SD3-medium,
+    FLUX.2-klein 4B, Z-Image-Turbo and Qwen-Image 10% each). Names are unique (they start with
+    the workflow's index) and depend only on ``seed`` and ``n``.
     """
     rng = random.Random(seed)
     bases = list(_MANY_BASES)
@@ -176,6 +185,9 @@ def many_workflows(seed: int = 0, n: int = 40) -> list[WorkflowDef]:
         name += f"-lora{lora.rsplit('-', 1)[1]}" if lora else ""
         if family == "sd3":
             wf = _sd3(name, base, steps, rng.choice(guidance_choices), popularity, cns=cns, lora=lora)
+        elif family == "qwen":
+            spec, inputs = families.txt2img(base, name, steps, rng.choice(guidance_choices) if guidance_choices else None)
+            wf = WorkflowDef(name, spec, {**inputs, **({"loras": lora} if lora else {})}, popularity)
         else:
             wf = _flux(name, base, steps, popularity, cns=cns, lora=lora, schnell=family == "schnell")
         wf.inputs.update(height=size, width=size)

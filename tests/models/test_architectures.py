@@ -45,6 +45,17 @@ PUBLISHED_PARAMETERS = [
     ("sd3-medium", "denoiser", 2.0e9, 0.02),
     # CLIP ViT-L/14 text tower: 123.1M (openai/clip-vit-large-patch14; SD 1.5 text_encoder fp32 492 MB)
     ("sd15", "text_encoder", 123.06e6, 0.001),
+    # FLUX.2 [klein] 4B / 9B flow transformers (black-forest-labs model cards: "4B", "9B")
+    ("flux2-klein-4b", "denoiser", 4.0e9, 0.04),
+    ("flux2-klein-9b", "denoiser", 9.0e9, 0.01),
+    # Qwen3-4B and Qwen3-8B, klein's text encoders (Qwen model cards: "4.0B", "8.2B")
+    ("flux2-klein-4b", "text_encoder", 4.0e9, 0.01),
+    ("flux2-klein-9b", "text_encoder", 8.2e9, 0.01),
+    # Z-Image(-Turbo) single-stream DiT: "6B" (Tongyi-MAI/Z-Image-Turbo model card)
+    ("z-image-turbo", "denoiser", 6.0e9, 0.03),
+    # Qwen-Image MMDiT: "20B" (Qwen/Qwen-Image model card); its encoder Qwen2.5-VL-7B-Instruct: 8.29B on the Hub
+    ("qwen-image", "denoiser", 20.0e9, 0.03),
+    ("qwen-image", "text_encoder", 8.29e9, 0.001),
 ]
 
 
