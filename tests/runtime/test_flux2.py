@@ -133,3 +133,13 @@ def test_generate_writes_the_pipelines_image(klein, tmp_path):
     ours = np.asarray(Image.open(out), dtype=np.int16)
     ref = _reference(klein, max_sequence_length=512)
     assert np.abs(ours - (ref * 255).round()).max() <= 1
+
+
+def test_the_profiler_measures_every_operator_of_the_family(klein_base):
+    from legodiffusion.cli.profile import workflow_ops
+    from legodiffusion.profiles.profiler import measure
+
+    ops = workflow_ops(txt2img_for(klein_base, "klein-base"))  # the CFG workflow: both sampler_step modes
+    prof = measure(klein_base, default_registry(), ops, batches=(2,), sizes=(32,), repeats=1)
+    assert {(p.op, p.mode) for p in prof.ops} == set(ops)
+    assert all(p.latency_s > 0 for p in prof.ops)
