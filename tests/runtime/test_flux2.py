@@ -133,6 +133,8 @@ def test_generate_writes_the_pipelines_image(klein, tmp_path):
     ours = np.asarray(Image.open(out), dtype=np.int16)
     ref = _reference(klein, max_sequence_length=512)
     assert np.abs(ours - (ref * 255).round()).max() <= 1
+    bad = CliRunner().invoke(app, [*args[:-4], "--height", "40", "--width", "96", "-o", str(tmp_path / "bad.png")])
+    assert bad.exit_code == 2 and "multiples of 16 for a flux2 model" in " ".join(bad.output.split())
 
 
 def test_the_profiler_measures_every_operator_of_the_family(klein_base):
