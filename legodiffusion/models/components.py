@@ -3,7 +3,7 @@
 A *component* is the unit of residency: ``(model name, component)`` such as ``("sd15",
 "denoiser")``. Classes are taken from the folder's ``model_index.json``, exactly as
 ``DiffusionPipeline`` does, so a real checkpoint folder loads through the same path as the tiny
-test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``.
+test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``, ``flux2`` (FLUX.2-klein).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ FAMILY_OF_PIPELINE = {
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
     "FluxControlNetPipeline": "flux",
+    "Flux2KleinPipeline": "flux2",
 }
 
 #: (tokenizer, text encoder) sub-folders per family, in the order the pipelines use them.
@@ -35,9 +36,10 @@ TEXT_ENCODERS = {
     "sdxl": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
     "sd3": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3")],
     "flux": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
+    "flux2": [("tokenizer", "text_encoder")],
 }
-DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}
-FLOW_FAMILIES = frozenset({"sd3", "flux"})
+DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer", "flux2": "transformer"}
+FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2"})
 
 
 @dataclass
@@ -178,12 +180,13 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     """The folder's cheap facts; ``dtype`` is the denoiser's, which the latents take."""
     family = family_of(folder)
     den_cfg = _json(folder / DENOISER[family] / "config.json")
-    scale = _vae_scale(folder)
+    # FLUX.2 latents are held 2x2-patchified (ops/family_flux2.py): one latent cell per 2 x the VAE factor
+    scale = _vae_scale(folder) * (2 if family == "flux2" else 1)
     tok_path = folder / "tokenizer" / "tokenizer_config.json"
     text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
     # what the denoiser predicts: an inpainting UNet reads more channels (mask, masked image) than that
     channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg.get("out_channels") or den_cfg["in_channels"]
-    default_size = 128 * scale if family == "flux" else den_cfg["sample_size"] * scale
+    default_size = 128 * _vae_scale(folder) if family in ("flux", "flux2") else den_cfg["sample_size"] * scale
     text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim")
     return PipelineConfig(
         family=family,

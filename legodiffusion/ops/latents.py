@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from legodiffusion.ops import examples, sampling
+from legodiffusion.ops import examples, family_flux2, sampling
 from legodiffusion.ops.base import SEED_PORT, STRENGTH_PORT, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -33,6 +33,8 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
         if not sc.get("use_flow_sigmas"):
             kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps).tolist()
         return kwargs
+    if cfg.family == "flux2":
+        return family_flux2.timestep_kwargs(sc, steps, latent_h, latent_w)
     if sc.get("use_dynamic_shifting"):  # SD3.5 with dynamic shifting
         patch = cfg.patch_size
         seq_len = (latent_h // patch) * (latent_w // patch)
@@ -203,7 +205,7 @@ class InitLatents(Operator):
         return {"latents": latents, "sampler": state, "noise": noise, "rng": generator.get_state()}
 
     def example_items(self, cfg, mode, batch, size, device):
-        sampler = "flow_euler" if cfg.family in ("sd3", "flux") else "euler"
+        sampler = "flow_euler" if cfg.family in sampling.FLOW_FAMILIES else "euler"
         if mode == "inpaint":
             f = cfg.vae_scale_factor
             return [

@@ -6,6 +6,7 @@ The output ``embedding`` is a dict of tensors, each with a batch axis of 1:
 
 from __future__ import annotations
 
+from legodiffusion.ops import family_flux2
 from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -58,9 +59,9 @@ def _encode_flux(m, texts, device, max_seq):
     return {"prompt_embeds": embeds, "pooled": pooled, "text_ids": text_ids.expand(len(texts), -1, -1)}
 
 
-_ENCODERS = {"sd": _encode_sd, "sdxl": _encode_sdxl, "sd3": _encode_sd3, "flux": _encode_flux}
+_ENCODERS = {"sd": _encode_sd, "sdxl": _encode_sdxl, "sd3": _encode_sd3, "flux": _encode_flux, "flux2": family_flux2.encode_prompt}
 #: default T5 sequence length, as each pipeline's ``max_sequence_length``
-DEFAULT_MAX_SEQ = {"sd3": 256, "flux": 512}
+DEFAULT_MAX_SEQ = {"sd3": 256, "flux": 512, "flux2": family_flux2.MAX_SEQUENCE_LENGTH}
 
 
 class EncodePrompt(Operator):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legodiffusion.ops import examples
+from legodiffusion.ops import examples, family_flux2
 from legodiffusion.ops.base import Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -12,6 +12,8 @@ image_processor = lazy_module("diffusers.image_processor")
 
 def unscale(vae, latents: torch.Tensor) -> torch.Tensor:
     """Undo the latent scaling the way each family's pipeline does before decoding."""
+    if family_flux2.is_flux2_vae(vae):  # batch-norm statistics and 2x2 patches
+        return family_flux2.unscale(vae, latents)
     cfg = vae.config
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     if mean is not None and std is not None:  # SDXL variants with latent statistics

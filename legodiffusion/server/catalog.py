@@ -22,6 +22,7 @@ from legodiffusion.workflow.catalog import (
     sdxl_inpaint,
     sdxl_txt2img,
 )
+from legodiffusion.workflow.flux2 import flux2_klein_txt2img, is_distilled
 from legodiffusion.workflow.hires import flux_hires, sd3_hires, sd_hires, sdxl_hires
 
 _BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
@@ -50,6 +51,8 @@ def txt2img_for(folder: str | Path, model: str, name: str | None = None, control
     name = name or f"{model}-txt2img"
     if family == "flux":
         return flux_txt2img(model, name=name, schnell=_schnell(folder), controlnets=controlnets)
+    if family == "flux2" and not controlnets:
+        return flux2_klein_txt2img(model, name=name, distilled=is_distilled(folder))
     if controlnets and family != "sd":
         raise ValueError("ControlNets are supported for the SD and Flux families")
     return _BUILDERS[family](model, name=name, **({"controlnets": controlnets} if controlnets else {}))
@@ -97,6 +100,8 @@ def workflows_for(folder: str | Path, model: str) -> list:
     inpaints, as in diffusers."""
     if _nine_channel(Path(folder)):
         return [inpaint_for(folder, model)]
+    if family_of(Path(folder)) == "flux2":  # text-to-image only, so far
+        return [txt2img_for(folder, model)]
     return [txt2img_for(folder, model), img2img_for(folder, model), inpaint_for(folder, model), hires_for(folder, model)]
 
 

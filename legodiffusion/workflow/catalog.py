@@ -13,6 +13,7 @@ from collections.abc import Callable
 from legodiffusion.ops import step_cache
 from legodiffusion.workflow.approx import adapter_inputs, approx_input, approx_save, approx_start
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.flux2 import flux2_klein_txt2img
 from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.inpaint import inpaint_start
 from legodiffusion.workflow.spec import WorkflowSpec
@@ -411,4 +412,5 @@ BUILTIN_WORKFLOWS = {
     "sd3-hires": sd3_hires,
     "flux-hires": flux_hires,
     "flux-schnell-hires": flux_schnell_hires,
+    "flux2-klein-txt2img": flux2_klein_txt2img,
 }

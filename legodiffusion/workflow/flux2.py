@@ -1,0 +1,84 @@
+"""FLUX.2-klein text-to-image, as ``Flux2KleinPipeline``.
+
+A step-distilled checkpoint (``is_distilled`` in its ``model_index.json``, as FLUX.2-klein-4B)
+runs one transformer call per step and no guidance. A base checkpoint runs classifier-free
+guidance against the empty prompt (the pipeline takes no negative prompt) when ``guidance_scale > 1``:
+two transformer calls per step and the plain combination in ``sampler_step``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from legodiffusion.models.components import model_index
+from legodiffusion.ops.family_flux2 import MAX_SEQUENCE_LENGTH
+from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.spec import WorkflowSpec
+
+#: default steps: 4 for the step-distilled checkpoints (as BFL recommends), the pipeline's 50 otherwise
+_STEPS = {True: 4, False: 50}
+
+
+def is_distilled(folder: str | Path) -> bool:
+    """Whether a klein checkpoint is step-distilled (the pipeline then ignores guidance)."""
+    return bool(model_index(Path(folder)).get("is_distilled", False))
+
+
+def flux2_klein_txt2img(
+    model: str = "flux2-klein", name: str = "flux2-klein-txt2img", prompt_template: str | None = None, distilled: bool = True
+) -> WorkflowSpec:
+    """FLUX.2-klein text-to-image: Qwen3 prompt embedding, patchified latents, flow matching with
+    an image-size dependent shift; ``distilled`` as the checkpoint's ``is_distilled``."""
+    wf = WorkflowBuilder(name, models={"base": model})
+    prompt = wf.input("prompt", "text", doc="what to draw")
+    steps = wf.input("steps", "int", default=_STEPS[distilled], doc="sampling steps")
+    seed = wf.input("seed", "int", default=0, doc="0 <= seed < 2**64; seeds torch.Generator('cpu') exactly as diffusers does")
+    height = wf.input("height", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); 1024 when null")
+    width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); 1024 when null")
+    max_seq = wf.input("max_sequence_length", "int", default=MAX_SEQUENCE_LENGTH, doc="Qwen3 tokens the prompt is padded to")
+    guidance = None
+    if not distilled:
+        guidance = wf.input(
+            "guidance_scale", "float", default=4.0, doc="classifier-free guidance against the empty prompt; <= 1 disables it"
+        )
+    from legodiffusion.workflow.catalog import _lora_inputs  # here: the catalog imports this module
+
+    patch = _lora_inputs(wf)
+    text = prompt
+    if prompt_template is not None:
+        text = wf.call("format_text", template=prompt_template, text=prompt).text
+    cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
+    init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width)
+
+    def denoise(latents, state, embedding, tag):
+        return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"transformer{tag}", **patch).noise
+
+    def unguided():
+        def step(latents, state):
+            noise = denoise(latents, state, cond.embedding, "")
+            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=noise, id="step_plain")
+            return s.latents, s.sampler
+
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain").latents}
+
+    def guided():
+        uncond = wf.call("encode_prompt", model="base", text="", max_sequence_length=max_seq, id="encode_negative", **patch)
+
+        def step(latents, state):
+            s = wf.call(
+                "sampler_step",
+                mode="guided",
+                latents=latents,
+                sampler=state,
+                noise_cond=denoise(latents, state, cond.embedding, "_cond"),
+                noise_uncond=denoise(latents, state, uncond.embedding, "_uncond"),
+                guidance_scale=guidance,
+                id="step",
+            )
+            return s.latents, s.sampler
+
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise").latents}
+
+    latents = unguided()["latents"] if guidance is None else wf.cond(guidance > 1, guided, unguided, id="guidance").latents
+    wf.output("image", wf.call("vae_decode", model="base", latents=latents, id="decode").image)
+    return wf.build()
