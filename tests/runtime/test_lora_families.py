@@ -11,7 +11,7 @@ ARGS = dict(prompt="a lighthouse", negative_prompt="blurry", steps=2, guidance_s
 
 
 def reference_args(args: dict) -> dict:
-    out = {k: v for k, v in args.items() if k not in ("steps", "loras")}
+    out = {k: v for k, v in args.items() if k not in ("steps", "loras", "seed")}
     return dict(out, num_inference_steps=args["steps"])
 
 
@@ -50,3 +50,29 @@ def test_sd3_loras_on_one_base_equal_load_lora_weights(tiny_models):
 
     # lora-sd3-a patches the transformer and both CLIPs, lora-sd3-b the transformer only
     check_two_loras(tiny_models, "sd3", sd3_txt2img("sd3"), StableDiffusion3Pipeline, dict(ARGS, max_sequence_length=16), patch_loads=3)
+
+
+def test_sdxl_kohya_lora_equals_load_lora_weights(tiny_models, tmp_path):
+    """A LoRA as kohya's SDXL trainer saves it numbers the UNet's blocks as SGM does, which maps
+    to diffusers' names only through the base UNet's config."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    from legodiffusion.models.tiny_lora import write_tiny_sdxl_kohya_lora
+
+    base = tiny_models["sdxl"]
+    kohya = write_tiny_sdxl_kohya_lora(tmp_path / "kohya.safetensors", tiny_models["lora-sdxl-a"], base)
+    with safe_open(kohya, "pt") as f:
+        unet_keys = [k for k in f.keys() if k.startswith("lora_unet_")]
+        assert unet_keys and all(
+            k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")) for k in unet_keys
+        )
+        assert any(k.startswith("lora_te2_") for k in f.keys())
+    args = dict(ARGS, seed=3)
+    (r,), engine = run_requests(
+        base, [dict(args, workflow="sdxl-txt2img", loras="k:0.7")], models={"sdxl": base, "k": kohya}, workflows=[sdxl_txt2img("sdxl")]
+    )
+    assert r.ok, r.error
+    assert engine.workers[0].models.patch_loads == 2
+    ref = reference_pipeline(StableDiffusionXLPipeline, base, seed=3, lora=kohya, lora_weight=0.7, **reference_args(args))
+    assert np.abs(as_hwc(r.outputs["image"]) - ref).max() <= 1e-4
