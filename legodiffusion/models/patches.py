@@ -23,6 +23,7 @@ _PIPELINES = {
     "flux": "FluxPipeline",
     "flux2": "Flux2KleinPipeline",
 }
+_UNET_FAMILIES = ("sd", "sdxl")
 
 
 def _pipeline_cls(family: str):
@@ -32,12 +33,29 @@ def _pipeline_cls(family: str):
 
 
 def load_lora_file(path: Path, family: str = "sd") -> tuple[dict, Any, Any]:
-    """(state dict, network alphas, metadata) as ``load_lora_weights`` reads them."""
+    """(state dict, network alphas, metadata) as ``load_lora_weights`` reads them; for the UNet
+    families the state dict as the file has it, converted per component by :func:`inject`."""
     cls = _pipeline_cls(family)
     if family == "flux":  # Flux's loader hands back alphas only when asked for them
         return cls.lora_state_dict(str(path), return_alphas=True, return_lora_metadata=True)
+    if family in _UNET_FAMILIES:
+        # SD3's loader reads a file as it is, with no format conversion: a kohya file's SGM block
+        # numbers map to diffusers' only through the UNet's config, which inject has at hand
+        import diffusers
+
+        state_dict, metadata = diffusers.StableDiffusion3Pipeline.lora_state_dict(str(path), return_lora_metadata=True)
+        return state_dict, None, metadata
     out = cls.lora_state_dict(str(path), return_lora_metadata=True)
     return out if len(out) == 3 else (out[0], None, out[1])
+
+
+def _unet_lora(lora: tuple, family: str, unet_config) -> tuple[dict, Any]:
+    """A UNet family's LoRA file contents as ``load_lora_weights`` converts them: (state dict,
+    network alphas). SDXL passes its UNet's config (kohya files name SGM blocks), SD none."""
+    state_dict, _, _ = lora
+    config = {"unet_config": unet_config} if family == "sdxl" else {}
+    # the conversion pops keys from the dict it is given: a copy keeps the host copy intact
+    return _pipeline_cls(family).lora_state_dict(dict(state_dict), **config)
 
 
 @dataclass
@@ -59,9 +77,13 @@ def inject(obj: Any, name: str, lora: tuple, family: str) -> bool:
     False when the LoRA has no weights for it."""
     state_dict, alphas, metadata = lora
     cls = _pipeline_cls(family)
+    if family in _UNET_FAMILIES:
+        # SDXL's load_lora_weights converts once, with the UNet's config, for all its components; the
+        # config renumbers UNet keys only, so converting for the text encoders needs none
+        state_dict, alphas = _unet_lora(lora, family, obj.module.config if isinstance(obj, Denoiser) else None)
     if isinstance(obj, Denoiser):
-        if family in ("sd", "sdxl"):
-            cls.load_lora_into_unet(dict(state_dict), alphas, unet=obj.module, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True)
+        if family in _UNET_FAMILIES:
+            cls.load_lora_into_unet(state_dict, alphas, unet=obj.module, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True)
         else:
             extra = {"network_alphas": alphas} if family == "flux" else {}
             cls.load_lora_into_transformer(

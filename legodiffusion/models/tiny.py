@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from legodiffusion.models.tiny_lora import write_tiny_sd3_lora, write_tiny_sdxl_lora
+
 TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "flux2-klein")
 
 # Written by default after the families, each only when the family it builds on is written too.
@@ -47,6 +49,10 @@ TINY_EXTRAS = {
     "controlnet-flux": ("flux", "controlnet-flux"),
     "lora-sd15-a": ("sd15", "lora-sd15-a.safetensors"),
     "lora-sd15-b": ("sd15", "lora-sd15-b.safetensors"),
+    "lora-sdxl-a": ("sdxl", "lora-sdxl-a.safetensors"),
+    "lora-sdxl-b": ("sdxl", "lora-sdxl-b.safetensors"),
+    "lora-sd3-a": ("sd3", "lora-sd3-a.safetensors"),
+    "lora-sd3-b": ("sd3", "lora-sd3-b.safetensors"),
     "sd15-inpainting": ("sd15", "sd15-inpainting"),
     "sdxl-inpainting": ("sdxl", "sdxl-inpainting"),
 }
@@ -469,6 +475,10 @@ _EXTRA_WRITERS = {
     "controlnet-flux": lambda out, base, seed: write_tiny_controlnet(out, base, "flux", seed),
     "lora-sd15-a": lambda out, base, seed: write_tiny_lora(out, base, seed + 100),
     "lora-sd15-b": lambda out, base, seed: write_tiny_lora(out, base, seed + 200),
+    "lora-sdxl-a": lambda out, base, seed: write_tiny_sdxl_lora(out, base, seed + 300),
+    "lora-sdxl-b": lambda out, base, seed: write_tiny_sdxl_lora(out, base, seed + 400),
+    "lora-sd3-a": lambda out, base, seed: write_tiny_sd3_lora(out, base, seed + 500),  # transformer and both CLIPs
+    "lora-sd3-b": lambda out, base, seed: write_tiny_sd3_lora(out, base, seed + 600, text_encoders=False),
     # the base's text encoders and VAE (same seeds), a 9-channel UNet: as inpainting checkpoints are made
     "sd15-inpainting": lambda out, base, seed: _write_sd15(out, seed, in_channels=9),
     "sdxl-inpainting": lambda out, base, seed: _write_sdxl(out, seed, in_channels=9),
