@@ -3,7 +3,8 @@
 A *component* is the unit of residency: ``(model name, component)`` such as ``("sd15",
 "denoiser")``. Classes are taken from the folder's ``model_index.json``, exactly as
 ``DiffusionPipeline`` does, so a real checkpoint folder loads through the same path as the tiny
-test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``.
+test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``, ``zimage`` (Z-Image,
+Z-Image-Turbo).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ FAMILY_OF_PIPELINE = {
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
     "FluxControlNetPipeline": "flux",
+    "ZImagePipeline": "zimage",
 }
 
 #: (tokenizer, text encoder) sub-folders per family, in the order the pipelines use them.
@@ -35,9 +37,10 @@ TEXT_ENCODERS = {
     "sdxl": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
     "sd3": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3")],
     "flux": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
+    "zimage": [("tokenizer", "text_encoder")],
 }
-DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}
-FLOW_FAMILIES = frozenset({"sd3", "flux"})
+DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer", "zimage": "transformer"}
+FLOW_FAMILIES = frozenset({"sd3", "flux", "zimage"})
 
 
 @dataclass
@@ -183,8 +186,9 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
     # what the denoiser predicts: an inpainting UNet reads more channels (mask, masked image) than that
     channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg.get("out_channels") or den_cfg["in_channels"]
-    default_size = 128 * scale if family == "flux" else den_cfg["sample_size"] * scale
-    text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim")
+    # the Flux and Z-Image pipelines default to 1024 px (128 latent px), their transformers have no sample_size
+    default_size = 128 * scale if family == "flux" else den_cfg.get("sample_size", 128) * scale
+    text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim") or den_cfg.get("cap_feat_dim")
     return PipelineConfig(
         family=family,
         latent_channels=channels,
@@ -194,8 +198,9 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
         text_length=min(int(text_length), 77),
         text_dim=int(text_dim),
         pooled_dim=int(den_cfg.get("pooled_projection_dim") or den_cfg.get("projection_class_embeddings_input_dim") or 0),
-        patch_size=int(den_cfg.get("patch_size") or 1),
-        dtype=dtype or torch.float32,
+        patch_size=int(den_cfg.get("patch_size") or den_cfg.get("all_patch_size", [1])[0]),
+        # Z-Image draws and keeps its latents in fp32 whatever its transformer's dtype (ZImagePipeline.prepare_latents)
+        dtype=torch.float32 if family == "zimage" else dtype or torch.float32,
     )
 
 

@@ -36,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell")
+from legodiffusion.models.tiny_zimage import write_zimage, write_zimage_turbo
+
+TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "z-image", "z-image-turbo")
 
 # Written by default after the families, each only when the family it builds on is written too.
 # name -> (base family, path under root)
@@ -454,6 +456,7 @@ def write_tiny_lora(path: str | Path, base_folder: str | Path, seed: int = 0, ra
 
 
 _WRITERS = {"sd15": _write_sd15, "sdxl": _write_sdxl, "sd3": _write_sd3, "flux": _write_flux, "flux-schnell": _write_flux_schnell}
+_WRITERS.update({"z-image": write_zimage, "z-image-turbo": write_zimage_turbo})
 
 _EXTRA_WRITERS = {
     "controlnet-sd15": lambda out, base, seed: write_tiny_controlnet(out, base, "sd15", seed),
