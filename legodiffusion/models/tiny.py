@@ -15,6 +15,7 @@ Families (each a full pipeline folder, loadable by the matching diffusers pipeli
 * ``flux`` / ``flux-schnell``: ``FluxPipeline``; CLIP (hidden 32, pooled) + T5 (d_model 64), a Flux
   transformer with 1 double and 1 single block on 2x2-packed latents, 16 latent channels, x8 VAE;
   ``flux`` embeds guidance and shifts its schedule with the image size, ``flux-schnell`` does neither.
+* ``z-image`` / ``z-image-turbo``: ``ZImagePipeline`` (:mod:`legodiffusion.models.tiny_zimage`).
 
 Extras written next to them by :func:`write_tiny_models`: ``controlnet-sd15`` (a ``ControlNetModel``
 for the sd15 UNet), ``controlnet-flux`` (a ``FluxControlNetModel`` for the flux transformer) and two
