@@ -3,7 +3,8 @@
 A *component* is the unit of residency: ``(model name, component)`` such as ``("sd15",
 "denoiser")``. Classes are taken from the folder's ``model_index.json``, exactly as
 ``DiffusionPipeline`` does, so a real checkpoint folder loads through the same path as the tiny
-test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``, ``flux2`` (FLUX.2-klein).
+test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``, ``flux2`` (FLUX.2-klein),
+``zimage`` (Z-Image, Z-Image-Turbo).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ FAMILY_OF_PIPELINE = {
     "FluxPipeline": "flux",
     "FluxControlNetPipeline": "flux",
     "Flux2KleinPipeline": "flux2",
+    "ZImagePipeline": "zimage",
 }
 
 #: (tokenizer, text encoder) sub-folders per family, in the order the pipelines use them.
@@ -37,9 +39,10 @@ TEXT_ENCODERS = {
     "sd3": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3")],
     "flux": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
     "flux2": [("tokenizer", "text_encoder")],
+    "zimage": [("tokenizer", "text_encoder")],
 }
-DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer", "flux2": "transformer"}
-FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2"})
+DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer", "flux2": "transformer", "zimage": "transformer"}
+FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2", "zimage"})
 
 
 @dataclass
@@ -186,8 +189,9 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
     # what the denoiser predicts: an inpainting UNet reads more channels (mask, masked image) than that
     channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg.get("out_channels") or den_cfg["in_channels"]
-    default_size = 128 * _vae_scale(folder) if family in ("flux", "flux2") else den_cfg["sample_size"] * scale
-    text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim")
+    # the Flux, FLUX.2 and Z-Image pipelines default to 1024 px (128 latent px at x8), their transformers have no sample_size
+    default_size = 128 * _vae_scale(folder) if family in ("flux", "flux2") else den_cfg.get("sample_size", 128) * scale
+    text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim") or den_cfg.get("cap_feat_dim")
     return PipelineConfig(
         family=family,
         latent_channels=channels,
@@ -197,8 +201,9 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
         text_length=min(int(text_length), 77),
         text_dim=int(text_dim),
         pooled_dim=int(den_cfg.get("pooled_projection_dim") or den_cfg.get("projection_class_embeddings_input_dim") or 0),
-        patch_size=int(den_cfg.get("patch_size") or 1),
-        dtype=dtype or torch.float32,
+        patch_size=int(den_cfg.get("patch_size") or den_cfg.get("all_patch_size", [1])[0]),
+        # Z-Image draws and keeps its latents in fp32 whatever its transformer's dtype (ZImagePipeline.prepare_latents)
+        dtype=torch.float32 if family == "zimage" else dtype or torch.float32,
     )
 
 

@@ -22,6 +22,7 @@ _PIPELINES = {
     "sd3": "StableDiffusion3Pipeline",
     "flux": "FluxPipeline",
     "flux2": "Flux2KleinPipeline",
+    "zimage": "ZImagePipeline",
 }
 _UNET_FAMILIES = ("sd", "sdxl")
 

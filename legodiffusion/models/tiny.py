@@ -16,6 +16,7 @@ Families (each a full pipeline folder, loadable by the matching diffusers pipeli
   transformer with 1 double and 1 single block on 2x2-packed latents, 16 latent channels, x8 VAE;
   ``flux`` embeds guidance and shifts its schedule with the image size, ``flux-schnell`` does neither.
 * ``flux2-klein``: ``Flux2KleinPipeline`` (FLUX.2-klein, step-distilled); see :mod:`legodiffusion.models.tiny_flux2`.
+* ``z-image`` / ``z-image-turbo``: ``ZImagePipeline`` (:mod:`legodiffusion.models.tiny_zimage`).
 
 Extras written next to them by :func:`write_tiny_models`: ``controlnet-sd15`` (a ``ControlNetModel``
 for the sd15 UNet), ``controlnet-flux`` (a ``FluxControlNetModel`` for the flux transformer) and two
@@ -39,8 +40,9 @@ from pathlib import Path
 import torch
 
 from legodiffusion.models.tiny_lora import write_tiny_sd3_lora, write_tiny_sdxl_lora
+from legodiffusion.models.tiny_zimage import write_zimage, write_zimage_turbo
 
-TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "flux2-klein")
+TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "flux2-klein", "z-image", "z-image-turbo")
 
 # Written by default after the families, each only when the family it builds on is written too.
 # name -> (base family, path under root)
@@ -468,6 +470,8 @@ _WRITERS = {
     "flux": _write_flux,
     "flux-schnell": _write_flux_schnell,
     "flux2-klein": lambda folder, seed: importlib.import_module("legodiffusion.models.tiny_flux2").write_flux2_klein(folder, seed),
+    "z-image": write_zimage,
+    "z-image-turbo": write_zimage_turbo,
 }
 
 _EXTRA_WRITERS = {

@@ -7,7 +7,7 @@ guidance embedding and unpacks the prediction (a permutation, so the sampler upd
 
 from __future__ import annotations
 
-from legodiffusion.ops import examples, family_flux2, sampling
+from legodiffusion.ops import examples, family_flux2, family_zimage, sampling
 from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals, summed
 from legodiffusion.ops.lazy import lazy_module
@@ -132,7 +132,7 @@ def _flux(model, items, xs, embs, ts, extra):
     return _unpack(out, h, w)
 
 
-_CALLS = {"sd": _unet, "sdxl": _unet, "sd3": _mmdit, "flux": _flux, "flux2": family_flux2.denoise}
+_CALLS = {"sd": _unet, "sdxl": _unet, "sd3": _mmdit, "flux": _flux, "flux2": family_flux2.denoise, "zimage": family_zimage.denoise_call}
 
 
 _BASE = {
@@ -170,14 +170,19 @@ class Denoise(Operator):
             },
             outputs={"noise": "noise"},
         ),
+        "cfg_batch": family_zimage.CFG_BATCH,
     }
 
     def check(self, mode, values, cfg):
         if mode == "inpaint" and cfg is not None and cfg.family not in ("sd", "sdxl"):
             raise BadValue("mask", f"inpainting denoisers that read the mask are UNets (SD, SDXL), not {cfg.family}")
+        if mode == "cfg_batch":
+            family_zimage.check_cfg_batch(cfg)
 
     def run(self, model, mode: str, items: list[Item]):
         scheds, ts = _timesteps(items)
+        if mode == "cfg_batch":
+            return family_zimage.run_cfg_batch(model, items, scheds, ts)
         dtype = model.module.dtype  # a no-op where inputs already have it, as in the pipelines
         xs = [it.inputs["latents"].to(dtype) for it in items]
         embs = [{k: v.to(dtype) for k, v in it.inputs["embedding"].items()} for it in items]
@@ -192,5 +197,7 @@ class Denoise(Operator):
             args = {"latents": x, "sampler": examples.sampler_state(cfg), "embedding": examples.embedding(cfg, device), "guidance": 3.5}
             if mode == "inpaint":
                 args.update(mask=torch.ones_like(x[:, :1]), masked_latents=torch.randn_like(x))
+            if mode == "cfg_batch":
+                args.update(negative_embedding=examples.embedding(cfg, device), guidance_scale=5.0)
             items.append(Item(args))
         return items

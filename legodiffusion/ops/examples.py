@@ -15,7 +15,7 @@ def latents(cfg, size: int, device: str) -> torch.Tensor:
 
 def embedding(cfg, device: str) -> dict:
     emb = {"prompt_embeds": torch.randn(1, cfg.text_length, cfg.text_dim, device=device, dtype=cfg.dtype)}
-    if cfg.family not in ("sd", "flux2"):  # FLUX.2 reads no pooled embedding
+    if cfg.family not in ("sd", "flux2", "zimage"):  # FLUX.2 and Z-Image read no pooled embedding
         emb["pooled"] = torch.randn(1, cfg.pooled_dim, device=device, dtype=cfg.dtype)
     if cfg.family == "flux":
         emb["text_ids"] = torch.zeros(1, cfg.text_length, 3, device=device, dtype=cfg.dtype)
@@ -24,5 +24,5 @@ def embedding(cfg, device: str) -> dict:
 
 def sampler_state(cfg, steps: int = 20) -> sampling.SamplerState:
     sampler = "flow_euler" if cfg.family in sampling.FLOW_FAMILIES else "euler"
-    kwargs = {"sigmas": [1.0 - i / steps for i in range(steps)], "mu": 1.0} if cfg.family in ("flux", "flux2") else {}
+    kwargs = {"sigmas": [1.0 - i / steps for i in range(steps)], "mu": 1.0} if cfg.family in ("flux", "flux2", "zimage") else {}
     return sampling.new_state(sampler, cfg.scheduler_config, steps, **kwargs)

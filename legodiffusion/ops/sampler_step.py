@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legodiffusion.ops import examples, sampling
+from legodiffusion.ops import examples, family_zimage, sampling
 from legodiffusion.ops.base import GUIDANCE_MAX, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -27,6 +27,7 @@ class SamplerStep(Operator):
             outputs=_OUT,
         ),
         "unguided": Signature(inputs={**_COMMON, "noise": Port("noise")}, outputs=_OUT),
+        "zimage_guided": family_zimage.GUIDED,
     }
 
     def run(self, model, mode: str, items: list[Item]):
@@ -37,6 +38,8 @@ class SamplerStep(Operator):
             if mode == "guided":
                 uncond, cond = args["noise_uncond"], args["noise_cond"]
                 noise = uncond + float(args["guidance_scale"]) * (cond - uncond)
+            elif mode == "zimage_guided":
+                noise = family_zimage.combine(args)
             else:
                 noise = args["noise"]
             latents, next_state = sampling.step(state, noise, args["latents"])
@@ -48,7 +51,7 @@ class SamplerStep(Operator):
         for _ in range(batch):
             x = examples.latents(cfg, size, device)
             args = {"latents": x, "sampler": examples.sampler_state(cfg)}
-            if mode == "guided":
+            if mode in ("guided", "zimage_guided"):
                 args.update(noise_cond=torch.randn_like(x), noise_uncond=torch.randn_like(x), guidance_scale=7.5)
             else:
                 args.update(noise=torch.randn_like(x))

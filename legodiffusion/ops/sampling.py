@@ -40,7 +40,7 @@ CONFIG_OVERRIDES = {
 MULTISTEP = frozenset({"dpmpp_2m", "dpmpp_2m_karras"})
 FLOW_SAMPLERS = frozenset({"flow_euler"})
 #: families whose denoisers predict flow (they take the flow samplers, the others the rest)
-FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2"})
+FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2", "zimage"})
 #: samplers that draw noise every step from the request's generator, whose state travels with them
 STOCHASTIC = frozenset({"euler_ancestral"})
 

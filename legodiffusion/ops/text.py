@@ -1,12 +1,13 @@
 """Prompt encoding for every family, and prompt templates.
 
 The output ``embedding`` is a dict of tensors, each with a batch axis of 1:
-``prompt_embeds`` always; ``pooled`` for SDXL, SD3 and Flux; ``text_ids`` for Flux.
+``prompt_embeds`` always (Z-Image: as many tokens as the prompt has); ``pooled`` for SDXL, SD3
+and Flux; ``text_ids`` for Flux.
 """
 
 from __future__ import annotations
 
-from legodiffusion.ops import family_flux2
+from legodiffusion.ops import family_flux2, family_zimage
 from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -59,9 +60,16 @@ def _encode_flux(m, texts, device, max_seq):
     return {"prompt_embeds": embeds, "pooled": pooled, "text_ids": text_ids.expand(len(texts), -1, -1)}
 
 
-_ENCODERS = {"sd": _encode_sd, "sdxl": _encode_sdxl, "sd3": _encode_sd3, "flux": _encode_flux, "flux2": family_flux2.encode_prompt}
-#: default T5 sequence length, as each pipeline's ``max_sequence_length``
-DEFAULT_MAX_SEQ = {"sd3": 256, "flux": 512, "flux2": family_flux2.MAX_SEQUENCE_LENGTH}
+_ENCODERS = {
+    "sd": _encode_sd,
+    "sdxl": _encode_sdxl,
+    "sd3": _encode_sd3,
+    "flux": _encode_flux,
+    "flux2": family_flux2.encode_prompt,
+    "zimage": family_zimage.encode,
+}
+#: default text sequence length (T5; FLUX.2 and Z-Image: Qwen3), as each pipeline's ``max_sequence_length``
+DEFAULT_MAX_SEQ = {"sd3": 256, "flux": 512, "flux2": family_flux2.MAX_SEQUENCE_LENGTH, "zimage": 512}
 
 
 class EncodePrompt(Operator):
@@ -77,7 +85,7 @@ class EncodePrompt(Operator):
             inputs={
                 "text": Port("text", optional=True),
                 # 512 at most, as the SD3 and Flux pipelines allow
-                "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux)", ge=1, le=512),
+                "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux); Qwen3 tokens (Z-Image)", ge=1, le=512),
                 **PATCH_PORTS,
             },
             outputs={"embedding": "embedding"},
@@ -99,7 +107,8 @@ class EncodePrompt(Operator):
         zero = [it.inputs.get("text") is None and model.force_zeros_for_empty_prompt for it in items]
         results = []
         for i in range(len(items)):
-            emb = {k: v[i : i + 1] for k, v in out.items()}
+            # a list holds one entry per prompt where their shapes differ (Z-Image's unpadded embeddings)
+            emb = {k: v[i] if isinstance(v, list) else v[i : i + 1] for k, v in out.items()}
             if zero[i]:
                 emb = {k: torch.zeros_like(v) for k, v in emb.items()}
             results.append({"embedding": emb})

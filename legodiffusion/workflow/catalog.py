@@ -18,6 +18,7 @@ from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hir
 from legodiffusion.workflow.inpaint import inpaint_start
 from legodiffusion.workflow.spec import WorkflowSpec
 from legodiffusion.workflow.starts import Start, StartFn, image_start
+from legodiffusion.workflow.zimage import zimage_turbo_txt2img, zimage_txt2img
 
 # family -> (default steps, default guidance, default negative prompt, default sampler)
 _DEFAULTS = {
@@ -413,4 +414,6 @@ BUILTIN_WORKFLOWS = {
     "flux-hires": flux_hires,
     "flux-schnell-hires": flux_schnell_hires,
     "flux2-klein-txt2img": flux2_klein_txt2img,
+    "zimage-txt2img": zimage_txt2img,
+    "zimage-turbo-txt2img": zimage_turbo_txt2img,
 }
