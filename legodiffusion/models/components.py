@@ -3,7 +3,7 @@
 A *component* is the unit of residency: ``(model name, component)`` such as ``("sd15",
 "denoiser")``. Classes are taken from the folder's ``model_index.json``, exactly as
 ``DiffusionPipeline`` does, so a real checkpoint folder loads through the same path as the tiny
-test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``.
+test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``, ``qwenimage``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from legodiffusion.ops.sampling import PACKED_FAMILIES
+
 FAMILY_OF_PIPELINE = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionControlNetPipeline": "sd",
@@ -27,6 +29,7 @@ FAMILY_OF_PIPELINE = {
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
     "FluxControlNetPipeline": "flux",
+    "QwenImagePipeline": "qwenimage",
 }
 
 #: (tokenizer, text encoder) sub-folders per family, in the order the pipelines use them.
@@ -35,9 +38,10 @@ TEXT_ENCODERS = {
     "sdxl": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
     "sd3": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3")],
     "flux": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
+    "qwenimage": [("tokenizer", "text_encoder")],
 }
-DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}
-FLOW_FAMILIES = frozenset({"sd3", "flux"})
+DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer", "qwenimage": "transformer"}
+FLOW_FAMILIES = frozenset({"sd3", "flux", "qwenimage"})
 
 
 @dataclass
@@ -154,7 +158,10 @@ def from_pretrained(folder: Path, sub: str, dtype=None):
 
 
 def _vae_scale(folder: Path) -> int:
-    return 2 ** (len(_json(folder / "vae" / "config.json")["block_out_channels"]) - 1)
+    cfg = _json(folder / "vae" / "config.json")
+    if "temperal_downsample" in cfg:  # Qwen-Image's 3D VAE halves the size once per (temporal) downsampling stage
+        return 2 ** len(cfg["temperal_downsample"])
+    return 2 ** (len(cfg["block_out_channels"]) - 1)
 
 
 def _text_encoders(folder: Path, dtype=None) -> TextEncoders:
@@ -182,8 +189,8 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     tok_path = folder / "tokenizer" / "tokenizer_config.json"
     text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
     # what the denoiser predicts: an inpainting UNet reads more channels (mask, masked image) than that
-    channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg.get("out_channels") or den_cfg["in_channels"]
-    default_size = 128 * scale if family == "flux" else den_cfg["sample_size"] * scale
+    channels = den_cfg["in_channels"] // 4 if family in PACKED_FAMILIES else den_cfg.get("out_channels") or den_cfg["in_channels"]
+    default_size = 128 * scale if family in PACKED_FAMILIES else den_cfg["sample_size"] * scale
     text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim")
     return PipelineConfig(
         family=family,

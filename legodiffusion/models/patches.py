@@ -21,6 +21,7 @@ _PIPELINES = {
     "sdxl": "StableDiffusionXLPipeline",
     "sd3": "StableDiffusion3Pipeline",
     "flux": "FluxPipeline",
+    "qwenimage": "QwenImagePipeline",
 }
 
 

@@ -15,6 +15,7 @@ Families (each a full pipeline folder, loadable by the matching diffusers pipeli
 * ``flux`` / ``flux-schnell``: ``FluxPipeline``; CLIP (hidden 32, pooled) + T5 (d_model 64), a Flux
   transformer with 1 double and 1 single block on 2x2-packed latents, 16 latent channels, x8 VAE;
   ``flux`` embeds guidance and shifts its schedule with the image size, ``flux-schnell`` does neither.
+* ``qwen-image``: ``QwenImagePipeline`` (:mod:`legodiffusion.models.tiny_qwenimage`).
 
 Extras written next to them by :func:`write_tiny_models`: ``controlnet-sd15`` (a ``ControlNetModel``
 for the sd15 UNet), ``controlnet-flux`` (a ``FluxControlNetModel`` for the flux transformer) and two
@@ -36,7 +37,9 @@ from pathlib import Path
 
 import torch
 
-TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell")
+from legodiffusion.models.tiny_qwenimage import write_qwenimage
+
+TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "qwen-image")
 
 # Written by default after the families, each only when the family it builds on is written too.
 # name -> (base family, path under root)
@@ -454,6 +457,7 @@ def write_tiny_lora(path: str | Path, base_folder: str | Path, seed: int = 0, ra
 
 
 _WRITERS = {"sd15": _write_sd15, "sdxl": _write_sdxl, "sd3": _write_sd3, "flux": _write_flux, "flux-schnell": _write_flux_schnell}
+_WRITERS["qwen-image"] = write_qwenimage
 
 _EXTRA_WRITERS = {
     "controlnet-sd15": lambda out, base, seed: write_tiny_controlnet(out, base, "sd15", seed),

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from legodiffusion.ops import examples, sampling
+from legodiffusion.ops import examples, family_qwenimage, sampling
 from legodiffusion.ops.base import SEED_PORT, STRENGTH_PORT, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -14,12 +14,17 @@ torch = lazy_module("torch")
 pipeline_flux = lazy_module("diffusers.pipelines.flux.pipeline_flux")  # calculate_shift
 torch_utils = lazy_module("diffusers.utils.torch_utils")  # randn_tensor
 
+#: families whose schedule setup has a module of its own: (cfg, steps, latent_h, latent_w) -> set_timesteps kwargs
+_FAMILY_TIMESTEPS = {"qwenimage": family_qwenimage.timestep_kwargs}
+
 
 def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int) -> dict:
     """What each pipeline passes to ``set_timesteps`` beyond the step count."""
     sc = cfg.scheduler_config
     if sampler not in sampling.FLOW_SAMPLERS:
         return {}
+    if cfg.family in _FAMILY_TIMESTEPS:
+        return _FAMILY_TIMESTEPS[cfg.family](cfg, steps, latent_h, latent_w)
     if cfg.family == "flux":
         seq_len = (latent_h // 2) * (latent_w // 2)
         mu = pipeline_flux.calculate_shift(
@@ -56,9 +61,9 @@ def _edit_state(model, sampler: str, steps: int, strength: float, latent_h: int,
 
 
 def size_factor(family: str, vae_scale_factor: int) -> int:
-    """What a pixel size must be a multiple of: the VAE's downscaling, twice that for Flux, whose
-    transformer packs 2x2 latent patches."""
-    return vae_scale_factor * (2 if family == "flux" else 1)
+    """What a pixel size must be a multiple of: the VAE's downscaling, twice that for Flux and
+    Qwen-Image, whose transformers pack 2x2 latent patches."""
+    return vae_scale_factor * (2 if family in sampling.PACKED_FAMILIES else 1)
 
 
 def check_size(height: int | None, width: int | None, factor: int, family: str) -> None:
@@ -203,7 +208,7 @@ class InitLatents(Operator):
         return {"latents": latents, "sampler": state, "noise": noise, "rng": generator.get_state()}
 
     def example_items(self, cfg, mode, batch, size, device):
-        sampler = "flow_euler" if cfg.family in ("sd3", "flux") else "euler"
+        sampler = "flow_euler" if cfg.family in sampling.FLOW_FAMILIES else "euler"
         if mode == "inpaint":
             f = cfg.vae_scale_factor
             return [

@@ -1,11 +1,13 @@
 """Prompt encoding for every family, and prompt templates.
 
 The output ``embedding`` is a dict of tensors, each with a batch axis of 1:
-``prompt_embeds`` always; ``pooled`` for SDXL, SD3 and Flux; ``text_ids`` for Flux.
+``prompt_embeds`` always; ``pooled`` for SDXL, SD3 and Flux; ``text_ids`` for Flux. Qwen-Image's
+``prompt_embeds`` are as long as each prompt (its encoder returns one dict per text).
 """
 
 from __future__ import annotations
 
+from legodiffusion.ops import family_qwenimage
 from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -58,9 +60,9 @@ def _encode_flux(m, texts, device, max_seq):
     return {"prompt_embeds": embeds, "pooled": pooled, "text_ids": text_ids.expand(len(texts), -1, -1)}
 
 
-_ENCODERS = {"sd": _encode_sd, "sdxl": _encode_sdxl, "sd3": _encode_sd3, "flux": _encode_flux}
-#: default T5 sequence length, as each pipeline's ``max_sequence_length``
-DEFAULT_MAX_SEQ = {"sd3": 256, "flux": 512}
+_ENCODERS = {"sd": _encode_sd, "sdxl": _encode_sdxl, "sd3": _encode_sd3, "flux": _encode_flux, "qwenimage": family_qwenimage.encode}
+#: default T5 (Qwen-Image: Qwen2.5-VL) sequence length, as each pipeline's ``max_sequence_length``
+DEFAULT_MAX_SEQ = {"sd3": 256, "flux": 512, "qwenimage": family_qwenimage.DEFAULT_MAX_SEQ}
 
 
 class EncodePrompt(Operator):
@@ -76,7 +78,9 @@ class EncodePrompt(Operator):
             inputs={
                 "text": Port("text", optional=True),
                 # 512 at most, as the SD3 and Flux pipelines allow
-                "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux)", ge=1, le=512),
+                "max_sequence_length": Port(
+                    "int", optional=True, doc="T5 tokens (SD3, Flux); Qwen2.5-VL tokens (Qwen-Image)", ge=1, le=512
+                ),
                 **PATCH_PORTS,
             },
             outputs={"embedding": "embedding"},
@@ -98,7 +102,7 @@ class EncodePrompt(Operator):
         zero = [it.inputs.get("text") is None and model.force_zeros_for_empty_prompt for it in items]
         results = []
         for i in range(len(items)):
-            emb = {k: v[i : i + 1] for k, v in out.items()}
+            emb = out[i] if isinstance(out, list) else {k: v[i : i + 1] for k, v in out.items()}
             if zero[i]:
                 emb = {k: torch.zeros_like(v) for k, v in emb.items()}
             results.append({"embedding": emb})

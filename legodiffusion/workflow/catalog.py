@@ -15,6 +15,7 @@ from legodiffusion.workflow.approx import adapter_inputs, approx_input, approx_s
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.inpaint import inpaint_start
+from legodiffusion.workflow.qwenimage import qwenimage_txt2img
 from legodiffusion.workflow.spec import WorkflowSpec
 from legodiffusion.workflow.starts import Start, StartFn, image_start
 
@@ -411,4 +412,5 @@ BUILTIN_WORKFLOWS = {
     "sd3-hires": sd3_hires,
     "flux-hires": flux_hires,
     "flux-schnell-hires": flux_schnell_hires,
+    "qwenimage-txt2img": qwenimage_txt2img,
 }
