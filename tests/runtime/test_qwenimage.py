@@ -41,7 +41,8 @@ def reference(folder, prompt, negative_prompt=None, true_cfg_scale=4.0, lora=Non
 
 @pytest.mark.parametrize(
     "negative_prompt, true_cfg_scale",
-    [("blurry, dark", 4.0), (None, 4.0)],  # true CFG with its norm rescaling; none without a negative prompt
+    # true CFG with its norm rescaling; none without a negative prompt, nor at a scale <= 1
+    [("blurry, dark", 4.0), (None, 4.0), ("blurry", 1.0)],
 )
 def test_equals_the_pipeline(tiny_models, negative_prompt, true_cfg_scale):
     folder = tiny_models["qwen-image"]
