@@ -14,18 +14,23 @@ The pipeline defaults to ``default_sample_size`` 128 latents (512 px here): pass
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
+from legodiffusion.ops.family_qwenimage import PROMPT_TEMPLATE
+
 LATENT_CHANNELS = 4
 
-# The words of QwenImagePipeline's prompt template, one token each as in Qwen's vocabulary: its
-# first 34 tokens (the system turn and the user turn's opening), which the pipeline drops, are
-# then exactly the template's, and the embedding starts at the prompt.
-TEMPLATE_WORDS = ("system", "user", "assistant", "Describe") + tuple(
-    " " + w for w in "the image by detailing color shape size texture quantity text spatial relationships of objects and background".split()
-)
+
+def template_words() -> tuple[str, ...]:
+    """The words of QwenImagePipeline's prompt template (a leading space kept), each to be one token
+    as in Qwen's vocabulary: the template's first 34 tokens, which the pipeline drops, are then its
+    system turn and the user turn's opening, as with the real tokenizer, and the embedding starts
+    at the prompt."""
+    text = re.sub(r"<\|[a-z_]+\|>", "", PROMPT_TEMPLATE)  # the control tokens are tokens already
+    return tuple(dict.fromkeys(re.findall(r" ?[A-Za-z]+", text)))
 
 
 def _text_encoder(tokenizer, seed: int):
@@ -64,7 +69,7 @@ def write_qwenimage(folder: Path, seed: int) -> None:
 
     from legodiffusion.models.tiny_qwen import tiny_qwen_tokenizer  # it imports models.tiny, which imports this module
 
-    tokenizer = tiny_qwen_tokenizer(words=TEMPLATE_WORDS)
+    tokenizer = tiny_qwen_tokenizer(words=template_words())
     text_encoder = _text_encoder(tokenizer, seed)
     torch.manual_seed(seed + 1)
     transformer = QwenImageTransformer2DModel(
