@@ -93,8 +93,8 @@ def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str], edit: dic
         if a.guidance is not None and "guidance" in spec.inputs:
             inputs["guidance"] = a.guidance
     else:
-        if a.guidance is not None:
-            inputs["guidance_scale"] = a.guidance
+        if a.guidance is not None:  # Qwen-Image calls its classifier-free guidance true_cfg_scale
+            inputs["true_cfg_scale" if "true_cfg_scale" in spec.inputs else "guidance_scale"] = a.guidance
         if a.negative_prompt is not None:
             inputs["negative_prompt"] = a.negative_prompt
         if a.sampler is not None:

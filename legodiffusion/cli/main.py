@@ -34,7 +34,7 @@ def tiny_models(
     directory: Path = typer.Argument(..., help="where to write the model folders"),
     seed: int = typer.Option(0, help="weights depend only on this seed"),
 ) -> None:
-    """Write tiny random-weight diffusers-format models (sd15, sdxl, sd3, flux, flux-schnell, ControlNets, LoRAs)."""
+    """Write tiny random-weight diffusers-format models (sd15, sdxl, sd3, flux, flux-schnell, qwen-image, ControlNets, LoRAs)."""
     from legodiffusion.models.tiny import write_tiny_models
 
     for family, folder in write_tiny_models(directory, seed=seed).items():

@@ -4,7 +4,7 @@ A *component* is the unit of residency: ``(model name, component)`` such as ``("
 "denoiser")``. Classes are taken from the folder's ``model_index.json``, exactly as
 ``DiffusionPipeline`` does, so a real checkpoint folder loads through the same path as the tiny
 test models. Families: ``sd`` (1.x/2.x), ``sdxl``, ``sd3`` (3 and 3.5), ``flux``, ``flux2`` (FLUX.2-klein),
-``zimage`` (Z-Image, Z-Image-Turbo).
+``zimage`` (Z-Image, Z-Image-Turbo), ``qwenimage`` (Qwen-Image).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from legodiffusion.ops.sampling import PACKED_FAMILIES
+
 FAMILY_OF_PIPELINE = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionControlNetPipeline": "sd",
@@ -30,6 +32,7 @@ FAMILY_OF_PIPELINE = {
     "FluxControlNetPipeline": "flux",
     "Flux2KleinPipeline": "flux2",
     "ZImagePipeline": "zimage",
+    "QwenImagePipeline": "qwenimage",
 }
 
 #: (tokenizer, text encoder) sub-folders per family, in the order the pipelines use them.
@@ -40,9 +43,18 @@ TEXT_ENCODERS = {
     "flux": [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
     "flux2": [("tokenizer", "text_encoder")],
     "zimage": [("tokenizer", "text_encoder")],
+    "qwenimage": [("tokenizer", "text_encoder")],
 }
-DENOISER = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer", "flux2": "transformer", "zimage": "transformer"}
-FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2", "zimage"})
+DENOISER = {
+    "sd": "unet",
+    "sdxl": "unet",
+    "sd3": "transformer",
+    "flux": "transformer",
+    "flux2": "transformer",
+    "zimage": "transformer",
+    "qwenimage": "transformer",
+}
+FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2", "zimage", "qwenimage"})
 
 
 @dataclass
@@ -159,7 +171,10 @@ def from_pretrained(folder: Path, sub: str, dtype=None):
 
 
 def _vae_scale(folder: Path) -> int:
-    return 2 ** (len(_json(folder / "vae" / "config.json")["block_out_channels"]) - 1)
+    cfg = _json(folder / "vae" / "config.json")
+    if "temperal_downsample" in cfg:  # Qwen-Image's 3D VAE halves the size once per (temporal) downsampling stage
+        return 2 ** len(cfg["temperal_downsample"])
+    return 2 ** (len(cfg["block_out_channels"]) - 1)
 
 
 def _text_encoders(folder: Path, dtype=None) -> TextEncoders:
@@ -188,9 +203,9 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     tok_path = folder / "tokenizer" / "tokenizer_config.json"
     text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
     # what the denoiser predicts: an inpainting UNet reads more channels (mask, masked image) than that
-    channels = den_cfg["in_channels"] // 4 if family == "flux" else den_cfg.get("out_channels") or den_cfg["in_channels"]
-    # the Flux, FLUX.2 and Z-Image pipelines default to 1024 px (128 latent px at x8), their transformers have no sample_size
-    default_size = 128 * _vae_scale(folder) if family in ("flux", "flux2") else den_cfg.get("sample_size", 128) * scale
+    channels = den_cfg["in_channels"] // 4 if family in PACKED_FAMILIES else den_cfg.get("out_channels") or den_cfg["in_channels"]
+    # Flux, FLUX.2, Z-Image and Qwen-Image default to 1024 px (128 latent px at x8); their transformers have no sample_size
+    default_size = 128 * _vae_scale(folder) if family in (*PACKED_FAMILIES, "flux2") else den_cfg.get("sample_size", 128) * scale
     text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim") or den_cfg.get("cap_feat_dim")
     return PipelineConfig(
         family=family,

@@ -23,6 +23,7 @@ _PIPELINES = {
     "flux": "FluxPipeline",
     "flux2": "Flux2KleinPipeline",
     "zimage": "ZImagePipeline",
+    "qwenimage": "QwenImagePipeline",
 }
 _UNET_FAMILIES = ("sd", "sdxl")
 

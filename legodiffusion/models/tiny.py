@@ -17,6 +17,7 @@ Families (each a full pipeline folder, loadable by the matching diffusers pipeli
   ``flux`` embeds guidance and shifts its schedule with the image size, ``flux-schnell`` does neither.
 * ``flux2-klein``: ``Flux2KleinPipeline`` (FLUX.2-klein, step-distilled); see :mod:`legodiffusion.models.tiny_flux2`.
 * ``z-image`` / ``z-image-turbo``: ``ZImagePipeline`` (:mod:`legodiffusion.models.tiny_zimage`).
+* ``qwen-image``: ``QwenImagePipeline`` (:mod:`legodiffusion.models.tiny_qwenimage`).
 
 Extras written next to them by :func:`write_tiny_models`: ``controlnet-sd15`` (a ``ControlNetModel``
 for the sd15 UNet), ``controlnet-flux`` (a ``FluxControlNetModel`` for the flux transformer) and two
@@ -40,9 +41,10 @@ from pathlib import Path
 import torch
 
 from legodiffusion.models.tiny_lora import write_tiny_sd3_lora, write_tiny_sdxl_lora
+from legodiffusion.models.tiny_qwenimage import write_qwenimage
 from legodiffusion.models.tiny_zimage import write_zimage, write_zimage_turbo
 
-TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "flux2-klein", "z-image", "z-image-turbo")
+TINY_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "flux2-klein", "z-image", "z-image-turbo", "qwen-image")
 
 # Written by default after the families, each only when the family it builds on is written too.
 # name -> (base family, path under root)
@@ -472,6 +474,7 @@ _WRITERS = {
     "flux2-klein": lambda folder, seed: importlib.import_module("legodiffusion.models.tiny_flux2").write_flux2_klein(folder, seed),
     "z-image": write_zimage,
     "z-image-turbo": write_zimage_turbo,
+    "qwen-image": write_qwenimage,
 }
 
 _EXTRA_WRITERS = {

@@ -44,17 +44,31 @@ QWEN3_CHAT_TEMPLATE = (
 )
 
 
-def tiny_qwen_tokenizer(max_length: int = 512):
-    """A ``Qwen2Tokenizer`` (byte-level BPE) with Qwen's specials and Qwen3's chat template."""
+def _spelling_merges(words: tuple[str, ...]) -> list[str]:
+    """Merges that build each word (ASCII; a leading space is Ġ) letter by letter from its start."""
+    merges = []
+    for word in words:
+        pieces = word.replace(" ", "Ġ")
+        merges += [f"{pieces[:k]} {pieces[k]}" for k in range(1, len(pieces))]
+    return merges
+
+
+def tiny_qwen_tokenizer(max_length: int = 512, words: tuple[str, ...] = ()):
+    """A ``Qwen2Tokenizer`` (byte-level BPE) with Qwen's specials and Qwen3's chat template.
+
+    ``words`` (ASCII, a leading space where the text has one) each become one token, as a real
+    vocabulary's common words do, so a fixed template tokenizes to as many tokens as with the
+    real tokenizer (Qwen-Image drops its template's first 34)."""
     from transformers import Qwen2Tokenizer
 
-    tokens = _byte_unicode_alphabet() + ["".join(m.split()) for m in _MERGES]
+    merges = list(dict.fromkeys(_spelling_merges(words) + _MERGES))  # ranked first: they win over the shorter merges
+    tokens = _byte_unicode_alphabet() + ["".join(m.split()) for m in merges]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
     for special in QWEN_SPECIALS:
         vocab.setdefault(special, len(vocab))
     tok = Qwen2Tokenizer(
         vocab=vocab,
-        merges=[tuple(m.split()) for m in _MERGES],
+        merges=[tuple(m.split()) for m in merges],
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=max_length,

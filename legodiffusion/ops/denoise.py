@@ -7,7 +7,7 @@ guidance embedding and unpacks the prediction (a permutation, so the sampler upd
 
 from __future__ import annotations
 
-from legodiffusion.ops import examples, family_flux2, family_zimage, sampling
+from legodiffusion.ops import examples, family_flux2, family_qwenimage, family_zimage, sampling
 from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals, summed
 from legodiffusion.ops.lazy import lazy_module
@@ -132,7 +132,15 @@ def _flux(model, items, xs, embs, ts, extra):
     return _unpack(out, h, w)
 
 
-_CALLS = {"sd": _unet, "sdxl": _unet, "sd3": _mmdit, "flux": _flux, "flux2": family_flux2.denoise, "zimage": family_zimage.denoise_call}
+_CALLS = {
+    "sd": _unet,
+    "sdxl": _unet,
+    "sd3": _mmdit,
+    "flux": _flux,
+    "flux2": family_flux2.denoise,
+    "zimage": family_zimage.denoise_call,
+    "qwenimage": family_qwenimage.denoise,
+}
 
 
 _BASE = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legodiffusion.ops import sampling
+from legodiffusion.ops import family_qwenimage, sampling
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
@@ -14,6 +14,8 @@ def latents(cfg, size: int, device: str) -> torch.Tensor:
 
 
 def embedding(cfg, device: str) -> dict:
+    if cfg.family == "qwenimage":
+        return family_qwenimage.example_embedding(cfg, device)
     emb = {"prompt_embeds": torch.randn(1, cfg.text_length, cfg.text_dim, device=device, dtype=cfg.dtype)}
     if cfg.family not in ("sd", "flux2", "zimage"):  # FLUX.2 and Z-Image read no pooled embedding
         emb["pooled"] = torch.randn(1, cfg.pooled_dim, device=device, dtype=cfg.dtype)
@@ -24,5 +26,9 @@ def embedding(cfg, device: str) -> dict:
 
 def sampler_state(cfg, steps: int = 20) -> sampling.SamplerState:
     sampler = "flow_euler" if cfg.family in sampling.FLOW_FAMILIES else "euler"
-    kwargs = {"sigmas": [1.0 - i / steps for i in range(steps)], "mu": 1.0} if cfg.family in ("flux", "flux2", "zimage") else {}
+    kwargs = (
+        {"sigmas": [1.0 - i / steps for i in range(steps)], "mu": 1.0}
+        if cfg.family in (*sampling.PACKED_FAMILIES, "flux2", "zimage")
+        else {}
+    )
     return sampling.new_state(sampler, cfg.scheduler_config, steps, **kwargs)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from legodiffusion.ops import examples, family_flux2, family_zimage, sampling
+from legodiffusion.ops import examples, family_flux2, family_qwenimage, family_zimage, sampling
 from legodiffusion.ops.base import SEED_PORT, STRENGTH_PORT, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -14,14 +14,17 @@ torch = lazy_module("torch")
 pipeline_flux = lazy_module("diffusers.pipelines.flux.pipeline_flux")  # calculate_shift
 torch_utils = lazy_module("diffusers.utils.torch_utils")  # randn_tensor
 
+#: families whose schedule setup has a module of its own: (cfg, steps, latent_h, latent_w) -> set_timesteps kwargs
+_FAMILY_TIMESTEPS = {"qwenimage": family_qwenimage.timestep_kwargs, "zimage": family_zimage.timestep_kwargs}
+
 
 def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int) -> dict:
     """What each pipeline passes to ``set_timesteps`` beyond the step count."""
     sc = cfg.scheduler_config
     if sampler not in sampling.FLOW_SAMPLERS:
         return {}
-    if cfg.family == family_zimage.FAMILY:
-        return family_zimage.timestep_kwargs(cfg, steps, latent_h, latent_w)
+    if cfg.family in _FAMILY_TIMESTEPS:
+        return _FAMILY_TIMESTEPS[cfg.family](cfg, steps, latent_h, latent_w)
     if cfg.family == "flux":
         seq_len = (latent_h // 2) * (latent_w // 2)
         mu = pipeline_flux.calculate_shift(
@@ -61,8 +64,8 @@ def _edit_state(model, sampler: str, steps: int, strength: float, latent_h: int,
 
 def size_factor(family: str, vae_scale_factor: int) -> int:
     """What a pixel size must be a multiple of: the VAE's downscaling, twice that for Flux and
-    Z-Image, whose pipelines ask for whole 2x2 latent patches."""
-    return vae_scale_factor * (2 if family in ("flux", "zimage") else 1)
+    Z-Image and Qwen-Image, whose pipelines ask for whole 2x2 latent patches."""
+    return vae_scale_factor * (2 if family in (*sampling.PACKED_FAMILIES, "zimage") else 1)
 
 
 def check_size(height: int | None, width: int | None, factor: int, family: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legodiffusion.ops import examples, family_zimage, sampling
+from legodiffusion.ops import examples, family_qwenimage, family_zimage, sampling
 from legodiffusion.ops.base import GUIDANCE_MAX, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -12,20 +12,30 @@ _COMMON = {"latents": Port("latent"), "sampler": Port("sampler")}
 _OUT = {"latents": "latent", "sampler": "sampler"}
 
 
+def _cfg(cond, uncond, scale: float):
+    return uncond + scale * (cond - uncond)
+
+
+#: guided modes: how each combines the two predictions (Qwen-Image's true CFG keeps the conditional norm)
+_COMBINE = {"guided": _cfg, "true_cfg": family_qwenimage.true_cfg}
+_GUIDED_INPUTS = {
+    **_COMMON,
+    "noise_cond": Port("noise"),
+    "noise_uncond": Port("noise"),
+    "guidance_scale": Port("float", ge=0, le=GUIDANCE_MAX, doc="classifier-free guidance scale"),
+}
+
+
 class SamplerStep(Operator):
     name = "sampler_step"
-    doc = "Combine the guidance branches (guided mode) and advance the sampler by one step."
+    doc = (
+        "Combine the guidance branches (guided: classifier-free guidance; true_cfg: Qwen-Image's, rescaled to the "
+        "conditional prediction's norm) and advance the sampler by one step."
+    )
     light = True
     modes = {
-        "guided": Signature(
-            inputs={
-                **_COMMON,
-                "noise_cond": Port("noise"),
-                "noise_uncond": Port("noise"),
-                "guidance_scale": Port("float", ge=0, le=GUIDANCE_MAX, doc="classifier-free guidance scale"),
-            },
-            outputs=_OUT,
-        ),
+        "guided": Signature(inputs=_GUIDED_INPUTS, outputs=_OUT),
+        "true_cfg": Signature(inputs=_GUIDED_INPUTS, outputs=_OUT),
         "unguided": Signature(inputs={**_COMMON, "noise": Port("noise")}, outputs=_OUT),
         "zimage_guided": family_zimage.GUIDED,
     }
@@ -35,11 +45,10 @@ class SamplerStep(Operator):
         for it in items:
             args = it.inputs
             state = args["sampler"]
-            if mode == "guided":
-                uncond, cond = args["noise_uncond"], args["noise_cond"]
-                noise = uncond + float(args["guidance_scale"]) * (cond - uncond)
-            elif mode == "zimage_guided":
+            if mode == "zimage_guided":
                 noise = family_zimage.combine(args)
+            elif mode in _COMBINE:
+                noise = _COMBINE[mode](args["noise_cond"], args["noise_uncond"], float(args["guidance_scale"]))
             else:
                 noise = args["noise"]
             latents, next_state = sampling.step(state, noise, args["latents"])
@@ -51,7 +60,7 @@ class SamplerStep(Operator):
         for _ in range(batch):
             x = examples.latents(cfg, size, device)
             args = {"latents": x, "sampler": examples.sampler_state(cfg)}
-            if mode in ("guided", "zimage_guided"):
+            if mode in _COMBINE or mode == "zimage_guided":
                 args.update(noise_cond=torch.randn_like(x), noise_uncond=torch.randn_like(x), guidance_scale=7.5)
             else:
                 args.update(noise=torch.randn_like(x))

@@ -40,7 +40,9 @@ CONFIG_OVERRIDES = {
 MULTISTEP = frozenset({"dpmpp_2m", "dpmpp_2m_karras"})
 FLOW_SAMPLERS = frozenset({"flow_euler"})
 #: families whose denoisers predict flow (they take the flow samplers, the others the rest)
-FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2", "zimage"})
+FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2", "zimage", "qwenimage"})
+#: families whose transformers read latents packed 2x2 into tokens: sizes are multiples of twice the VAE factor
+PACKED_FAMILIES = frozenset({"flux", "qwenimage"})
 #: samplers that draw noise every step from the request's generator, whose state travels with them
 STOCHASTIC = frozenset({"euler_ancestral"})
 

@@ -1,13 +1,13 @@
 """Prompt encoding for every family, and prompt templates.
 
 The output ``embedding`` is a dict of tensors, each with a batch axis of 1:
-``prompt_embeds`` always (Z-Image: as many tokens as the prompt has); ``pooled`` for SDXL, SD3
-and Flux; ``text_ids`` for Flux.
+``prompt_embeds`` always (Z-Image and Qwen-Image: as many tokens as the prompt has); ``pooled``
+for SDXL, SD3 and Flux; ``text_ids`` for Flux.
 """
 
 from __future__ import annotations
 
-from legodiffusion.ops import family_flux2, family_zimage
+from legodiffusion.ops import family_flux2, family_qwenimage, family_zimage
 from legodiffusion.ops.base import PATCH_PORTS, Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -67,9 +67,16 @@ _ENCODERS = {
     "flux": _encode_flux,
     "flux2": family_flux2.encode_prompt,
     "zimage": family_zimage.encode,
+    "qwenimage": family_qwenimage.encode,
 }
-#: default text sequence length (T5; FLUX.2 and Z-Image: Qwen3), as each pipeline's ``max_sequence_length``
-DEFAULT_MAX_SEQ = {"sd3": 256, "flux": 512, "flux2": family_flux2.MAX_SEQUENCE_LENGTH, "zimage": 512}
+#: default text length (T5; FLUX.2 and Z-Image: Qwen3; Qwen-Image: Qwen2.5-VL), as each pipeline's ``max_sequence_length``
+DEFAULT_MAX_SEQ = {
+    "sd3": 256,
+    "flux": 512,
+    "flux2": family_flux2.MAX_SEQUENCE_LENGTH,
+    "zimage": 512,
+    "qwenimage": family_qwenimage.DEFAULT_MAX_SEQ,
+}
 
 
 class EncodePrompt(Operator):
@@ -85,7 +92,9 @@ class EncodePrompt(Operator):
             inputs={
                 "text": Port("text", optional=True),
                 # 512 at most, as the SD3 and Flux pipelines allow
-                "max_sequence_length": Port("int", optional=True, doc="T5 tokens (SD3, Flux); Qwen3 tokens (Z-Image)", ge=1, le=512),
+                "max_sequence_length": Port(
+                    "int", optional=True, doc="T5 tokens (SD3, Flux); Qwen3 (Z-Image) or Qwen2.5-VL (Qwen-Image) tokens", ge=1, le=512
+                ),
                 **PATCH_PORTS,
             },
             outputs={"embedding": "embedding"},
@@ -107,8 +116,8 @@ class EncodePrompt(Operator):
         zero = [it.inputs.get("text") is None and model.force_zeros_for_empty_prompt for it in items]
         results = []
         for i in range(len(items)):
-            # a list holds one entry per prompt where their shapes differ (Z-Image's unpadded embeddings)
-            emb = {k: v[i] if isinstance(v, list) else v[i : i + 1] for k, v in out.items()}
+            # Qwen-Image: one dict per text; Z-Image: a list per key where the texts' shapes differ (unpadded embeddings)
+            emb = out[i] if isinstance(out, list) else {k: v[i] if isinstance(v, list) else v[i : i + 1] for k, v in out.items()}
             if zero[i]:
                 emb = {k: torch.zeros_like(v) for k, v in emb.items()}
             results.append({"embedding": emb})

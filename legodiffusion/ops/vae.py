@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legodiffusion.ops import examples, family_flux2
+from legodiffusion.ops import examples, family_flux2, family_qwenimage
 from legodiffusion.ops.base import Item, Operator, Port, Signature
 from legodiffusion.ops.lazy import lazy_module
 
@@ -40,6 +40,14 @@ def scale(vae, latents: torch.Tensor) -> torch.Tensor:
     return cfg.scaling_factor * latents
 
 
+def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(unscale(vae, latents), return_dict=False)[0]
+
+
+#: VAEs whose pipelines undo the latent scaling otherwise (or decode other shapes), by class name
+_DECODERS = {"AutoencoderKLQwenImage": family_qwenimage.decode}
+
+
 class VaeDecode(Operator):
     name = "vae_decode"
     doc = "Unscale the latents, decode them with the VAE and denormalise to [0, 1]."
@@ -51,7 +59,7 @@ class VaeDecode(Operator):
         # latents take the VAE's dtype first, as StableDiffusionXLPipeline does when it upcasts
         latents = torch.cat([it.inputs["latents"] for it in items]).to(model.dtype)
         with torch.inference_mode():
-            image = model.decode(unscale(model, latents), return_dict=False)[0]
+            image = _DECODERS.get(type(model).__name__, _decode)(model, latents)
         # denormalised in the VAE's dtype, then fp32 (exact), as the pipelines' numpy output
         image = image_processor.VaeImageProcessor(do_resize=False).postprocess(image, output_type="pt").float()
         sizes = [it.inputs["latents"].shape[0] for it in items]

@@ -24,9 +24,12 @@ from legodiffusion.workflow.catalog import (
 )
 from legodiffusion.workflow.flux2 import flux2_klein_txt2img, is_distilled
 from legodiffusion.workflow.hires import flux_hires, sd3_hires, sd_hires, sdxl_hires
+from legodiffusion.workflow.qwenimage import qwenimage_txt2img
 from legodiffusion.workflow.zimage import zimage_for
 
-_BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img, "zimage": zimage_for}
+_BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img, "zimage": zimage_for, "qwenimage": qwenimage_txt2img}
+#: families served by their text-to-image workflow alone (no edit or hires graph yet)
+_TXT2IMG_ONLY = frozenset({"flux2", "zimage", "qwenimage"})
 _IMG2IMG = {"sd": sd_img2img, "sdxl": sdxl_img2img, "sd3": sd3_img2img}
 _INPAINT = {"sd": sd_inpaint, "sdxl": sdxl_inpaint, "sd3": sd3_inpaint}
 _HIRES = {"sd": sd_hires, "sdxl": sdxl_hires, "sd3": sd3_hires}
@@ -101,7 +104,7 @@ def workflows_for(folder: str | Path, model: str) -> list:
     inpaints, as in diffusers; a family without edit workflows here (FLUX.2, Z-Image) only draws."""
     if _nine_channel(Path(folder)):
         return [inpaint_for(folder, model)]
-    if family_of(Path(folder)) not in _IMG2IMG and family_of(Path(folder)) != "flux":  # no edit workflows yet (FLUX.2, Z-Image)
+    if family_of(Path(folder)) in _TXT2IMG_ONLY:
         return [txt2img_for(folder, model)]
     return [txt2img_for(folder, model), img2img_for(folder, model), inpaint_for(folder, model), hires_for(folder, model)]
 

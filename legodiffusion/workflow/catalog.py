@@ -16,6 +16,7 @@ from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.flux2 import flux2_klein_txt2img
 from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.inpaint import inpaint_start
+from legodiffusion.workflow.qwenimage import qwenimage_txt2img
 from legodiffusion.workflow.spec import WorkflowSpec
 from legodiffusion.workflow.starts import Start, StartFn, image_start
 from legodiffusion.workflow.zimage import zimage_turbo_txt2img, zimage_txt2img
@@ -416,4 +417,5 @@ BUILTIN_WORKFLOWS = {
     "flux2-klein-txt2img": flux2_klein_txt2img,
     "zimage-txt2img": zimage_txt2img,
     "zimage-turbo-txt2img": zimage_turbo_txt2img,
+    "qwenimage-txt2img": qwenimage_txt2img,
 }

@@ -40,7 +40,7 @@ def control_image():
 
 
 def test_default_set(tiny_models):
-    assert TINY_FAMILIES == ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "flux2-klein", "z-image", "z-image-turbo")
+    assert TINY_FAMILIES == ("sd15", "sdxl", "sd3", "flux", "flux-schnell", "flux2-klein", "z-image", "z-image-turbo", "qwen-image")
     assert set(tiny_models) == set(TINY_FAMILIES) | set(TINY_EXTRAS)
     for family in TINY_FAMILIES:
         assert (tiny_models[family] / "model_index.json").exists()

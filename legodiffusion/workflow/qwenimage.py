@@ -1,0 +1,70 @@
+"""Qwen-Image text-to-image, as ``QwenImagePipeline``.
+
+True CFG runs, as in the pipeline, only when a negative prompt is given and ``true_cfg_scale > 1``:
+then each step is two transformer nodes and a ``sampler_step`` in ``true_cfg`` mode (the combined
+prediction rescaled to the conditional one's norm); otherwise one transformer node per step.
+"""
+
+from __future__ import annotations
+
+from legodiffusion.ops.family_qwenimage import DEFAULT_MAX_SEQ
+from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.spec import WorkflowSpec
+
+
+def qwenimage_txt2img(model: str = "qwen-image", name: str = "qwenimage-txt2img", prompt_template: str | None = None) -> WorkflowSpec:
+    """Qwen-Image text-to-image: Qwen2.5-VL prompt embeddings, packed latents, true CFG."""
+    wf = WorkflowBuilder(name, models={"base": model})
+    prompt = wf.input("prompt", "text", doc="what to draw")
+    negative = wf.input("negative_prompt", "text", default=None, doc="what to steer away from; null: no CFG (as QwenImagePipeline)")
+    scale = wf.input("true_cfg_scale", "float", default=4.0, doc="true CFG with a negative prompt, at most 100; <= 1 disables it")
+    steps = wf.input("steps", "int", default=50, doc="sampling steps")
+    seed = wf.input("seed", "int", default=0, doc="0 <= seed < 2**64; seeds torch.Generator('cpu') exactly as diffusers does")
+    height = wf.input("height", "int", default=None, doc="pixels, a multiple of twice the VAE factor; model's native size when null")
+    width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor; model's native size when null")
+    sampler = wf.input("sampler", "text", default="flow_euler", doc="flow_euler")
+    patch = {
+        "loras": wf.input("loras", "text", default="", doc="LoRA patch set on the shared base model: NAME[:WEIGHT],..."),
+        "lora_k": wf.input("lora_k", "int", default=0, doc="a LoRA still loading is applied from this step at the latest; 0 waits for it"),
+    }
+    max_seq = wf.input("max_sequence_length", "int", default=DEFAULT_MAX_SEQ, doc="prompt tokens kept after the template")
+
+    text = prompt if prompt_template is None else wf.call("format_text", template=prompt_template, text=prompt).text
+    cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
+    init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
+
+    def transformer(latents, state, embedding, id):
+        return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=id, **patch).noise
+
+    def guided():
+        uncond = wf.call("encode_prompt", model="base", text=negative, max_sequence_length=max_seq, id="encode_negative", **patch)
+
+        def step(latents, state):
+            s = wf.call(
+                "sampler_step",
+                mode="true_cfg",
+                latents=latents,
+                sampler=state,
+                noise_cond=transformer(latents, state, cond.embedding, "transformer_cond"),
+                noise_uncond=transformer(latents, state, uncond.embedding, "transformer_uncond"),
+                guidance_scale=scale,
+                id="step",
+            )
+            return s.latents, s.sampler
+
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise").latents}
+
+    def unguided(tag: str):
+        def step(latents, state):
+            noise = transformer(latents, state, cond.embedding, f"transformer{tag}")
+            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=noise, id=f"step{tag}")
+            return s.latents, s.sampler
+
+        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id=f"denoise{tag}").latents}
+
+    def with_negative():
+        return {"latents": wf.cond(scale > 1, guided, lambda: unguided("_plain"), id="guidance").latents}
+
+    final = wf.cond(negative.ne(None), with_negative, lambda: unguided("_positive"), id="negative")
+    wf.output("image", wf.call("vae_decode", model="base", latents=final.latents, id="decode").image)
+    return wf.build()
