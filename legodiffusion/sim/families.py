@@ -1,13 +1,11 @@
 """Simulated workflows of the Qwen-read families: FLUX.2-klein, Z-Image(-Turbo) and Qwen-Image.
 
-The simulator prices a node by its operator, mode and model, so a family's simulated workflow needs
-only the shape of its graph. Until the live builders of these families are in the workflow
-catalogue, each is drawn with the catalogue builder of the same shape:
-
-- FLUX.2-klein 4B / 9B (step- and guidance-distilled) and Z-Image-Turbo (guidance 0): encode, N x
-  (one denoiser call, unguided sampler step), decode, as FLUX.1-schnell (``flux_txt2img(schnell=True)``);
-- Qwen-Image (true CFG with a negative prompt) and Z-Image (CFG): both prompts encoded, N x (two
-  denoiser calls, guided sampler step), decode, as SD3 with guidance above 1 (``sd3_txt2img``).
+The simulator prices a node by its operator, mode and model, so a family's simulated workflow is
+its live built-in workflow (:mod:`legodiffusion.workflow.flux2`, ``.zimage``, ``.qwenimage``) bound
+to the reference model's name: FLUX.2-klein as a step-distilled checkpoint (one transformer call per
+step); Z-Image-Turbo with guidance 0 (one call per step); Z-Image with CFG (two calls per step, one
+node per guidance branch); Qwen-Image with a negative prompt and ``true_cfg_scale`` (two calls per
+step, combined by ``sampler_step`` mode ``true_cfg``).
 
 Default steps and guidance are the model cards' (``step-counts`` in ``sim/data/h100.json``; Z-Image:
 diffusers 0.42.1's ZImagePipeline defaults).
@@ -17,28 +15,33 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from legodiffusion.workflow.catalog import flux_txt2img, sd3_txt2img
+from legodiffusion.workflow.flux2 import flux2_klein_txt2img
+from legodiffusion.workflow.qwenimage import qwenimage_txt2img
 from legodiffusion.workflow.spec import WorkflowSpec
+from legodiffusion.workflow.zimage import zimage_txt2img
 
 
 class FamilyModel(NamedTuple):
+    family: str
     guided: bool  # two denoiser calls per step (CFG), else one
     steps: int
     guidance: float | None  # the CFG scale of a guided model
 
 
 MODELS = {
-    "flux2-klein-4b": FamilyModel(False, 4, None),
-    "flux2-klein-9b": FamilyModel(False, 4, None),
-    "z-image-turbo": FamilyModel(False, 9, None),
-    "z-image": FamilyModel(True, 50, 5.0),
-    "qwen-image": FamilyModel(True, 50, 4.0),
+    "flux2-klein-4b": FamilyModel("flux2", False, 4, None),
+    "flux2-klein-9b": FamilyModel("flux2", False, 4, None),
+    "z-image-turbo": FamilyModel("zimage", False, 9, None),
+    "z-image": FamilyModel("zimage", True, 50, 5.0),
+    "qwen-image": FamilyModel("qwenimage", True, 50, 4.0),
 }
+#: what a guided request binds beside its scale: Qwen-Image runs true CFG only with a negative prompt
+_NEGATIVE = {"negative_prompt": "blurry, low quality"}
 
 
 def txt2img(model: str, name: str, steps: int | None = None, guidance: float | None = None) -> tuple[WorkflowSpec, dict[str, Any]]:
     """The simulated text-to-image workflow of ``model`` and the inputs it binds: ``steps`` (default
-    the model card's) and, for a guided model, ``guidance_scale`` (default the model card's)."""
+    the model card's) and, for a guided model, its guidance scale (default the model card's)."""
     try:
         m = MODELS[model]
     except KeyError:
@@ -47,8 +50,12 @@ def txt2img(model: str, name: str, steps: int | None = None, guidance: float | N
     if not m.guided:
         if guidance is not None:
             raise ValueError(f"guidance: {model} is guidance-distilled and takes none, got {guidance}")
-        return flux_txt2img(model, name=name, schnell=True), inputs
-    inputs["guidance_scale"] = m.guidance if guidance is None else guidance
-    if inputs["guidance_scale"] <= 1:
-        raise ValueError(f"guidance: {model} runs true CFG, so its scale must be above 1, got {inputs['guidance_scale']}")
-    return sd3_txt2img(model, name=name), inputs
+        if m.family == "flux2":
+            return flux2_klein_txt2img(model, name=name, distilled=True), inputs
+        return zimage_txt2img(model, name=name), {**inputs, "guidance_scale": 0.0}
+    scale = m.guidance if guidance is None else guidance
+    if scale <= 1:
+        raise ValueError(f"guidance: {model} runs CFG in this workload, so its scale must be above 1, got {scale}")
+    if m.family == "qwenimage":
+        return qwenimage_txt2img(model, name=name), {**inputs, **_NEGATIVE, "true_cfg_scale": scale}
+    return zimage_txt2img(model, name=name), {**inputs, **_NEGATIVE, "guidance_scale": scale}

@@ -20,6 +20,8 @@ PX_1024 = 1024 * 1024
 GLUE_OPS = (
     ("sampler_step", "guided"),
     ("sampler_step", "unguided"),
+    ("sampler_step", "true_cfg"),
+    ("sampler_step", "zimage_guided"),
     ("init_latents", "default"),
     ("format_text", "default"),
     ("prepare_control_image", "default"),
