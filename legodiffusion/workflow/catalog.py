@@ -48,7 +48,14 @@ def _step_cache(wf: WorkflowBuilder, family: str, start: Start):
         doc='skip most of the denoiser on steps whose input barely changed: JSON, {"kind": "first_block", "threshold": 0.05} '
         'or {"kind": "mag", "mag_ratios": [...] or "flux", "threshold": 0.06, ...} (diffusers\' FirstBlockCache and MagCache); null: off',
     )
-    return wf.call("init_step_cache", model="base", step_cache=spec, sampler=start.sampler, id="step_cache").cache
+    # a request without one carries no init node: the loop starts from a null cache
+    on = wf.cond(
+        spec.ne(None),
+        lambda: {"cache": wf.call("init_step_cache", model="base", step_cache=spec, sampler=start.sampler, id="step_cache").cache},
+        lambda: {"cache": None},
+        id="step_cache_on",
+    )
+    return on.cache
 
 
 #: A sampling stage after the first, for two-stage workflows (hires). Called once with the builder

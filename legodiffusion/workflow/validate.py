@@ -44,6 +44,10 @@ def literal_type(value) -> str | None:
     return None
 
 
+def _null(src) -> bool:
+    return isinstance(src, Literal) and src.value is None
+
+
 def assignable(src_type: str | None, port_type: str) -> bool:
     if src_type is None:
         return False
@@ -113,9 +117,11 @@ class _Checker:
                 if t:
                     out[name] = t
         else:
+            inner = _Where(node, w.path, w.scope + (node.id,), w.loops)
             for name, src in node.then.outputs.items():
-                inner = _Where(node, w.path, w.scope + (node.id,), w.loops)
-                t = self.type_of(src, inner, check=False)
+                if _null(src):  # a branch giving null takes the other branch's type
+                    src = node.otherwise.outputs.get(name, src)
+                t = None if _null(src) else self.type_of(src, inner, check=False)
                 if t:
                     out[name] = t
         self._typing.discard(node_id)
@@ -248,9 +254,10 @@ class _Checker:
                 f"both branches must output the same names: {sorted(node.then.outputs)} vs {sorted(node.otherwise.outputs)}",
             )
         for name, src in node.then.outputs.items():
-            t1 = self.type_of(src, inner, f"{w.path}.then.outputs.{name}")
+            # a null on one side is "nothing" of the other side's type (a stage a request skips)
+            t1 = None if _null(src) else self.type_of(src, inner, f"{w.path}.then.outputs.{name}")
             other = node.otherwise.outputs.get(name)
-            t2 = self.type_of(other, inner, f"{w.path}.else.outputs.{name}") if other is not None else None
+            t2 = None if other is None or _null(other) else self.type_of(other, inner, f"{w.path}.else.outputs.{name}")
             if t1 and t2 and t1 != t2:
                 self.fail("type_mismatch", f"{w.path}.else.outputs.{name}", f"branches disagree on {name!r}: {t1} vs {t2}")
 

@@ -54,3 +54,17 @@ def test_bad_request_inputs(given, code, path):
     with pytest.raises(WorkflowError) as info:
         bind_inputs(sd_txt2img(), given)
     assert [(i.code, i.path) for i in info.value.issues] == [(code, path)]
+
+
+def test_a_request_without_a_step_cache_carries_no_step_cache_node():
+    """The step cache's init node is in a request's graph only when it asks for one: off, the
+    loop starts from a null cache and the denoiser nodes read it as absent."""
+    from legodiffusion.workflow.catalog import flux_txt2img
+
+    ex = Expander(flux_txt2img("flux"), default_registry())
+    size = {"prompt": "a", "steps": 3, "height": 64, "width": 64}
+    off = ex.template(bind_inputs(ex.spec, size))
+    on = ex.template(bind_inputs(ex.spec, dict(size, step_cache='{"kind": "first_block", "threshold": 0.08}')))
+    assert [n.op for n in off.nodes].count("init_step_cache") == 0
+    assert [n.op for n in on.nodes].count("init_step_cache") == 1
+    assert [n.op for n in off.nodes].count("denoise") == [n.op for n in on.nodes].count("denoise") == 3
