@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from legodiffusion.models.components import model_index
 from legodiffusion.ops.family_flux2 import MAX_SEQUENCE_LENGTH
 from legodiffusion.workflow.builder import WorkflowBuilder
 from legodiffusion.workflow.spec import WorkflowSpec
@@ -21,6 +20,8 @@ _STEPS = {True: 4, False: 50}
 
 def is_distilled(folder: str | Path) -> bool:
     """Whether a klein checkpoint is step-distilled (the pipeline then ignores guidance)."""
+    from legodiffusion.models.components import model_index  # (torch: not for the simulator, which imports this module)
+
     return bool(model_index(Path(folder)).get("is_distilled", False))
 
 
