@@ -29,12 +29,16 @@ def write_tiny_sdxl_controlnet(folder: str | Path, base_folder: str | Path, seed
     torch.manual_seed(seed)  # the conditioning embedding is freshly initialised from the global RNG
     unet = UNet2DConditionModel.from_pretrained(Path(base_folder) / "unet")
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
-    _randomise_zero_init([controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block], seed)
+    _randomise_zero_init(
+        [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block], seed
+    )
     controlnet.save_pretrained(folder)
     return folder
 
 
-def write_tiny_sd3_controlnet(folder: str | Path, base_folder: str | Path, seed: int = 0, force_zeros_for_pooled_projection: bool = False) -> Path:
+def write_tiny_sd3_controlnet(
+    folder: str | Path, base_folder: str | Path, seed: int = 0, force_zeros_for_pooled_projection: bool = False
+) -> Path:
     """An ``SD3ControlNetModel`` for the tiny sd3 transformer with one block (the transformer's two
     blocks both read its residual). By default SD3.5-style: it reads the prompt's pooled projection
     and the VAE-shifted control latents; with ``force_zeros_for_pooled_projection`` InstantX-style
@@ -65,5 +69,7 @@ EXTRAS = {
 WRITERS = {
     "controlnet-sdxl": write_tiny_sdxl_controlnet,
     "controlnet-sd3": write_tiny_sd3_controlnet,
-    "controlnet-sd3-instantx": lambda out, base, seed: write_tiny_sd3_controlnet(out, base, seed + 1, force_zeros_for_pooled_projection=True),
+    "controlnet-sd3-instantx": lambda out, base, seed: write_tiny_sd3_controlnet(
+        out, base, seed + 1, force_zeros_for_pooled_projection=True
+    ),
 }

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import CONTROL_SCALE_MAX, GUIDANCE_MAX, SEED_PORT, Item, Operator, Port, Signature, resolve
-from legodiffusion.ops.latents import check_size, size_factor
 from legodiffusion.ops.controlnet_sd3 import example_control, run_sd3
+from legodiffusion.ops.latents import check_size, size_factor
 from legodiffusion.ops.lazy import lazy_module
 from legodiffusion.ops.sdxl_cond import added_cond
 

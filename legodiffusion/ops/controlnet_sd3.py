@@ -76,6 +76,8 @@ def control_latents(model, control: dict):
 def run_sd3(model, items: list[Item]) -> list[dict]:
     """One ``SD3ControlNetModel`` call for a batch of ControlNet nodes, each item's residuals
     scaled by its own ``scale`` after (``x * 1.0 * s == x * s`` exactly)."""
+    if model.pos_embed is None:  # the pipeline lends these the transformer's patch embedding, which this node does not hold
+        raise ValueError("SD3 ControlNets without their own pos_embed (use_pos_embed: false, the SD3.5 large 8b ones) are not supported")
     xs, ts, embs, pooled, conds = [], [], [], [], []
     for it in items:
         state = it.inputs["sampler"]

@@ -38,7 +38,14 @@ def control_inputs(wf: WorkflowBuilder, family: str, count: int, *, seed, guidan
         scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
         if family == "sd3":
             enc = wf.call(
-                "encode_sd3_control", model="base", image=image, latents=latents, seed=seed, guidance_scale=guidance, id=f"control_image_{i}", **rng
+                "encode_sd3_control",
+                model="base",
+                image=image,
+                latents=latents,
+                seed=seed,
+                guidance_scale=guidance,
+                id=f"control_image_{i}",
+                **rng,
             )
             rng = {"rng": enc.rng}  # the next ControlNet's draw continues this one's generator, as the pipeline's global one
             controls.append(Control(enc.control, enc.control_uncond, scale))
