@@ -137,3 +137,63 @@ def test_two_requests_share_one_sd3_controlnet_call(tiny_models):
         assert r.ok, r.error
         ref = _sd3_reference(tiny_models, ["controlnet-sd3"], s, control_image=im, controlnet_conditioning_scale=sc)
         assert np.abs(as_hwc(r.outputs["image"]) - ref).max() <= 1e-4
+
+
+def test_a_comfy_sdxl_controlnet_graph_runs_the_sdxl_pipeline_and_refuses_an_sd15_controlnet(tiny_models):
+    import io
+    import time
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from legodiffusion.server.app import create_app
+    from legodiffusion.server.catalog import builtin_workflows
+
+    models = {k: str(tiny_models[k]) for k in ("sdxl", "controlnet-sdxl", "controlnet-sd15")}
+    control = random_image(64, 64, seed=1)
+    buf = io.BytesIO()
+    control.save(buf, format="PNG")
+
+    def prompt(controlnet: str) -> dict:
+        return {
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT["prompt"], "clip": ["4", 1]}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT["negative_prompt"], "clip": ["4", 1]}},
+            "11": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": f"{controlnet}.safetensors"}},
+            "12": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
+            "13": {
+                "class_type": "ControlNetApplyAdvanced",
+                "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["11", 0], "image": ["12", 0], "strength": 0.7},
+            },
+            "3": {
+                "class_type": "KSampler",
+                "inputs": {
+                    **dict(
+                        seed=9, steps=PROMPT["steps"], cfg=PROMPT["guidance_scale"], sampler_name="euler", scheduler="normal", denoise=1.0
+                    ),
+                    **{"model": ["4", 0], "positive": ["13", 0], "negative": ["13", 1], "latent_image": ["5", 0]},
+                },
+            },
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["8", 0]}},
+        }
+
+    with TestClient(create_app(models, EngineConfig(workers=1, device="cpu"), builtin_workflows(models))) as client:
+        assert client.post("/upload/image", files={"image": ("edges.png", buf.getvalue(), "image/png")}).status_code == 200
+        refused = client.post("/prompt", json={"prompt": prompt("controlnet-sd15")})
+        assert refused.status_code == 400 and "'controlnet-sd15' steers sd models, not 'sdxl' (sdxl)" in refused.text
+        r = client.post("/prompt", json={"prompt": prompt("controlnet-sdxl")})
+        assert r.status_code == 200, r.text
+        prompt_id = r.json()["prompt_id"]
+        for _ in range(1500):
+            history = client.get(f"/history/{prompt_id}").json()
+            if history:
+                break
+            time.sleep(0.02)
+        entry = history[prompt_id]
+        assert entry["status"]["completed"], entry
+        png = client.get("/view", params={"filename": entry["outputs"]["9"]["images"][0]["filename"]}).content
+    ours = np.asarray(Image.open(io.BytesIO(png)), dtype=np.int16)
+    ref = (_sdxl_reference(tiny_models, ["controlnet-sdxl"], 9, image=control, controlnet_conditioning_scale=0.7) * 255).round()
+    assert np.abs(ours - ref).max() <= 1  # the PNG's rounding
