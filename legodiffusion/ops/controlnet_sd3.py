@@ -47,7 +47,9 @@ class EncodeSD3ControlImage(Operator):
         for it in items:
             generator = sampling.request_generator(it.inputs)
             h, w = (n * factor for n in it.inputs["latents"].shape[-2:])
-            image = proc.preprocess(it.inputs["image"], height=h, width=w).to(device=model.device, dtype=model.dtype)
+            # contiguous as the pipeline's repeat_interleave leaves it: a channels-last input takes
+            # other convolution kernels, whose rounding differs in bf16
+            image = proc.preprocess(it.inputs["image"], height=h, width=w).contiguous().to(device=model.device, dtype=model.dtype)
             guided = (it.inputs.get("guidance_scale") or 0.0) > 1
             if guided:  # as the pipeline's prepare_image: [uncond, cond] halves, one draw for both
                 image = torch.cat([image] * 2)
