@@ -227,7 +227,8 @@ def sd_txt2img(
     model: str = "sd15", name: str = "sd-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()
 ) -> WorkflowSpec:
     """Stable Diffusion 1.x/2.x text-to-image, optionally with up to 3 ControlNets (model names);
-    each adds request inputs ``control_image[_i]`` and ``control_scale[_i]``."""
+    each adds request inputs ``control_image[_i]`` and ``control_scale[_i]``; with any, ``guess_mode``
+    (as SDXL's; see :mod:`.controls`)."""
     return _txt2img("sd", model, name, prompt_template, tuple(controlnets))
 
 
