@@ -194,6 +194,15 @@ def _denoiser(folder: Path, dtype=None) -> Denoiser:
     return Denoiser(family, from_pretrained(folder, DENOISER[family], dtype), _vae_scale(folder))
 
 
+def _pooled_dim(den_cfg: dict) -> int:
+    """Width of the pooled text embedding: SDXL's UNet reads it beside six time ids, each embedded
+    to ``addition_time_embed_dim``, in one ``projection_class_embeddings_input_dim``."""
+    if den_cfg.get("pooled_projection_dim"):
+        return int(den_cfg["pooled_projection_dim"])
+    added = den_cfg.get("projection_class_embeddings_input_dim") or 0
+    return int(added - 6 * (den_cfg.get("addition_time_embed_dim") or 0)) if added else 0
+
+
 def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     """The folder's cheap facts; ``dtype`` is the denoiser's, which the latents take."""
     family = family_of(folder)
@@ -215,7 +224,7 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
         scheduler_config=_json(folder / "scheduler" / "scheduler_config.json"),
         text_length=min(int(text_length), 77),
         text_dim=int(text_dim),
-        pooled_dim=int(den_cfg.get("pooled_projection_dim") or den_cfg.get("projection_class_embeddings_input_dim") or 0),
+        pooled_dim=_pooled_dim(den_cfg),
         patch_size=int(den_cfg.get("patch_size") or den_cfg.get("all_patch_size", [1])[0]),
         # Z-Image draws and keeps its latents in fp32 whatever its transformer's dtype (ZImagePipeline.prepare_latents)
         dtype=torch.float32 if family == "zimage" else dtype or torch.float32,

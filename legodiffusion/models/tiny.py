@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from legodiffusion.models import tiny_controlnets
 from legodiffusion.models.tiny_lora import write_tiny_sd3_lora, write_tiny_sdxl_lora
 from legodiffusion.models.tiny_qwenimage import write_qwenimage
 from legodiffusion.models.tiny_zimage import write_zimage, write_zimage_turbo
@@ -59,6 +60,7 @@ TINY_EXTRAS = {
     "lora-sd3-b": ("sd3", "lora-sd3-b.safetensors"),
     "sd15-inpainting": ("sd15", "sd15-inpainting"),
     "sdxl-inpainting": ("sdxl", "sdxl-inpainting"),
+    **tiny_controlnets.EXTRAS,
 }
 
 # A few merges so the tokenizer does real BPE work; everything else falls back to bytes.
@@ -489,6 +491,7 @@ _EXTRA_WRITERS = {
     # the base's text encoders and VAE (same seeds), a 9-channel UNet: as inpainting checkpoints are made
     "sd15-inpainting": lambda out, base, seed: _write_sd15(out, seed, in_channels=9),
     "sdxl-inpainting": lambda out, base, seed: _write_sdxl(out, seed, in_channels=9),
+    **tiny_controlnets.WRITERS,
 }
 
 

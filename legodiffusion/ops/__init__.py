@@ -3,6 +3,7 @@
 from legodiffusion.ops.approx import ApproxInsert, ApproxLookup
 from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
 from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
+from legodiffusion.ops.controlnet_sd3 import EncodeSD3ControlImage
 from legodiffusion.ops.denoise import Denoise
 from legodiffusion.ops.edit import PrepareImage, VaeEncode
 from legodiffusion.ops.inpaint import ApplyOverlay, InpaintBlend, PrepareMask, SamplerRng
@@ -22,6 +23,7 @@ BUILTIN_OPERATORS = (
     InitStepCache,
     PrepareControlImage,
     EncodeControlImage,
+    EncodeSD3ControlImage,
     ControlNet,
     SamplerStep,
     VaeDecode,

@@ -43,6 +43,12 @@ def prompt_vector(embedding: dict) -> torch.Tensor:
 
 
 def _digest(value) -> str:
+    if isinstance(value, dict):  # an SD3 control: latents with the VAE's factors
+        return _digest(
+            torch.cat(
+                [v.reshape(-1).float() if isinstance(v, torch.Tensor) else torch.tensor([float(v)]) for _, v in sorted(value.items())]
+            )
+        )
     t = value.detach().cpu().contiguous()
     return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from legodiffusion.ops import examples, sampling
 from legodiffusion.ops.base import CONTROL_SCALE_MAX, GUIDANCE_MAX, SEED_PORT, Item, Operator, Port, Signature, resolve
+from legodiffusion.ops.controlnet_sd3 import example_control, run_sd3
 from legodiffusion.ops.latents import check_size, size_factor
 from legodiffusion.ops.lazy import lazy_module
+from legodiffusion.ops.sdxl_cond import added_cond
 
 torch = lazy_module("torch")
 image_processor = lazy_module("diffusers.image_processor")
@@ -103,6 +105,7 @@ class ControlNet(Operator):
                 "control": Port("control"),
                 "scale": Port("float", optional=True, doc="conditioning scale (default 1.0)", ge=0, le=CONTROL_SCALE_MAX),
                 "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale", ge=0, le=GUIDANCE_MAX),
+                "guess_mode": Port("bool", optional=True, doc="SD/SDXL: scale the residuals from 0.1 (first) to 1 (mid), as in guess mode"),
             },
             outputs={"residual": "residual"},
         )
@@ -111,6 +114,8 @@ class ControlNet(Operator):
     def run(self, model, mode: str, items: list[Item]):
         if type(model).__name__.startswith("Flux"):
             return self._run_flux(model, items)
+        if type(model).__name__.startswith("SD3"):
+            return run_sd3(model, items)
         xs, ts, embs, conds = [], [], [], []
         for it in items:
             state = it.inputs["sampler"]
@@ -118,26 +123,29 @@ class ControlNet(Operator):
             t = sched.timesteps[state.step_index]
             xs.append(sched.scale_model_input(it.inputs["latents"].to(model.dtype), t))
             ts.append(t.reshape(1))
-            embs.append(it.inputs["embedding"]["prompt_embeds"].to(model.dtype))
+            embs.append({k: v.to(model.dtype) for k, v in it.inputs["embedding"].items()})
             conds.append(it.inputs["control"].to(xs[-1].device, model.dtype))
         if len({t.dtype for t in ts}) > 1:
             ts = [t.float() for t in ts]
+        # SDXL: the time ids of the generated size, which the control image was resized to
+        added = added_cond(embs, [tuple(c.shape[-2:]) for c in conds], xs[0].device)
         with torch.inference_mode():
             # scale 1.0 inside, each item's own scale after: x * 1.0 * s == x * s exactly
             down, mid = model(
                 torch.cat(xs),
                 torch.cat(ts),
-                encoder_hidden_states=torch.cat(embs),
+                encoder_hidden_states=torch.cat([e["prompt_embeds"] for e in embs]),
                 controlnet_cond=torch.cat(conds),
                 conditioning_scale=1.0,
                 guess_mode=False,
+                added_cond_kwargs=added,
                 return_dict=False,
             )
         out = []
         for i, it in enumerate(items):
-            s = float(it.inputs.get("scale", 1.0) if it.inputs.get("scale") is not None else 1.0)
-            res = {f"down_{j:02d}": d[i : i + 1] * s for j, d in enumerate(down)}
-            res["mid"] = mid[i : i + 1] * s
+            scales = _scales(it.inputs, len(down) + 1, mid.device)
+            res = {f"down_{j:02d}": d[i : i + 1] * s for j, (d, s) in enumerate(zip(down, scales))}
+            res["mid"] = mid[i : i + 1] * scales[-1]
             out.append({"residual": res})
         return out
 
@@ -164,12 +172,27 @@ class ControlNet(Operator):
                     "latents": examples.latents(cfg, size, device),
                     "sampler": examples.sampler_state(cfg),
                     "embedding": examples.embedding(cfg, device),
-                    # Flux ControlNets read VAE latents of the control image, SD ones its pixels
-                    "control": examples.latents(cfg, size, device) if cfg.family == "flux" else torch.rand(1, 3, size, size),
+                    # Flux and SD3 ControlNets read VAE latents of the control image, SD ones its pixels
+                    "control": _example_control(cfg, size, device),
                 }
             )
             for _ in range(batch)
         ]
+
+
+def _example_control(cfg, size: int, device: str):
+    if cfg.family == "flux":
+        return examples.latents(cfg, size, device)
+    return example_control(cfg, size, device) if cfg.family == "sd3" else torch.rand(1, 3, size, size)
+
+
+def _scales(inputs: dict, count: int, device) -> list:
+    """The factor of each of a UNet ControlNet's ``count`` residuals (down blocks, then mid): its
+    conditioning scale, in guess mode times 0.1 (first) rising to 1 (mid) as ControlNetModel scales them."""
+    s = float(inputs.get("scale") if inputs.get("scale") is not None else 1.0)
+    if not inputs.get("guess_mode"):
+        return [s] * count
+    return list(torch.logspace(-1, 0, count, device=device) * s)
 
 
 def summed(residuals: list) -> dict:

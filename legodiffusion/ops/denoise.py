@@ -10,7 +10,9 @@ from __future__ import annotations
 from legodiffusion.ops import examples, family_flux2, family_qwenimage, family_zimage, sampling
 from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.controlnet import LazyResiduals, summed
+from legodiffusion.ops.controlnet_sd3 import block_residuals
 from legodiffusion.ops.lazy import lazy_module
+from legodiffusion.ops.sdxl_cond import added_cond
 from legodiffusion.ops.step_cache import cached_call
 
 torch = lazy_module("torch")
@@ -41,14 +43,8 @@ def _unet(model, items, xs, embs, ts, extra):
     tvec = [t.reshape(1).expand(x.shape[0]) for t, x in zip(ts, xs)]
     if len({t.dtype for t in tvec}) > 1:  # samplers disagree (int vs float timesteps)
         tvec = [t.float() for t in tvec]
-    added = None
-    if "pooled" in embs[0]:  # SDXL: pooled text embeds and (original size, crop, target size)
-        f = model.vae_scale_factor
-        ids = [
-            torch.tensor([[x.shape[-2] * f, x.shape[-1] * f, 0, 0, x.shape[-2] * f, x.shape[-1] * f]], dtype=e["prompt_embeds"].dtype)
-            for x, e in zip(xs, embs)
-        ]
-        added = {"text_embeds": _cat(embs, "pooled"), "time_ids": torch.cat(ids).to(xs[0].device)}
+    f = model.vae_scale_factor
+    added = added_cond(embs, [(x.shape[-2] * f, x.shape[-1] * f) for x in xs], xs[0].device)  # SDXL
     residuals = [[it.inputs[p] for p in CONTROL_PORTS if it.inputs.get(p) is not None] for it in items]
     down = mid = None
     if any(residuals):
@@ -67,11 +63,15 @@ def _unet(model, items, xs, embs, ts, extra):
 
 def _mmdit(model, items, xs, embs, ts, extra):
     tvec = torch.cat([t.reshape(1).expand(x.shape[0]) for t, x in zip(ts, xs)])
+    residuals = [[it.inputs[p] for p in CONTROL_PORTS if it.inputs.get(p) is not None] for it in items]
+    # read eagerly: the transformer needs their count before its first block
+    blocks = block_residuals([summed(r) for r in residuals]) if any(residuals) else None
     return model.module(
         hidden_states=torch.cat(xs),
         timestep=tvec,
         encoder_hidden_states=_cat(embs, "prompt_embeds"),
         pooled_projections=_cat(embs, "pooled"),
+        block_controlnet_hidden_states=blocks,
         return_dict=False,
     )[0]
 

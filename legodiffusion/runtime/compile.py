@@ -38,6 +38,7 @@ RESIDUAL_ARGS = (
     "mid_block_additional_residual",
     "controlnet_block_samples",
     "controlnet_single_block_samples",
+    "block_controlnet_hidden_states",
 )
 #: Flux's position ids: per token, not per row, so never padded.
 UNBATCHED_ARGS = frozenset({"txt_ids", "img_ids"})

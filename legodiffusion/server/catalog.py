@@ -27,6 +27,8 @@ from legodiffusion.workflow.hires import flux_hires, sd3_hires, sd_hires, sdxl_h
 from legodiffusion.workflow.qwenimage import qwenimage_txt2img
 from legodiffusion.workflow.zimage import zimage_for
 
+#: families whose _BUILDERS entry takes ControlNets (Flux's builder is called on its own)
+CONTROLNET_FAMILIES = frozenset({"sd", "sdxl", "sd3"})
 _BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img, "zimage": zimage_for, "qwenimage": qwenimage_txt2img}
 #: families served by their text-to-image workflow alone (no edit or hires graph yet)
 _TXT2IMG_ONLY = frozenset({"flux2", "zimage", "qwenimage"})
@@ -57,9 +59,22 @@ def txt2img_for(folder: str | Path, model: str, name: str | None = None, control
         return flux_txt2img(model, name=name, schnell=_schnell(folder), controlnets=controlnets)
     if family == "flux2" and not controlnets:
         return flux2_klein_txt2img(model, name=name, distilled=is_distilled(folder))
-    if controlnets and family != "sd":
-        raise ValueError("ControlNets are supported for the SD and Flux families")
+    if controlnets and family not in CONTROLNET_FAMILIES:
+        raise ValueError(f"ControlNets are supported for the {', '.join(sorted(CONTROLNET_FAMILIES | {'flux'}))} families, not {family}")
     return _BUILDERS[family](model, name=name, **({"controlnets": controlnets} if controlnets else {}))
+
+
+def controlnet_family(folder: str | Path) -> str | None:
+    """The family a ControlNet folder steers (SDXL's ``ControlNetModel`` reads ``text_time``
+    added conditioning, SD 1.x/2.x's none); None for a folder that is no ControlNet."""
+    config = Path(folder) / "config.json"
+    if is_pipeline(folder) or not config.exists():
+        return None
+    cfg = json.loads(config.read_text())
+    cls = cfg.get("_class_name")
+    if cls == "ControlNetModel":
+        return "sdxl" if cfg.get("addition_embed_type") == "text_time" else "sd"
+    return {"SD3ControlNetModel": "sd3", "FluxControlNetModel": "flux"}.get(cls)
 
 
 def _schnell(folder: Path) -> bool:

@@ -79,7 +79,9 @@ def _text(prompt: dict, link: Any, where: str, controls: list) -> str:
         entry = (PurePath(str(cn["inputs"].get("control_net_name", ""))).stem, image, float(args.get("strength", 1.0)), nid, ct)
         if entry[:3] not in [c[:3] for c in controls]:
             controls.append(entry)
-        nid, node = linked(prompt, args.get("conditioning") or args.get("positive"), f"node {nid} conditioning")
+        # ControlNetApplyAdvanced passes its positive on as output 0 and its negative as output 1
+        link = args.get("conditioning") if ct == "ControlNetApply" else args.get("negative" if link[1] == 1 else "positive")
+        nid, node = linked(prompt, link, f"node {nid} conditioning")
     if node.get("class_type") != "CLIPTextEncode":
         raise ComfyError(nid, node.get("class_type"), f"{where} must come from CLIPTextEncode (or a ControlNetApply over it)")
     text = node.get("inputs", {}).get("text")
@@ -273,7 +275,7 @@ def to_spec(prompt: Any, family: str = "sd") -> dict:
     builder = BUILTIN_WORKFLOWS.get(f"{family}-{job.kind}")
     if builder is None:
         raise ComfyError(*(job.origin or (None, None)), f"no built-in {job.kind} workflow for the {family} family")
-    spec = builder(model, name=job.workflow).to_json()
+    spec = builder(model, name=job.workflow, **({"controlnets": tuple(job.controlnets)} if job.controlnets else {})).to_json()
     for name, value in job.inputs.items():
         if name in spec["inputs"]:
             spec["inputs"][name]["default"] = value

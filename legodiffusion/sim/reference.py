@@ -40,7 +40,7 @@ GLUE_OPS = (
 LOAD_SETUP_S = 0.1
 #: operators whose time follows the denoiser's tokens, the image's pixels, or neither
 TOKEN_OPS = frozenset({"denoise", "controlnet"})
-PIXEL_OPS = frozenset({"vae_decode", "vae_encode", "encode_control_image"})
+PIXEL_OPS = frozenset({"vae_decode", "vae_encode", "encode_control_image", "encode_sd3_control"})
 #: bytes of values that are not tensors (sampler state, generator state, text)
 SMALL_BYTES = 1024
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from legodiffusion.ops import step_cache
 from legodiffusion.workflow.approx import adapter_inputs, approx_input, approx_save, approx_start
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.controls import control_inputs, guess_mode_input
 from legodiffusion.workflow.flux2 import flux2_klein_txt2img
 from legodiffusion.workflow.hires import flux_hires, flux_schnell_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.inpaint import inpaint_start
@@ -119,15 +120,11 @@ def _txt2img(
     else:
         init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
         start = Start(init.latents, init.sampler)
-    controls = []
-    for i in range(len(controlnets)):
-        image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
-        scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
-        prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
-        controls.append((prep.control, scale))
+    controls = control_inputs(wf, family, len(controlnets), seed=seed, guidance=guidance, latents=start.latents, height=height, width=width)
+    guess = guess_mode_input(wf, family, len(controlnets))
     approx = None if edit else approx_input(wf)  # starting from noise only: an edit starts from its image
     if approx is not None:
-        adapters = adapter_inputs(patch, controlnets, controls)
+        adapters = adapter_inputs(patch, controlnets, [(c.cond, c.scale) for c in controls])
         start = approx_start(wf, approx, start, cond.embedding, adapters)
     cache = _step_cache(wf, family, start)  # (after a hit, the steps left are fewer)
 
@@ -140,34 +137,49 @@ def _txt2img(
     def branch(latents, state, embedding, tag, prefix, caches):
         """One guidance branch of one step: its ControlNets, then the base model reading them deferred."""
         patch_and_cache = patch if caches is None else {**patch, "cache": caches[f"cache{tag}"]}
-        if not controls:
-            unet = f"{prefix}unet{tag}"
+
+        def plain(unet=f"{prefix}unet{tag}"):
             return wf.call(
                 "denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=unet, **start.denoise, **patch_and_cache
             )
-        residuals = {
-            f"control_{i}": wf.call(
-                "controlnet",
-                model=f"cn{i}",
+
+        def controlled():
+            residuals = {
+                f"control_{i}": wf.call(
+                    "controlnet",
+                    model=f"cn{i}",
+                    latents=latents,
+                    sampler=state,
+                    embedding=embedding,
+                    control=c.for_branch(tag),
+                    scale=c.scale,
+                    id=f"{prefix}cn{i}{tag}",
+                    **({} if guess is None else {"guess_mode": guess}),
+                ).residual
+                for i, c in enumerate(controls)
+            }
+            return wf.call(
+                "denoise",
+                model="base",
+                mode="controlnet",
                 latents=latents,
                 sampler=state,
                 embedding=embedding,
-                control=c,
-                scale=sc,
-                id=f"{prefix}cn{i}{tag}",
-            ).residual
-            for i, (c, sc) in enumerate(controls)
-        }
-        return wf.call(
-            "denoise",
-            model="base",
-            mode="controlnet",
-            latents=latents,
-            sampler=state,
-            embedding=embedding,
-            id=f"{prefix}unet{tag}",
-            **residuals,
-            **patch_and_cache,
+                id=f"{prefix}unet{tag}",
+                **residuals,
+                **patch_and_cache,
+            )
+
+        if not controls:
+            return plain()
+        if guess is None or tag != "_uncond":
+            return controlled()
+        # guess mode: the unconditional branch reads no ControlNet (the pipelines add zero residuals to it)
+        return wf.cond(
+            guess.eq(True),
+            lambda: {"noise": plain(f"{prefix}unet_guess{tag}").noise},
+            lambda: {"noise": controlled().noise},
+            id=f"{prefix}guess{tag}",
         )
 
     def stages(loop, tag: str, caches: dict | None) -> dict:
@@ -222,23 +234,24 @@ def sd_txt2img(
     model: str = "sd15", name: str = "sd-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()
 ) -> WorkflowSpec:
     """Stable Diffusion 1.x/2.x text-to-image, optionally with up to 3 ControlNets (model names);
-    each adds request inputs ``control_image[_i]`` and ``control_scale[_i]``."""
+    each adds request inputs ``control_image[_i]`` and ``control_scale[_i]``; with any, ``guess_mode``
+    (as SDXL's; see :mod:`.controls`)."""
     return _txt2img("sd", model, name, prompt_template, tuple(controlnets))
 
 
 def sdxl_txt2img(
     model: str = "sdxl", name: str = "sdxl-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()
 ) -> WorkflowSpec:
-    """SDXL text-to-image: two CLIP encoders, pooled and time-id conditioning."""
+    """SDXL text-to-image: two CLIP encoders, pooled and time-id conditioning; with ControlNets, as
+    StableDiffusionXLControlNetPipeline (its ControlNets read the same added conditioning)."""
     return _txt2img("sdxl", model, name, prompt_template, tuple(controlnets))
 
 
 def sd3_txt2img(
     model: str = "sd3", name: str = "sd3-txt2img", prompt_template: str | None = None, controlnets: tuple[str, ...] = ()
 ) -> WorkflowSpec:
-    """SD3 / SD3.5 text-to-image: CLIP-L, CLIP-G and (optional) T5, flow matching. ControlNet nodes
-    are laid out like SD's; executing SD3 ControlNet models is not implemented yet (the simulator
-    uses these graphs)."""
+    """SD3 / SD3.5 text-to-image: CLIP-L, CLIP-G and (optional) T5, flow matching; with ControlNets
+    (``SD3ControlNetModel``), as StableDiffusion3ControlNetPipeline (:mod:`.controls`)."""
     return _txt2img("sd3", model, name, prompt_template, tuple(controlnets))
 
 

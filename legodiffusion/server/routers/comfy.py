@@ -7,7 +7,8 @@ import json
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from legodiffusion.server.catalog import ModelFamilies
+from legodiffusion.models.components import family_of
+from legodiffusion.server.catalog import ModelFamilies, controlnet_family, txt2img_for
 from legodiffusion.server.comfy import ComfyError, parse
 from legodiffusion.server.comfy_images import images_for
 from legodiffusion.server.errors import ApiError, error_body
@@ -24,10 +25,14 @@ async def comfy_prompt(body: dict, request: Request, st: ServerState = Depends(s
             st.limits.check_count(job.batch, "batch_size", f"prompt.{job.batch_node}.inputs.batch_size")
         except ApiError as exc:
             raise ComfyError(job.batch_node, "EmptyLatentImage", exc.message, code=exc.code, path=exc.path) from None
-        if job.controlnets and job.workflow not in st.engine.workflows:  # a ControlNet variant, made once
-            from legodiffusion.workflow.catalog import sd_txt2img
-
-            st.workflows.register(sd_txt2img(job.model, name=job.workflow, controlnets=tuple(job.controlnets)), job.workflow)
+        if job.controlnets and job.workflow not in st.engine.workflows:  # a ControlNet variant, made once, for the checkpoint's family
+            folder = st.engine.catalog.folder(job.model)
+            family = family_of(folder)
+            for name in job.controlnets:
+                steers = controlnet_family(st.engine.catalog.folder(name))
+                if steers != family:
+                    raise ComfyError(None, None, f"ControlNet {name!r} steers {steers or 'no known'} models, not {job.model!r} ({family})")
+            st.workflows.register(txt2img_for(folder, job.model, name=job.workflow, controlnets=tuple(job.controlnets)), job.workflow)
         if job.workflow not in st.engine.workflows:
             raise ComfyError(*(job.origin or (None, None)), f"no built-in workflow {job.workflow!r} for that checkpoint ({job.kind})")
         job.inputs.update(images_for(job.images, st.uploads))

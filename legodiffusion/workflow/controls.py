@@ -1,0 +1,67 @@
+"""The ControlNet inputs of the SD, SDXL and SD3 text-to-image graphs (Flux's are in its own builder).
+
+SD and SDXL ControlNets read the control image's pixels, prepared once; SD3 ControlNets read its
+VAE latents, one noise draw per guidance branch, as StableDiffusion3ControlNetPipeline encodes
+them (:mod:`legodiffusion.ops.controlnet_sd3`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from legodiffusion.workflow.builder import WorkflowBuilder
+
+#: families whose ControlNets have a guess mode (ControlNetModel; SD3's pipeline has none)
+GUESS_MODE_FAMILIES = frozenset({"sd", "sdxl"})
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ControlNet's inputs to its nodes: the control value each guidance branch reads, and its scale."""
+
+    cond: Any
+    uncond: Any
+    scale: Any
+
+    def for_branch(self, tag: str) -> Any:
+        return self.uncond if tag == "_uncond" else self.cond
+
+
+def control_inputs(wf: WorkflowBuilder, family: str, count: int, *, seed, guidance, latents, height, width) -> list[Control]:
+    """``count`` ControlNets' request inputs (``control_image[_i]``, ``control_scale[_i]``) and the
+    nodes that prepare their control values; ``latents``: the initial latents (their size is the
+    generation size)."""
+    controls, rng = [], {}
+    for i in range(count):
+        image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
+        scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
+        if family == "sd3":
+            enc = wf.call(
+                "encode_sd3_control",
+                model="base",
+                image=image,
+                latents=latents,
+                seed=seed,
+                guidance_scale=guidance,
+                id=f"control_image_{i}",
+                **rng,
+            )
+            rng = {"rng": enc.rng}  # the next ControlNet's draw continues this one's generator, as the pipeline's global one
+            controls.append(Control(enc.control, enc.control_uncond, scale))
+        else:
+            prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
+            controls.append(Control(prep.control, prep.control, scale))
+    return controls
+
+
+def guess_mode_input(wf: WorkflowBuilder, family: str, count: int):
+    """The ``guess_mode`` request input where the family's ControlNets have one, else None."""
+    if not count or family not in GUESS_MODE_FAMILIES:
+        return None
+    return wf.input(
+        "guess_mode",
+        "bool",
+        default=False,
+        doc="ControlNet guess mode: the ControlNets steer only the conditional branch, their residuals scaled from 0.1 to 1",
+    )
