@@ -3,10 +3,13 @@ so the GPU check cannot rot between the runs that have a GPU."""
 
 import json
 
+import pytest
+
 from benchmarks.gpu_check import main
 from legodiffusion.sim.reference import reference_profiles
 
 
+@pytest.mark.slow  # about a minute on 2 cores: make test-slow
 def test_the_gpu_check_runs_on_cpu_and_writes_a_simulator_profile(tmp_path):
     summary = main(["--out", str(tmp_path), "--families", "sd15,flux", "--cpu", "--sim-models", "flux-schnell,cn-flux-canny,cn-sd3m-canny"])
     assert not summary["gpu"] and "NOT GPU figures" in summary["device"]

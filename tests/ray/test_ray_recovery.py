@@ -78,7 +78,12 @@ def kill_vae_only_decoder(engine, r, d):
 
 @pytest.mark.parametrize(
     "kill_when,workers,transport",
-    [(kill_denoiser_at_step_10, 2, "object_store"), (kill_vae_only_decoder, 3, "object_store"), (kill_denoiser_at_step_10, 2, "gloo")],
+    [
+        (kill_denoiser_at_step_10, 2, "object_store"),
+        # the other two cases (a third worker that only decodes; the direct transport) are long: make test-slow
+        pytest.param(kill_vae_only_decoder, 3, "object_store", marks=pytest.mark.slow),
+        pytest.param(kill_denoiser_at_step_10, 2, "gloo", marks=pytest.mark.slow),
+    ],
     ids=["base-model", "vae-only", "base-model-direct-transport"],
 )
 def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, workers, transport):
@@ -105,6 +110,7 @@ def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, 
     assert all(c == (0, 0) for c in engine.backend.last_counts), "the surviving actors released everything"
 
 
+@pytest.mark.slow  # about a minute; the local backend's deferred-input recovery is in make test (tests/runtime/test_worker_loss.py)
 def test_a_controlnet_request_survives_a_killed_controlnet_actor(ray_cluster, tiny_models):
     """The base model reads the ControlNet's residuals as a deferred input pulled from the
     ControlNet's actor; when that actor dies, the reader is redone with the re-run ControlNet."""
