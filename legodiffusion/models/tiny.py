@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from legodiffusion.models import tiny_controlnets
-from legodiffusion.models.tiny_lora import write_tiny_sd3_lora, write_tiny_sdxl_lora
+from legodiffusion.models.tiny_lora import write_tiny_sd3_lora, write_tiny_sdxl_lora, write_transformer_lora
 from legodiffusion.models.tiny_qwenimage import write_qwenimage
 from legodiffusion.models.tiny_zimage import write_zimage, write_zimage_turbo
 
@@ -528,12 +528,5 @@ def write_tiny_models(root: str | Path, seed: int = 0, families=TINY_FAMILIES, e
 
 
 def write_tiny_flux_lora(path: str | Path, base_folder: str | Path, seed: int = 0, rank: int = 4) -> Path:
-    """A diffusers-format LoRA for the tiny Flux transformer's attention projections, as
-    ``FluxPipeline.load_lora_weights(path)`` accepts it."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-
-    path, base_folder = Path(path), Path(base_folder)
-    transformer = FluxTransformer2DModel.from_pretrained(base_folder / "transformer")
-    layers = _lora_state_dict(transformer, _UNET_LORA_TARGETS, rank, seed)
-    FluxPipeline.save_lora_weights(save_directory=path.parent, transformer_lora_layers=layers, weight_name=path.name)
-    return path
+    """A LoRA for the tiny Flux transformer, as ``FluxPipeline.load_lora_weights(path)`` accepts it."""
+    return write_transformer_lora(path, base_folder, "FluxPipeline", "FluxTransformer2DModel", seed, rank)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from legodiffusion.models.tiny import _UNET_LORA_TARGETS, _VAE_BLOCKS, _lora_state_dict
+from legodiffusion.models.tiny import _UNET_LORA_TARGETS, _VAE_BLOCKS
+from legodiffusion.models.tiny_lora import write_transformer_lora
 from legodiffusion.models.tiny_qwen import tiny_qwen3_encoder, tiny_qwen_tokenizer
 from legodiffusion.ops.family_flux2 import HIDDEN_STATES_LAYERS
 
@@ -85,12 +86,6 @@ def write_flux2_klein(folder: Path, seed: int, distilled: bool = True) -> None:
 
 
 def write_tiny_flux2_lora(path: str | Path, base_folder: str | Path, seed: int = 0, rank: int = 4) -> Path:
-    """A diffusers-format LoRA for the tiny klein transformer's attention projections, as
+    """A LoRA for the tiny klein transformer (its double and single blocks' projections too), as
     ``Flux2KleinPipeline.load_lora_weights(path)`` accepts it."""
-    from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
-
-    path, base_folder = Path(path), Path(base_folder)
-    transformer = Flux2Transformer2DModel.from_pretrained(base_folder / "transformer")
-    layers = _lora_state_dict(transformer, _LORA_TARGETS, rank, seed)
-    Flux2KleinPipeline.save_lora_weights(save_directory=path.parent, transformer_lora_layers=layers, weight_name=path.name)
-    return path
+    return write_transformer_lora(path, base_folder, "Flux2KleinPipeline", "Flux2Transformer2DModel", seed, rank, _LORA_TARGETS)

@@ -105,3 +105,20 @@ def write_tiny_sdxl_kohya_lora(path: str | Path, lora: str | Path, base_folder: 
     state = {_sgm_key(k, layers_per_block): v for k, v in load_file(lora).items()}
     save_file(convert_state_dict_to_kohya(state), path)
     return path
+
+
+def write_transformer_lora(
+    path: str | Path, base_folder: str | Path, pipeline: str, transformer: str, seed: int = 0, rank: int = 4, targets=None
+) -> Path:
+    """A diffusers-format LoRA for the attention projections of the transformer of the tiny
+    ``pipeline`` (a diffusers class name) at ``base_folder``, as its ``load_lora_weights(path)``
+    accepts it; ``transformer`` names the transformer's class."""
+    import diffusers
+
+    from legodiffusion.models.tiny import _UNET_LORA_TARGETS, _lora_state_dict
+
+    path, base_folder = Path(path), Path(base_folder)
+    model = getattr(diffusers, transformer).from_pretrained(base_folder / "transformer")
+    layers = _lora_state_dict(model, list(targets or _UNET_LORA_TARGETS), rank, seed)
+    getattr(diffusers, pipeline).save_lora_weights(save_directory=path.parent, transformer_lora_layers=layers, weight_name=path.name)
+    return path

@@ -110,14 +110,7 @@ def write_qwenimage(folder: Path, seed: int) -> None:
 
 
 def write_tiny_qwenimage_lora(path: str | Path, base_folder: str | Path, seed: int = 0, rank: int = 4) -> Path:
-    """A diffusers-format LoRA for the tiny Qwen-Image transformer's attention projections, as
-    ``QwenImagePipeline.load_lora_weights(path)`` accepts it."""
-    from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
+    """A LoRA for the tiny Qwen-Image transformer, as ``QwenImagePipeline.load_lora_weights(path)`` accepts it."""
+    from legodiffusion.models.tiny_lora import write_transformer_lora
 
-    from legodiffusion.models.tiny import _UNET_LORA_TARGETS, _lora_state_dict  # models.tiny imports this module
-
-    path, base_folder = Path(path), Path(base_folder)
-    transformer = QwenImageTransformer2DModel.from_pretrained(base_folder / "transformer")
-    layers = _lora_state_dict(transformer, _UNET_LORA_TARGETS, rank, seed)
-    QwenImagePipeline.save_lora_weights(save_directory=path.parent, transformer_lora_layers=layers, weight_name=path.name)
-    return path
+    return write_transformer_lora(path, base_folder, "QwenImagePipeline", "QwenImageTransformer2DModel", seed, rank)

@@ -81,14 +81,7 @@ def write_zimage_turbo(folder: Path, seed: int) -> None:
 
 
 def write_tiny_zimage_lora(path: str | Path, base_folder: str | Path, seed: int = 0, rank: int = 4) -> Path:
-    """A diffusers-format LoRA for the tiny Z-Image transformer's attention projections, as
-    ``ZImagePipeline.load_lora_weights(path)`` accepts it."""
-    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    """A LoRA for the tiny Z-Image transformer, as ``ZImagePipeline.load_lora_weights(path)`` accepts it."""
+    from legodiffusion.models.tiny_lora import write_transformer_lora
 
-    from legodiffusion.models.tiny import _UNET_LORA_TARGETS, _lora_state_dict
-
-    path, base_folder = Path(path), Path(base_folder)
-    transformer = ZImageTransformer2DModel.from_pretrained(base_folder / "transformer")
-    layers = _lora_state_dict(transformer, _UNET_LORA_TARGETS, rank, seed)
-    ZImagePipeline.save_lora_weights(save_directory=path.parent, transformer_lora_layers=layers, weight_name=path.name)
-    return path
+    return write_transformer_lora(path, base_folder, "ZImagePipeline", "ZImageTransformer2DModel", seed, rank)
