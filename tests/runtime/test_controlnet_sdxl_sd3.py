@@ -108,6 +108,18 @@ def test_sd3_controlnet_matches_the_reference_pipeline(tiny_models):
     assert np.abs(other - ref).max() > 1e-3, "the control image made no difference: the test would not see it ignored"
 
 
+def test_sd35_8b_controlnet_matches_the_reference_pipeline(tiny_models):
+    """An SD3.5-large-style 8b ControlNet (no patch embedding of its own, no text): it reads the
+    latents through the base transformer's patch embedding, which the pipeline lends it and our
+    graph hands it once per request."""
+    image = random_image(64, 64, seed=1)
+    (ours,) = _run(tiny_models, "sd3", ("controlnet-sd35",), [dict(seed=4, control_image=image, control_scale=0.8)])
+    ref = _sd3_reference(tiny_models, ["controlnet-sd35"], 4, control_image=image, controlnet_conditioning_scale=0.8)
+    assert np.abs(ours - ref).max() <= 1e-4
+    plain = _sd3_reference(tiny_models, ["controlnet-sd35"], 4, control_image=image, controlnet_conditioning_scale=0.0)
+    assert np.abs(plain - ref).max() > 1e-3, "the ControlNet made no difference: the test would not see it ignored"
+
+
 def test_two_sd3_controlnets_match_sd3_multicontrolnet(tiny_models):
     """InstantX-style ControlNets (zero pooled projection, no VAE shift); the second image's noise
     continues the first's generator, as the pipeline's global one."""
