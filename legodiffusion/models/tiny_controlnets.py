@@ -59,11 +59,44 @@ def write_tiny_sd3_controlnet(
     return folder
 
 
+def write_tiny_sd35_controlnet(folder: str | Path, base_folder: str | Path, seed: int = 0) -> Path:
+    """An ``SD3ControlNetModel`` configured as Stability's SD3.5-large ControlNets (canny, depth,
+    blur; ``models/data/architectures.json``): no patch embedding of its own (the pipeline lends it
+    the base transformer's), no context embedder (single-stream blocks that read no text), the
+    prompt's pooled projection; as many blocks as the tiny transformer has. Its weights are its
+    own, as those ControlNets were trained, not copied from the base."""
+    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+    folder = Path(folder)
+    base = SD3Transformer2DModel.from_pretrained(Path(base_folder) / "transformer").config
+    torch.manual_seed(seed)
+    controlnet = SD3ControlNetModel(
+        sample_size=base.sample_size,
+        patch_size=base.patch_size,
+        in_channels=base.in_channels,
+        num_layers=base.num_layers,
+        attention_head_dim=base.attention_head_dim,
+        num_attention_heads=base.num_attention_heads,
+        joint_attention_dim=None,
+        caption_projection_dim=base.caption_projection_dim,
+        pooled_projection_dim=base.pooled_projection_dim,
+        out_channels=base.out_channels,
+        pos_embed_max_size=None,
+        pos_embed_type=None,
+        use_pos_embed=False,
+        force_zeros_for_pooled_projection=False,
+    )
+    _randomise_zero_init([controlnet.pos_embed_input, *controlnet.controlnet_blocks], seed)
+    controlnet.save_pretrained(folder)
+    return folder
+
+
 # name -> (base family, path under root), merged into tiny.TINY_EXTRAS
 EXTRAS = {
     "controlnet-sdxl": ("sdxl", "controlnet-sdxl"),
     "controlnet-sd3": ("sd3", "controlnet-sd3"),
     "controlnet-sd3-instantx": ("sd3", "controlnet-sd3-instantx"),
+    "controlnet-sd35": ("sd3", "controlnet-sd35"),
 }
 # name -> writer(out, base folder, seed), merged into tiny._EXTRA_WRITERS
 WRITERS = {
@@ -72,4 +105,5 @@ WRITERS = {
     "controlnet-sd3-instantx": lambda out, base, seed: write_tiny_sd3_controlnet(
         out, base, seed + 1, force_zeros_for_pooled_projection=True
     ),
+    "controlnet-sd35": lambda out, base, seed: write_tiny_sd35_controlnet(out, base, seed + 2),
 }

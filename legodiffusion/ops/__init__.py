@@ -3,7 +3,7 @@
 from legodiffusion.ops.approx import ApproxInsert, ApproxLookup
 from legodiffusion.ops.base import Item, Operator, OperatorRegistry, Port, Signature
 from legodiffusion.ops.controlnet import ControlNet, EncodeControlImage, PrepareControlImage
-from legodiffusion.ops.controlnet_sd3 import EncodeSD3ControlImage
+from legodiffusion.ops.controlnet_sd3 import EncodeSD3ControlImage, SD3PatchEmbedding
 from legodiffusion.ops.denoise import Denoise
 from legodiffusion.ops.edit import PrepareImage, VaeEncode
 from legodiffusion.ops.inpaint import ApplyOverlay, InpaintBlend, PrepareMask, SamplerRng
@@ -24,6 +24,7 @@ BUILTIN_OPERATORS = (
     PrepareControlImage,
     EncodeControlImage,
     EncodeSD3ControlImage,
+    SD3PatchEmbedding,
     ControlNet,
     SamplerStep,
     VaeDecode,

@@ -106,6 +106,7 @@ class ControlNet(Operator):
                 "scale": Port("float", optional=True, doc="conditioning scale (default 1.0)", ge=0, le=CONTROL_SCALE_MAX),
                 "guidance": Port("float", optional=True, doc="Flux dev: distilled guidance scale", ge=0, le=GUIDANCE_MAX),
                 "guess_mode": Port("bool", optional=True, doc="SD/SDXL: scale the residuals from 0.1 (first) to 1 (mid), as in guess mode"),
+                "patch_embed": Port("control", optional=True, doc="SD3: the base's patch embedding, for ControlNets without one (8b)"),
             },
             outputs={"residual": "residual"},
         )

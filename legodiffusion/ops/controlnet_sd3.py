@@ -8,6 +8,13 @@ one is), so a request is reproducible and equals the pipeline run right after
 pooled projection and which text the ControlNet reads, depend on the ControlNet's config
 (InstantX's zero pooled projection and no shift; SD3.5's 8b ControlNets read no text), so the
 control value carries the raw sample and the VAE's factors and the ControlNet node applies them.
+
+SD3.5-large's 8b ControlNets have no patch embedding of their own: the pipeline lends them the
+base transformer's (``SD3ControlNetModel._get_pos_embed_from_transformer``). Here the base hands
+it over as a value: :class:`SD3PatchEmbedding` runs once per request on the base's denoiser and
+gives its projection and the positional embedding cropped to the request's size, which the
+ControlNet node applies. So each model stays one resident copy, the ControlNet is never changed,
+and a ControlNet shared by two bases reads each request's own base.
 """
 
 from __future__ import annotations
@@ -68,6 +75,45 @@ class EncodeSD3ControlImage(Operator):
         ]
 
 
+class SD3PatchEmbedding(Operator):
+    name = "sd3_patch_embedding"
+    doc = (
+        "The base transformer's patch embedding for SD3 ControlNets without one (SD3.5-large's 8b ones): its projection "
+        "and its positional embedding cropped to the size of `latents`, as the pipeline lends them."
+    )
+    component = "denoiser"
+    modes = {
+        "default": Signature(
+            inputs={"latents": Port("latent", doc="the initial latents: the positional embedding is cropped to their size")},
+            outputs={"patch_embed": "control"},
+        )
+    }
+
+    def run(self, model, mode: str, items: list[Item]):
+        embed = model.module.pos_embed
+        if not embed.pos_embed_max_size or embed.norm is not None or not embed.flatten:
+            # every SD3 transformer crops a sincos grid; patch_embedded() applies only that form
+            raise ValueError("sd3_patch_embedding: the base transformer's pos_embed is not SD3's cropped sincos patch embedding")
+        out = []
+        for it in items:
+            with torch.inference_mode():
+                pos = embed.cropped_pos_embed(*it.inputs["latents"].shape[-2:])
+            out.append({"patch_embed": {"weight": embed.proj.weight, "bias": embed.proj.bias, "pos": pos}})
+        return out
+
+    def example_items(self, cfg, mode, batch, size, device):
+        return [Item({"latents": examples.latents(cfg, size, device)}) for _ in range(batch)]
+
+
+def patch_embedded(x, lent: dict):
+    """``x`` (B, C, H, W) through the base's patch embedding ``lent`` (:class:`SD3PatchEmbedding`'s
+    output), in ``x``'s dtype as ``PatchEmbed.forward`` runs it once the pipeline has cast the lent
+    module to the ControlNet's dtype."""
+    weight, bias, pos = (lent[k].to(x.device, x.dtype) for k in ("weight", "bias", "pos"))
+    hidden = torch.nn.functional.conv2d(x, weight, bias, stride=weight.shape[-2:]).flatten(2).transpose(1, 2)
+    return (hidden + pos).to(hidden.dtype)
+
+
 def control_latents(model, control: dict):
     """The latents an SD3 ControlNet reads, scaled as the pipeline does: InstantX ControlNets
     (``force_zeros_for_pooled_projection``) were trained without the VAE's shift."""
@@ -78,12 +124,14 @@ def control_latents(model, control: dict):
 def run_sd3(model, items: list[Item]) -> list[dict]:
     """One ``SD3ControlNetModel`` call for a batch of ControlNet nodes, each item's residuals
     scaled by its own ``scale`` after (``x * 1.0 * s == x * s`` exactly)."""
-    if model.pos_embed is None:  # the pipeline lends these the transformer's patch embedding, which this node does not hold
-        raise ValueError("SD3 ControlNets without their own pos_embed (use_pos_embed: false, the SD3.5 large 8b ones) are not supported")
     xs, ts, embs, pooled, conds = [], [], [], [], []
     for it in items:
         state = it.inputs["sampler"]
         x = it.inputs["latents"].to(model.dtype)
+        if model.pos_embed is None:  # an 8b ControlNet reads the latents through its base's patch embedding
+            if it.inputs.get("patch_embed") is None:
+                raise ValueError("patch_embed: this SD3 ControlNet has no pos_embed of its own; wire the base's sd3_patch_embedding to it")
+            x = patch_embedded(x, it.inputs["patch_embed"])
         xs.append(x)
         ts.append(sampling.scheduler_at(state).timesteps[state.step_index].reshape(1).expand(x.shape[0]))
         emb = it.inputs["embedding"]

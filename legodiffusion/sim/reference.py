@@ -35,6 +35,7 @@ GLUE_OPS = (
     ("init_step_cache", "default"),
     ("approx_lookup", "default"),
     ("approx_insert", "default"),
+    ("sd3_patch_embedding", "default"),  # a crop of the base's positional embedding, once per SD3 ControlNet request
 )
 #: one host->device copy per load, plus a fixed setup cost; host copies are kept in host memory
 LOAD_SETUP_S = 0.1

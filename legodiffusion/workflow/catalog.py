@@ -154,6 +154,7 @@ def _txt2img(
                     control=c.for_branch(tag),
                     scale=c.scale,
                     id=f"{prefix}cn{i}{tag}",
+                    **c.lent,
                     **({} if guess is None else {"guess_mode": guess}),
                 ).residual
                 for i, c in enumerate(controls)

@@ -2,12 +2,13 @@
 
 SD and SDXL ControlNets read the control image's pixels, prepared once; SD3 ControlNets read its
 VAE latents, one noise draw per guidance branch, as StableDiffusion3ControlNetPipeline encodes
-them (:mod:`legodiffusion.ops.controlnet_sd3`).
+them, and those without a patch embedding of their own (SD3.5-large's 8b ones) the base's, lent
+once per request (:mod:`legodiffusion.ops.controlnet_sd3`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from legodiffusion.workflow.builder import WorkflowBuilder
@@ -23,6 +24,7 @@ class Control:
     cond: Any
     uncond: Any
     scale: Any
+    lent: dict = field(default_factory=dict)  # the base's values the ControlNet node reads too (SD3: its patch embedding)
 
     def for_branch(self, tag: str) -> Any:
         return self.uncond if tag == "_uncond" else self.cond
@@ -32,7 +34,10 @@ def control_inputs(wf: WorkflowBuilder, family: str, count: int, *, seed, guidan
     """``count`` ControlNets' request inputs (``control_image[_i]``, ``control_scale[_i]``) and the
     nodes that prepare their control values; ``latents``: the initial latents (their size is the
     generation size)."""
-    controls, rng = [], {}
+    controls, rng, lent = [], {}, {}
+    if family == "sd3" and count:
+        # one per request whatever the ControlNets: the spec is built without reading their configs
+        lent = {"patch_embed": wf.call("sd3_patch_embedding", model="base", latents=latents, id="patch_embedding").patch_embed}
     for i in range(count):
         image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
         scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
@@ -48,7 +53,7 @@ def control_inputs(wf: WorkflowBuilder, family: str, count: int, *, seed, guidan
                 **rng,
             )
             rng = {"rng": enc.rng}  # the next ControlNet's draw continues this one's generator, as the pipeline's global one
-            controls.append(Control(enc.control, enc.control_uncond, scale))
+            controls.append(Control(enc.control, enc.control_uncond, scale, lent))
         else:
             prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
             controls.append(Control(prep.control, prep.control, scale))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from legodiffusion import Engine, EngineConfig
+from legodiffusion.models.tiny import write_tiny_models
 from legodiffusion.workflow.catalog import sd3_txt2img, sdxl_txt2img
 from tests.helpers import as_hwc, random_image, reference_pipeline, run_requests
 
@@ -39,13 +40,13 @@ def _sdxl_reference(tiny_models, controlnets: list[str], seed: int, torch_dtype=
     )
 
 
-def _sd3_reference(tiny_models, controlnets: list[str], seed: int, **kwargs) -> np.ndarray:
+def _sd3_reference(tiny_models, controlnets: list[str], seed: int, base=None, **kwargs) -> np.ndarray:
     """The pipeline's image; it encodes the control images with torch's global generator, which
     our encode node's generator, seeded with the request's seed, stands for."""
     from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
 
     nets = [SD3ControlNetModel.from_pretrained(tiny_models[n]) for n in controlnets]
-    pipe = StableDiffusion3ControlNetPipeline.from_pretrained(tiny_models["sd3"], controlnet=nets[0] if len(nets) == 1 else nets)
+    pipe = StableDiffusion3ControlNetPipeline.from_pretrained(base or tiny_models["sd3"], controlnet=nets[0] if len(nets) == 1 else nets)
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(seed)
     out = pipe(
@@ -106,6 +107,45 @@ def test_sd3_controlnet_matches_the_reference_pipeline(tiny_models):
         tiny_models, ["controlnet-sd3"], 9, control_image=random_image(64, 64, seed=2), controlnet_conditioning_scale=0.7
     )
     assert np.abs(other - ref).max() > 1e-3, "the control image made no difference: the test would not see it ignored"
+
+
+def test_sd35_8b_controlnet_matches_the_reference_pipeline(tiny_models):
+    """An SD3.5-large-style 8b ControlNet (no patch embedding of its own, no text): it reads the
+    latents through the base transformer's patch embedding, which the pipeline lends it and our
+    graph hands it once per request."""
+    image = random_image(64, 64, seed=1)
+    (ours,) = _run(tiny_models, "sd3", ("controlnet-sd35",), [dict(seed=4, control_image=image, control_scale=0.8)])
+    ref = _sd3_reference(tiny_models, ["controlnet-sd35"], 4, control_image=image, controlnet_conditioning_scale=0.8)
+    assert np.abs(ours - ref).max() <= 1e-4
+    plain = _sd3_reference(tiny_models, ["controlnet-sd35"], 4, control_image=image, controlnet_conditioning_scale=0.0)
+    assert np.abs(plain - ref).max() > 1e-3, "the ControlNet made no difference: the test would not see it ignored"
+
+
+def test_one_8b_controlnet_steers_two_bases_each_through_its_own_patch_embedding(tiny_models, tmp_path):
+    """One resident copy of the ControlNet serves two bases whose patch embeddings differ (another
+    seed); each request reads its own base's, as its own pipeline lends it."""
+    other = write_tiny_models(tmp_path, seed=1, families=("sd3",), extras=())["sd3"]
+    wfs = [sd3_txt2img(base, name=f"{base}-cn", controlnets=("cn",)) for base in ("sd3", "sd3b")]
+    models = {"sd3": tiny_models["sd3"], "sd3b": other, "cn": tiny_models["controlnet-sd35"]}
+    image = random_image(64, 64, seed=1)
+    inputs = dict(PROMPT, max_sequence_length=32, seed=4, control_image=image, control_scale=0.8)
+    results, engine = run_requests(None, [dict(inputs, workflow=wf.name) for wf in wfs], models=models, workflows=wfs)
+    (worker,) = engine.workers
+    assert sum(n for (model, _, _), n in worker.models.load_counts.items() if model == "cn") == 1
+    for r, base in zip(results, (tiny_models["sd3"], other)):
+        assert r.ok, r.error
+        ref = _sd3_reference(tiny_models, ["controlnet-sd35"], 4, base=base, control_image=image, controlnet_conditioning_scale=0.8)
+        assert np.abs(as_hwc(r.outputs["image"]) - ref).max() <= 1e-4
+
+
+def test_an_8b_controlnet_without_the_base_patch_embedding_is_refused_naming_it(tiny_models):
+    from legodiffusion.models.components import load_component, pipeline_config
+    from legodiffusion.ops import default_registry
+
+    op = default_registry().get("controlnet")
+    items = op.example_items(pipeline_config(tiny_models["sd3"]), "default", 1, 64, "cpu")
+    with pytest.raises(ValueError, match="patch_embed"):
+        op.run(load_component(tiny_models["controlnet-sd35"], "controlnet"), "default", items)
 
 
 def test_two_sd3_controlnets_match_sd3_multicontrolnet(tiny_models):
