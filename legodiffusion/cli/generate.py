@@ -93,12 +93,13 @@ def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str], edit: dic
         if a.guidance is not None and "guidance" in spec.inputs:
             inputs["guidance"] = a.guidance
     else:
-        if a.guidance is not None:  # Qwen-Image calls its classifier-free guidance true_cfg_scale
-            inputs["true_cfg_scale" if "true_cfg_scale" in spec.inputs else "guidance_scale"] = a.guidance
-        if a.negative_prompt is not None:
-            inputs["negative_prompt"] = a.negative_prompt
+        # Qwen-Image calls its classifier-free guidance true_cfg_scale
+        guidance = "true_cfg_scale" if "true_cfg_scale" in spec.inputs else "guidance_scale"
+        for flag, name, value in (("--guidance", guidance, a.guidance), ("--negative-prompt", "negative_prompt", a.negative_prompt)):
+            if value is not None:
+                inputs[_taken(spec, flag, name)] = value
         if a.sampler is not None:
-            inputs["sampler"] = a.sampler
+            inputs[_taken(spec, "--sampler", "sampler")] = a.sampler
     for i, path in enumerate(a.control_images):
         suffix = f"_{i}" if i else ""
         inputs["control_image" + suffix] = Image.open(path)
@@ -108,6 +109,14 @@ def _inputs(a: GenerateArgs, family: str, spec, lora_names: list[str], edit: dic
         inputs["loras"] = ",".join(lora_names)
         inputs["lora_k"] = a.lora_k
     return inputs
+
+
+def _taken(spec, flag: str, name: str) -> str:
+    """``name``, the workflow input ``flag`` sets, if the model's workflow has it (a step-distilled
+    FLUX.2-klein takes no guidance, negative prompt or sampler)."""
+    if name not in spec.inputs:
+        raise ValueError(f"{flag}: the {spec.name} workflow takes no {name}; its inputs: {sorted(spec.inputs)}")
+    return name
 
 
 def generate_one(a: GenerateArgs) -> int:

@@ -54,7 +54,6 @@ DENOISER = {
     "zimage": "transformer",
     "qwenimage": "transformer",
 }
-FLOW_FAMILIES = frozenset({"sd3", "flux", "flux2", "zimage", "qwenimage"})
 
 
 @dataclass

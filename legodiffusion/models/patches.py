@@ -94,9 +94,11 @@ def inject(obj: Any, name: str, lora: tuple, family: str) -> bool:
         return True
     if isinstance(obj, TextEncoders):
         found = False
-        prefixes = ["text_encoder", "text_encoder_2"]
-        for prefix, pair in zip(prefixes, obj.pairs):
-            if pair is not None and any(k.startswith(prefix + ".") for k in state_dict):
+        # only the encoders the family's load_lora_weights loads (none for FLUX.2, Z-Image and
+        # Qwen-Image, whose pipelines load a LoRA's transformer weights alone)
+        loadable = cls._lora_loadable_modules
+        for prefix, pair in zip(["text_encoder", "text_encoder_2"], obj.pairs):
+            if prefix in loadable and pair is not None and any(k.startswith(prefix + ".") for k in state_dict):
                 found = True
                 cls.load_lora_into_text_encoder(
                     dict(state_dict),

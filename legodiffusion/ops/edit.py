@@ -8,7 +8,7 @@ the initial noise (``init_latents`` in its ``img2img`` mode) continues the same 
 from __future__ import annotations
 
 from legodiffusion.ops import sampling
-from legodiffusion.ops.base import SEED_PORT, Item, Operator, Port, Signature
+from legodiffusion.ops.base import SEED_PORT, BadValue, Item, Operator, Port, Signature
 from legodiffusion.ops.latents import check_size, size_factor
 from legodiffusion.ops.lazy import lazy_module
 from legodiffusion.ops.vae import scale
@@ -48,6 +48,11 @@ class PrepareImage(Operator):
         return [Item({"image": torch.rand(1, 3, size, size), "height": size, "width": size}) for _ in range(batch)]
 
 
+#: families whose VAE encoding (and latent scaling, :func:`scale`) is implemented: FLUX.2's
+#: patchified batch-norm latents and Qwen-Image's 3D VAE are not
+ENCODE_FAMILIES = frozenset({"sd", "sdxl", "sd3", "flux", "zimage"})
+
+
 class VaeEncode(Operator):
     name = "vae_encode"
     doc = (
@@ -61,6 +66,10 @@ class VaeEncode(Operator):
             outputs={"latents": "latent", "rng": "rng"},
         )
     }
+
+    def check(self, mode, values, cfg):
+        if cfg is not None and cfg.family not in ENCODE_FAMILIES:
+            raise BadValue("pixels", f"encoding images is not supported for a {cfg.family} model; families: {sorted(ENCODE_FAMILIES)}")
 
     def run(self, model, mode: str, items: list[Item]):
         out = []

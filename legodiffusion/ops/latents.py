@@ -142,6 +142,9 @@ class InitLatents(Operator):
             check_sampler(values["sampler"], cfg.family if cfg is not None else None)
         if cfg is not None and mode == "default":
             check_size(values.get("height"), values.get("width"), size_factor(cfg.family, cfg.vae_scale_factor), cfg.family)
+        if cfg is not None and mode in ("img2img", "inpaint") and cfg.family not in sampling.STRENGTH_ROUNDS:
+            editing = sorted(sampling.STRENGTH_ROUNDS)
+            raise BadValue("strength", f"a {cfg.family} model has no {mode} start here (text-to-image only); families that edit: {editing}")
         if cfg is not None and mode in ("img2img", "inpaint") and isinstance(values.get("steps"), int) and "strength" in values:
             kept = sampling.kept_steps(values["steps"], values["strength"], sampling.STRENGTH_ROUNDS[cfg.family])
             if kept < 1:

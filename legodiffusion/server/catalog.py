@@ -116,7 +116,7 @@ def hires_for(folder: str | Path, model: str, name: str | None = None):
 def workflows_for(folder: str | Path, model: str) -> list:
     """Every built-in workflow of one pipeline model: ``<model>-txt2img``, ``<model>-img2img``,
     ``<model>-inpaint`` and ``<model>-hires``; an inpainting checkpoint (9-channel UNet) only
-    inpaints, as in diffusers; a family without edit workflows here (FLUX.2, Z-Image) only draws."""
+    inpaints, as in diffusers; a family without edit workflows here (FLUX.2, Z-Image, Qwen-Image) only draws."""
     if _nine_channel(Path(folder)):
         return [inpaint_for(folder, model)]
     if family_of(Path(folder)) in _TXT2IMG_ONLY:

@@ -23,10 +23,9 @@ def qwenimage_txt2img(model: str = "qwen-image", name: str = "qwenimage-txt2img"
     height = wf.input("height", "int", default=None, doc="pixels, a multiple of twice the VAE factor; model's native size when null")
     width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor; model's native size when null")
     sampler = wf.input("sampler", "text", default="flow_euler", doc="flow_euler")
-    patch = {
-        "loras": wf.input("loras", "text", default="", doc="LoRA patch set on the shared base model: NAME[:WEIGHT],..."),
-        "lora_k": wf.input("lora_k", "int", default=0, doc="a LoRA still loading is applied from this step at the latest; 0 waits for it"),
-    }
+    from legodiffusion.workflow.catalog import _lora_inputs  # here: the catalog imports this module
+
+    patch = _lora_inputs(wf)
     max_seq = wf.input("max_sequence_length", "int", default=DEFAULT_MAX_SEQ, doc="prompt tokens kept after the template")
 
     text = prompt if prompt_template is None else wf.call("format_text", template=prompt_template, text=prompt).text

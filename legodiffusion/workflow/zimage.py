@@ -41,10 +41,9 @@ def zimage_txt2img(
     width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); 1024 when null")
     sampler = wf.input("sampler", "text", default="flow_euler", doc="flow_euler (the only sampler of the flow families)")
     max_seq = wf.input("max_sequence_length", "int", default=512, doc="Qwen3 tokens (the chat-formatted prompt, padded and truncated)")
-    patch = {
-        "loras": wf.input("loras", "text", default="", doc="LoRA patch set on the shared base model: NAME[:WEIGHT],..."),
-        "lora_k": wf.input("lora_k", "int", default=0, doc="a LoRA still loading is applied from this step at the latest; 0 waits for it"),
-    }
+    from legodiffusion.workflow.catalog import _lora_inputs  # here: the catalog imports this module
+
+    patch = _lora_inputs(wf)
 
     text = prompt
     if prompt_template is not None:

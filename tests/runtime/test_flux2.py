@@ -137,6 +137,14 @@ def test_generate_writes_the_pipelines_image(klein, tmp_path):
     assert bad.exit_code == 2 and "multiples of 16 for a flux2 model" in " ".join(bad.output.split())
 
 
+@pytest.mark.parametrize("flag", [["--guidance", "3"], ["--negative-prompt", "blurry"], ["--sampler", "flow_euler"]])
+def test_generate_refuses_a_flag_the_distilled_workflow_has_no_input_for_naming_it(klein, tmp_path, flag):
+    args = ["generate", "--model", klein, "--prompt", "a castle", "--steps", "1", *flag, "-o", str(tmp_path / "x.png")]
+    result = CliRunner().invoke(app, args)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{flag[0]}: the flux2-klein-txt2img workflow takes no" in output, output
+
+
 def test_the_profiler_measures_every_operator_of_the_family(klein_base):
     from legodiffusion.cli.profile import workflow_ops
     from legodiffusion.profiles.profiler import measure

@@ -76,3 +76,28 @@ def test_sdxl_kohya_lora_equals_load_lora_weights(tiny_models, tmp_path):
     assert engine.workers[0].models.patch_loads == 2
     ref = reference_pipeline(StableDiffusionXLPipeline, base, seed=3, lora=kohya, lora_weight=0.7, **reference_args(args))
     assert np.abs(as_hwc(r.outputs["image"]) - ref).max() <= 1e-4
+
+
+def test_text_encoder_weights_of_a_lora_are_ignored_where_the_pipeline_loads_none(tiny_models, tmp_path):
+    """ZImagePipeline's load_lora_weights (as FLUX.2's and Qwen-Image's) loads a LoRA's transformer
+    weights alone: a Z-Image LoRA file that also patches a text encoder runs as it does there
+    (it failed in encode_prompt, which tried the text encoder's)."""
+    from diffusers import ZImagePipeline
+    from safetensors.torch import load_file, save_file
+
+    from legodiffusion.models.tiny_zimage import write_tiny_zimage_lora
+    from legodiffusion.workflow.zimage import zimage_turbo_txt2img
+
+    base = tiny_models["z-image-turbo"]
+    lora = write_tiny_zimage_lora(tmp_path / "zi.safetensors", base, seed=5)
+    text_encoder = {k: v for k, v in load_file(tiny_models["lora-sd15-a"]).items() if k.startswith("text_encoder.")}
+    assert text_encoder, "the SD LoRA patches its text encoder"
+    save_file({**load_file(lora), **text_encoder}, lora)
+    args = dict(prompt="a castle", steps=1, height=32, width=32, max_sequence_length=16)
+    spec = zimage_turbo_txt2img("z-image-turbo")
+    results, _ = run_requests(
+        base, [dict(args, seed=1, loras="zi", workflow=spec.name)], models={"z-image-turbo": base, "zi": lora}, workflows=[spec]
+    )
+    assert results[0].ok, results[0].error
+    ref = reference_pipeline(ZImagePipeline, base, seed=1, lora=lora, guidance_scale=0.0, **reference_args(args))
+    assert np.abs(as_hwc(results[0].outputs["image"]) - ref).max() <= 1e-4

@@ -110,6 +110,53 @@ def test_a_literal_that_a_node_would_fail_on_is_rejected_at_submission(tiny_mode
     assert [(i.code, i.path) for i in err.issues] == [("bad_value", f"nodes.{init['id']}.inputs.sampler")]
 
 
+def _edit(model: str):
+    """A custom image-to-image graph: the image encoded, noised to strength 0.5, decoded."""
+    from legodiffusion.workflow.builder import WorkflowBuilder
+
+    wf = WorkflowBuilder(f"{model}-edit", models={"base": model})
+    image, strength, seed = wf.input("image", "image"), wf.input("strength", "float", default=0.5), wf.input("seed", "int", default=0)
+    enc = wf.call("vae_encode", model="base", pixels=wf.call("prepare_image", model="base", image=image).pixels, seed=seed, id="encode")
+    init = wf.call(
+        "init_latents",
+        model="base",
+        mode="img2img",
+        image_latents=enc.latents,
+        rng=enc.rng,
+        steps=2,
+        strength=strength,
+        sampler="flow_euler",
+    )
+    wf.output("image", wf.call("vae_decode", model="base", latents=init.latents).image)
+    return wf.build()
+
+
+def test_an_edit_of_a_family_without_one_is_rejected_naming_the_nodes(tiny_models):
+    """FLUX.2, Z-Image and Qwen-Image have no edit start (their strength rounding is not known
+    here), and FLUX.2's and Qwen-Image's VAEs no encoding: a graph asking for one is refused at
+    submission naming the node and port (it was a KeyError: a 500 through the server)."""
+    from tests.helpers import random_image
+
+    names = ("z-image-turbo", "flux2-klein", "qwen-image")
+
+    async def main():
+        async with Engine({n: tiny_models[n] for n in names}, EngineConfig(workers=1, device="cpu")) as engine:
+            out = {}
+            for name in names:
+                engine.add_workflow(_edit(name))
+                with pytest.raises(WorkflowError) as info:
+                    engine.submit(f"{name}-edit", {"image": random_image(32, 32)})
+                out[name] = {i.path: i.message for i in info.value.issues}
+            return out
+
+    issues = asyncio.run(main())
+    assert list(issues["z-image-turbo"]) == ["inputs.strength"], "Z-Image encodes; it has no img2img start"
+    assert "zimage model has no img2img start" in issues["z-image-turbo"]["inputs.strength"]
+    for name, family in (("flux2-klein", "flux2"), ("qwen-image", "qwenimage")):
+        assert sorted(issues[name]) == ["inputs.strength", "nodes.encode.inputs.pixels"], issues[name]
+        assert f"encoding images is not supported for a {family} model" in issues[name]["nodes.encode.inputs.pixels"]
+
+
 def test_valid_edge_values_are_still_accepted(tiny_models):
     """The bounds are inclusive: seed 2**64 - 1, guidance 100, a LoRA at weight 0; and a request
     whose guidance_scale <= 1 takes the unguided branch (no guidance port sees it)."""
