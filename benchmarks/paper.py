@@ -2,7 +2,7 @@
 reference H100 cost model (legodiffusion/sim/data/h100.json: every number sourced) over four
 workloads, several trace seeds, and two idealised references beside every figure.
 
-    python benchmarks/paper.py all                 # every experiment on every workload (rate alone ~90 minutes on 2 cores, all ~3 hours)
+    python benchmarks/paper.py all                 # every experiment on every workload (about 2.5 hours on 2 cores; rate alone 32 min with --seeds 4)
     python benchmarks/paper.py rate  [--workloads paper many] [--gpus 8 16 32]
     python benchmarks/paper.py burst | gpus | ablations | overload
     python benchmarks/paper.py all --quick         # 2 seeds, short traces: a smoke run
