@@ -212,7 +212,8 @@ def pipeline_config(folder: Path, dtype=None) -> PipelineConfig:
     text_length = _json(tok_path).get("model_max_length", 77) if tok_path.exists() else 77
     # what the denoiser predicts: an inpainting UNet reads more channels (mask, masked image) than that
     channels = den_cfg["in_channels"] // 4 if family in PACKED_FAMILIES else den_cfg.get("out_channels") or den_cfg["in_channels"]
-    # Flux, FLUX.2, Z-Image and Qwen-Image default to 1024 px (128 latent px at x8); their transformers have no sample_size
+    # Flux, FLUX.2 and Qwen-Image default to 1024 px (128 latent px at x8; their transformers have no sample_size);
+    # Z-Image reads its sample_size, 128 where the config has none
     default_size = 128 * _vae_scale(folder) if family in (*PACKED_FAMILIES, "flux2") else den_cfg.get("sample_size", 128) * scale
     text_dim = den_cfg.get("cross_attention_dim") or den_cfg.get("joint_attention_dim") or den_cfg.get("cap_feat_dim")
     return PipelineConfig(
