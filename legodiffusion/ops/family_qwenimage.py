@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from legodiffusion.ops import sampling
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
 denoise_ops = lazy_module("legodiffusion.ops.denoise")  # pack/_unpack; that module registers this one's call
-pipeline_qwenimage = lazy_module("diffusers.pipelines.qwenimage.pipeline_qwenimage")  # calculate_shift
 
 # QwenImagePipeline.__init__'s prompt_template_encode, prompt_template_encode_start_idx and
 # tokenizer_max_length (instance attributes there, so copied).
@@ -91,14 +91,7 @@ def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Te
 
 def timestep_kwargs(cfg, steps: int, latent_h: int, latent_w: int) -> dict:
     """``set_timesteps`` arguments: linear sigmas and the shift ``mu`` of the packed sequence length."""
-    sc = cfg.scheduler_config
-    mu = pipeline_qwenimage.calculate_shift(
-        (latent_h // 2) * (latent_w // 2),
-        sc.get("base_image_seq_len", 256),
-        sc.get("max_image_seq_len", 4096),
-        sc.get("base_shift", 0.5),
-        sc.get("max_shift", 1.15),
-    )
+    mu = sampling.image_shift(cfg.scheduler_config, (latent_h // 2) * (latent_w // 2))
     return {"sigmas": np.linspace(1.0, 1 / steps, steps).tolist(), "mu": mu}
 
 

@@ -26,7 +26,6 @@ from legodiffusion.ops.base import GUIDANCE_MAX, PATCH_PORTS, BadValue, Item, Po
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
-pipeline_z_image = lazy_module("diffusers.pipelines.z_image.pipeline_z_image")  # calculate_shift
 
 FAMILY = "zimage"
 
@@ -65,14 +64,7 @@ def denoise_call(model, items, xs, embs, ts, extra) -> torch.Tensor:
 
 def timestep_kwargs(cfg, steps: int, latent_h: int, latent_w: int) -> dict:
     """What ZImagePipeline passes to ``set_timesteps``: its default sigmas and ``mu``."""
-    sc = cfg.scheduler_config
-    mu = pipeline_z_image.calculate_shift(
-        (latent_h // 2) * (latent_w // 2),
-        sc.get("base_image_seq_len", 256),
-        sc.get("max_image_seq_len", 4096),
-        sc.get("base_shift", 0.5),
-        sc.get("max_shift", 1.15),
-    )
+    mu = sampling.image_shift(cfg.scheduler_config, (latent_h // 2) * (latent_w // 2))
     return {"sigmas": torch.linspace(1.0, 1 / steps, steps).tolist(), "mu": mu}
 
 

@@ -11,7 +11,6 @@ from legodiffusion.ops.base import SEED_PORT, STRENGTH_PORT, BadValue, Item, Ope
 from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
-pipeline_flux = lazy_module("diffusers.pipelines.flux.pipeline_flux")  # calculate_shift
 torch_utils = lazy_module("diffusers.utils.torch_utils")  # randn_tensor
 
 #: families whose schedule setup has a module of its own: (cfg, steps, latent_h, latent_w) -> set_timesteps kwargs
@@ -27,14 +26,7 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
         return _FAMILY_TIMESTEPS[cfg.family](cfg, steps, latent_h, latent_w)
     if cfg.family == "flux":
         seq_len = (latent_h // 2) * (latent_w // 2)
-        mu = pipeline_flux.calculate_shift(
-            seq_len,
-            sc.get("base_image_seq_len", 256),
-            sc.get("max_image_seq_len", 4096),
-            sc.get("base_shift", 0.5),
-            sc.get("max_shift", 1.15),
-        )
-        kwargs = {"mu": mu}
+        kwargs = {"mu": sampling.image_shift(sc, seq_len)}
         if not sc.get("use_flow_sigmas"):
             kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps).tolist()
         return kwargs
@@ -43,15 +35,7 @@ def _timestep_kwargs(cfg, sampler: str, steps: int, latent_h: int, latent_w: int
     if sc.get("use_dynamic_shifting"):  # SD3.5 with dynamic shifting
         patch = cfg.patch_size
         seq_len = (latent_h // patch) * (latent_w // patch)
-        return {
-            "mu": pipeline_flux.calculate_shift(
-                seq_len,
-                sc.get("base_image_seq_len", 256),
-                sc.get("max_image_seq_len", 4096),
-                sc.get("base_shift", 0.5),
-                sc.get("max_shift", 1.16),
-            )
-        }
+        return {"mu": sampling.image_shift(sc, seq_len, max_shift=1.16)}
     return {}
 
 

@@ -18,6 +18,7 @@ from legodiffusion.ops.lazy import lazy_module
 
 torch = lazy_module("torch")
 diffusers = lazy_module("diffusers")
+pipeline_flux = lazy_module("diffusers.pipelines.flux.pipeline_flux")  # calculate_shift
 
 #: sampler name -> its diffusers scheduler class (by name: diffusers is imported on first use)
 SAMPLERS = {
@@ -188,3 +189,17 @@ def step(state: SamplerState, noise: torch.Tensor, latents: torch.Tensor) -> tup
     if state.sampler in MULTISTEP:
         updates.update(history=tuple(sched.model_outputs), order_nums=sched.lower_order_nums)
     return out, state.advanced(**updates)
+
+
+def image_shift(scheduler_config: dict, seq_len: int, max_shift: float = 1.15) -> float:
+    """The schedule shift ``mu`` for an image of ``seq_len`` transformer tokens, from the scheduler's
+    config as the Flux, SD3.5, Z-Image and Qwen-Image pipelines compute it (each pipeline's
+    ``calculate_shift`` is a copy of Flux's; SD3's default ``max_shift`` is 1.16)."""
+    sc = scheduler_config
+    return pipeline_flux.calculate_shift(
+        seq_len,
+        sc.get("base_image_seq_len", 256),
+        sc.get("max_image_seq_len", 4096),
+        sc.get("base_shift", 0.5),
+        sc.get("max_shift", max_shift),
+    )
