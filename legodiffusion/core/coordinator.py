@@ -39,6 +39,10 @@ from legodiffusion.core.shortening import Shortening
 
 #: how the error of a request failed by a broken coordinator invariant begins
 INVARIANT = "internal error (coordinator invariant)"
+#: how long a worker stays kept for the urgent request its last call served once that call is
+#: done (:meth:`Coordinator.kept_urgent`): the glue between two of its calls (a sampler step and
+#: the hand-offs) takes far less, so a worker idle for longer is not where its next call goes
+KEEP_GAP_S = 0.1
 
 
 @dataclass
@@ -189,6 +193,7 @@ class CoordinatorView:
         "demand",
         "top_class",
         "kept_for",
+        "kept_urgent",
     )
 
     def __init__(self, coord: Coordinator) -> None:
@@ -202,6 +207,7 @@ class CoordinatorView:
         self.demand = coord.demand
         self.top_class = coord.fair.top_class
         self.kept_for = coord.kept_for
+        self.kept_urgent = coord.kept_urgent
 
     @property
     def free_slots(self) -> int:
@@ -259,6 +265,8 @@ class Coordinator(Lineage, Shortening):
         self.fair = FairShare()
         #: worker -> the request its last model call served first (the highest class in it)
         self._served: dict[int, int] = {}
+        self._served_done: dict[int, float] = {}  # worker -> when its last model call finished
+        self._urgent: dict[int, int] = {}  # worker -> the urgent request its last model call served
         #: what the approximate cache holds and how often lookups hit, from its nodes' notes
         self.approx = ApproxIndex()
         self.view = CoordinatorView(self)
@@ -312,6 +320,23 @@ class Coordinator(Lineage, Shortening):
             live = self.requests.get(rid)
             if live is not None and live.account.rank < rank:
                 out.add(wid)
+        return out
+
+    def kept_urgent(self) -> dict[int, tuple]:
+        """Workers whose last model call (running, or finished within :data:`KEEP_GAP_S`) served a
+        request that was urgent when the call was sent (less slack than the policy's ``urgent_s``:
+        deadline - now - its remaining profiled work) and still runs, each with that request's
+        place in the order ((share key, priority), as a queue's head): its next call would find
+        the worker warm, and a call of a request after it slipped in between would cost it the
+        whole call."""
+        out = {}
+        idle, now = self.pool.idle_set, self._now
+        for wid, rid in self._urgent.items():
+            if wid in idle and now - self._served_done.get(wid, -math.inf) > KEEP_GAP_S:
+                continue  # idle for longer than the glue between two calls: its next call went elsewhere
+            live = self.requests.get(rid)
+            if live is not None and live.status == RUNNING:
+                out[wid] = (self.policy.share_key(live.account), live.priority)
         return out
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]:
@@ -409,6 +434,8 @@ class Coordinator(Lineage, Shortening):
         d = record.dispatch
         w = self.workers[d.worker]
         self.pool.complete(w.id, record.reserved_s, d.light)
+        if not d.light:
+            self._served_done[w.id] = now
         for key in c.evicted:
             self.pool.evicted(w.id, key)
             self.stats.evictions_by_worker[w.id] += 1
@@ -669,6 +696,7 @@ class Coordinator(Lineage, Shortening):
         self.pool.reserve(worker, est, tn.light)
         if not tn.light:
             self._served[worker] = min(members, key=lambda m: m[0].account.rank)[0].req.id
+            self._note_urgent(worker, members)
         self.inflight[d.id] = _Inflight(d, est)
         actions.dispatches.append(d)
         self.stats.batch_sizes[(tn.op, len(items))] += 1
@@ -677,6 +705,21 @@ class Coordinator(Lineage, Shortening):
                 self.stats.cross_request_batches += 1
             if len({live.req.workflow for live, _ in members}) > 1:
                 self.stats.cross_workflow_batches += 1
+
+    def _note_urgent(self, worker: int, members: list[tuple[_Live, int]]) -> None:
+        """Whether the call just sent to ``worker`` serves an urgent request (see :meth:`kept_urgent`)."""
+        within = getattr(self.policy, "urgent_s", 0.0)
+        most = None
+        if within > 0:
+            for live, _ in members:
+                if live.req.deadline_s is not None:
+                    lax = live.req.deadline_s - self._now - live.remaining_s
+                    if lax < within:
+                        within, most = lax, live.req.id
+        if most is None:
+            self._urgent.pop(worker, None)
+        else:
+            self._urgent[worker] = most
 
     def _dispatch(self, actions: Actions) -> None:
         if self._freed:

@@ -53,7 +53,7 @@ class LRUBudget:
         for old, size in self._sizes.items():  # oldest first
             if self.used_bytes - freed + need <= self.budget_bytes:
                 break
-            if old not in protected:
+            if old not in protected and size > 0:  # an entry of no bytes frees nothing
                 victims.append(old)
                 freed += size
         if self.used_bytes - freed + need > self.budget_bytes:
@@ -62,6 +62,15 @@ class LRUBudget:
                 f"{what} with {reserve_bytes} bytes of activations does not fit in {self.budget_bytes} bytes"
                 f" beside {self.used_bytes - freed} bytes in use"
             )
+        # the oldest that free enough may free more than needed: keep back the smallest of them
+        # that the surplus covers (a small VAE evicted before a large denoiser frees nothing needed)
+        surplus = self.used_bytes - freed + need
+        surplus = self.budget_bytes - surplus
+        for old in sorted(victims, key=lambda k: self._sizes[k]):
+            if self._sizes[old] > surplus:
+                break
+            surplus -= self._sizes[old]
+            victims.remove(old)
         for old in victims:
             self.used_bytes -= self._sizes.pop(old)
         self.evictions += len(victims)

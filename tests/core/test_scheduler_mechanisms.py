@@ -1,7 +1,8 @@
 """The scheduler's mechanisms beyond ordering, each checked on the dispatches the coordinator
 emits, with its switch off as the contrast: where glue runs, how large a batch grows, what a
-placement destroys, when work waits for a holder, replicas ahead of demand, least-laxity
-re-evaluation and admission that protects admitted requests."""
+placement destroys, when work waits for a holder (and a replica is loaded meanwhile), the worker an
+urgent request keeps, replicas ahead of demand, least-laxity re-evaluation and admission that
+protects admitted requests."""
 
 from legodiffusion.core.cost import DefaultCost
 from legodiffusion.core.messages import Dispatch
@@ -81,8 +82,8 @@ def test_placement_counts_what_a_load_evicts():
     assert first_encode_worker(MicroServingPolicy(evictions=False)) == 0  # equal costs: the lower id
 
 
-def loads_elsewhere(policy):
-    h = Harness(workers=3, policy=policy, cost=DefaultCost(heavy_s=0.1, load_s=5.0), slots_per_worker=1)
+def loads_elsewhere(policy, workers=3):
+    h = Harness(workers=workers, policy=policy, cost=DefaultCost(heavy_s=0.1, load_s=5.0), slots_per_worker=1)
     for comp in SD15:
         h.coord.note_resident(0, comp)
     make = sd_maker()
@@ -96,6 +97,49 @@ def loads_elsewhere(policy):
 def test_work_waits_for_a_busy_holder_rather_than_load_for_longer():
     assert loads_elsewhere(MicroServingPolicy()) == set()
     assert loads_elsewhere(MicroServingPolicy(evictions=False))
+
+
+def test_the_only_free_worker_does_not_load_what_a_busy_holder_finishes_sooner():
+    # one candidate is still weighed against waiting (it once went unweighed: a 0.75 s load
+    # between two 0.1 s steps of a sub-second request)
+    assert loads_elsewhere(MicroServingPolicy(), workers=2) == set()
+    assert loads_elsewhere(MicroServingPolicy(evictions=False), workers=2) == {1}
+
+
+def test_work_waiting_for_a_busy_holder_gets_a_replica_loaded_meanwhile():
+    def prefetched(policy):
+        h = Harness(workers=2, policy=policy, cost=MemoryCost(heavy_s=0.1), slots_per_worker=1)
+        for comp in SD15:
+            h.coord.note_resident(0, comp)
+        make = sd_maker()
+        h.submit(1, make, steps=1, guidance_scale=1.0)  # its prompt encoding takes worker 0's one slot
+        h.submit(2, make, steps=1, guidance_scale=1.0)  # far too little demand for a second replica
+        return [(d.worker, d.component) for d in h.dispatches if not d.items]
+
+    assert prefetched(MicroServingPolicy()) == [(1, "text_encoder")], "the idle worker loads what work waits for"
+    assert prefetched(MicroServingPolicy(prefetch=False)) == []
+
+
+def urgent_then_loose(policy):
+    """Request 1 (deadline 0.9 s, so little slack) runs its first step; request 2 (loose) arrives:
+    which of request 2's calls go to the one worker while request 1's step runs there."""
+    h = Harness(workers=1, policy=policy, cost=DefaultCost(heavy_s=0.02))
+    for comp in SD15:
+        h.coord.note_resident(0, comp)
+    make = sd_maker()
+    h.submit(1, make, deadline_s=0.9, steps=3, guidance_scale=1.0)
+    while not any(d.op == "denoise" for d in h.pending):
+        h.complete(h.pending.pop(0))
+    h.submit(2, make, deadline_s=1000.0, steps=1, guidance_scale=1.0, seed=2)
+    slipped_in = [d.op for d in h.pending if not d.light and any(i.request_id == 2 for i in d.items)]
+    h.drain()
+    assert {o.status for o in h.finished.values()} == {"succeeded"}
+    return slipped_in, list(h.finished)
+
+
+def test_an_urgent_request_keeps_its_worker_free_of_later_requests_calls():
+    assert urgent_then_loose(MicroServingPolicy()) == ([], [1, 2]), "request 2 waits; request 1 finishes first"
+    assert urgent_then_loose(MicroServingPolicy(urgent_s=0)) == (["encode_prompt"], [2, 1])
 
 
 def test_idle_workers_prefetch_components_whose_demand_exceeds_their_replicas():

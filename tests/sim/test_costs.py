@@ -82,6 +82,17 @@ def test_a_model_in_use_is_not_evicted():
     assert "old-in-use" in lru and "new" in lru, "a refused admission evicts nothing"
 
 
+def test_eviction_frees_what_is_needed_and_no_more():
+    lru = LRUBudget(10)
+    lru.admit("config", 0)  # the oldest, and no bytes: evicting it frees nothing
+    lru.admit("vae", 1)
+    lru.admit("denoiser", 6)
+    lru.admit("encoder", 3)
+    loaded, evicted = lru.admit("other", 5)
+    assert loaded and evicted == ["denoiser"], "the oldest large enough; the small VAE before it stays"
+    assert "config" in lru and "vae" in lru and lru.used_bytes == 9
+
+
 def test_batch_latency_comes_from_the_file_curves_and_resolution_from_tokens():
     cost = ReferenceCost()
     b1 = cost.exec_s("denoise", "default", "flux-dev", 1, PX_1024)
