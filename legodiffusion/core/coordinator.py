@@ -31,6 +31,7 @@ from legodiffusion.core.messages import (
     RequestOutcome,
     TensorRef,
 )
+from legodiffusion.core.patchset import PATCHABLE, parse_patches
 from legodiffusion.core.policy import BatchKey, ClassInfo, Prefetch, SchedulingPolicy
 from legodiffusion.core.pool import WorkerPool
 from legodiffusion.core.ready import ReadyQueue
@@ -625,6 +626,7 @@ class Coordinator(Lineage, Shortening):
             sig = tuple((inp.port, live.refs[(inp.node, inp.name)].batch_signature) for inp in tn.inputs if inp.kind == FROM_NODE)
         if not getattr(self.policy, "cross_request", True):
             sig = (sig, live.req.id)
+        values = {}
         if tn.key_ports:  # e.g. the LoRA patch set: only equal ones share a batch
             values = {
                 inp.port: (live.req.inputs.get(inp.name) if inp.kind == FROM_INPUT else inp.value)
@@ -637,7 +639,8 @@ class Coordinator(Lineage, Shortening):
         q = self.queues.get(key)
         if q is None:
             q = self.queues[key] = ReadyQueue(self.policy.share_key)
-            self.classes[key] = ClassInfo(tn.op, tn.mode, tn.model, tn.component, live.px, scope, live.pin)
+            patches = tuple(n for n, _ in parse_patches(values.get("loras"))) if tn.component in PATCHABLE else ()
+            self.classes[key] = ClassInfo(tn.op, tn.mode, tn.model, tn.component, live.px, scope, live.pin, patches)
         q.push(live.priority, node, live.req.id, live.account)
         live.queued.add(node)
 
@@ -693,6 +696,12 @@ class Coordinator(Lineage, Shortening):
             if comp not in w.resident:
                 est += self.cost.load_s(tn.model, tn.component)
                 self.note_resident(worker, comp)
+            if tn.component in PATCHABLE:
+                names = [n for n, _ in parse_patches(items[0].values.get("loras"))]
+                missing = sum(1 for n in names if comp + (n,) not in w.patches)
+                if missing:
+                    est += missing * getattr(self.cost, "lora_load_s", 0.0)
+                    self.pool.patched(worker, comp, names)
         self.pool.reserve(worker, est, tn.light)
         if not tn.light:
             self._served[worker] = min(members, key=lambda m: m[0].account.rank)[0].req.id

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: the components a LoRA patch set applies to (the others run unpatched)
+PATCHABLE = ("denoiser", "text_encoder")
+
 
 def parse_patches(spec: str | None) -> tuple[tuple[str, float], ...]:
     """``"name[:weight],..."`` -> ((name, weight), ...), sorted by name so equal sets compare equal."""

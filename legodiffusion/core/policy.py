@@ -47,6 +47,7 @@ class ClassInfo:
     px: int | None
     scope: str | None  # workflow name when workflows are isolated (bundle), else None
     pin: int | None  # the only worker allowed, or None
+    patches: tuple[str, ...] = ()  # the LoRAs its calls attach (a worker without them pays for each)
 
 
 class WorkerView(Protocol):
@@ -365,6 +366,7 @@ class MicroServingPolicy(SchedulingPolicy):
         cost = view.cost
         exec_s = cost.exec_s(info.op, info.mode, info.model, n, info.px)
         load_s = cost.load_s(info.model, info.component) if info.component else 0.0
+        patch_s = getattr(cost, "lora_load_s", 0.0)
         total_bytes = sum(where.values())
         best, best_cost = -1, math.inf
         for wid in candidates:
@@ -373,6 +375,8 @@ class MicroServingPolicy(SchedulingPolicy):
             if comp is not None:
                 if comp not in w.resident:
                     c += load_s
+                if info.patches:
+                    c += patch_s * sum(1 for name in info.patches if comp + (name,) not in w.patches)
                 evict_s = self._eviction_s(view, w, comp, info, n)
                 if evict_s > 0 and slots.keep:
                     continue  # a lower class evicts nothing while a higher class runs (it would reload)

@@ -23,6 +23,7 @@ class WorkerState:
     resident: set = field(default_factory=set)  # (model, component, scope) the worker holds
     used_bytes: int = 0  # weight bytes of what it holds
     pinned: int = 0  # live requests pinned to this worker (a monolithic replica runs one at a time)
+    patches: set = field(default_factory=set)  # (model, component, scope, LoRA) attached to what it holds
 
 
 class WorkerPool:
@@ -85,6 +86,7 @@ class WorkerPool:
         for holders in self.holders.values():
             holders.discard(wid)
         w.resident.clear()
+        w.patches.clear()
         w.used_bytes = 0
         self._bytes = {k: v for k, v in self._bytes.items() if k[0] != wid}
         w.inflight, w.reserved_s = 0, 0.0
@@ -134,9 +136,15 @@ class WorkerPool:
             self._bytes[(wid, comp)] = nbytes
         self.holders.setdefault(comp, set()).add(wid)
 
+    def patched(self, wid: int, comp: tuple, names: tuple[str, ...]) -> None:
+        """``wid`` has (or is about to have) LoRAs ``names`` attached to its ``comp``."""
+        self.workers[wid].patches.update(comp + (n,) for n in names)
+
     def evicted(self, wid: int, comp: tuple) -> None:
         w = self.workers[wid]
         if comp in w.resident:
             w.resident.discard(comp)
             w.used_bytes -= self._bytes.pop((wid, comp), 0)
+            if w.patches:  # its LoRAs went with it
+                w.patches = {p for p in w.patches if p[:3] != comp}
         self.holders.get(comp, set()).discard(wid)

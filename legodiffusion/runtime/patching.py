@@ -10,12 +10,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from legodiffusion.core.messages import Dispatch
-from legodiffusion.core.patchset import parse_patches
+from legodiffusion.core.patchset import PATCHABLE, parse_patches
 from legodiffusion.models.patches import activate, inject
 from legodiffusion.models.store import ResidentModels
 from legodiffusion.ops.base import Item
-
-PATCHABLE = ("denoiser", "text_encoder")
 
 
 def _step(item: Item) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from legodiffusion.core.coordinator import Coordinator, Request, pixels
 from legodiffusion.core.cost import FETCH_BYTES_PER_S, FETCH_FIXED_S, CostModel
 from legodiffusion.core.messages import PENDING, Actions, Completion, Dispatch, ItemResult, RequestOutcome, TensorRef
-from legodiffusion.core.patchset import parse_patches
+from legodiffusion.core.patchset import PATCHABLE, parse_patches
 from legodiffusion.core.residency import LRUBudget
 from legodiffusion.sim.approx import CacheModel
 from legodiffusion.sim.reference import Link
@@ -35,7 +35,6 @@ from legodiffusion.sim.step_skip import StepCacheModel
 #: share of a base-model call left to run once its deferred ControlNet residuals arrive (the
 #: UNet reads them after its down blocks; DiTs add them block by block)
 DEFERRED_TAIL = 0.5
-PATCHABLE = ("denoiser", "text_encoder")
 
 
 @dataclass

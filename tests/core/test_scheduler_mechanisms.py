@@ -196,3 +196,25 @@ def test_admission_protects_requests_already_admitted():
     h.submit(2, make, deadline_s=8.0, steps=4, guidance_scale=1.0)
     assert h.finished[2].status == "rejected"
     assert "would make admitted requests miss" in h.finished[2].error
+
+
+class LoraCost(DefaultCost):
+    lora_load_s = 5.0  # attaching a LoRA a worker does not have yet
+
+
+def patched_worker(attached_on):
+    h = Harness(workers=2, policy="default", cost=LoraCost(heavy_s=0.1))
+    for w in (0, 1):
+        for comp in SD15:
+            h.coord.note_resident(w, comp)
+    for comp in SD15[:2]:  # text encoder and denoiser
+        h.coord.pool.patched(attached_on, comp, ("style",))
+    h.submit(1, sd_maker(), steps=1, guidance_scale=1.0, loras="style")
+    h.drain()
+    assert h.finished[1].status == "succeeded"
+    return {d.worker for d in heavy(h, ("encode_prompt", "denoise"))}
+
+
+def test_placement_prefers_the_worker_with_the_requests_loras_attached():
+    assert patched_worker(0) == {0}
+    assert patched_worker(1) == {1}
