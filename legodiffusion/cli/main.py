@@ -179,11 +179,11 @@ def profile(
 def sim(
     system: str = typer.Option(
         "ours",
-        help="ours, fcfs, bundle-static (or bundle), bundle-auto, pooled (the whole-request ideal), or an ablation: no-sharing, static-partitions, no-adaptive-parallelism, no-cross-request-batching, no-admission",
+        help="ours, fcfs, bundle-static (or bundle), bundle-auto, pooled (the whole-request ideal), or an ablation: no-sharing, static-partitions, no-adaptive-parallelism, no-cross-request-batching, no-admission, least-laxity, no-prefetch, no-eviction-cost, no-urgent-keep, no-batch-sizing",
     ),
     gpus: int = typer.Option(16, min=1, help="simulated reference GPUs (H100), 8 per node"),
     workload: str = typer.Option(
-        "paper", help="paper (12 workflows), many (40 over 4 base models); drifting and csv use the paper workflows"
+        "paper", help="paper (12 workflows), many (40 over 7 base models); drifting and csv use the paper workflows"
     ),
     trace: str = typer.Option("poisson", help="poisson, bursty, gamma, drifting or csv"),
     rate: float = typer.Option(2.0, min=0.0, help="requests per second (base rate for bursty)"),

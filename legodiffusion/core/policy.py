@@ -240,7 +240,7 @@ class MicroServingPolicy(SchedulingPolicy):
         evictions: bool = True,
         prefetch: bool = True,
         target_utilisation: float = 0.9,
-        urgent_s: float = 1.0,
+        urgent_s: float = 0.5,
     ) -> None:
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")

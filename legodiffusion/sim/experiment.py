@@ -37,6 +37,7 @@ SYSTEMS = (
     "no-prefetch",
     "no-eviction-cost",
     "no-batch-sizing",
+    "no-urgent-keep",
 )
 TARGET = 0.9
 REBALANCE_S = 30.0
@@ -80,6 +81,8 @@ def make_system(system: str, workload: Workload, gpus: int, mix: dict[str, float
         return MicroServingPolicy(system, prefetch=False)
     if system == "no-eviction-cost":  # placement ignores what a load evicts, and loads rather than wait for a holder
         return MicroServingPolicy(system, evictions=False)
+    if system == "no-urgent-keep":  # a request with little slack left shares its worker's queue
+        return MicroServingPolicy(system, urgent_s=0.0)
     if system == "no-batch-sizing":  # batches as large as the limit, whether or not they save time
         return MicroServingPolicy(system, batch_sizing=False)
     raise ValueError(f"unknown system {system!r}; choose one of {SYSTEMS}")

@@ -121,13 +121,13 @@ def test_work_waiting_for_a_busy_holder_gets_a_replica_loaded_meanwhile():
 
 
 def urgent_then_loose(policy):
-    """Request 1 (deadline 0.9 s, so little slack) runs its first step; request 2 (loose) arrives:
+    """Request 1 (deadline 0.4 s, so little slack) runs its first step; request 2 (loose) arrives:
     which of request 2's calls go to the one worker while request 1's step runs there."""
     h = Harness(workers=1, policy=policy, cost=DefaultCost(heavy_s=0.02))
     for comp in SD15:
         h.coord.note_resident(0, comp)
     make = sd_maker()
-    h.submit(1, make, deadline_s=0.9, steps=3, guidance_scale=1.0)
+    h.submit(1, make, deadline_s=0.4, steps=3, guidance_scale=1.0)
     while not any(d.op == "denoise" for d in h.pending):
         h.complete(h.pending.pop(0))
     h.submit(2, make, deadline_s=1000.0, steps=1, guidance_scale=1.0, seed=2)
