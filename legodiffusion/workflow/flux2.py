@@ -12,6 +12,7 @@ from pathlib import Path
 
 from legodiffusion.ops.family_flux2 import MAX_SEQUENCE_LENGTH
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.loops import guided_loop, unguided_loop
 from legodiffusion.workflow.spec import WorkflowSpec
 
 #: default steps: 4 for the step-distilled checkpoints (as BFL recommends), the pipeline's 50 otherwise
@@ -55,30 +56,18 @@ def flux2_klein_txt2img(
         return wf.call("denoise", model="base", latents=latents, sampler=state, embedding=embedding, id=f"transformer{tag}", **patch).noise
 
     def unguided():
-        def step(latents, state):
-            noise = denoise(latents, state, cond.embedding, "")
-            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=noise, id="step_plain")
-            return s.latents, s.sampler
+        def noise(latents, state):
+            return denoise(latents, state, cond.embedding, "")
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain").latents}
+        return {"latents": unguided_loop(wf, steps, init, noise, step_id="step_plain", loop_id="denoise_plain")}
 
     def guided():
         uncond = wf.call("encode_prompt", model="base", text="", max_sequence_length=max_seq, id="encode_negative", **patch)
 
-        def step(latents, state):
-            s = wf.call(
-                "sampler_step",
-                mode="guided",
-                latents=latents,
-                sampler=state,
-                noise_cond=denoise(latents, state, cond.embedding, "_cond"),
-                noise_uncond=denoise(latents, state, uncond.embedding, "_uncond"),
-                guidance_scale=guidance,
-                id="step",
-            )
-            return s.latents, s.sampler
+        def noises(latents, state):
+            return denoise(latents, state, cond.embedding, "_cond"), denoise(latents, state, uncond.embedding, "_uncond")
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise").latents}
+        return {"latents": guided_loop(wf, steps, init, noises, mode="guided", step_id="step", loop_id="denoise", guidance_scale=guidance)}
 
     latents = unguided()["latents"] if guidance is None else wf.cond(guidance > 1, guided, unguided, id="guidance").latents
     wf.output("image", wf.call("vae_decode", model="base", latents=latents, id="decode").image)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from legodiffusion.ops.family_qwenimage import DEFAULT_MAX_SEQ
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.loops import guided_loop, unguided_loop
 from legodiffusion.workflow.spec import WorkflowSpec
 
 
@@ -38,28 +39,19 @@ def qwenimage_txt2img(model: str = "qwen-image", name: str = "qwenimage-txt2img"
     def guided():
         uncond = wf.call("encode_prompt", model="base", text=negative, max_sequence_length=max_seq, id="encode_negative", **patch)
 
-        def step(latents, state):
-            s = wf.call(
-                "sampler_step",
-                mode="true_cfg",
-                latents=latents,
-                sampler=state,
-                noise_cond=transformer(latents, state, cond.embedding, "transformer_cond"),
-                noise_uncond=transformer(latents, state, uncond.embedding, "transformer_uncond"),
-                guidance_scale=scale,
-                id="step",
+        def noises(latents, state):
+            return (
+                transformer(latents, state, cond.embedding, "transformer_cond"),
+                transformer(latents, state, uncond.embedding, "transformer_uncond"),
             )
-            return s.latents, s.sampler
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise").latents}
+        return {"latents": guided_loop(wf, steps, init, noises, mode="true_cfg", step_id="step", loop_id="denoise", guidance_scale=scale)}
 
     def unguided(tag: str):
-        def step(latents, state):
-            noise = transformer(latents, state, cond.embedding, f"transformer{tag}")
-            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=noise, id=f"step{tag}")
-            return s.latents, s.sampler
+        def noise(latents, state):
+            return transformer(latents, state, cond.embedding, f"transformer{tag}")
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id=f"denoise{tag}").latents}
+        return {"latents": unguided_loop(wf, steps, init, noise, step_id=f"step{tag}", loop_id=f"denoise{tag}")}
 
     def with_negative():
         return {"latents": wf.cond(scale > 1, guided, lambda: unguided("_plain"), id="guidance").latents}

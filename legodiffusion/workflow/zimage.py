@@ -13,6 +13,7 @@ pipeline does. Turbo is the same graph with the model card's defaults: 8 steps, 
 from __future__ import annotations
 
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.loops import guided_loop, unguided_loop
 from legodiffusion.workflow.spec import WorkflowSpec
 
 
@@ -55,23 +56,19 @@ def zimage_txt2img(
     def guided():
         uncond = wf.call("encode_prompt", model="base", text=negative, max_sequence_length=max_seq, id="encode_negative", **patch)
 
-        def loop(denoise, id):
-            def step(latents, state):
-                noise_cond, noise_uncond = denoise(latents, state)
-                s = wf.call(
-                    "sampler_step",
-                    mode="zimage_guided",
-                    latents=latents,
-                    sampler=state,
-                    noise_cond=noise_cond,
-                    noise_uncond=noise_uncond,
-                    cfg_normalization=normalization,
-                    **scales,
-                    id="step" + id,
-                )
-                return s.latents, s.sampler
-
-            return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise" + id).latents}
+        def loop(noises, id):
+            latents = guided_loop(
+                wf,
+                steps,
+                init,
+                noises,
+                mode="zimage_guided",
+                step_id="step" + id,
+                loop_id="denoise" + id,
+                cfg_normalization=normalization,
+                **scales,
+            )
+            return {"latents": latents}
 
         def pair(latents, state):
             both = wf.call(
@@ -98,12 +95,12 @@ def zimage_txt2img(
         return {"latents": wf.cond(batch_cfg.eq(True), lambda: loop(pair, "_cfg"), lambda: loop(branches, ""), id="batch_cfg").latents}
 
     def unguided():
-        def step(latents, state):
-            c = wf.call("denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="transformer", **patch)
-            s = wf.call("sampler_step", mode="unguided", latents=latents, sampler=state, noise=c.noise, id="step_plain")
-            return s.latents, s.sampler
+        def noise(latents, state):
+            return wf.call(
+                "denoise", model="base", latents=latents, sampler=state, embedding=cond.embedding, id="transformer", **patch
+            ).noise
 
-        return {"latents": wf.denoise_loop(steps, init.latents, init.sampler, step, id="denoise_plain").latents}
+        return {"latents": unguided_loop(wf, steps, init, noise, step_id="step_plain", loop_id="denoise_plain")}
 
     final = wf.cond(guidance > 0, guided, unguided, id="guidance")
     wf.output("image", wf.call("vae_decode", model="base", latents=final.latents, id="decode").image)
