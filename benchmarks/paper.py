@@ -53,7 +53,7 @@ HEADLINE = ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")
 ABLATIONS = (
     "ours",
     "fcfs",
-    "least-laxity",
+    "latest-start",
     "no-admission",
     "no-prefetch",
     "no-eviction-cost",
@@ -449,7 +449,7 @@ def write_summary() -> None:
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            "In parentheses: relative to ours. `fcfs`: arrival order, no admission; `least-laxity`: ordered by deadline - remaining work, re-evaluated as requests progress, instead of the latest start fixed at arrival; `no-admission`: ours without SLO admission; `no-prefetch`: no replicas loaded ahead of demand; `no-eviction-cost`: placement ignores what a load evicts and loads rather than wait for a busy holder; `no-urgent-keep`: a request with under 0.5 s of slack does not keep its worker free of later requests' calls; `no-batch-sizing`: batches as large as the limit whether or not they save time per item; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
+            "In parentheses: relative to ours. `fcfs`: arrival order, no admission; `latest-start`: ordered by the latest start (deadline - whole profiled work) fixed at arrival, instead of least laxity (deadline - remaining work, re-evaluated as requests progress); `no-admission`: ours without SLO admission; `no-prefetch`: no replicas loaded ahead of demand; `no-eviction-cost`: placement ignores what a load evicts and loads rather than wait for a busy holder; `no-urgent-keep`: a request with under 0.5 s of slack does not keep its worker free of later requests' calls; `no-batch-sizing`: batches as large as the limit whether or not they save time per item; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
             "",
             _stamp_line(abl),
             "",

@@ -179,7 +179,7 @@ def profile(
 def sim(
     system: str = typer.Option(
         "ours",
-        help="ours, fcfs, bundle-static (or bundle), bundle-auto, pooled (the whole-request ideal), or an ablation: no-sharing, static-partitions, no-adaptive-parallelism, no-cross-request-batching, no-admission, least-laxity, no-prefetch, no-eviction-cost, no-urgent-keep, no-batch-sizing",
+        help="ours, fcfs, bundle-static (or bundle), bundle-auto, pooled (the whole-request ideal), or an ablation: no-sharing, static-partitions, no-adaptive-parallelism, no-cross-request-batching, no-admission, latest-start, no-prefetch, no-eviction-cost, no-urgent-keep, no-batch-sizing",
     ),
     gpus: int = typer.Option(16, min=1, help="simulated reference GPUs (H100), 8 per node"),
     workload: str = typer.Option(

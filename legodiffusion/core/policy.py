@@ -190,12 +190,13 @@ class _Slots:
 class MicroServingPolicy(SchedulingPolicy):
     """The paper's decisions, each switchable for baselines and ablations.
 
-    - ordering (:data:`ORDERINGS`): ``slack`` (default) serves the request with the earliest
-      latest start (deadline - its whole profiled work, fixed at arrival): earliest deadline first
-      corrected for length, so a 4-step request is not queued behind 50-step ones; ``laxity``
-      re-evaluates deadline - remaining work as a request progresses (measured worse: a request
-      that has made progress yields to every newer one, so many progress slowly at once);
-      ``fcfs``: arrival only.
+    - ordering (:data:`ORDERINGS`): ``laxity`` (default, least laxity first) serves the request
+      whose deadline - remaining profiled work is earliest, re-evaluated as it progresses: between
+      two steps a request ahead of its schedule yields to one that is not, and a 4-step request is
+      not queued behind 50-step ones; ``slack`` fixes the latest start (deadline - its whole
+      profiled work) at arrival (the default until placement stopped loading on the critical path
+      and urgent requests kept their workers; since then least laxity measures better at every
+      fixed load, and on held-out trace seeds); ``fcfs``: arrival only.
     - admission: reject on arrival when the work ordered before the request, spread over the
       live workers, exceeds its slack (deadline - now - solo latency), or when admitting it would
       push an admitted request's fluid finish past its deadline; the rejection says which.
@@ -228,7 +229,7 @@ class MicroServingPolicy(SchedulingPolicy):
     def __init__(
         self,
         name: str = "default",
-        ordering: str = "slack",
+        ordering: str = "laxity",
         admission: bool = True,
         placement: str = "cost",
         adaptive: bool = True,

@@ -33,7 +33,7 @@ SYSTEMS = (
     "no-adaptive-parallelism",
     "no-cross-request-batching",
     "no-admission",
-    "least-laxity",
+    "latest-start",
     "no-prefetch",
     "no-eviction-cost",
     "no-batch-sizing",
@@ -75,8 +75,8 @@ def make_system(system: str, workload: Workload, gpus: int, mix: dict[str, float
         return MicroServingPolicy(system, cross_request=False)
     if system == "no-admission":
         return MicroServingPolicy(system, admission=False)
-    if system == "least-laxity":  # deadline - remaining work, re-evaluated as requests progress
-        return MicroServingPolicy(system, ordering="laxity")
+    if system == "latest-start":  # deadline - whole work, fixed at arrival (not re-evaluated)
+        return MicroServingPolicy(system, ordering="slack")
     if system == "no-prefetch":  # models load only when a call needs them
         return MicroServingPolicy(system, prefetch=False)
     if system == "no-eviction-cost":  # placement ignores what a load evicts, and loads rather than wait for a holder

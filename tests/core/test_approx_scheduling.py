@@ -73,14 +73,15 @@ def test_a_miss_changes_nothing():
     assert h.coord.stats.passed == 0 and items(h, "denoise") == 2 * STEPS
 
 
-def test_ordering_knows_a_hit_shortens_a_request():
+@pytest.mark.parametrize("ordering,work", [("laxity", "remaining_s"), ("slack", "solo_s")])
+def test_ordering_knows_a_hit_shortens_a_request(ordering, work):
     make = sd_maker()
-    h = CacheHarness(workers=1, policy=MicroServingPolicy("default"))
+    h = CacheHarness(workers=1, policy=MicroServingPolicy("default", ordering=ordering))
     h.submit(1, make, workflow="sd-txt2img", approx_cache=True, steps=STEPS, deadline_s=100.0)
     live = h.coord.requests[1]
     before = live.priority
     h.run_until("approx_lookup")
-    assert live.priority[1] == pytest.approx(100.0 - live.solo_s) and live.priority[1] > before[1]  # it may start later now
+    assert live.priority[1] == pytest.approx(100.0 - getattr(live, work)) and live.priority[1] > before[1]  # it may start later now
 
 
 @pytest.mark.parametrize("answer,admitted", [(HIT, True), ({"skipped": 0, "steps": STEPS}, False)])

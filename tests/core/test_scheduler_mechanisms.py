@@ -1,7 +1,7 @@
 """The scheduler's mechanisms beyond ordering, each checked on the dispatches the coordinator
 emits, with its switch off as the contrast: where glue runs, how large a batch grows, what a
 placement destroys, when work waits for a holder (and a replica is loaded meanwhile), the worker an
-urgent request keeps, replicas ahead of demand, least-laxity re-evaluation and admission that
+urgent request keeps, replicas ahead of demand, least-laxity re-evaluation (the default order) and admission that
 protects admitted requests."""
 
 from legodiffusion.core.cost import DefaultCost
