@@ -12,7 +12,7 @@ since a 50-step request is charged for all 50 steps as they run. A tenant that w
 level with the clock (no credit is banked while away).
 
 With one tenant in a class its lead is always exactly 0 (its finish and the clock advance by the
-same amounts), so the ordering inside a tenant is the policy's own (latest start, least laxity).
+same amounts), so the ordering inside a tenant is the policy's own (least laxity, or the latest start).
 A ready queue keeps one heap per tenant account and reads the leads each time it picks the next
 node (:mod:`legodiffusion.core.ready`), so nodes queued while a tenant was behind do not keep
 that place once it has caught up.
