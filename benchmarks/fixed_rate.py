@@ -26,7 +26,17 @@ from legodiffusion.sim.experiment import run_trace  # noqa: E402
 from legodiffusion.stats import mean_ci  # noqa: E402
 
 POINTS = (("paper", 8, 0.75), ("paper", 16, 0.85), ("paper", 32, 0.9), ("many", 16, 0.85), ("drifting", 16, 0.6), ("csv", 16, 0.6))
-SYSTEMS = ("ours", "fcfs", "latest-start", "no-admission", "no-prefetch", "no-eviction-cost", "no-urgent-keep", "no-batch-sizing")
+SYSTEMS = (
+    "ours",
+    "fcfs",
+    "latest-start",
+    "no-admission",
+    "no-prefetch",
+    "no-eviction-cost",
+    "no-urgent-keep",
+    "no-batch-sizing",
+    "no-adaptive-parallelism",
+)
 
 
 def attainment(job: tuple) -> float:
