@@ -21,22 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import report, stamp  # noqa: E402
-from benchmarks.paper import DATA_FILES, fluid, trace, warmup, workload  # noqa: E402
+from benchmarks.paper import ABLATIONS, DATA_FILES, fluid, trace, warmup, workload  # noqa: E402
 from legodiffusion.sim.experiment import run_trace  # noqa: E402
 from legodiffusion.stats import mean_ci  # noqa: E402
 
 POINTS = (("paper", 8, 0.75), ("paper", 16, 0.85), ("paper", 32, 0.9), ("many", 16, 0.85), ("drifting", 16, 0.6), ("csv", 16, 0.6))
-SYSTEMS = (
-    "ours",
-    "fcfs",
-    "latest-start",
-    "no-admission",
-    "no-prefetch",
-    "no-eviction-cost",
-    "no-urgent-keep",
-    "no-batch-sizing",
-    "no-adaptive-parallelism",
-)
+#: the scheduler's mechanisms from paper.py's ablations, in its order; the structural ones (no
+#: sharing, static partitions, no cross-request batching) are measured by max rate there
+SYSTEMS = tuple(s for s in ABLATIONS if s not in ("no-cross-request-batching", "no-sharing", "static-partitions"))
 
 
 def attainment(job: tuple) -> float:

@@ -680,7 +680,10 @@ class Coordinator(Lineage, Shortening):
             tid = live.out_ids[(node, port)] = self._next_tensor
         return tid
 
-    def _new_dispatch(self, worker: int, tn, scope: str | None, members: list[tuple[_Live, int]], actions: Actions) -> None:
+    def _new_dispatch(
+        self, worker: int, tn, scope: str | None, members: list[tuple[_Live, int]], actions: Actions, patches: tuple[str, ...] = ()
+    ) -> None:
+        """Send ``members`` to ``worker`` as one call; ``patches``: the LoRAs its class attaches."""
         self._next_dispatch += 1
         items = [self._item(live, node, worker) for live, node in members]
         for live, node in members:
@@ -696,12 +699,10 @@ class Coordinator(Lineage, Shortening):
             if comp not in w.resident:
                 est += self.cost.load_s(tn.model, tn.component)
                 self.note_resident(worker, comp)
-            if tn.component in PATCHABLE:
-                names = [n for n, _ in parse_patches(items[0].values.get("loras"))]
-                missing = sum(1 for n in names if comp + (n,) not in w.patches)
-                if missing:
-                    est += missing * getattr(self.cost, "lora_load_s", 0.0)
-                    self.pool.patched(worker, comp, names)
+            missing = sum(1 for n in patches if comp + (n,) not in w.patches)
+            if missing:
+                est += missing * getattr(self.cost, "lora_load_s", 0.0)
+                self.pool.patched(worker, comp, patches)
         self.pool.reserve(worker, est, tn.light)
         if not tn.light:
             self._served[worker] = min(members, key=lambda m: m[0].account.rank)[0].req.id
@@ -767,7 +768,7 @@ class Coordinator(Lineage, Shortening):
             if members:
                 self.pool.take_slot(a.worker)
                 tn = members[0][0].req.template.nodes[members[0][1]]
-                self._new_dispatch(a.worker, tn, info.scope, members, actions)
+                self._new_dispatch(a.worker, tn, info.scope, members, actions, info.patches)
 
     def _prefetch(self, a: Prefetch, actions: Actions) -> None:
         """A dispatch with no items: the worker only makes ``a.comp`` resident."""

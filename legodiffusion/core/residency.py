@@ -64,8 +64,7 @@ class LRUBudget:
             )
         # the oldest that free enough may free more than needed: keep back the smallest of them
         # that the surplus covers (a small VAE evicted before a large denoiser frees nothing needed)
-        surplus = self.used_bytes - freed + need
-        surplus = self.budget_bytes - surplus
+        surplus = self.budget_bytes - (self.used_bytes - freed + need)
         for old in sorted(victims, key=lambda k: self._sizes[k]):
             if self._sizes[old] > surplus:
                 break
