@@ -319,34 +319,59 @@ def search_max(
 
 
 class Evaluator:
-    """Mean attainment over seeds at a point, memoised (a search visits points more than once).
-    ``run_seeds(x)`` returns one attainment per seed (it may run them in parallel)."""
+    """Attainment per seed at a point, memoised (a search visits points more than once).
 
-    def __init__(self, run_seeds: Callable[[float], list[float]]) -> None:
-        self.run_seeds = run_seeds
+    ``run_each(jobs)`` takes ``(seed index, x)`` pairs and returns one attainment per pair (it may
+    run them in parallel); calling the evaluator at ``x`` runs every one of ``seeds`` seeds there
+    and returns their mean, which is what :func:`search_max` bisects on."""
+
+    def __init__(self, run_each: Callable[[list[tuple[int, float]]], list[float]], seeds: int) -> None:
+        self.run_each = run_each
+        self.seeds = seeds
         self.points: dict[float, RatePoint] = {}
+        self._single: dict[tuple[int, float], float] = {}  # one seed's attainment at a point
+        self.seed_max: list[float] = []  # each seed's own largest passing x (per_seed_max)
 
     def __call__(self, x: float) -> float:
         x = round(x, 6)
         if x not in self.points:
-            self.points[x] = RatePoint(x, list(self.run_seeds(x)))
+            self.points[x] = RatePoint(x, list(self.run_each([(i, x) for i in range(self.seeds)])))
         return self.points[x].mean
 
-    def per_seed_max(self) -> tuple[float, float]:
-        """Mean and 95% half-width over seeds of each seed's largest passing point among those
-        visited (a point counts for a seed when every visited point below it passes too)."""
+    def _at(self, i: int, x: float) -> float:
+        point = self.points.get(x)
+        return point.attainments[i] if point is not None else self._single[(i, x)]
+
+    def per_seed_max(self, refine: int = 4) -> tuple[float, float]:
+        """Mean and 95% half-width over seeds of each seed's own largest passing x.
+
+        A seed's bracket is its largest passing point among those the search visited (every visited
+        point below it passes too) and the first visited point above that fails; the bracket is
+        then bisected ``refine`` times on that seed alone, so a seed whose own limit lies far from
+        the mean's is not scored at the nearest point the mean's search happened to visit. A seed
+        that fails the lowest visited point scores 0, as :func:`search_max` does."""
         xs = sorted(self.points)
         if not xs:
             return 0.0, 0.0
-        best = []
-        for i in range(len(self.points[xs[0]].attainments)):
-            top = 0.0
+        brackets = []
+        for i in range(self.seeds):
+            top, fail = 0.0, None
             for x in xs:
                 if self.points[x].attainments[i] < TARGET:
+                    fail = x
                     break
                 top = x
-            best.append(top)
-        return mean_ci(best)
+            brackets.append([top, fail])
+        for _ in range(refine):
+            open_ = [i for i, (top, fail) in enumerate(brackets) if top > 0 and fail is not None]
+            jobs = [(i, round((brackets[i][0] + brackets[i][1]) / 2, 6)) for i in open_]
+            todo = [j for j in jobs if j[1] not in self.points and j not in self._single]
+            for job, got in zip(todo, self.run_each(todo) if todo else []):
+                self._single[job] = got
+            for i, mid in jobs:
+                brackets[i][0 if self._at(i, mid) >= TARGET else 1] = mid
+        self.seed_max = [top for top, _ in brackets]
+        return mean_ci(self.seed_max)
 
     def curve(self) -> list[tuple[float, float, float]]:
         """(x, mean attainment, 95% half-width) at every visited point."""
