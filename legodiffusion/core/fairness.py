@@ -49,9 +49,8 @@ def priority_rank(value: str | int) -> int:
 class _ClassClock:
     virtual_s: float = 0.0
     accounts: dict[str, TenantAccount] = field(default_factory=dict)
-
-    def live_weight(self) -> float:
-        return sum(a.weight for a in self.accounts.values() if a.live)
+    live: int = 0  # requests of the class admitted and not ended
+    live_weight: float = 0.0  # sum of the weights of its tenants with live requests
 
 
 @dataclass(eq=False)
@@ -87,43 +86,55 @@ class FairShare:
         acct = clock.accounts.get(tenant)
         if acct is None:
             acct = clock.accounts[tenant] = TenantAccount(tenant, rank, weight, clock, clock.virtual_s)
+        if acct.live and weight != acct.weight:
+            clock.live_weight += weight - acct.weight
         acct.weight = weight
         return acct
 
     def join(self, acct: TenantAccount) -> None:
         """A request of ``acct`` was admitted; a tenant that was idle starts level with the clock."""
+        clock = acct.clock
         if acct.live == 0:
-            acct.finish_s = max(acct.finish_s, acct.clock.virtual_s)
+            acct.finish_s = max(acct.finish_s, clock.virtual_s)
+            clock.live_weight += acct.weight
         acct.live += 1
+        clock.live += 1
 
     def leave(self, acct: TenantAccount) -> None:
         """A request of ``acct`` ended."""
+        clock = acct.clock
         acct.live -= 1
-        self._settle(acct.clock)
+        clock.live -= 1
+        if acct.live == 0:  # exactly 0 once no tenant is live, so rounding cannot build up
+            clock.live_weight = clock.live_weight - acct.weight if clock.live else 0.0
+        self._settle(clock)
 
     def charge(self, acct: TenantAccount, work_s: float) -> None:
         """``work_s`` profiled seconds of ``acct``'s nodes were dispatched."""
         acct.work_s += work_s
         acct.finish_s += work_s / acct.weight
         clock = acct.clock
-        live = clock.live_weight()
-        if live > 0:
-            clock.virtual_s += work_s / live
+        if clock.live_weight > 0:
+            clock.virtual_s += work_s / clock.live_weight
         self._settle(clock)
 
     @staticmethod
     def _settle(clock: _ClassClock) -> None:
         """The clock never lags the least finish among live tenants (else a tenant alone would
         build up a lead that later arrivals exploit)."""
-        finishes = [a.finish_s for a in clock.accounts.values() if a.live]
-        if finishes:
-            clock.virtual_s = max(clock.virtual_s, min(finishes))
+        if not clock.live:
+            return
+        if len(clock.accounts) == 1:
+            least = next(iter(clock.accounts.values())).finish_s
+        else:
+            least = min(a.finish_s for a in clock.accounts.values() if a.live)
+        if least > clock.virtual_s:
+            clock.virtual_s = least
 
     def top_class(self) -> tuple[int, int] | None:
         """The highest priority class (lowest rank) with requests running, and how many it has
         running; None when nothing runs."""
-        live = ((rank, sum(a.live for a in clock.accounts.values())) for rank, clock in self.classes.items())
-        return min(((rank, n) for rank, n in live if n), default=None)
+        return min(((rank, clock.live) for rank, clock in self.classes.items() if clock.live), default=None)
 
     def work_by_tenant(self) -> dict[str, float]:
         """Profiled node seconds dispatched per tenant, all classes together."""
