@@ -9,6 +9,7 @@ workloads, several trace seeds, and two idealised references beside every figure
     python benchmarks/paper.py rate --approx-cache nirvana   # "with caching" rows: results/paper_rate_cached.json
     python benchmarks/paper.py rate --step-cache fbcache     # with step caching: results/paper_rate_stepcache.json
     python benchmarks/paper.py rate --workloads editing   # the editing mix: results/paper_rate_editing.json
+    python benchmarks/paper.py rate --workloads drifting --systems ours fcfs --seeds 10 --first-seed 6   # other seeds: *_seeds6-15
 
 Results of the default workloads go to results/paper_<experiment>.json; any other selection to
 results/paper_<experiment>_<workloads>.json, so a partial run never overwrites the full one; with
@@ -150,7 +151,7 @@ def admitted_outcome(job: tuple) -> tuple[float, float]:
 class Runner:
     def __init__(self, args) -> None:
         self.args = args
-        self.seeds = list(range(1, args.seeds + 1))
+        self.seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         self.pool = ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
 
     def seeds_at(self, name, system, gpus, rate) -> list[float]:
@@ -580,6 +581,9 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=(*WORKLOADS, "editing"))
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32], help="rate on the paper workload (others: 16)")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument(
+        "--first-seed", type=int, default=1, help="trace seeds first-seed .. first-seed + seeds - 1 (results *_seedsA-B unless 1)"
+    )
     ap.add_argument("--duration", type=float, default=240.0, help="simulated seconds per trace")
     ap.add_argument("--iterations", type=int, default=4, help="bisection steps per search")
     ap.add_argument("--jobs", type=int, default=2, help="processes running seeds side by side")
@@ -607,6 +611,7 @@ def main() -> None:
         "" if args.approx_cache == "off" else "_cached"
     )
     suffix += "" if args.step_cache == "off" else "_stepcache"
+    suffix += "" if args.first_seed == 1 else f"_seeds{args.first_seed}-{args.first_seed + args.seeds - 1}"
     tokens = [m for m in (args.approx_cache, args.step_cache) if m != "off"]
     if tokens:
         args.workloads = [f"{n}{CACHED}{'+'.join(tokens)}" for n in args.workloads]
@@ -640,7 +645,14 @@ def main() -> None:
             plot = None
         report(
             f"paper_{exp}{suffix}",
-            {"summary": summary, "seeds": args.seeds, "duration_s": args.duration, "stamp": stamp(DATA_FILES, t0), "detail": detail},
+            {
+                "summary": summary,
+                "seeds": args.seeds,
+                "first_seed": args.first_seed,
+                "duration_s": args.duration,
+                "stamp": stamp(DATA_FILES, t0),
+                "detail": detail,
+            },
             None if plot is None else plot,
         )
         write_summary()
