@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import report, stamp  # noqa: E402
 from benchmarks.paper import ABLATIONS, DATA_FILES, fluid, trace, warmup, workload  # noqa: E402
 from legodiffusion.sim.experiment import run_trace  # noqa: E402
-from legodiffusion.stats import mean_ci  # noqa: E402
+from legodiffusion.stats import mean_ci, paired_ci  # noqa: E402
 
 POINTS = (("paper", 8, 0.75), ("paper", 16, 0.85), ("paper", 32, 0.9), ("many", 16, 0.85), ("drifting", 16, 0.6), ("csv", 16, 0.6))
 #: the scheduler's mechanisms from paper.py's ablations, in its order; the structural ones (no
@@ -56,7 +56,7 @@ def main() -> None:
                 s: {
                     "mean_ci95": mean_ci(v),
                     "per_seed": v,
-                    **({"paired_minus_ours_ci95": mean_ci([a - b for a, b in zip(v, base)])} if base and s != "ours" else {}),
+                    **({"paired_minus_ours_ci95": paired_ci(v, base)} if base and s != "ours" else {}),
                 }
                 for s, v in runs.items()
             }

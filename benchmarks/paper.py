@@ -47,7 +47,7 @@ from legodiffusion.sim.step_skip import MODELS as STEP_CACHE_MODELS  # noqa: E40
 from legodiffusion.sim.step_skip import make_step_cache_model  # noqa: E402
 from legodiffusion.sim.traces import Arrival, drifting, make_trace, poisson  # noqa: E402
 from legodiffusion.sim.workload import make_workload  # noqa: E402
-from legodiffusion.stats import mean_ci  # noqa: E402
+from legodiffusion.stats import mean_ci, paired_ci  # noqa: E402
 
 WORKLOADS = ("paper", "many", "drifting", "csv")  # what `all` runs; `--workloads editing` adds the editing mix
 HEADLINE = ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")
@@ -353,7 +353,7 @@ def paired(a: dict, b: dict, digits: int = 2) -> str:
     """Mean and 95% interval over seeds of a's maximum minus b's, seed by seed."""
     if "per_seed" not in a or "per_seed" not in b:
         return "-"
-    return fmt(*mean_ci([x - y for x, y in zip(a["per_seed"], b["per_seed"])]), digits)
+    return fmt(*paired_ci(a["per_seed"], b["per_seed"]), digits)
 
 
 def write_summary() -> None:
@@ -504,8 +504,12 @@ def _cached_rows(cached: dict | None, rate: dict | None, source: str, heading: s
     approximate cache, or to step caching), beside its rate without."""
     if not cached:
         return []
+
     # the rates without caching, where they were searched with the same seeds and traces
-    same = rate and (rate.get("seeds"), rate.get("duration_s")) == (cached.get("seeds"), cached.get("duration_s"))
+    def traces(result: dict) -> tuple:  # files from before --first-seed ran from seed 1
+        return result.get("seeds"), result.get("first_seed", 1), result.get("duration_s")
+
+    same = rate and traces(rate) == traces(cached)
     plain = rate["detail"] if same else {}
     lines = [
         f"## {heading} (`{source}`)",

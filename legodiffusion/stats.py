@@ -41,3 +41,10 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     df = n - 1
     t = _T95.get(df) or next((_T95[k] for k in sorted(_T95) if k >= df), 1.96)
     return mean, t * sd / n**0.5
+
+
+def paired_ci(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and 95% half-width of ``a - b`` pair by pair (the same seeds, the same traces)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples must have equal lengths, got {len(a)} and {len(b)}")
+    return mean_ci([x - y for x, y in zip(a, b)])

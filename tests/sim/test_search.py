@@ -1,6 +1,9 @@
 """The max-rate search of the paper benchmarks and its per-seed estimate."""
 
+import pytest
+
 from legodiffusion.sim.experiment import TARGET, Evaluator, search_max
+from legodiffusion.stats import mean_ci, paired_ci
 
 
 def _seeds_passing_below(limits: list[float], calls: list):
@@ -23,8 +26,10 @@ def test_each_seed_scores_its_own_limit_not_the_nearest_point_the_mean_visited()
     assert 2.2 - 3.5 / 2**4 < best <= 2.2
     visited = sorted(ev.points)
     mean, half = ev.per_seed_max(refine=6)
-    # every seed's own limit to within its bracket / 2^6
+    # every seed's own limit, from below, to within its bracket / 2^6
     width = max(b - a for a, b in zip(visited, visited[1:]))
+    for got, limit in zip(ev.seed_max, limits):
+        assert limit - width / 2**6 - 1e-9 <= got <= limit
     assert abs(mean - sum(limits) / len(limits)) <= width / 2**6 + 1e-9
     assert half > 0
     # only single-seed runs were added by the refinement, never all seeds at a point
@@ -40,3 +45,16 @@ def test_a_seed_failing_the_lowest_point_scores_zero_and_a_seed_passing_all_scor
     assert ev.points[1.0].mean >= TARGET
     mean, _ = ev.per_seed_max()
     assert mean == (0.0 + 9 * 2.0) / 10
+
+
+def test_paired_differences_cancel_what_the_seeds_share():
+    # two systems whose results swing with the seed, one always 0.5 ahead: apart their intervals
+    # overlap, paired the difference is exactly 0.5 with no spread
+    ours = [1.0, 3.0, 2.0, 4.0, 2.5]
+    theirs = [x - 0.5 for x in ours]
+    lo_ours = mean_ci(ours)[0] - mean_ci(ours)[1]
+    hi_theirs = mean_ci(theirs)[0] + mean_ci(theirs)[1]
+    assert lo_ours < hi_theirs
+    assert paired_ci(ours, theirs) == pytest.approx((0.5, 0.0))
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_ci(ours, theirs[:-1])
