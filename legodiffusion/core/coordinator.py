@@ -14,6 +14,7 @@ from typing import Any
 
 from legodiffusion.core.approx import ApproxIndex
 from legodiffusion.core.cost import CostModel, DefaultCost
+from legodiffusion.core.drain import DrainRate, LateGuard
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT, FairShare, TenantAccount
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE, Template, known_size
 from legodiffusion.core.lineage import Lineage
@@ -195,6 +196,8 @@ class CoordinatorView:
         "top_class",
         "kept_for",
         "kept_urgent",
+        "_drain",
+        "_late",
     )
 
     def __init__(self, coord: Coordinator) -> None:
@@ -209,10 +212,28 @@ class CoordinatorView:
         self.top_class = coord.fair.top_class
         self.kept_for = coord.kept_for
         self.kept_urgent = coord.kept_urgent
+        self._drain, self._late = coord.drain, coord.late_guard
 
     @property
     def free_slots(self) -> int:
         return self._pool.free_slots
+
+    @property
+    def active(self) -> int:
+        """Live workers taking work."""
+        return self._pool.active
+
+    @property
+    def drain_factor(self) -> float:
+        """Profiled work the cluster completes per worker-second when saturated, as measured
+        (:class:`~legodiffusion.core.drain.DrainRate`)."""
+        return self._drain.factor
+
+    @property
+    def late_margin(self) -> float:
+        """Admission's margin on its queue estimate, raised by admitted requests that finished
+        late (:class:`~legodiffusion.core.drain.LateGuard`)."""
+        return self._late.margin
 
 
 class Coordinator(Lineage, Shortening):
@@ -270,6 +291,10 @@ class Coordinator(Lineage, Shortening):
         self._urgent: dict[int, int] = {}  # worker -> the urgent request its last model call served
         #: what the approximate cache holds and how often lookups hit, from its nodes' notes
         self.approx = ApproxIndex()
+        #: profiled work done per worker-second while saturated: admission's measured drain rate
+        self.drain = DrainRate()
+        #: a margin on that estimate, raised by admitted requests that finish late
+        self.late_guard = LateGuard()
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -539,6 +564,7 @@ class Coordinator(Lineage, Shortening):
             self._dispatch(actions)
         if self._orphans:
             actions.abandoned.extend(ref.id for ref in actions.frees if self._orphans.waited(ref.id))
+        self.drain.tick(self._now, not self.pool.idle, self.pool.active)
         return actions
 
     def node_costs(self, tmpl: Template, px: int | None) -> list[float]:
@@ -575,6 +601,8 @@ class Coordinator(Lineage, Shortening):
         live.finished.add(node)
         live.remaining_s -= live.costs[node]
         self.work_s -= live.costs[node]
+        if not passed:
+            self.drain.credit(live.costs[node])
         live.priority = self.policy.priority(live, live.seq, live.remaining_s)  # laxity grows as work is done
         if live.done > live.peak:
             live.peak = live.done
@@ -599,6 +627,8 @@ class Coordinator(Lineage, Shortening):
             if self.workers[live.pin].pinned == 0:
                 self._freed.add(live.pin)
         actions.finished.append(RequestOutcome(live.req.id, status, outputs, error, node))
+        if status == SUCCEEDED and live.req.deadline_s is not None:
+            self.late_guard.finished(self._now > live.req.deadline_s)
         actions.frees.extend({ref.id: ref for ref in live.refs.values()}.values())  # a passed-on value once
         actions.abandoned.extend(sorted(live.pending))
         live.refs.clear()

@@ -90,6 +90,9 @@ class SchedulerView(Protocol):
     idle_set: set
     calm: set  # live workers whose reserved queue is within the threshold (or that are idle)
     free_slots: int
+    active: int  # live workers taking work
+    drain_factor: float  # profiled work done per worker-second while saturated (measured; 1.0 = the profile)
+    late_margin: float  # >= 1: admission's margin on its queue estimate, raised by late finishes
     holders: dict  # (model, component, scope) -> ids of workers holding it
     stats: object  # CoordinatorStats: work_by_workflow feeds re-allocation
 
@@ -198,8 +201,10 @@ class MicroServingPolicy(SchedulingPolicy):
       and urgent requests kept their workers; since then least laxity measures better at every
       fixed load, and on held-out trace seeds); ``fcfs``: arrival only.
     - admission: reject on arrival when the work ordered before the request, spread over the
-      live workers, exceeds its slack (deadline - now - solo latency), or when admitting it would
-      push an admitted request's fluid finish past its deadline; the rejection says which.
+      live workers at the rate a saturated cluster was measured to drain profiled work
+      (:mod:`legodiffusion.core.drain`: loads, LoRA attaches and batching included), exceeds its
+      slack (deadline - now - solo latency), or when admitting it would push an admitted
+      request's fluid finish past its deadline; the rejection says which.
     - batching: a small latency-mode batch when there are enough free workers for every ready
       class, a larger throughput-mode batch otherwise (``adaptive=False``: always throughput).
       Latency mode spreads independent nodes of one request (guidance branches, ControlNets)
@@ -291,7 +296,10 @@ class MicroServingPolicy(SchedulingPolicy):
         slack = req.deadline_s - now - solo_s
         if slack < 0:
             return f"SLO_REJECTED: needs {solo_s:.3f}s of work, {req.deadline_s - now:.3f}s left before its deadline"
-        workers = sum(1 for w in view.workers if w.alive and not w.draining) or 1
+        # the work ahead drains at the rate a saturated cluster was measured to complete profiled
+        # work (loads, LoRA attaches and batching included), not at the profile's batch-1 rate,
+        # with the margin that admitted requests finishing late have asked for
+        workers = max(1, view.active) * view.drain_factor / view.late_margin
         mine = (self.share_key(req), self.priority(req, float("inf"), solo_s))
         backlog = view.backlog()
         ahead = [work for prio, work, _ in backlog if prio <= mine]

@@ -28,7 +28,8 @@ class WorkerState:
 
 class WorkerPool:
     """Workers and their indices: ``eligible`` (live, taking work, with a free slot), ``idle``
-    (sorted, and ``idle_set``: taking work with nothing in flight), ``calm`` (taking work with a
+    (sorted, and ``idle_set``: taking work with nothing in flight), ``active`` (how many take
+    work), ``calm`` (taking work with a
     reserved queue within ``threshold_s``, or idle), ``free_slots`` (over eligible workers) and
     ``holders`` ((model, component, scope) -> workers holding it)."""
 
@@ -40,6 +41,7 @@ class WorkerPool:
         self.idle_set: set[int] = set(self.idle)
         self.calm: set[int] = set(self.idle)
         self.free_slots = n_workers * slots
+        self.active = n_workers  # live workers taking work
         self.holders: dict[tuple, set[int]] = {}
         self._bytes: dict[tuple[int, tuple], int] = {}  # (worker, component) -> its weight bytes
 
@@ -55,6 +57,7 @@ class WorkerPool:
         if not (w.alive and w.draining):
             return False
         w.draining = False
+        self.active += 1
         self.free_slots += max(0, w.slots - w.inflight)
         if w.inflight < w.slots:
             self.eligible.add(wid)
@@ -69,6 +72,7 @@ class WorkerPool:
         w = self.workers[wid]
         if not w.draining:
             w.draining = True
+            self.active -= 1
             self.free_slots -= max(0, w.slots - w.inflight)
         self.eligible.discard(wid)
         self.calm.discard(wid)

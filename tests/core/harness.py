@@ -31,7 +31,7 @@ class Harness:
         req = Request(rid, tmpl, bound, workflow, now, deadline_s, tenant=tenant, priority=priority, weight=weight)
         self.apply(self.coord.submit(req, now))
 
-    def complete(self, d):
+    def complete(self, d, now=0.0):
         results = []
         for it in d.items:
             if it.values.get("fail"):
@@ -40,7 +40,7 @@ class Harness:
             outs = {p: TensorRef(tid, d.worker, 8, LATENT) for p, tid in it.output_ids.items()}
             self.made.update(r.id for r in outs.values())
             results.append(ItemResult(outs))
-        self.apply(self.coord.on_complete(Completion(d.id, d.worker, results), 0.0))
+        self.apply(self.coord.on_complete(Completion(d.id, d.worker, results), now))
 
     def drain(self):
         while self.pending:
