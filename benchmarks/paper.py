@@ -56,6 +56,7 @@ ABLATIONS = (
     "fcfs",
     "latest-start",
     "no-admission",
+    "profile-admission",
     "no-prefetch",
     "no-eviction-cost",
     "no-urgent-keep",

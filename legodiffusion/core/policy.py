@@ -247,6 +247,7 @@ class MicroServingPolicy(SchedulingPolicy):
         prefetch: bool = True,
         target_utilisation: float = 0.9,
         urgent_s: float = 0.5,
+        measured_admission: bool = True,
     ) -> None:
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")
@@ -274,6 +275,9 @@ class MicroServingPolicy(SchedulingPolicy):
         #: a request with less slack than this keeps the worker it runs on free of calls of
         #: requests after it (0: off)
         self.urgent_s = urgent_s
+        #: admission drains the work ahead at the measured rate, with the late-finish margin
+        #: (False: at the profile's batch-1 rate, the ablation ``profile-admission``)
+        self.measured_admission = measured_admission
         self._sizes: dict[tuple, int] = {}  # batch class and most allowed -> batch size
         self._spin = 0  # the idle worker the next search starts from
         self._wanted: dict[str | None, int] = {}  # this plan: model -> ready nodes that need it
@@ -299,7 +303,9 @@ class MicroServingPolicy(SchedulingPolicy):
         # the work ahead drains at the rate a saturated cluster was measured to complete profiled
         # work (loads, LoRA attaches and batching included), not at the profile's batch-1 rate,
         # with the margin that admitted requests finishing late have asked for
-        workers = max(1, view.active) * view.drain_factor / view.late_margin
+        workers = max(1, view.active)
+        if self.measured_admission:
+            workers *= view.drain_factor / view.late_margin
         mine = (self.share_key(req), self.priority(req, float("inf"), solo_s))
         backlog = view.backlog()
         ahead = [work for prio, work, _ in backlog if prio <= mine]
@@ -353,7 +359,7 @@ class MicroServingPolicy(SchedulingPolicy):
         if held:
             idle_held = held & view.idle_set
             if idle_held:  # an idle holder costs only its execution
-                picked += [w for w in sorted(idle_held)[:4] if usable(w)]
+                picked += [w for w in heapq.nsmallest(4, idle_held) if usable(w)]
             else:
                 picked += heapq.nsmallest(3, (w for w in held & calm if usable(w)), key=lambda w: (view.workers[w].reserved_s, w))
         ready = list(dict.fromkeys(picked))

@@ -33,6 +33,7 @@ SYSTEMS = (
     "no-adaptive-parallelism",
     "no-cross-request-batching",
     "no-admission",
+    "profile-admission",
     "latest-start",
     "no-prefetch",
     "no-eviction-cost",
@@ -75,6 +76,8 @@ def make_system(system: str, workload: Workload, gpus: int, mix: dict[str, float
         return MicroServingPolicy(system, cross_request=False)
     if system == "no-admission":
         return MicroServingPolicy(system, admission=False)
+    if system == "profile-admission":  # admission drains the queue at the profile's batch-1 rate, no late-finish margin
+        return MicroServingPolicy(system, measured_admission=False)
     if system == "latest-start":  # deadline - whole work, fixed at arrival (not re-evaluated)
         return MicroServingPolicy(system, ordering="slack")
     if system == "no-prefetch":  # models load only when a call needs them

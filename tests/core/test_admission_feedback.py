@@ -8,6 +8,7 @@ import pytest
 
 from legodiffusion.core.cost import DefaultCost
 from legodiffusion.core.drain import DrainRate, LateGuard
+from legodiffusion.core.policy import MicroServingPolicy
 from tests.core.harness import Harness
 from tests.core.test_scheduling_decisions import sd_maker
 
@@ -67,10 +68,10 @@ def run_slow(h, factor):
     return now
 
 
-def admits_after(factor):
+def admits_after(factor, policy="default"):
     """Run a backlog on one worker at ``factor`` x its profile, then offer a request behind a
     fresh backlog whose deadline fits the profiled wait but not twice it."""
-    h = Harness(workers=1, policy="default", cost=DefaultCost(heavy_s=1.0), slots_per_worker=1)
+    h = Harness(workers=1, policy=policy, cost=DefaultCost(heavy_s=1.0), slots_per_worker=1)
     make = sd_maker()
     for rid in range(4):
         h.submit(rid, make, steps=4, guidance_scale=1.0)
@@ -88,3 +89,5 @@ def test_admission_waits_at_the_measured_drain_rate():
     refused = admits_after(2.0)  # the same backlog took twice its profile: 2 x solo of queue
     assert refused is not None and refused.status == "rejected"
     assert "of queue" in refused.error
+    # the ablation that trusts the profile admits it all the same
+    assert admits_after(2.0, MicroServingPolicy("profile-admission", measured_admission=False)) is None
