@@ -212,7 +212,7 @@ class CoordinatorView:
         self.top_class = coord.fair.top_class
         self.kept_for = coord.kept_for
         self.kept_urgent = coord.kept_urgent
-        self._drain, self._late = coord.drain, coord.late_guard
+        self._drain, self._late = coord.drain, coord.late_guards
 
     @property
     def free_slots(self) -> int:
@@ -229,11 +229,12 @@ class CoordinatorView:
         (:class:`~legodiffusion.core.drain.DrainRate`)."""
         return self._drain.factor
 
-    @property
-    def late_margin(self) -> float:
-        """Admission's margin on its queue estimate, raised by admitted requests that finished
-        late (:class:`~legodiffusion.core.drain.LateGuard`)."""
-        return self._late.margin
+    def late_margin(self, rank: int) -> float:
+        """Admission's margin on its queue estimate for priority class ``rank``, raised by that
+        class's admitted requests that finished late (:class:`~legodiffusion.core.drain.LateGuard`;
+        per class, since a lower class runs late by design while a higher one is served)."""
+        guard = self._late.get(rank)
+        return guard.margin if guard is not None else 1.0
 
 
 class Coordinator(Lineage, Shortening):
@@ -293,8 +294,8 @@ class Coordinator(Lineage, Shortening):
         self.approx = ApproxIndex()
         #: profiled work done per worker-second while saturated: admission's measured drain rate
         self.drain = DrainRate()
-        #: a margin on that estimate, raised by admitted requests that finish late
-        self.late_guard = LateGuard()
+        #: priority class -> a margin on that estimate, raised by its admitted requests that finish late
+        self.late_guards: dict[int, LateGuard] = {}
         self.view = CoordinatorView(self)
 
     # -- the view policies read ------------------------------------------------------------
@@ -628,7 +629,10 @@ class Coordinator(Lineage, Shortening):
                 self._freed.add(live.pin)
         actions.finished.append(RequestOutcome(live.req.id, status, outputs, error, node))
         if status == SUCCEEDED and live.req.deadline_s is not None:
-            self.late_guard.finished(self._now > live.req.deadline_s)
+            guard = self.late_guards.get(live.rank)
+            if guard is None:
+                guard = self.late_guards[live.rank] = LateGuard()
+            guard.finished(self._now > live.req.deadline_s)
         actions.frees.extend({ref.id: ref for ref in live.refs.values()}.values())  # a passed-on value once
         actions.abandoned.extend(sorted(live.pending))
         live.refs.clear()

@@ -92,7 +92,6 @@ class SchedulerView(Protocol):
     free_slots: int
     active: int  # live workers taking work
     drain_factor: float  # profiled work done per worker-second while saturated (measured; 1.0 = the profile)
-    late_margin: float  # >= 1: admission's margin on its queue estimate, raised by late finishes
     holders: dict  # (model, component, scope) -> ids of workers holding it
     stats: object  # CoordinatorStats: work_by_workflow feeds re-allocation
 
@@ -111,6 +110,8 @@ class SchedulerView(Protocol):
     def kept_for(self, rank: int) -> set[int]: ...  # workers a running request of a higher class than rank last used
 
     def kept_urgent(self) -> dict[int, tuple]: ...  # workers a running urgent request last used -> its order
+
+    def late_margin(self, rank: int) -> float: ...  # >= 1: admission's margin for a class, raised by its late finishes
 
 
 class SchedulingPolicy:
@@ -305,7 +306,7 @@ class MicroServingPolicy(SchedulingPolicy):
         # with the margin that admitted requests finishing late have asked for
         workers = max(1, view.active)
         if self.measured_admission:
-            workers *= view.drain_factor / view.late_margin
+            workers *= view.drain_factor / view.late_margin(req.rank)
         mine = (self.share_key(req), self.priority(req, float("inf"), solo_s))
         backlog = view.backlog()
         ahead = [work for prio, work, _ in backlog if prio <= mine]

@@ -91,3 +91,16 @@ def test_admission_waits_at_the_measured_drain_rate():
     assert "of queue" in refused.error
     # the ablation that trusts the profile admits it all the same
     assert admits_after(2.0, MicroServingPolicy("profile-admission", measured_admission=False)) is None
+
+
+def test_a_late_lower_class_does_not_raise_the_margin_of_a_higher_one():
+    # admission off, so that deadlines no schedule can meet are let in and finish late
+    h = Harness(workers=1, policy=MicroServingPolicy("open", admission=False), cost=DefaultCost(heavy_s=1.0), slots_per_worker=1)
+    make = sd_maker()
+    for rid in range(6):
+        h.submit(rid, make, deadline_s=1e-3, priority=2, steps=1, guidance_scale=1.0)  # a low class
+    h.submit(6, make, deadline_s=1e6, priority=0, steps=1, guidance_scale=1.0)  # a high one, on time
+    run_slow(h, 1.0)
+    assert all(h.finished[r].status == "succeeded" for r in range(7))
+    assert h.coord.view.late_margin(2) == pytest.approx(math.exp(6 * 0.05 * 0.95))
+    assert h.coord.view.late_margin(0) == 1.0
