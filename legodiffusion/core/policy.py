@@ -304,15 +304,17 @@ class MicroServingPolicy(SchedulingPolicy):
         # the work ahead drains at the rate a saturated cluster was measured to complete profiled
         # work (loads, LoRA attaches and batching included), not at the profile's batch-1 rate,
         # with the margin that admitted requests finishing late have asked for
-        workers = max(1, view.active)
-        if self.measured_admission:
-            workers *= view.drain_factor / view.late_margin(req.rank)
+        rate = view.drain_factor / view.late_margin(req.rank) if self.measured_admission else 1.0
+        workers = max(1, view.active) * rate
         mine = (self.share_key(req), self.priority(req, float("inf"), solo_s))
         backlog = view.backlog()
         ahead = [work for prio, work, _ in backlog if prio <= mine]
         wait = sum(ahead) / workers
         if wait > slack:
-            return f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue, {req.deadline_s - now:.3f}s left before its deadline"
+            return (
+                f"SLO_REJECTED: needs {solo_s:.3f}s of work plus ~{wait:.3f}s of queue (the work ahead draining at "
+                f"{rate:.2f}x its profiled rate), {req.deadline_s - now:.3f}s left before its deadline"
+            )
         # it must not make an admitted request late: in the fluid limit (all work spread over all
         # workers) the requests after it finish no earlier than the work up to them / workers
         # (only its own class: a lower class yields to it by design)
