@@ -456,29 +456,8 @@ def write_summary() -> None:
                     f"| {name} | {float(x):.2f} | {fmt(*o['admitted'])} | {fmt(*o['met_of_admitted'])} | {fmt(*n['met_of_admitted'])} |"
                 )
         lines += ["", _stamp_line(over), ""]
-    abl = load("paper_ablations")
-    if abl:
-        d = abl["detail"]
-        names = list(d)
-        lines += ["## Ablations (16 GPUs, max sustainable rate in req/s; each removes one mechanism)", ""]
-        lines += ["| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for s in ABLATIONS:
-            cells = []
-            for name in names:
-                r = d[name].get(s)
-                if r is None:  # not in this results file
-                    cells.append("-")
-                    continue
-                rel = ratio(r["max_rate"], d[name]["ours"]["max_rate"])
-                cells.append(f"{searched(r, 'max_rate')} [{rel:.2f}]")
-            lines.append(f"| {s} | " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            "In brackets: relative to ours. `fcfs`: arrival order, no admission; `latest-start`: ordered by the latest start (deadline - whole profiled work) fixed at arrival, instead of least laxity (deadline - remaining work, re-evaluated as requests progress); `no-admission`: ours without SLO admission; `no-prefetch`: no replicas loaded ahead of demand; `no-eviction-cost`: placement ignores what a load evicts and loads rather than wait for a busy holder; `no-urgent-keep`: a request with under 0.5 s of slack does not keep its worker free of later requests' calls; `no-batch-sizing`: batches as large as the limit whether or not they save time per item; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
-            "",
-            _stamp_line(abl),
-            "",
-        ]
+    for path in sorted(RESULTS.glob("paper_ablations*.json")):  # one table per run, each with its stamp
+        lines += _ablation_rows(json.loads(path.read_text()))
     for path in sorted(RESULTS.glob("paper_rate*_cached.json")):
         lines += _cached_rows(json.loads(path.read_text()), rate, path.name, *WITH_CACHING)
     for path in sorted(RESULTS.glob("paper_rate*_stepcache.json")):
@@ -487,6 +466,33 @@ def write_summary() -> None:
     lines += ["## Workloads", ""] + [f"- **{k}**: {v}" for k, v in DESCRIBE.items()] + [""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "paper.md").write_text("\n".join(lines) + "\n")
+
+
+def _ablation_rows(abl: dict) -> list[str]:
+    """The ablation table of one results file (a run may cover some of the workloads)."""
+    lines: list[str] = []
+    d = abl["detail"]
+    names = list(d)
+    lines += ["## Ablations (16 GPUs, max sustainable rate in req/s; each removes one mechanism)", ""]
+    lines += ["| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s in ABLATIONS:
+        cells = []
+        for name in names:
+            r = d[name].get(s)
+            if r is None:  # not in this results file
+                cells.append("-")
+                continue
+            rel = ratio(r["max_rate"], d[name]["ours"]["max_rate"])
+            cells.append(f"{searched(r, 'max_rate')} [{rel:.2f}]")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "In brackets: relative to ours. `fcfs`: arrival order, no admission; `latest-start`: ordered by the latest start (deadline - whole profiled work) fixed at arrival, instead of least laxity (deadline - remaining work, re-evaluated as requests progress); `no-admission`: ours without SLO admission; `profile-admission`: admission drains the work ahead at the profile's batch-1 rate, without the measured drain rate or the late-finish margin; `no-prefetch`: no replicas loaded ahead of demand; `no-eviction-cost`: placement ignores what a load evicts and loads rather than wait for a busy holder; `no-urgent-keep`: a request with under 0.5 s of slack does not keep its worker free of later requests' calls; `no-batch-sizing`: batches as large as the limit whether or not they save time per item; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
+        "",
+        _stamp_line(abl),
+        "",
+    ]
+    return lines
 
 
 #: (heading, description) of the "with caching" tables
