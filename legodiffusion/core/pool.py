@@ -29,9 +29,8 @@ class WorkerState:
 class WorkerPool:
     """Workers and their indices: ``eligible`` (live, taking work, with a free slot), ``idle``
     (sorted, and ``idle_set``: taking work with nothing in flight), ``active`` (how many take
-    work), ``calm`` (taking work with a
-    reserved queue within ``threshold_s``, or idle), ``free_slots`` (over eligible workers) and
-    ``holders`` ((model, component, scope) -> workers holding it)."""
+    work), ``calm`` (taking work with a reserved queue within ``threshold_s``, or idle),
+    ``free_slots`` (over eligible workers) and ``holders`` ((model, component, scope) -> workers holding it)."""
 
     def __init__(self, n_workers: int, slots: int, threshold_s: float) -> None:
         self.workers = [WorkerState(i, slots) for i in range(n_workers)]

@@ -278,7 +278,7 @@ class Engine:
 
     def live_workers(self) -> int:
         """Workers that take new work (alive, not draining)."""
-        return sum(1 for w in self.coordinator.workers if w.alive and not w.draining)
+        return self.coordinator.pool.active
 
     def _request(self, rid: int, p: Prepared, now: float) -> Request:
         deadline = None if p.slo_s is None else now + p.slo_s
