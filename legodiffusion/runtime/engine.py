@@ -280,6 +280,12 @@ class Engine:
         """Workers that take new work (alive, not draining)."""
         return self.coordinator.pool.active
 
+    def drain_factor(self) -> float:
+        """Seconds of profiled work one worker completes per second while all are busy, as
+        measured (:class:`~legodiffusion.core.drain.DrainRate`; 1.0 until saturation says
+        otherwise): what SLO admission and the queue bound both assume."""
+        return self.coordinator.drain.factor
+
     def _request(self, rid: int, p: Prepared, now: float) -> Request:
         deadline = None if p.slo_s is None else now + p.slo_s
         return Request(rid, p.template, p.inputs, p.workflow, now, deadline, p.cost.costs, p.tenant, p.priority, p.weight)

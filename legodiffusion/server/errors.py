@@ -44,9 +44,10 @@ def retry_later(message: str, wait_s: float, path: str | None, **extra) -> ApiEr
     return ApiError(429, "limit_exceeded", f"{message}; retry after {after}s", path, retryable=True, retry_after_s=after, **extra)
 
 
-def runs_drain_s(excess: int, work_s: float, workers: int, runs: int) -> float:
+def runs_drain_s(excess: int, work_s: float, workers: float, runs: int) -> float:
     """When ``excess`` of ``runs`` runs in flight (holding ``work_s`` of profiled work over
-    ``workers``) will have left, at the mean run's pace."""
+    ``workers``, in workers' worth of profiled work done per second) will have left, at the mean
+    run's pace."""
     return excess * work_s / max(workers, 1) / max(runs, 1)
 
 

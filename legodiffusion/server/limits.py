@@ -44,9 +44,10 @@ class Limits:
     """Most runs in flight; a request whose runs do not all fit gets 429 (retryable), whole."""
     max_queue_s: float = 30.0
     """Longest queue, in seconds: the profiled work in flight not yet done (plus a multi-run
-    request's own runs ahead of its last) over the live workers, which is how long a request
-    without a deadline waits, must stay within this; beyond, 429 with ``Retry-After``. A request
-    on an idle server is admitted whatever its size (``max_request_work_s`` bounds that)."""
+    request's own runs ahead of its last) over the live workers, draining at the rate the engine
+    measured while saturated (as SLO admission assumes), which is how long a request without a
+    deadline waits, must stay within this; beyond, 429 with ``Retry-After``. A request on an idle
+    server is admitted whatever its size (``max_request_work_s`` bounds that)."""
     retry_unavailable_s: int = 5
     """``Retry-After`` of a 503 while the engine is starting or has no live worker."""
 
@@ -61,26 +62,28 @@ class Limits:
         if n > self.max_n:
             raise ApiError(400, "limit_exceeded", f"{name}={n} exceeds max_n={self.max_n}", path)
 
-    def check_room(self, n: int, queued: int, queued_work_s: float, own_ahead_s: float, workers: int) -> None:
+    def check_room(self, n: int, queued: int, queued_work_s: float, own_ahead_s: float, workers: int, drain_factor: float = 1.0) -> None:
         """Room for all ``n`` runs of one request beside the ``queued`` runs in flight, which hold
-        ``queued_work_s`` of profiled work not yet done, spread over ``workers`` live workers.
+        ``queued_work_s`` of profiled work not yet done, spread over ``workers`` live workers that
+        each complete ``drain_factor`` seconds of profiled work per second (the engine's measured
+        drain rate, :class:`~legodiffusion.core.drain.DrainRate`; 1.0 is the profile).
         ``own_ahead_s``: the request's own work queued ahead of its last run (0 for one run, or
         before its runs are costed). The expected wait of its last run is the work ahead of it
-        over the workers; a request on an idle server is admitted whatever its size (that is
+        over that capacity; a request on an idle server is admitted whatever its size (that is
         bounded by ``max_request_work_s``)."""
         if workers < 1:
             raise ApiError(503, "unavailable", "no live worker to run it", None, retryable=True, retry_after_s=self.retry_unavailable_s)
         if queued + n > self.max_queued:
             raise retry_later(  # runs leave the queue as they finish, until n fit
                 f"{queued} runs in flight and {n} runs asked for: max_queued={self.max_queued}",
-                runs_drain_s(queued + n - self.max_queued, queued_work_s, workers, queued),
+                runs_drain_s(queued + n - self.max_queued, queued_work_s, workers * drain_factor, queued),
                 "inputs",
             )
-        wait_s = (queued_work_s + own_ahead_s) / workers
+        wait_s = (queued_work_s + own_ahead_s) / (workers * drain_factor)
         if wait_s > self.max_queue_s:
             raise retry_later(
-                f"{queued_work_s:.1f}s of profiled work in flight over {workers} worker(s): ~{wait_s:.1f}s of waiting, "
-                f"max_queue_s={self.max_queue_s:g}",
+                f"{queued_work_s:.1f}s of profiled work in flight over {workers} worker(s) draining at {drain_factor:.2f}x "
+                f"the profile: ~{wait_s:.1f}s of waiting, max_queue_s={self.max_queue_s:g}",
                 wait_s - self.max_queue_s,
                 "inputs",
             )

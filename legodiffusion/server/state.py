@@ -85,7 +85,9 @@ class ServerState:
         slo_s = slo_s if slo_s is not None else tenant.slo_s
         self._check_tenant(tenant, len(runs))
         if slo_s is None:  # full already: refused without expanding anything
-            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), 0.0, engine.live_workers())
+            limits.check_room(
+                len(runs), len(engine.coordinator.requests), engine.queued_work_s(), 0.0, engine.live_workers(), engine.drain_factor()
+            )
         bounds = limits.bounds()
         prepared = await asyncio.to_thread(
             lambda: [engine.prepare(workflow, inputs, slo_s, bounds, tenant.name, tenant.priority, tenant.weight) for inputs in runs]
@@ -94,7 +96,9 @@ class ServerState:
         refusal = next((r for r in map(engine.slo_refusal, prepared) if r is not None), None)
         if refusal is None:
             ahead_s = sum(p.cost.work_s for p in prepared[:-1])  # its own runs queue ahead of its last
-            limits.check_room(len(runs), len(engine.coordinator.requests), engine.queued_work_s(), ahead_s, engine.live_workers())
+            limits.check_room(
+                len(runs), len(engine.coordinator.requests), engine.queued_work_s(), ahead_s, engine.live_workers(), engine.drain_factor()
+            )
         submitted = []  # no await from the room check to here: nothing else is admitted between
         try:
             for p in prepared:
@@ -122,7 +126,7 @@ class ServerState:
         def work_s() -> float:
             return sum(r.remaining_s for r in requests.values() if r.req.tenant == tenant.name)
 
-        self.tenants.check(tenant, n, work_s, self.engine.live_workers())
+        self.tenants.check(tenant, n, work_s, self.engine.live_workers() * self.engine.drain_factor())
 
     def finished(self, rec: RunRecord, slo_s: float | None, tenant: TenantSpec, fut: asyncio.Future) -> None:
         self.tenants.ended(rec.run.request_id)
