@@ -305,15 +305,16 @@ class Coordinator(Lineage, Shortening):
 
     def locality(self, key: BatchKey, n: int) -> dict[int, int]:
         """Bytes of the first ``n`` queued nodes' inputs, by the worker holding them."""
-        where: Counter = Counter()
+        where: dict[int, int] = {}
         for _, node, rid in self.queues[key].first(n):
             live = self.requests.get(rid)
             if live is None:
                 continue
-            for inp in live.req.template.nodes[node].inputs:
-                ref = live.refs.get((inp.node, inp.name)) if inp.kind == FROM_NODE else None
+            refs = live.refs
+            for k in live.req.template.reads[node]:
+                ref = refs.get(k)
                 if ref is not None:
-                    where[ref.worker] += ref.nbytes
+                    where[ref.worker] = where.get(ref.worker, 0) + ref.nbytes
         return where
 
     def note_resident(self, worker: int, comp: tuple) -> None:
@@ -546,9 +547,10 @@ class Coordinator(Lineage, Shortening):
     def _missing_input(self, live: _Live, node: int) -> bool:
         """Does ``node``, about to be queued or sent, lack an input that must be present (a
         broken invariant)?"""
-        for inp in live.req.template.nodes[node].inputs:
-            if inp.kind == FROM_NODE and not inp.deferred and (inp.node, inp.name) not in live.refs:
-                self._violation(live.req.id, f"node {live.req.template.nodes[node].key} became ready without its input {inp.name!r}")
+        refs = live.refs
+        for k in live.req.template.needs[node]:
+            if k not in refs:
+                self._violation(live.req.id, f"node {live.req.template.nodes[node].key} became ready without its input {k[1]!r}")
                 return True
         return False
 
@@ -590,14 +592,13 @@ class Coordinator(Lineage, Shortening):
                     live.holders[ref.id] = live.holders.get(ref.id, 1) + 1
             elif not passed:
                 actions.frees.append(ref)
-        for inp in tmpl.nodes[node].inputs:
-            if inp.kind == FROM_NODE:
-                k = (inp.node, inp.name)
-                live.uses[k] -= 1
-                if live.uses[k] == 0:
-                    ref = live.refs.pop(k, None)
-                    if ref is not None:  # else a deferred input whose producer reports later: freed on arrival
-                        self._release(live, ref, actions)
+        uses = live.uses
+        for k in tmpl.reads[node]:
+            uses[k] -= 1
+            if uses[k] == 0:
+                ref = live.refs.pop(k, None)
+                if ref is not None:  # else a deferred input whose producer reports later: freed on arrival
+                    self._release(live, ref, actions)
         live.done += 1
         live.finished.add(node)
         live.remaining_s -= live.costs[node]
@@ -841,11 +842,11 @@ class Coordinator(Lineage, Shortening):
         """Where glue runs: the holder of its inputs that can start it first (its queued work plus
         pulling the inputs it lacks); glue costs almost nothing, so waiting behind a model call
         on the worker with the most bytes would cost more than moving a latent."""
-        weight: Counter = Counter()
+        weight: dict[int, int] = {}
         for inp in tn.inputs:
             if inp.kind == FROM_NODE:
                 ref = live.refs[(inp.node, inp.name)]
-                weight[ref.worker] += ref.nbytes
+                weight[ref.worker] = weight.get(ref.worker, 0) + ref.nbytes
         if weight:
             total = sum(weight.values())
 

@@ -68,6 +68,10 @@ class Template:
     #: iteration of the loop it starts that depend on it: when it reports ``k`` steps skipped, the
     #: last ``k`` iterations pass through (:mod:`legodiffusion.core.approx`)
     skips: dict[int, tuple[tuple[int, ...], ...]] = field(default_factory=dict)
+    #: the (producer, port) each node reads, one per input edge (repeats kept), deferred included
+    reads: list[tuple[tuple[int, str], ...]] = field(default_factory=list)
+    #: the (producer, port) that must be present before each node may run (not deferred)
+    needs: list[tuple[tuple[int, str], ...]] = field(default_factory=list)
 
     def uses_after(self, finished: set[int]) -> dict[tuple[int, str], int]:
         """Reads still to come of each (node, port) once the ``finished`` nodes have run: its
@@ -98,6 +102,10 @@ class Template:
                     else:
                         producers[i].add(inp.node)
                         consumers[inp.node].add(i)
+        self.reads = [tuple((inp.node, inp.name) for inp in node.inputs if inp.kind == FROM_NODE) for node in self.nodes]
+        self.needs = [
+            tuple((inp.node, inp.name) for inp in node.inputs if inp.kind == FROM_NODE and not inp.deferred) for node in self.nodes
+        ]
         self.indegree = [len(p) for p in producers]
         self.consumers = [tuple(sorted(c)) for c in consumers]
         self.uses = self.uses_after(set())

@@ -261,12 +261,16 @@ class Simulator:
         for it in d.items:
             self.busy_s_by_request[it.request_id] = self.busy_s_by_request.get(it.request_id, 0.0) + t / len(d.items)
         model = d.model if d.model is not None else self._base.get(rid)
+        tensor_bytes = getattr(self.cost, "tensor_bytes", None)
+        sizes: dict[str, int] = {}  # port -> bytes: the items of one call share model and size
         results = []
         for it in d.items:
             outs = {}
             for port, tid in it.output_ids.items():
-                nbytes = getattr(self.cost, "tensor_bytes", lambda *a: None)(port, model, px)
-                nbytes = (px or 512 * 512) // 4 if nbytes is None else nbytes
+                nbytes = sizes.get(port)
+                if nbytes is None:
+                    nbytes = tensor_bytes(port, model, px) if tensor_bytes is not None else None
+                    nbytes = sizes[port] = (px or 512 * 512) // 4 if nbytes is None else nbytes
                 if port == "cache" and it.request_id not in self._step_cached:
                     nbytes = 0  # step caching off: the carry holds nothing, and moving nothing costs nothing
                 self._ready_at[tid] = end
