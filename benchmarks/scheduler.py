@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import report  # noqa: E402
+from benchmarks.common import report, stamp  # noqa: E402
 from legodiffusion.core.coordinator import Coordinator, Request  # noqa: E402
 from legodiffusion.core.cost import DefaultCost  # noqa: E402
 from legodiffusion.core.policy import make_policy  # noqa: E402
@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--dispatches", type=int, default=300_000, help="node dispatches to time at each point")
     ap.add_argument("--policy", default="default")
     args = ap.parse_args()
+    started = time.time()
     by_inflight = {}
     for n in args.inflight:
         res = measure(argparse.Namespace(**{**vars(args), "inflight": n}))
@@ -121,6 +122,7 @@ def main() -> None:
             }
             for n, r in by_inflight.items()
         },
+        "stamp": stamp([], started),
     }
 
     def plot(path):
