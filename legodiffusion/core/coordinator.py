@@ -830,7 +830,7 @@ class Coordinator(Lineage, Shortening):
             if live.status != RUNNING or self._missing_input(live, node):
                 continue
             tn = live.req.template.nodes[node]
-            wid = live.pin if live.pin is not None else self._light_home(live, tn)
+            wid = live.pin if live.pin is not None else self._light_home(live, node)
             groups.setdefault((wid, tn.op, tn.mode, tn.model), []).append((live, node))
         self._light.clear()
         scope_of = (lambda live: live.req.workflow) if self.policy.isolate_workflows else (lambda live: None)
@@ -838,15 +838,14 @@ class Coordinator(Lineage, Shortening):
             tn = members[0][0].req.template.nodes[members[0][1]]
             self._new_dispatch(wid, tn, scope_of(members[0][0]), members, actions)
 
-    def _light_home(self, live: _Live, tn) -> int:
+    def _light_home(self, live: _Live, node: int) -> int:
         """Where glue runs: the holder of its inputs that can start it first (its queued work plus
         pulling the inputs it lacks); glue costs almost nothing, so waiting behind a model call
         on the worker with the most bytes would cost more than moving a latent."""
         weight: dict[int, int] = {}
-        for inp in tn.inputs:
-            if inp.kind == FROM_NODE:
-                ref = live.refs[(inp.node, inp.name)]
-                weight[ref.worker] = weight.get(ref.worker, 0) + ref.nbytes
+        for k in live.req.template.reads[node]:
+            ref = live.refs[k]
+            weight[ref.worker] = weight.get(ref.worker, 0) + ref.nbytes
         if weight:
             total = sum(weight.values())
 

@@ -77,11 +77,10 @@ class Template:
         """Reads still to come of each (node, port) once the ``finished`` nodes have run: its
         edges into the other nodes (deferred ones included) plus the workflow outputs reading it."""
         uses = {(i, p): 0 for i in range(len(self.nodes)) for p in self.out_ports[i]}
-        for c, node in enumerate(self.nodes):
+        for c, reads in enumerate(self.reads):
             if c not in finished:
-                for inp in node.inputs:
-                    if inp.kind == FROM_NODE:
-                        uses[(inp.node, inp.name)] += 1
+                for k in reads:
+                    uses[k] += 1
         for k in self.outputs.values():
             uses[k] += 1
         return uses
@@ -93,19 +92,21 @@ class Template:
         consumers: list[set[int]] = [set() for _ in range(n)]
         dproducers: list[set[int]] = [set() for _ in range(n)]
         dconsumers: list[set[int]] = [set() for _ in range(n)]
+        self.reads, self.needs = [], []
         for i, node in enumerate(self.nodes):
+            reads, needs = [], []
             for inp in node.inputs:
                 if inp.kind == FROM_NODE:
+                    reads.append((inp.node, inp.name))
                     if inp.deferred:
                         dproducers[i].add(inp.node)
                         dconsumers[inp.node].add(i)
                     else:
+                        needs.append((inp.node, inp.name))
                         producers[i].add(inp.node)
                         consumers[inp.node].add(i)
-        self.reads = [tuple((inp.node, inp.name) for inp in node.inputs if inp.kind == FROM_NODE) for node in self.nodes]
-        self.needs = [
-            tuple((inp.node, inp.name) for inp in node.inputs if inp.kind == FROM_NODE and not inp.deferred) for node in self.nodes
-        ]
+            self.reads.append(tuple(reads))
+            self.needs.append(tuple(needs))
         self.indegree = [len(p) for p in producers]
         self.consumers = [tuple(sorted(c)) for c in consumers]
         self.uses = self.uses_after(set())

@@ -57,7 +57,8 @@ class Tenants:
         """Room for ``n`` more runs of ``spec``'s tenant under its cap and its rate limit, else
         429 naming the tenant, with when to retry (400 when ``n`` could never fit). ``queued_work_s``:
         the profiled work of its runs in flight not yet done (asked only on a refusal), spread over
-        ``workers`` (live workers times the measured drain rate); it paces when the cap frees room. Changes nothing but the count of refusals."""
+        ``workers`` (live workers times the measured drain rate); it paces when the cap frees room.
+        Changes nothing but the count of refusals."""
         u = self._get(spec)
         bucket = spec.bucket
         if bucket is not None and n > bucket:
