@@ -26,6 +26,7 @@ class Assignment:
     worker: int
     key: BatchKey
     count: int  # how many ready nodes of ``key`` to batch into one dispatch
+    skip: int = 0  # after passing over this many (they stay queued, in their place)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class RequestView(Protocol):
 
 
 class SchedulerView(Protocol):
-    queues: dict  # BatchKey -> queue with __len__, head_priority() and head_rank()
+    queues: dict  # BatchKey -> queue with __len__, ordered() (its nodes' places, best first) and head_rank()
     classes: dict  # BatchKey -> ClassInfo
     workers: list
     eligible: set  # ids of live workers with a free slot
@@ -101,7 +102,7 @@ class SchedulerView(Protocol):
 
     def batch_limits(self, op: str) -> tuple[int, int]: ...
 
-    def locality(self, key: BatchKey, n: int) -> dict[int, int]: ...
+    def locality(self, key: BatchKey, n: int, skip: int = 0) -> dict[int, int]: ...
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]: ...
 
@@ -160,6 +161,11 @@ class SchedulingPolicy:
 
 
 _NONE: frozenset = frozenset()
+#: :meth:`MicroServingPolicy._choose` found no worker worth costing for these nodes
+NOWHERE = -1
+#: a plan tries this many of a class's nodes past one that found no worker (in per-request
+#: classes each would be tried: the worker holding a request's inputs may take its next call)
+PASS_OVER = 4
 #: ``laxity``: least laxity first (deadline - remaining work, re-evaluated as the request
 #: progresses); ``slack``: latest start (deadline - whole solo time) fixed at arrival; ``fcfs``
 ORDERINGS = ("laxity", "slack", "fcfs")
@@ -371,12 +377,15 @@ class MicroServingPolicy(SchedulingPolicy):
             ready += heapq.nsmallest(2, busy, key=lambda w: (view.workers[w].reserved_s, w))
         return ready
 
-    def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float]) -> int | None:
+    def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float], skip: int = 0) -> int | None:
+        """The worker for the class's next ``n`` nodes after ``skip``; None: none now, and
+        :data:`NOWHERE` when that is only for want of a candidate (a worker holding a later
+        node's inputs may still take that one)."""
         comp = (info.model, info.component, info.scope) if info.component else None
-        where = view.locality(key, n)
+        where = view.locality(key, n, skip)
         candidates = self._candidates(view, info, slots, comp, where)
         if not candidates:
-            return None
+            return NOWHERE
         if len(candidates) == 1 and not slots.keep and (comp is None or comp in view.workers[candidates[0]].resident or not self.evictions):
             return candidates[0]  # nothing to weigh: not even a load against waiting for a holder
         if self.placement == "random":
@@ -484,12 +493,12 @@ class MicroServingPolicy(SchedulingPolicy):
         if not view.eligible:
             return []
         queues = view.queues
-        keys = sorted(queues, key=lambda k: queues[k].head_priority()) if len(queues) > 1 else list(queues)
+        keys = list(queues)
         limits = {k: view.batch_limits(view.classes[k].op) for k in keys}
         # latency mode while there are enough workers that may take work now (calm ones) to give
         # every ready class its small batches, each on its own worker; throughput mode packs larger
         # batches when there are not (two slots of one worker are no parallelism)
-        latency_mode = self.adaptive and sum(math.ceil(len(view.queues[k]) / limits[k][0]) for k in keys) <= len(view.calm & view.eligible)
+        latency_mode = self.adaptive and sum(math.ceil(len(queues[k]) / limits[k][0]) for k in keys) <= len(view.calm & view.eligible)
         if self.evictions and getattr(view.cost, "memory_bytes", None):  # what _eviction_s reads
             wanted: dict[str | None, int] = {}
             for k in keys:
@@ -503,49 +512,67 @@ class MicroServingPolicy(SchedulingPolicy):
         top = view.top_class()
         urgent = view.kept_urgent() if self.urgent_s > 0 else None
         kept: dict[int, set[int]] = {}  # rank -> workers kept from it (the same for every key of that rank)
-        for key in keys:
+        # batches go in the order of their first nodes across every class: a class whose head is
+        # first does not also place its later nodes before another class's earlier ones
+        heads = []
+        for i, key in enumerate(keys):
+            order = queues[key].ordered()
+            heads.append((next(order), i, key, order))
+        heapq.heapify(heads)
+        state: dict[int, list] = {}  # class index -> [unplaced, limit, below, kept workers, placed, offset, passed over]
+        while heads and slots.any():
+            place, i, key, order = heapq.heappop(heads)
             info = view.classes[key]
-            pending = len(view.queues[key])
-            limit = limits[key][0] if latency_mode else limits[key][1]
-            # while a higher class has requests running, a lower class takes only idle workers
-            # (leaving each a slot), one small batch each, and not the last idle workers, one per
-            # running higher-class request: a higher-class node finds a free worker, or waits
-            # behind at most one short call
-            below = top is not None and queues[key].head_rank() > top[0]
+            st = state.get(i)
+            if st is None:
+                limit = limits[key][0] if latency_mode else limits[key][1]
+                # while a higher class has requests running, a lower class takes only idle workers
+                # (leaving each a slot), one small batch each, and not the last idle workers, one
+                # per running higher-class request: a higher-class node finds a free worker, or
+                # waits behind at most one short call
+                below = place[0][0] > top[0] if top is not None else False
+                # and not the workers a running higher-class request just used: its next call
+                # would otherwise wait there behind a lower-class one, step after step
+                kept_from = _NONE
+                if below:
+                    limit = limits[key][0]
+                    rank = place[0][0]
+                    if rank not in kept:
+                        kept[rank] = view.kept_for(rank)
+                    kept_from = kept[rank]
+                st = state[i] = [len(queues[key]), limit, below, kept_from, 0, 0, 0]
+            pending, limit, below, kept_from, placed, offset, passed = st
             slots.keep = 1 if below else 0
-            # and not the workers a running higher-class request just used: its next call would
-            # otherwise wait there behind a lower-class one, step after step
-            if below:
-                rank = queues[key].head_rank()
-                if rank not in kept:
-                    kept[rank] = view.kept_for(rank)
-                slots.kept = kept[rank]
-            else:
-                slots.kept = _NONE
-            if urgent:  # nor, for a request after it, the worker an urgent request is running on
-                head = queues[key].head_priority()[:2]
-                mine = {w for w, p in urgent.items() if p < head}
+            slots.kept = kept_from
+            if urgent:  # nor, for a node after it, the worker an urgent request is running on
+                mine = {w for w, p in urgent.items() if p < place[:2]}
                 if mine:
                     slots.kept = slots.kept | mine
-            if below:
-                limit = limits[key][0]
-            while pending and slots.any():
-                if below and sum(1 for w in view.idle if w not in slots.taken) <= top[1]:
-                    break
-                n = self._batch_size(view.cost, info, min(pending, limit))
-                if info.pin is not None:
-                    if not slots.has(info.pin):
-                        break
-                    wid = info.pin
-                else:
-                    wid = self._choose(view, key, info, n, slots, reserved)
-                    if wid is None:
-                        break
-                plan.append(Assignment(wid, key, n))
-                pending -= n
+            if below and sum(1 for w in view.idle if w not in slots.taken) <= top[1]:
+                continue
+            n = self._batch_size(view.cost, info, min(pending, limit))
+            skip = offset - placed
+            if info.pin is not None:
+                wid = info.pin if slots.has(info.pin) else None
+            else:
+                wid = self._choose(view, key, info, n, slots, reserved, skip)
+            if wid is None:
+                continue
+            if wid == NOWHERE:  # no worker for this node: a later one's inputs may have one
+                if passed == PASS_OVER or pending == 1:
+                    continue
+                n, st[6] = 1, passed + 1
+            else:
+                plan.append(Assignment(wid, key, n, skip))
                 slots.take(wid)
-            if not slots.any():
-                break
+                st[4] = placed + n
+            st[0], st[5] = pending - n, offset + n
+            if pending > n:
+                nxt = None
+                for _ in range(n):
+                    nxt = next(order, None)
+                if nxt is not None:
+                    heapq.heappush(heads, (nxt, i, key, order))
         if self.prefetch and slots.any() and view.idle:
             plan += self._prefetches(view, slots)
         return plan

@@ -4,9 +4,12 @@ placement destroys, when work waits for a holder (and a replica is loaded meanwh
 urgent request keeps, replicas ahead of demand, least-laxity re-evaluation (the default order) and admission that
 protects admitted requests."""
 
+import random
+
 from legodiffusion.core.cost import DefaultCost
-from legodiffusion.core.messages import Dispatch
-from legodiffusion.core.policy import MicroServingPolicy
+from legodiffusion.core.messages import Actions, Dispatch
+from legodiffusion.core.policy import Assignment, MicroServingPolicy
+from legodiffusion.core.ready import ReadyQueue
 from legodiffusion.models.store import HostCache, ModelCatalog, ResidentModels
 from legodiffusion.ops import default_registry
 from legodiffusion.runtime.dataplane import LocalDataPlane
@@ -218,3 +221,51 @@ def patched_worker(attached_on):
 def test_placement_prefers_the_worker_with_the_requests_loras_attached():
     assert patched_worker(0) == {0}
     assert patched_worker(1) == {1}
+
+
+def test_a_plan_places_nodes_in_priority_order_across_classes():
+    """Three prompts wait for one worker's two slots: requests 1 and 3 of one model, request 2 of
+    another, deadlines in id order. The slots go to requests 1 and 2: the class whose head is
+    first does not also place its second node before the other class's first."""
+    h = Harness(workers=1, policy=MicroServingPolicy(admission=False), cost=LinearCost(heavy_s=1.0))
+    h.coord.drain_worker(0)
+    for rid, model in ((1, "sd15"), (2, "other"), (3, "sd15")):
+        h.submit(rid, sd_maker(model=model), deadline_s=10.0 * rid, steps=1, guidance_scale=1.0)
+    assert not heavy(h)
+    h.apply(h.coord.activate_worker(0, 0.0))
+    assert sorted(i.request_id for d in heavy(h) for i in d.items) == [1, 2]
+    h.drain()
+    assert {o.status for o in h.finished.values()} == {"succeeded"}
+
+
+def test_a_ready_queue_walks_its_nodes_in_pop_order_without_popping():
+    rng = random.Random(7)
+    shares = {"a": (1, 0.5), "b": (1, 0.2), "c": (0, 0.9)}  # rank first, then share
+    q = ReadyQueue(lambda account: shares[account])
+    for i in range(200):
+        q.push((0, rng.random(), i), i, i, rng.choice("abc"))
+    walked = list(q.ordered())
+    assert len(walked) == 200 and len(q) == 200
+    assert [e[:2] for e in q.first(5)] == [w[1:] for w in walked[:5]]
+    popped = []
+    while q:
+        account = q._first()
+        popped.append((shares[account], *q.pop()[:2]))
+    assert popped == walked
+
+
+def test_an_assignment_may_pass_over_nodes_that_stay_queued_in_place():
+    """A plan whose first node of a class finds no worker may place a later one (the worker
+    holding its inputs may take it); the node passed over keeps its place at the head."""
+    h = Harness(workers=1, policy=MicroServingPolicy(admission=False), cost=LinearCost(heavy_s=1.0))
+    h.coord.drain_worker(0)
+    for rid in (1, 2, 3):
+        h.submit(rid, sd_maker(), deadline_s=10.0 * rid, steps=1, guidance_scale=1.0)
+    (key,) = h.coord.queues
+    h.coord.pool.activate(0)
+    actions = Actions()
+    h.coord.policy.plan = lambda view: [Assignment(0, key, 1, skip=1)]
+    h.coord._dispatch(actions)
+    h.apply(actions)
+    assert [i.request_id for d in heavy(h) for i in d.items] == [2]
+    assert [rid for _, _, rid in h.coord.queues[key].first(2)] == [1, 3]
