@@ -303,11 +303,10 @@ class Coordinator(Lineage, Shortening):
     def batch_limits(self, op: str) -> tuple[int, int]:
         return (self._latency_batch.get(op, self._default_batches[0]), self._throughput_batch.get(op, self._default_batches[1]))
 
-    def locality(self, key: BatchKey, n: int, skip: int = 0) -> dict[int, int]:
-        """Bytes of the inputs of the ``n`` queued nodes after the first ``skip``, by the worker
-        holding them."""
+    def locality(self, key: BatchKey, n: int) -> dict[int, int]:
+        """Bytes of the first ``n`` queued nodes' inputs, by the worker holding them."""
         where: dict[int, int] = {}
-        for _, node, rid in self.queues[key].first(skip + n)[skip:]:
+        for _, node, rid in self.queues[key].first(n):
             live = self.requests.get(rid)
             if live is None:
                 continue
@@ -788,22 +787,14 @@ class Coordinator(Lineage, Shortening):
             if q is None:
                 continue
             members: list[tuple[_Live, int]] = []
-            passed: list[tuple] = []  # the nodes the plan passed over stay queued
             rank = q.head_rank()  # one class per batch: a lower class's items would slow it down
             while q and len(members) < a.count and q.head_rank() == rank:
-                entry = q.pop()
-                _, node, rid = entry
+                _, node, rid = q.pop()
                 live = self.requests.get(rid)
-                if live is None or node not in live.queued:  # ended, or reset by a recovery
-                    continue
-                if len(passed) < a.skip:
-                    passed.append((entry, live.account))
-                    continue
-                live.queued.discard(node)
-                if not self._missing_input(live, node):
-                    members.append((live, node))
-            for (priority, node, rid), account in passed:
-                q.push(priority, node, rid, account)
+                if live is not None and node in live.queued:  # else ended, or reset by a recovery
+                    live.queued.discard(node)
+                    if not self._missing_input(live, node):
+                        members.append((live, node))
             if not q:
                 del self.queues[a.key]
                 info = self.classes.pop(a.key)

@@ -26,7 +26,6 @@ class Assignment:
     worker: int
     key: BatchKey
     count: int  # how many ready nodes of ``key`` to batch into one dispatch
-    skip: int = 0  # after passing over this many (they stay queued, in their place)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +101,7 @@ class SchedulerView(Protocol):
 
     def batch_limits(self, op: str) -> tuple[int, int]: ...
 
-    def locality(self, key: BatchKey, n: int, skip: int = 0) -> dict[int, int]: ...
+    def locality(self, key: BatchKey, n: int) -> dict[int, int]: ...
 
     def backlog(self) -> list[tuple[tuple, float, float | None]]: ...
 
@@ -161,11 +160,6 @@ class SchedulingPolicy:
 
 
 _NONE: frozenset = frozenset()
-#: :meth:`MicroServingPolicy._choose` found no worker worth costing for these nodes
-NOWHERE = -1
-#: a plan tries this many of a class's nodes past one that found no worker (in per-request
-#: classes each would be tried: the worker holding a request's inputs may take its next call)
-PASS_OVER = 4
 #: ``laxity``: least laxity first (deadline - remaining work, re-evaluated as the request
 #: progresses); ``slack``: latest start (deadline - whole solo time) fixed at arrival; ``fcfs``
 ORDERINGS = ("laxity", "slack", "fcfs")
@@ -377,15 +371,12 @@ class MicroServingPolicy(SchedulingPolicy):
             ready += heapq.nsmallest(2, busy, key=lambda w: (view.workers[w].reserved_s, w))
         return ready
 
-    def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float], skip: int = 0) -> int | None:
-        """The worker for the class's next ``n`` nodes after ``skip``; None: none now, and
-        :data:`NOWHERE` when that is only for want of a candidate (a worker holding a later
-        node's inputs may still take that one)."""
+    def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float]) -> int | None:
         comp = (info.model, info.component, info.scope) if info.component else None
-        where = view.locality(key, n, skip)
+        where = view.locality(key, n)
         candidates = self._candidates(view, info, slots, comp, where)
         if not candidates:
-            return NOWHERE
+            return None
         if len(candidates) == 1 and not slots.keep and (comp is None or comp in view.workers[candidates[0]].resident or not self.evictions):
             return candidates[0]  # nothing to weigh: not even a load against waiting for a holder
         if self.placement == "random":
@@ -519,12 +510,14 @@ class MicroServingPolicy(SchedulingPolicy):
             order = queues[key].ordered()
             heads.append((next(order), i, key, order))
         heapq.heapify(heads)
-        state: dict[int, list] = {}  # class index -> [unplaced, limit, below, kept workers, placed, offset, passed over]
+        state: dict[int, tuple] = {}  # class index -> (unplaced, limit, below, kept workers)
         while heads and slots.any():
             place, i, key, order = heapq.heappop(heads)
             info = view.classes[key]
-            st = state.get(i)
-            if st is None:
+            if i in state:
+                pending, limit, below, kept_from = state[i]
+            else:
+                pending = len(queues[key])
                 limit = limits[key][0] if latency_mode else limits[key][1]
                 # while a higher class has requests running, a lower class takes only idle workers
                 # (leaving each a slot), one small batch each, and not the last idle workers, one
@@ -540,8 +533,6 @@ class MicroServingPolicy(SchedulingPolicy):
                     if rank not in kept:
                         kept[rank] = view.kept_for(rank)
                     kept_from = kept[rank]
-                st = state[i] = [len(queues[key]), limit, below, kept_from, 0, 0, 0]
-            pending, limit, below, kept_from, placed, offset, passed = st
             slots.keep = 1 if below else 0
             slots.kept = kept_from
             if urgent:  # nor, for a node after it, the worker an urgent request is running on
@@ -551,23 +542,17 @@ class MicroServingPolicy(SchedulingPolicy):
             if below and sum(1 for w in view.idle if w not in slots.taken) <= top[1]:
                 continue
             n = self._batch_size(view.cost, info, min(pending, limit))
-            skip = offset - placed
             if info.pin is not None:
                 wid = info.pin if slots.has(info.pin) else None
             else:
-                wid = self._choose(view, key, info, n, slots, reserved, skip)
+                wid = self._choose(view, key, info, n, slots, reserved)
             if wid is None:
                 continue
-            if wid == NOWHERE:  # no worker for this node: a later one's inputs may have one
-                if passed == PASS_OVER or pending == 1:
-                    continue
-                n, st[6] = 1, passed + 1
-            else:
-                plan.append(Assignment(wid, key, n, skip))
-                slots.take(wid)
-                st[4] = placed + n
-            st[0], st[5] = pending - n, offset + n
-            if pending > n:
+            plan.append(Assignment(wid, key, n))
+            slots.take(wid)
+            pending -= n
+            state[i] = (pending, limit, below, kept_from)
+            if pending:
                 nxt = None
                 for _ in range(n):
                     nxt = next(order, None)

@@ -9,7 +9,6 @@ was behind do not keep that place once it has caught up. With one tenant this is
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Callable, Iterator
 
 Entry = tuple  # (request priority, node, request id)
@@ -49,27 +48,28 @@ class ReadyQueue:
         """The priority class of the next node (the first element of its share key)."""
         return self.share_key(self._first())[0]
 
+    def first(self, n: int) -> list[Entry]:
+        """About the next ``n`` entries (each tenant's heap in heap order, tenants by share key):
+        cheap, for estimates (the exact order is :meth:`ordered`'s)."""
+        out: list[Entry] = []
+        for account in sorted(self.heaps, key=self.share_key) if len(self.heaps) > 1 else self.heaps:
+            out += self.heaps[account][: n - len(out)]
+            if len(out) >= n:
+                break
+        return out
+
     def ordered(self) -> Iterator[tuple]:
         """Every node's place among every queue's, (its tenant's share key, its priority, node),
-        best first (see :meth:`_walk`)."""
-        for share, entry in self._walk():
-            yield (share, *entry[:2])
-
-    def first(self, n: int) -> list[Entry]:
-        """The next ``n`` entries (see :meth:`_walk`)."""
-        return [entry for _, entry in itertools.islice(self._walk(), n)]
-
-    def _walk(self) -> Iterator[tuple[tuple, Entry]]:
-        """(share key, entry) in pop order while no tenant's share key changes, without popping:
-        each heap is walked best-first through a frontier of its subtrees, so the first k cost
-        O(k log k) however long the queue."""
+        in pop order while no tenant's share key changes, without popping: each heap is walked
+        best-first through a frontier of its subtrees, so the first k cost O(k log k) however
+        long the queue."""
         accounts = self.heaps if len(self.heaps) == 1 else sorted(self.heaps, key=lambda a: (self.share_key(a), self.heaps[a][0][:2]))
         for account in accounts:
             share, heap = self.share_key(account), self.heaps[account]
             frontier = [(heap[0], 0)]
             while frontier:
                 entry, i = heapq.heappop(frontier)
-                yield share, entry
+                yield (share, *entry[:2])
                 for child in (2 * i + 1, 2 * i + 2):
                     if child < len(heap):
                         heapq.heappush(frontier, (heap[child], child))
