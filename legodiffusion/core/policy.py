@@ -518,21 +518,7 @@ class MicroServingPolicy(SchedulingPolicy):
                 pending, limit, below, kept_from = state[i]
             else:
                 pending = len(queues[key])
-                limit = limits[key][0] if latency_mode else limits[key][1]
-                # while a higher class has requests running, a lower class takes only idle workers
-                # (leaving each a slot), one small batch each, and not the last idle workers, one
-                # per running higher-class request: a higher-class node finds a free worker, or
-                # waits behind at most one short call
-                below = place[0][0] > top[0] if top is not None else False
-                # and not the workers a running higher-class request just used: its next call
-                # would otherwise wait there behind a lower-class one, step after step
-                kept_from = _NONE
-                if below:
-                    limit = limits[key][0]
-                    rank = place[0][0]
-                    if rank not in kept:
-                        kept[rank] = view.kept_for(rank)
-                    kept_from = kept[rank]
+                limit, below, kept_from = self._class_limits(view, place[0][0], limits[key], latency_mode, top, kept)
             slots.keep = 1 if below else 0
             slots.kept = kept_from
             if urgent:  # nor, for a node after it, the worker an urgent request is running on
@@ -561,6 +547,22 @@ class MicroServingPolicy(SchedulingPolicy):
         if self.prefetch and slots.any() and view.idle:
             plan += self._prefetches(view, slots)
         return plan
+
+    @staticmethod
+    def _class_limits(view, rank, limits: tuple[int, int], latency_mode: bool, top, kept: dict) -> tuple[int, bool, set[int]]:
+        """(batch limit, whether a higher class runs, workers kept from it) for a class whose
+        first node is of priority class ``rank``. While a higher class has requests running, a
+        lower class takes only idle workers (leaving each a slot), one small batch each, and not
+        the last idle workers, one per running higher-class request: a higher-class node finds a
+        free worker, or waits behind at most one short call; and not the workers a running
+        higher-class request just used: its next call would otherwise wait there behind a
+        lower-class one, step after step. ``kept``: rank -> those workers, filled as needed."""
+        below = top is not None and rank > top[0]
+        if not below:
+            return limits[0] if latency_mode else limits[1], False, _NONE
+        if rank not in kept:
+            kept[rank] = view.kept_for(rank)
+        return limits[0], True, kept[rank]
 
     def _prefetches(self, view, slots: _Slots) -> list[Prefetch]:
         """Replicas ahead of demand: each worker this plan leaves idle may load the component
