@@ -29,11 +29,15 @@ class ReadyQueue:
         heapq.heappush(self.heaps.setdefault(account, []), (priority, node, request_id))
         self.size += 1
 
+    def _turn(self, account: object) -> tuple:
+        """Where ``account``'s head stands among the tenants': its share key, then its priority."""
+        return (self.share_key(account), self.heaps[account][0][:2])
+
     def _first(self) -> object:
         """The account whose head goes next."""
         if len(self.heaps) == 1:
             return next(iter(self.heaps))
-        return min(self.heaps, key=lambda a: (self.share_key(a), self.heaps[a][0][:2]))
+        return min(self.heaps, key=self._turn)
 
     def pop(self) -> Entry:
         account = self._first()
@@ -63,7 +67,7 @@ class ReadyQueue:
         in pop order while no tenant's share key changes, without popping: each heap is walked
         best-first through a frontier of its subtrees, so the first k cost O(k log k) however
         long the queue."""
-        accounts = self.heaps if len(self.heaps) == 1 else sorted(self.heaps, key=lambda a: (self.share_key(a), self.heaps[a][0][:2]))
+        accounts = self.heaps if len(self.heaps) == 1 else sorted(self.heaps, key=self._turn)
         for account in accounts:
             share, heap = self.share_key(account), self.heaps[account]
             frontier = [(heap[0], 0)]
