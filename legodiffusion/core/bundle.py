@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 
-from legodiffusion.core.policy import MicroServingPolicy, SchedulerView
+from legodiffusion.core.policy import MicroServingPolicy
+from legodiffusion.core.view import SchedulerView
 
 Bins = list  # per GPU: the set of workflows it serves
 

@@ -30,12 +30,12 @@ from legodiffusion.core.messages import (
     RequestOutcome,
     TensorRef,
 )
-from legodiffusion.core.policy import BatchKey, ClassInfo, SchedulingPolicy
+from legodiffusion.core.policy import SchedulingPolicy
 from legodiffusion.core.pool import WorkerPool
 from legodiffusion.core.ready import ReadyQueue
 from legodiffusion.core.recovery import Orphans
 from legodiffusion.core.shortening import Shortening
-from legodiffusion.core.view import CoordinatorView
+from legodiffusion.core.view import BatchKey, ClassInfo, CoordinatorView
 
 #: how the error of a request failed by a broken coordinator invariant begins
 INVARIANT = "internal error (coordinator invariant)"

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from legodiffusion.core.graph import FROM_INPUT, FROM_NODE
 from legodiffusion.core.messages import PENDING, RUNNING, Actions, Dispatch, DispatchItem, TensorRef
 from legodiffusion.core.patchset import PATCHABLE, parse_patches
-from legodiffusion.core.policy import ClassInfo, Prefetch
 from legodiffusion.core.ready import ReadyQueue
+from legodiffusion.core.view import ClassInfo, Prefetch
 
 if TYPE_CHECKING:
     from legodiffusion.core.coordinator import _Live

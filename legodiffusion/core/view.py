@@ -1,12 +1,112 @@
-"""What policies see of the coordinator (:class:`CoordinatorView`, the
-:class:`~legodiffusion.core.policy.SchedulerView` the coordinator hands to its policy)."""
+"""The interface between the coordinator and its policies: what a policy is shown (the
+:class:`SchedulerView` protocol and the views inside it; :class:`CoordinatorView`, the
+coordinator's implementation of it) and what a plan returns (:class:`Assignment`,
+:class:`Prefetch`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from legodiffusion.core.cost import CostModel
 
 if TYPE_CHECKING:
     from legodiffusion.core.coordinator import Coordinator
+
+BatchKey = tuple  # (op, mode, model, shape signature, scope, pinned worker)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    worker: int
+    key: BatchKey
+    count: int  # how many ready nodes of ``key`` to batch into one dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """Load ``comp`` = (model, component, scope) on ``worker`` ahead of demand (no request waits)."""
+
+    worker: int
+    comp: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ClassInfo:
+    """What is known about one batch class (every node in it can share one dispatch)."""
+
+    op: str
+    mode: str
+    model: str | None
+    component: str | None
+    px: int | None
+    scope: str | None  # workflow name when workflows are isolated (bundle), else None
+    pin: int | None  # the only worker allowed, or None
+    patches: tuple[str, ...] = ()  # the LoRAs its calls attach (a worker without them pays for each)
+
+
+class WorkerView(Protocol):
+    id: int
+    alive: bool
+    draining: bool
+    inflight: int
+    slots: int
+    reserved_s: float
+    resident: set
+    used_bytes: int
+    pinned: int
+
+
+class TenantView(Protocol):
+    rank: int  # priority class: lower first, strictly
+    lead_s: float  # how far the tenant is ahead of its fair share of its class (core/fairness.py)
+
+
+class RequestView(Protocol):
+    workflow: str
+    arrival_s: float
+    deadline_s: float | None
+    solo_s: float  # profiled work of the whole request
+    remaining_s: float  # profiled work not yet done
+    priority: tuple
+    tenant: str
+    rank: int  # its tenant's (TenantView)
+    lead_s: float
+
+
+class SchedulerView(Protocol):
+    queues: dict  # BatchKey -> queue with __len__, ordered() (its nodes' places, best first) and head_rank()
+    classes: dict  # BatchKey -> ClassInfo
+    workers: list
+    eligible: set  # ids of live workers with a free slot
+    cost: CostModel
+    queue_threshold_s: float
+    idle: list  # sorted ids of live workers with nothing in flight
+    idle_set: set
+    calm: set  # live workers whose reserved queue is within the threshold (or that are idle)
+    free_slots: int
+    active: int  # live workers taking work
+    drain_factor: float  # profiled work done per worker-second while saturated (measured; 1.0 = the profile)
+    holders: dict  # (model, component, scope) -> ids of workers holding it
+    stats: object  # CoordinatorStats: work_by_workflow feeds re-allocation
+
+    def held_head(self, workflow: str) -> RequestView | None: ...
+
+    def demand(self) -> dict[tuple, float]: ...  # (model, component, scope) -> recent work, s/s
+
+    def batch_limits(self, op: str) -> tuple[int, int]: ...
+
+    def locality(self, key: BatchKey, n: int) -> dict[int, int]: ...
+
+    def backlog(self) -> list[tuple[tuple, float, float | None]]: ...
+
+    def top_class(self) -> tuple[int, int] | None: ...  # (rank, requests running) of the highest class running
+
+    def kept_for(self, rank: int) -> set[int]: ...  # workers a running request of a higher class than rank last used
+
+    def kept_urgent(self) -> dict[int, tuple]: ...  # workers a running urgent request last used -> its order
+
+    def late_margin(self, rank: int) -> float: ...  # >= 1: admission's margin for a class, raised by its late finishes
 
 
 class CoordinatorView:
