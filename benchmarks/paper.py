@@ -31,8 +31,9 @@ import argparse
 import json
 import math
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +86,7 @@ DESCRIBE = {
 }
 
 _WORKLOADS: dict = {}
+_BUILDING = threading.Lock()  # the systems of one experiment search side by side, in threads
 #: "NAME@MODEL[+MODEL]": workload NAME with every request opting in to the approximate cache,
 #: whose lookups the simulator answers from cache model MODEL (legodiffusion/sim/approx.py),
 #: and/or to step caching, whose skips it draws from step cache model MODEL (sim/step_skip.py)
@@ -92,15 +94,16 @@ CACHED = "@"
 
 
 def workload(name: str):
-    if name not in _WORKLOADS:
-        base, _, opts = name.partition(CACHED)
-        tokens = opts.split("+") if opts else []
-        approx = next((t for t in tokens if t in CACHE_MODELS), None)
-        step = next((t for t in tokens if t in STEP_CACHE_MODELS), None)
-        _WORKLOADS[name] = make_workload(
-            base, ReferenceCost(), seed=0, approx=make_cache_model(approx), step_cache=make_step_cache_model(step)
-        )
-    return _WORKLOADS[name]
+    with _BUILDING:
+        if name not in _WORKLOADS:
+            base, _, opts = name.partition(CACHED)
+            tokens = opts.split("+") if opts else []
+            approx = next((t for t in tokens if t in CACHE_MODELS), None)
+            step = next((t for t in tokens if t in STEP_CACHE_MODELS), None)
+            _WORKLOADS[name] = make_workload(
+                base, ReferenceCost(), seed=0, approx=make_cache_model(approx), step_cache=make_step_cache_model(step)
+            )
+        return _WORKLOADS[name]
 
 
 def trace(name: str, rate: float, duration: float, seed: int, burst: float | None = None) -> list[Arrival]:
@@ -154,6 +157,19 @@ class Runner:
         self.args = args
         self.seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         self.pool = ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
+        if self.pool is not None:  # forked now, before any search thread holds a lock a child would inherit held
+            self.pool.submit(int).result()
+
+    def across(self, search, name, systems, *rest) -> dict:
+        """``{s: search(name, s, *rest)}`` for every system, the searches side by side in threads:
+        a search waits on its own seeds, so alone it leaves processes idle between rounds (5 seeds
+        on 2 processes, runs cut short when they cannot pass); together they keep the pool busy.
+        Each search is deterministic, so the results are those of running them one by one."""
+        systems = list(systems)
+        if self.pool is None or len(systems) < 2:
+            return {s: search(name, s, *rest) for s in systems}
+        with ThreadPoolExecutor(max_workers=len(systems)) as threads:
+            return dict(zip(systems, threads.map(lambda s: search(name, s, *rest), systems)))
 
     def seeds_at(self, name, system, gpus, rate) -> list[float]:
         return self.each(name, system, gpus, [(i, rate) for i in range(len(self.seeds))])
@@ -248,7 +264,7 @@ def cmd_rate(run: Runner, names) -> dict:
         gpus_list = run.args.gpus if name.partition(CACHED)[0] == "paper" else [16]
         out[name] = {}
         for g in gpus_list:
-            row = {s: run.max_rate(name, s, g) for s in systems}
+            row = run.across(run.max_rate, name, systems, g)
             row["fluid"] = fluid(name, g, run.args.duration)
             if {"bundle-static", "bundle-auto"} <= set(row):
                 row["bundle"] = better_bundle(row, "max_rate")
@@ -270,7 +286,7 @@ def cmd_burst(run: Runner, names, rate_results) -> dict:
     for name in names:
         ref, why = reference_rate(run, name, rate_results)
         base = 0.5 * ref
-        row = {s: run.max_burst(name, s, g, base) for s in HEADLINE}
+        row = run.across(run.max_burst, name, HEADLINE, g, base)
         row["bundle"] = better_bundle(row, "max_multiplier")
         out[name] = {"gpus": g, "base_rate": base, "base_is_half_of": why, "burst_s": BURST_S, **row}
         print(
@@ -285,7 +301,7 @@ def cmd_gpus(run: Runner, names, rate_results) -> dict:
     out = {}
     for name in names:
         target, why = reference_rate(run, name, rate_results)
-        row = {s: run.min_gpus(name, s, target) for s in ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")}
+        row = run.across(run.min_gpus, name, ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled"), target)
         static, auto = row["bundle-static"]["gpus"], row["bundle-auto"]["gpus"]
         row["bundle"] = row["bundle-static"] if auto is None or (static is not None and static <= auto) else row["bundle-auto"]
         row["fluid"] = math.ceil(target / fluid(name, 1, run.args.duration))
@@ -304,7 +320,8 @@ def cmd_ablations(run: Runner, names, rate_results) -> dict:
     g = 16
     for name in names:
         known = rate_results.get(name, {}).get(str(g), {})
-        row = {s: known[s] if s in known else run.max_rate(name, s, g) for s in ABLATIONS}
+        fresh = run.across(run.max_rate, name, [s for s in ABLATIONS if s not in known], g)
+        row = {s: known[s] if s in known else fresh[s] for s in ABLATIONS}
         out[name] = {"gpus": g, **row}
         print(f"[{name}] ablations at {g} GPUs: " + ", ".join(f"{s} {row[s]['max_rate']:.2f}" for s in ABLATIONS), flush=True)
     return out
@@ -322,10 +339,8 @@ def cmd_overload(run: Runner, names) -> dict:
         bound = fluid(name, g, run.args.duration)
         out[name] = {"gpus": g, "fluid": bound, "points": {}}
         for x in OVERLOAD:
-            row = {}
-            for system in ("ours", "no-admission"):
-                seeds = run.admitted_at(name, system, g, x * bound)
-                row[system] = {"admitted": mean_ci([a for a, _ in seeds]), "met_of_admitted": mean_ci([m for _, m in seeds])}
+            seeds = run.across(run.admitted_at, name, ("ours", "no-admission"), g, x * bound)
+            row = {s: {"admitted": mean_ci([a for a, _ in v]), "met_of_admitted": mean_ci([m for _, m in v])} for s, v in seeds.items()}
             out[name]["points"][str(x)] = row
             o = row["ours"]
             print(
