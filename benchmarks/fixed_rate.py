@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import report, stamp  # noqa: E402
-from benchmarks.paper import ABLATIONS, DATA_FILES, fluid, trace, warmup, workload  # noqa: E402
+from benchmarks.paper_workloads import ABLATIONS, DATA_FILES, fluid, trace, warmup, workload  # noqa: E402
 from legodiffusion.sim.experiment import run_trace  # noqa: E402
 from legodiffusion.stats import mean_ci, paired_ci  # noqa: E402
 

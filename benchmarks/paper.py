@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -40,101 +39,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS, report, stamp  # noqa: E402
-from legodiffusion.sim.approx import MODELS as CACHE_MODELS  # noqa: E402
-from legodiffusion.sim.approx import make_cache_model  # noqa: E402
-from legodiffusion.sim.experiment import TARGET, Evaluator, fluid_rate, run_trace, search_max, trace_mix  # noqa: E402
-from legodiffusion.sim.reference import ReferenceCost  # noqa: E402
-from legodiffusion.sim.step_skip import MODELS as STEP_CACHE_MODELS  # noqa: E402
-from legodiffusion.sim.step_skip import make_step_cache_model  # noqa: E402
-from legodiffusion.sim.traces import Arrival, drifting, make_trace, poisson  # noqa: E402
-from legodiffusion.sim.workload import make_workload  # noqa: E402
-from legodiffusion.stats import mean_ci, paired_ci  # noqa: E402
-
-WORKLOADS = ("paper", "many", "drifting", "csv")  # what `all` runs; `--workloads editing` adds the editing mix
-HEADLINE = ("ours", "fcfs", "bundle-static", "bundle-auto", "pooled")
-ABLATIONS = (
-    "ours",
-    "fcfs",
-    "latest-start",
-    "no-admission",
-    "profile-admission",
-    "no-prefetch",
-    "no-eviction-cost",
-    "no-urgent-keep",
-    "no-batch-sizing",
-    "no-adaptive-parallelism",
-    "no-cross-request-batching",
-    "no-sharing",
-    "static-partitions",
+from benchmarks.paper_report import plot_bars, plot_rate, ratio, write_summary  # noqa: E402
+from benchmarks.paper_workloads import (  # noqa: E402
+    ABLATIONS,
+    BURST_S,
+    CACHED,
+    DATA_FILES,
+    HEADLINE,
+    WORKLOADS,
+    fluid,
+    trace,
+    warmup,
+    workload,
 )
-CSV_TRACE = ROOT / "benchmarks" / "traces" / "replay.csv"
-DATA_FILES = [
-    ROOT / "legodiffusion" / "sim" / "data" / "h100.json",
-    ROOT / "legodiffusion" / "sim" / "workload.py",
-    ROOT / "legodiffusion" / "sim" / "traces.py",
-    CSV_TRACE,
-]
-BURST_S = 30.0
-DRIFT_BURST, DRIFT_BURST_S = 3.0, 10.0  # the drifting trace's one-workflow bursts: x3 the total rate for 10 s
-PAPER = {"rate": "up to 3x", "burst": "up to 8x", "gpus": "up to 3x fewer"}
-DESCRIBE = {
-    "paper": "the paper's 12 workflows over SD3-medium / SD3.5-large(-turbo) / FLUX.1-dev/schnell at 1024 px, 4-50 steps, 0-2 ControlNets, 0-1 LoRAs, skewed popularity; Poisson arrivals",
-    "many": "40 seeded workflows over 7 base models (FLUX.1-dev/schnell, SD3.5-large, SD3-medium, FLUX.2-klein-4B, Z-Image-Turbo, Qwen-Image) with 0-1 LoRAs, 0-2 ControlNets, 512-1024 px, Zipf popularity; Poisson arrivals",
-    "drifting": "the paper workflows with Zipf popularity whose ranking changes every 60 s, and two 10 s bursts that each hit one workflow (the total rate x3, the excess all to that workflow)",
-    "editing": "the paper workflows plus edits, a quarter of the requests: image-to-image at strength 0.6 (FLUX.1-dev/schnell, SD3.5-large), inpainting (FLUX.1-dev at 0.85, SD3.5-large at 1) and two-stage hires (512² then 1024² at 0.5); Poisson arrivals",
-    "csv": "benchmarks/traces/replay.csv replayed (gamma arrivals, CV 2.5, the paper's popularity ranking reversed), its timestamps scaled to the rate; seed s starts the replay s/7 of the way in",
-}
-
-_WORKLOADS: dict = {}
-_BUILDING = threading.Lock()  # the systems of one experiment search side by side, in threads
-#: "NAME@MODEL[+MODEL]": workload NAME with every request opting in to the approximate cache,
-#: whose lookups the simulator answers from cache model MODEL (legodiffusion/sim/approx.py),
-#: and/or to step caching, whose skips it draws from step cache model MODEL (sim/step_skip.py)
-CACHED = "@"
-
-
-def workload(name: str):
-    with _BUILDING:
-        if name not in _WORKLOADS:
-            base, _, opts = name.partition(CACHED)
-            tokens = opts.split("+") if opts else []
-            approx = next((t for t in tokens if t in CACHE_MODELS), None)
-            step = next((t for t in tokens if t in STEP_CACHE_MODELS), None)
-            _WORKLOADS[name] = make_workload(
-                base, ReferenceCost(), seed=0, approx=make_cache_model(approx), step_cache=make_step_cache_model(step)
-            )
-        return _WORKLOADS[name]
-
-
-def trace(name: str, rate: float, duration: float, seed: int, burst: float | None = None) -> list[Arrival]:
-    """The workload's trace; with ``burst`` a burst of that multiple of the rate for 30 s a third
-    of the way in (on ``drifting``, its own one-workflow bursts take the multiple instead of 6)."""
-    wl = workload(name)
-    name = name.partition(CACHED)[0]
-    if name == "drifting":
-        return drifting(rate, duration, wl.names, seed, burst_multiplier=DRIFT_BURST if burst is None else burst, burst_s=DRIFT_BURST_S)
-    if name == "csv":
-        full = make_trace("csv", wl, rate, 10 * duration, csv_path=CSV_TRACE)
-        span = full[-1].t if full else 0.0
-        offset = span * ((seed - 1) % 7) / 7
-        base = [Arrival(a.t - offset, a.workflow, a.inputs) for a in full if offset <= a.t < offset + duration]
-    else:
-        base = make_trace(name, wl, rate, duration, seed)
-    if burst is None or burst <= 1.0:
-        return base
-    start = duration / 3
-    extra = [Arrival(start + a.t, a.workflow, a.inputs) for a in poisson(rate * (burst - 1.0), BURST_S, wl.mix, seed + 1000)]
-    return sorted(base + extra, key=lambda a: a.t)
-
-
-def fluid(name: str, gpus: int, duration: float) -> float:
-    """The fluid bound for the workload's traffic (its trace's own mix: the replay and the
-    drifting trace do not follow the declared popularity)."""
-    return fluid_rate(workload(name), gpus, trace_mix(trace(name, 1.0, max(duration, 600.0), 1)))
-
-
-def warmup(duration: float) -> float:
-    return min(30.0, duration / 5)
+from legodiffusion.sim.approx import MODELS as CACHE_MODELS  # noqa: E402
+from legodiffusion.sim.experiment import TARGET, Evaluator, run_trace, search_max  # noqa: E402
+from legodiffusion.sim.step_skip import MODELS as STEP_CACHE_MODELS  # noqa: E402
+from legodiffusion.stats import mean_ci  # noqa: E402
 
 
 def attain(job: tuple) -> float:
@@ -244,10 +165,6 @@ def better_bundle(row: dict, key: str) -> dict:
     return {**row[variant], "variant": variant}
 
 
-def ratio(a, b):
-    return a / b if b else math.inf
-
-
 def bundle_config(run: Runner, name: str, gpus: int, rate: float) -> dict:
     """Each bundle variant's deployment on the seed-1 trace at ``rate`` (where bundle sustains
     no rate: a quarter of the fluid bound): its allocation follows that trace's mix."""
@@ -351,284 +268,6 @@ def cmd_overload(run: Runner, names) -> dict:
     return out
 
 
-def fmt(mean, half=None, digits=2) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f}" if not half else f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
-def searched(r: dict, key: str, digits: int = 2) -> str:
-    """A searched maximum: where the mean over seeds crosses the target, then (where the run has
-    them) the mean and 95% interval of each seed's own maximum."""
-    if "per_seed" not in r:  # a results file from before the per-seed refinement
-        return fmt(r[key], r["per_seed_ci95"], digits)
-    return f"{r[key]:.{digits}f} ({fmt(r['per_seed_mean'], r['per_seed_ci95'], digits)})"
-
-
-def paired(a: dict, b: dict, digits: int = 2) -> str:
-    """Mean and 95% interval over seeds of a's maximum minus b's, seed by seed."""
-    if "per_seed" not in a or "per_seed" not in b:
-        return "-"
-    return fmt(*paired_ci(a["per_seed"], b["per_seed"]), digits)
-
-
-def write_summary() -> None:
-    """benchmarks/results/paper.md from every paper_*.json present."""
-
-    def load(name):
-        p = RESULTS / f"{name}.json"
-        return json.loads(p.read_text()) if p.exists() else None
-
-    lines = [
-        "# The paper's experiments in simulation",
-        "",
-        "Generated by `python benchmarks/paper.py all`. Reference H100 cost model: `legodiffusion/sim/data/h100.json` (each number names its source; none is our own GPU measurement yet): batch-1 latencies at 1024², batch curves, token-proportional resolution scaling, activation memory, real tensor sizes (latents, text embeddings, ControlNet residual sets), disk -> host -> device loads with a 2 TB host cache per 8-GPU node, NVLink and network links, and the measured per-dispatch overhead. SLO = 2x a request's solo latency. Rejected requests and requests unfinished at the end of the run count as misses; the first 30 s are warm-up (cold loads) and not scored.",
-        "",
-        "Each max rate is found on the mean attainment over trace seeds by bisection, then confirmed by the points above it (attainment need not fall monotonically). In parentheses: the mean and 95% interval over seeds of each seed's own largest passing rate (its bracket among the points the search visited, bisected as often again on that seed alone); `ours - fcfs` is the same seed by seed (paired, same traces). References: **fluid** = GPUs / mean profiled GPU-seconds per request; **pooled** = any GPU runs any whole request, no memory limit, no loads (FCFS M/G/c). **bundle** = the better of `bundle-static` and `bundle-auto` at each point (its variant and configuration are listed).",
-        "",
-    ]
-    rate = load("paper_rate")
-    if rate:
-        d = rate["detail"]
-        lines += [f"## Max sustainable rate at >= 90% SLO attainment (paper: {PAPER['rate']})", ""]
-        lines += [
-            "| workload | GPUs | fluid | pooled | ours | bundle | fcfs | ours - fcfs | ours / bundle | ours / fluid | bundle / fluid | ours / pooled |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, by_g in d.items():
-            for g, r in by_g.items():
-                if not {"ours", "bundle", "fcfs", "pooled"} <= set(r):  # a run of some systems only (--systems)
-                    continue
-                o, b, f, p = r["ours"], r["bundle"], r["fcfs"], r["pooled"]
-                lines.append(
-                    f"| {name} | {g} | {r['fluid']:.2f} | {searched(p, 'max_rate')} | {searched(o, 'max_rate')} | "
-                    f"{searched(b, 'max_rate')} {b['variant'].split('-')[1]} | {searched(f, 'max_rate')} | {paired(o, f)} | "
-                    f"**{ratio(o['max_rate'], b['max_rate']):.2f}x** | {ratio(o['max_rate'], r['fluid']):.2f} | {ratio(b['max_rate'], r['fluid']):.2f} | {ratio(o['max_rate'], p['max_rate']):.2f} |"
-                )
-        lines += [
-            "",
-            "Bundle configurations (on the seed-1 trace at bundle's max rate; re-allocations counted until the run ended or could no longer meet 90%):",
-            "",
-        ]
-        for name, by_g in d.items():
-            for g, r in by_g.items():
-                for text in r.get("bundle_config", {}).values():
-                    lines.append(f"- {name}, {g} GPUs, {text}")
-        lines += ["", _stamp_line(rate), ""]
-    burst = load("paper_burst")
-    if burst:
-        d = burst["detail"]
-        lines += [f"## Burst tolerance (paper: {PAPER['burst']})", ""]
-        lines += [
-            "16 GPUs from a base rate of half what bundle sustains without a burst (where it sustains none: half of a quarter of the fluid bound); a 30 s burst a third of the way in (on `drifting`, its one-workflow bursts take the multiple). Largest multiplier kept at >= 90% (0: not even the base rate):",
-            "",
-            "| workload | base req/s | pooled | ours | bundle | fcfs | ours - fcfs | ours / bundle |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, r in d.items():
-            lines.append(
-                f"| {name} | {r['base_rate']:.2f} | {searched(r['pooled'], 'max_multiplier', 1)} | {searched(r['ours'], 'max_multiplier', 1)} | "
-                f"{searched(r['bundle'], 'max_multiplier', 1)} {r['bundle']['variant'].split('-')[1]} | {searched(r['fcfs'], 'max_multiplier', 1)} | {paired(r['ours'], r['fcfs'], 1)} | "
-                f"**{ratio(r['ours']['max_multiplier'], r['bundle']['max_multiplier']):.2f}x** |"
-            )
-        lines += ["", _stamp_line(burst), ""]
-    gpus = load("paper_gpus")
-    if gpus:
-        d = gpus["detail"]
-        lines += [
-            f"## GPUs needed (paper: {PAPER['gpus']})",
-            "",
-            "To sustain what bundle sustains on 16 GPUs (where it sustains none: a quarter of the 16-GPU fluid bound), at >= 90%: the fewest GPUs whose mean attainment over seeds passes, confirmed by the two counts below (`None`: not with 64); in parentheses, how many seeds pass on their own at that count:",
-            "",
-        ]
-        lines += ["| workload | req/s | fluid | pooled | ours | bundle | fcfs | bundle / ours |", "|---|---|---|---|---|---|---|---|"]
-        for name, r in d.items():
-            o, b = r["ours"]["gpus"], r["bundle"]["gpus"]
-
-            def cell(x):
-                return f"{x['gpus']} ({x['seeds_passing']}/{x['seeds']})" if x.get("seeds") else str(x["gpus"])
-
-            ratio_cell = f"**{ratio(b, o):.2f}x**" if o and b else "-"
-            lines.append(
-                f"| {name} | {r['target_rate']:.2f} | {r['fluid']} | {cell(r['pooled'])} | {cell(r['ours'])} | {cell(r['bundle'])} | {cell(r['fcfs'])} | {ratio_cell} |"
-            )
-        lines += ["", _stamp_line(gpus), ""]
-    over = load("paper_overload")
-    if over:
-        d = over["detail"]
-        lines += [
-            "## Overload: does admission keep its promises?",
-            "",
-            "16 GPUs, offered load at and beyond the fluid bound (Poisson, the workload's mix). `admitted`: share of scored requests admitted; `met`: share of the admitted that met their SLO (without admission every request is admitted):",
-            "",
-            "| workload | offered / fluid | ours admitted | ours met | no-admission met |",
-            "|---|---|---|---|---|",
-        ]
-        for name, r in d.items():
-            for x, row in r["points"].items():
-                o, n = row["ours"], row["no-admission"]
-                lines.append(
-                    f"| {name} | {float(x):.2f} | {fmt(*o['admitted'])} | {fmt(*o['met_of_admitted'])} | {fmt(*n['met_of_admitted'])} |"
-                )
-        lines += ["", _stamp_line(over), ""]
-    for path in sorted(RESULTS.glob("paper_ablations*.json")):  # one table per run, each with its stamp
-        lines += _ablation_rows(json.loads(path.read_text()))
-    for path in sorted(RESULTS.glob("paper_rate*_cached.json")):
-        lines += _cached_rows(json.loads(path.read_text()), rate, path.name, *WITH_CACHING)
-    for path in sorted(RESULTS.glob("paper_rate*_stepcache.json")):
-        lines += _cached_rows(json.loads(path.read_text()), rate, path.name, *WITH_STEP_CACHING)
-    lines += _other_seeds_rows(sorted(RESULTS.glob("paper_rate*_seeds*.json")))
-    lines += ["## Workloads", ""] + [f"- **{k}**: {v}" for k, v in DESCRIBE.items()] + [""]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "paper.md").write_text("\n".join(lines) + "\n")
-
-
-def _ablation_rows(abl: dict) -> list[str]:
-    """The ablation table of one results file (a run may cover some of the workloads)."""
-    lines: list[str] = []
-    d = abl["detail"]
-    names = list(d)
-    lines += ["## Ablations (16 GPUs, max sustainable rate in req/s; each removes one mechanism)", ""]
-    lines += ["| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for s in ABLATIONS:
-        cells = []
-        for name in names:
-            r = d[name].get(s)
-            if r is None:  # not in this results file
-                cells.append("-")
-                continue
-            rel = ratio(r["max_rate"], d[name]["ours"]["max_rate"])
-            cells.append(f"{searched(r, 'max_rate')} [{rel:.2f}]")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "In brackets: relative to ours. `fcfs`: arrival order, no admission; `latest-start`: ordered by the latest start (deadline - whole profiled work) fixed at arrival, instead of least laxity (deadline - remaining work, re-evaluated as requests progress); `no-admission`: ours without SLO admission; `profile-admission`: admission drains the work ahead at the profile's batch-1 rate, without the measured drain rate or the late-finish margin; `no-prefetch`: no replicas loaded ahead of demand; `no-eviction-cost`: placement ignores what a load evicts and loads rather than wait for a busy holder; `no-urgent-keep`: a request with under 0.5 s of slack does not keep its worker free of later requests' calls; `no-batch-sizing`: batches as large as the limit whether or not they save time per item; `no-adaptive-parallelism`: always throughput-mode batches (guidance branches never spread); `no-cross-request-batching`: batches only within a request; `no-sharing`: every workflow its own model copies, on a demand-proportional split of the GPUs (the same allocator as bundle); `static-partitions`: models shared, each pinned to a fixed demand-proportional split of the GPUs (no per-model scaling).",
-        "",
-        _stamp_line(abl),
-        "",
-    ]
-    return lines
-
-
-#: (heading, description) of the "with caching" tables
-WITH_CACHING = (
-    "With approximate caching (NIRVANA)",
-    "Every request opts in to the approximate cache; the simulator draws each lookup's answer from the cache model named after the workload (`nirvana`: a 70% hit rate with K spread over 5-25 of 50 steps, matched to NIRVANA's reported 21% average saving; `benchmark`: benchmarks/less_work.py's figures), and the serving code passes the skipped iterations through. SLOs stay those of the whole schedule; the fluid bound in paper_rate.json is that of the uncached work.",
-)
-WITH_STEP_CACHING = (
-    "With step caching (First Block Cache)",
-    "Every request on a model with a skip share opts in to step caching; the simulator draws which samples of each denoiser call skip all but the first block (`fbcache`, per base model, legodiffusion/sim/step_skip.py: FLUX.1-dev the share that gives First Block Cache's reported 2x at threshold 0.08; SD3.5-large and SD3-medium the same share assumed, their first block 1/38 and 1/24 of a call; the 4-step schnell and turbo models none). The coordinator's estimates stay those of full calls. SLOs stay those of the uncached requests; the fluid bound in paper_rate.json is that of the uncached work.",
-)
-
-
-def _cached_rows(cached: dict | None, rate: dict | None, source: str, heading: str, description: str) -> list[str]:
-    """A "with caching" table: each system's max rate when every request opts in (to the
-    approximate cache, or to step caching), beside its rate without."""
-    if not cached:
-        return []
-
-    # the rates without caching, where they were searched with the same seeds and traces
-    def traces(result: dict) -> tuple:  # files from before --first-seed ran from seed 1
-        return result.get("seeds"), result.get("first_seed", 1), result.get("duration_s")
-
-    same = rate and traces(rate) == traces(cached)
-    plain = rate["detail"] if same else {}
-    lines = [
-        f"## {heading} (`{source}`)",
-        "",
-        description
-        + " Max sustainable rate at >= 90% (req/s), with the same system's rate without caching where paper_rate.json has it for the same seeds and trace length:",
-        "",
-        "| workload | GPUs | system | with caching | without | gain |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, by_g in cached["detail"].items():
-        base = name.partition(CACHED)[0]
-        for g, r in by_g.items():
-            for s in ("ours", "bundle", "fcfs", "pooled"):
-                if s not in r:
-                    continue
-                without = plain.get(base, {}).get(g, {}).get(s, {}).get("max_rate")
-                gain = f"**{ratio(r[s]['max_rate'], without):.2f}x**" if without else "-"
-                lines.append(f"| {name} | {g} | {s} | {searched(r[s], 'max_rate')} | {fmt(without)} | {gain} |")
-    return lines + ["", _stamp_line(cached), ""]
-
-
-def _other_seeds_rows(paths: list[Path]) -> list[str]:
-    """Max-rate runs on other trace seeds (``--first-seed``): a replication beside the main table."""
-    if not paths:
-        return []
-    lines = [
-        "## On other trace seeds",
-        "",
-        "The same search on trace seeds the main tables do not use (`--first-seed`); crossing, then each seed's own maximum (mean ± 95% interval):",
-        "",
-        "| results | workload | GPUs | seeds | ours | fcfs | ours - fcfs |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for path in paths:
-        result = json.loads(path.read_text())
-        first = result.get("first_seed", 1)
-        seeds = f"{first}-{first + result['seeds'] - 1}"
-        for name, by_g in result["detail"].items():
-            for g, r in by_g.items():
-                if {"ours", "fcfs"} <= set(r):
-                    o, f = r["ours"], r["fcfs"]
-                    lines.append(
-                        f"| `{path.name}` | {name} | {g} | {seeds} | {searched(o, 'max_rate')} | {searched(f, 'max_rate')} | {paired(o, f)} |"
-                    )
-        lines += ["", _stamp_line(result), ""]
-    return lines
-
-
-def _stamp_line(result: dict) -> str:
-    s = result.get("stamp", {})
-    return f"Commit `{s.get('commit', '?')[:12]}`, inputs `{s.get('inputs_sha256', '?')}`, {result.get('seeds', '?')} seeds, {result.get('duration_s', '?'):g} s traces; `{s.get('command', '')}` took {s.get('wall_s', 0):.0f} s."
-
-
-def _plot_rate(detail):
-    def plot(path):
-        import matplotlib.pyplot as plt
-
-        panels = [(name, g, r) for name, by_g in detail.items() for g, r in by_g.items()]
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
-        for ax, (name, g, r) in zip(axes[0], panels):
-            for s in (s for s in ("ours", "bundle-static", "bundle-auto", "fcfs", "pooled") if s in r):
-                c = r[s]["curve"]
-                ax.errorbar([p[0] for p in c], [p[1] for p in c], yerr=[p[2] for p in c], marker="o", ms=3, label=s, capsize=2)
-            ax.axvline(r["fluid"], ls=":", color="black", label="fluid bound")
-            ax.axhline(TARGET, ls="--", color="grey")
-            ax.set_title(f"{name}, {g} GPUs", fontsize=9)
-            ax.set_xlabel("requests / s")
-            ax.set_ylim(0, 1.02)
-        axes[0][0].set_ylabel("SLO attainment")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-
-    return plot
-
-
-def _plot_bars(detail, key, label):
-    def plot(path):
-        import matplotlib.pyplot as plt
-
-        names = list(detail)
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            r = detail[name]
-            systems = [s for s in ("ours", "bundle", "fcfs", "pooled") if s in r]
-            vals = [r[s][key] or 0 for s in systems]
-            errs = [r[s].get("per_seed_ci95", 0) for s in systems]
-            ax.bar(systems, vals, yerr=errs, capsize=3)
-            ax.set_title(name, fontsize=9)
-            ax.set_ylabel(label)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-
-    return plot
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", choices=["rate", "burst", "gpus", "ablations", "overload", "all"])
@@ -680,11 +319,11 @@ def main() -> None:
                 for n, by in detail.items()
                 for g, r in by.items()
             }
-            plot = _plot_rate(detail)
+            plot = plot_rate(detail)
         elif exp == "burst":
             detail = cmd_burst(run, args.workloads, rate_results)
             summary = {n: round(ratio(r["ours"]["max_multiplier"], r["bundle"]["max_multiplier"]), 2) for n, r in detail.items()}
-            plot = _plot_bars(detail, "max_multiplier", "burst multiplier at >= 90%")
+            plot = plot_bars(detail, "max_multiplier", "burst multiplier at >= 90%")
         elif exp == "gpus":
             detail = cmd_gpus(run, args.workloads, rate_results)
             summary = {n: r["ours"]["gpus"] for n, r in detail.items()}

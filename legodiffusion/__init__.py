@@ -17,13 +17,14 @@ from legodiffusion.workflow.spec import WorkflowSpec, spec_from_json
 
 if TYPE_CHECKING:
     from legodiffusion.client import Client
-    from legodiffusion.runtime.engine import Engine, RunResult
+    from legodiffusion.runtime.engine import Engine
+    from legodiffusion.runtime.runs import RunResult
 
 #: public name -> the module it is loaded from on first access
 _LAZY = {
     "Client": "legodiffusion.client",
     "Engine": "legodiffusion.runtime.engine",
-    "RunResult": "legodiffusion.runtime.engine",
+    "RunResult": "legodiffusion.runtime.runs",
 }
 
 

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.models.tiny import write_tiny_models
-from legodiffusion.runtime.engine import Engine, RunResult
+from legodiffusion.runtime.engine import Engine
 from legodiffusion.runtime.images import to_pil
+from legodiffusion.runtime.runs import RunResult
 from legodiffusion.stats import percentile
 from legodiffusion.workflow.catalog import sd_txt2img
 

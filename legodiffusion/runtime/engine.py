@@ -12,15 +12,13 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from legodiffusion.config import EngineConfig
 from legodiffusion.core.autoscale import ReplicaAutoscaler
-from legodiffusion.core.coordinator import INVARIANT, Request
+from legodiffusion.core.coordinator import Request
 from legodiffusion.core.fairness import DEFAULT_PRIORITY, DEFAULT_TENANT
-from legodiffusion.core.graph import Template
-from legodiffusion.core.messages import Actions, Completion, Dispatch
+from legodiffusion.core.messages import Completion, Dispatch
 from legodiffusion.core.patchset import parse_patches
 from legodiffusion.models.components import PipelineConfig, is_pipeline, pipeline_config
 from legodiffusion.models.store import ModelCatalog
@@ -28,71 +26,19 @@ from legodiffusion.ops import OperatorRegistry, default_registry
 from legodiffusion.profiles.book import ProfileCost
 from legodiffusion.profiles.profiler import cached_profiles
 from legodiffusion.runtime.backend import make_backend
+from legodiffusion.runtime.completions import Completions
+from legodiffusion.runtime.runs import Prepared, Run, RunResult
 from legodiffusion.runtime.scaling import Scaling
 from legodiffusion.runtime.supervisor import Supervisor, check, health_of
 from legodiffusion.runtime.worker import Worker
-from legodiffusion.workflow.bounds import RequestBounds, RequestCost, request_cost
+from legodiffusion.workflow.bounds import RequestBounds, request_cost
 from legodiffusion.workflow.errors import SpecIssue, WorkflowError
 from legodiffusion.workflow.expand import Expander, TemplateCache, bind_inputs
 from legodiffusion.workflow.spec import WorkflowSpec
 from legodiffusion.workflow.values import check_values
 
 
-@dataclass
-class RunResult:
-    request_id: int
-    workflow: str
-    status: str  # succeeded | failed | cancelled | rejected (error starts with SLO_REJECTED)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    node: str | None = None
-    latency_s: float = 0.0
-    nodes: int = 0
-    notes: dict = field(default_factory=dict)  # e.g. lora_active_from_step
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "succeeded"
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A request expanded, checked and costed (:meth:`Engine.prepare`), ready to submit."""
-
-    workflow: str
-    template: Template
-    inputs: dict[str, Any]  # bound: defaults applied
-    slo_s: float | None
-    cost: RequestCost
-    tenant: str = DEFAULT_TENANT
-    priority: int = DEFAULT_PRIORITY  # class rank: lower first (core/fairness.py)
-    weight: float = 1.0  # the tenant's share of its class
-
-
-@dataclass
-class Run:
-    """A submitted request: await :attr:`future` for its :class:`RunResult`."""
-
-    request_id: int
-    workflow: str
-    nodes_total: int
-    future: asyncio.Future
-    submitted_s: float
-    nodes_done: int = 0
-    on_progress: Callable[[Run], None] | None = None
-    notes: dict = field(default_factory=dict)
-    step_nodes: set[int] = field(default_factory=set, repr=False)  # the sampler_step nodes finished
-    #: denoise node -> whether its step cache skipped its blocks after the first (a re-run counts once)
-    cached_nodes: dict[int, bool] = field(default_factory=dict, repr=False)
-    started: bool = False  # a model call of this request has finished (before: queued)
-
-    @property
-    def steps_done(self) -> int:
-        """Sampling steps finished (a re-run after a loss counts once)."""
-        return len(self.step_nodes)
-
-
-class Engine:
+class Engine(Completions):
     log = logging.getLogger("legodiffusion.engine")
     #: on stop, beyond ``EngineConfig.drain_s``: time to join the worker threads once they report
     STOP_MARGIN_S = 1.0
@@ -416,159 +362,3 @@ class Engine:
                 self.log.exception("autoscaling step failed")
 
     # -- the driver ------------------------------------------------------------------------
-
-    @staticmethod
-    def _now() -> float:
-        return time.monotonic()
-
-    def _completion_from_thread(self, c: Completion) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._on_completion, c)
-
-    def _lost_from_thread(self, worker: int) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self.lose_worker, worker)
-
-    def _on_completion(self, c: Completion) -> None:
-        """A dispatch reported. Never raises: a failing observer hook is logged; should the
-        coordinator fail on it, the requests of that dispatch fail with the reason."""
-        for peer in c.lost_peers:  # learn of the death first, so this result counts as orphaned
-            self.lose_worker(peer)
-        d = self._sent.pop(c.dispatch_id, None)
-        self.supervisor.done(c.dispatch_id, self._now())
-        self._stops_asked.discard(c.dispatch_id)
-        if d is not None:
-            try:
-                self._note(d, c)
-                if self.on_dispatch_done is not None:
-                    self.on_dispatch_done(d, c)
-            except Exception:  # accounting and observers only: the result still counts
-                self.log.exception("noting the completion of dispatch %d failed", c.dispatch_id)
-        rec = self.coordinator.inflight.get(c.dispatch_id)
-        try:
-            actions = self.coordinator.on_complete(c, self._now())
-        except Exception as exc:
-            self.log.exception("handling the completion of dispatch %d failed", c.dispatch_id)
-            concerned = {it.request_id for it in rec.dispatch.items} if rec is not None else set()
-            self._fail_runs(concerned, f"internal error handling a completion: {type(exc).__name__}: {exc}")
-            return
-        self._apply(actions)
-
-    def _note(self, d: Dispatch, c: Completion) -> None:
-        """Count sampling steps and the denoiser calls a step cache skipped, and record per
-        request the step from which its LoRA patch set was active and what it took from and gave
-        to the approximate cache."""
-        for item, res in zip(d.items, c.results):
-            notes = res.notes
-            run = self._runs.get(item.request_id)
-            if run is not None and res.error is None:
-                if d.op == "sampler_step":
-                    run.step_nodes.add(item.node)
-                run.started = run.started or not d.light
-                if notes and "step_cache_skipped" in notes:
-                    run.cached_nodes[item.node] = notes["step_cache_skipped"]
-                    run.notes["step_cache_calls"] = len(run.cached_nodes)
-                    run.notes["step_cache_skipped"] = sum(run.cached_nodes.values())
-                if notes:
-                    _note_approx(run.notes, notes)
-            if run is None or not notes or notes.get("step") is None:
-                continue
-            if notes.get("lora_active"):
-                prev = run.notes.get("lora_active_from_step")
-                run.notes["lora_active_from_step"] = notes["step"] if prev is None else min(prev, notes["step"])
-
-    def _apply(self, actions: Actions) -> None:
-        """Carry out the coordinator's actions. Never raises: should that fail, the requests they
-        concern fail with the reason (and it is logged)."""
-        try:
-            self._carry_out(actions)
-        except Exception as exc:
-            self.log.exception("carrying out the coordinator's actions failed")
-            concerned = {o.request_id for o in actions.finished} | {it.request_id for d in actions.dispatches for it in d.items}
-            self._fail_runs(concerned, f"internal error: {type(exc).__name__}: {exc}")
-
-    def _carry_out(self, actions: Actions) -> None:
-        now = self._now()
-        for rid in actions.progressed:
-            self.supervisor.progressed(rid, now)
-            run = self._runs.get(rid)
-            if run is not None:
-                run.nodes_done += 1
-                if run.on_progress is not None:
-                    try:
-                        run.on_progress(run)
-                    except Exception:  # a caller's callback must not stop the engine
-                        self.log.exception("progress callback of request %d failed", rid)
-        for outcome in actions.finished:
-            run = self._runs.pop(outcome.request_id, None)
-            self.supervisor.ended(outcome.request_id)
-            if run is None:
-                continue
-            outputs, status, error = {}, outcome.status, outcome.error
-            if error is not None and error.startswith(INVARIANT):
-                self.log.error("request %d failed: %s", outcome.request_id, error)
-            if outcome.outputs:
-                try:
-                    outputs = {name: _to_host(self.plane.get(ref, ref.worker)) for name, ref in outcome.outputs.items()}
-                except Exception as exc:  # its holder died after reporting: the request fails, the engine goes on
-                    outputs, status, error = {}, "failed", f"reading the outputs: {type(exc).__name__}: {exc}"
-            self._resolve(run, status, outputs, error, outcome.node)
-        for release, ids in ((self.plane.free, actions.frees), (self.plane.abandon, actions.abandoned)):
-            if ids:
-                try:
-                    release(ids)
-                except Exception:  # values left in memory, or a reader waiting to its limit: logged, the rest goes on
-                    self.log.exception("%s of %d value(s) failed", release.__name__, len(ids))
-        if actions.finished:
-            self._stop_orphaned()
-        for d in actions.dispatches:
-            self._sent[d.id] = d
-            record = self.coordinator.inflight.get(d.id)
-            self.supervisor.sent(d, record.reserved_s if record is not None else 0.0, now)
-            self.plane.note_dispatch(d)
-            if self.on_dispatch_sent is not None:
-                self.on_dispatch_sent(d)
-            try:
-                self.workers[d.worker].submit(d)
-            except Exception:  # the worker cannot take work: lost, and its work redone elsewhere
-                self.log.exception("sending dispatch %d to worker %d failed", d.id, d.worker)
-                asyncio.get_running_loop().call_soon(self.lose_worker, d.worker)
-
-    def _resolve(self, run: Run, status: str, outputs: dict, error: str | None, node: str | None = None) -> None:
-        result = RunResult(
-            run.request_id, run.workflow, status, outputs, error, node, time.perf_counter() - run.submitted_s, run.nodes_total, run.notes
-        )
-        if not run.future.done():
-            run.future.set_result(result)
-
-    def _fail_runs(self, request_ids, reason: str) -> None:
-        """End these requests as failed with ``reason``, through the coordinator where it can
-        (releasing what they hold), else directly: none is left waiting."""
-        for rid in sorted(request_ids):
-            try:
-                self._carry_out(self.coordinator.fail(rid, reason, self._now()))
-            except Exception:
-                self.log.exception("failing request %d cleanly failed too", rid)
-            run = self._runs.pop(rid, None)
-            if run is not None:
-                self._resolve(run, "failed", {}, reason)
-
-
-def _note_approx(record: dict, notes: dict) -> None:
-    """Into a run's notes: whether it started from a cached state (``approx_cache``: from which
-    step, of which earlier request, how similar its prompt was; the first answer stands, as the
-    coordinator acts on it), and the steps whose states it saved (``approx_cache_saved``)."""
-    if "approx" in notes and "approx_cache" not in record:
-        n = notes["approx"]
-        used = {"used": bool(n["skipped"])}
-        if n["skipped"]:
-            used.update(from_step=n["skipped"], of_steps=n["steps"], from_request=n["from_request"], similarity=round(n["similarity"], 6))
-        record["approx_cache"] = used
-    if "approx_saved" in notes:
-        record.setdefault("approx_cache_saved", []).append(notes["approx_saved"]["step"])
-
-
-def _to_host(value: Any) -> Any:
-    return value.cpu() if hasattr(value, "cpu") else value

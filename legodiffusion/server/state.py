@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from legodiffusion.config import TenantSpec
-from legodiffusion.runtime.engine import Engine, RunResult
+from legodiffusion.runtime.engine import Engine
+from legodiffusion.runtime.runs import RunResult
 from legodiffusion.server.errors import ApiError
 from legodiffusion.server.history import History
 from legodiffusion.server.limits import Limits

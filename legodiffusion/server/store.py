@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from legodiffusion.runtime.engine import Run, RunResult
 from legodiffusion.runtime.images import to_png
+from legodiffusion.runtime.runs import Run, RunResult
 from legodiffusion.server.errors import ApiError
 
 TERMINAL = ("succeeded", "failed", "rejected", "cancelled")

@@ -2,9 +2,9 @@
 shape buckets without changing their rows, and each bucket compiled once.
 
 Inductor compiles on the CPU here: one bucket of the tiny UNet takes 30-45 s on two busy cores
-with a cold cache (a few seconds from inductor's on-disk cache), so the default tests compile two
-UNet buckets and share them (dynamo keeps graphs per module class, across workers' copies); the
-transformers and the engine-formed batches are ``slow``."""
+with a cold cache (a few seconds from inductor's on-disk cache), so the default tests compile one
+UNet bucket (batch 1) and share it (dynamo keeps graphs per module class, across workers' copies);
+padding to a larger bucket, the transformers and the engine-formed batches are ``slow``."""
 
 from dataclasses import replace
 
@@ -43,7 +43,8 @@ def test_batch_buckets():
         batch_bucket(0)
 
 
-@pytest.mark.parametrize("family", ["sd15", pytest.param("flux", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a bucket of 4 to compile: 30-57 s on two cores, the longest test of the suite
+@pytest.mark.parametrize("family", ["sd15", "flux"])
 def test_padding_leaves_every_row_as_it_was_alone(tiny_models, family):
     """A batch of 3 runs as a bucket of 4 (the last row repeated); each row equals its eager solo
     call, and a batch of 4 reuses the bucket. The UNet normalises groups and the transformer
