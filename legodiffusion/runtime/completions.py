@@ -17,12 +17,10 @@ from legodiffusion.runtime.runs import Run, RunResult
 
 
 class Completions:
-    """Mixin of :class:`~legodiffusion.runtime.engine.Engine` (its state: ``coordinator``,
-    ``plane``, ``workers``, ``supervisor``, ``_runs``, ``_sent``, ``_loop``, ``log``)."""
-
-    @staticmethod
-    def _now() -> float:
-        return time.monotonic()
+    """Mixin of :class:`~legodiffusion.runtime.engine.Engine`. It uses the engine's state
+    (``coordinator``, ``plane``, ``workers``, ``supervisor``, ``_runs``, ``_sent``,
+    ``_stops_asked``, ``_loop``, ``log``, the ``on_dispatch_done`` / ``on_dispatch_sent``
+    observers) and methods (``_now``, ``lose_worker``, ``_stop_orphaned``)."""
 
     def _completion_from_thread(self, c: Completion) -> None:
         loop = self._loop

@@ -78,6 +78,10 @@ class Engine(Completions):
         self._supervise_task: asyncio.Task | None = None
         self._stops_asked: set[int] = set()  # dispatches asked to stop, until they report
 
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
     def _memory_bytes(self) -> int | None:
         """The device memory the scheduler plans with (prefetching, what a load evicts): a worker's
         budget, but only once every pipeline model is profiled, since unprofiled components would
