@@ -401,9 +401,10 @@ class Coordinator(Lineage, Shortening, Dispatching):
             actions.frees.extend(ref for res in c.results for ref in (res.outputs or {}).values())
             self._dispatch(actions)
             return self._finish(actions)
+        requests, orphans, recorded = self.requests, self._orphans, 0
         for item, res in zip(d.items, c.results):
-            live = self.requests.get(item.request_id)
-            orphan = self._orphans.settle((d.id, item.request_id, item.node))
+            live = requests.get(item.request_id)
+            orphan = bool(orphans) and orphans.settle((d.id, item.request_id, item.node))
             if live is None or live.status != RUNNING or orphan:
                 actions.frees.extend((res.outputs or {}).values())
                 continue
@@ -416,9 +417,11 @@ class Coordinator(Lineage, Shortening, Dispatching):
                 continue
             if res.notes and ("approx" in res.notes or "approx_saved" in res.notes):
                 self._approx_noted(live, item.node, res.notes)  # before its readers become ready
-            self.stats.nodes_by_op[d.op] += 1
-            self.stats.items_by_worker[d.worker] += 1
+            recorded += 1
             self._record(live, item.node, res.outputs or {}, actions)
+        if recorded:
+            self.stats.nodes_by_op[d.op] += recorded
+            self.stats.items_by_worker[d.worker] += recorded
         self._dispatch(actions)
         return self._finish(actions)
 
@@ -509,27 +512,29 @@ class Coordinator(Lineage, Shortening, Dispatching):
         """``node`` finished with ``outputs``; ``passed``: it passed its inputs on as them (the
         values stay where they are, now held by one more output)."""
         tmpl = live.req.template
+        uses, refs, pending = live.uses, live.refs, live.pending
         for port, ref in outputs.items():
-            live.pending.discard(ref.id)
-            if live.uses.get((node, port), 0) > 0:
-                live.refs[(node, port)] = ref
+            if pending:
+                pending.discard(ref.id)
+            if uses.get((node, port), 0) > 0:
+                refs[(node, port)] = ref
                 if passed:
                     live.holders[ref.id] = live.holders.get(ref.id, 1) + 1
             elif not passed:
                 actions.frees.append(ref)
-        uses = live.uses
         for k in tmpl.reads[node]:
-            uses[k] -= 1
-            if uses[k] == 0:
-                ref = live.refs.pop(k, None)
+            left = uses[k] = uses[k] - 1
+            if left == 0:
+                ref = refs.pop(k, None)
                 if ref is not None:  # else a deferred input whose producer reports later: freed on arrival
                     self._release(live, ref, actions)
         live.done += 1
         live.finished.add(node)
-        live.remaining_s -= live.costs[node]
-        self.work_s -= live.costs[node]
+        cost = live.costs[node]
+        live.remaining_s -= cost
+        self.work_s -= cost
         if not passed:
-            self.drain.credit(live.costs[node])
+            self.drain.credit(cost)
         live.priority = self.policy.priority(live, live.seq, live.remaining_s)  # laxity grows as work is done
         if live.done > live.peak:
             live.peak = live.done

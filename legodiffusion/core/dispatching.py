@@ -33,8 +33,9 @@ class Dispatching:
     in-flight dispatches, statistics) it reads and changes."""
 
     def _make_ready(self, live: _Live, node: int) -> None:
-        tn = live.req.template.nodes[node]
-        if node in live.passthrough:  # runs nowhere (its inputs need not all exist: their makers passed too)
+        tmpl = live.req.template
+        tn = tmpl.nodes[node]
+        if live.passthrough and node in live.passthrough:  # runs nowhere (its inputs need not all exist: their makers passed too)
             self._passing.append((live, node))
             return
         if self._missing_input(live, node):
@@ -43,10 +44,11 @@ class Dispatching:
             self._light.append((live, node))
             return
         sig = None
-        if any(inp.deferred for inp in tn.inputs):  # nodes with deferred inputs run alone
+        if len(tmpl.reads[node]) != len(tmpl.needs[node]):  # a deferred input: such nodes run alone
             sig = ("deferred", live.req.id, node)
         elif tn.concat_batch:
-            sig = tuple((inp.port, live.refs[(inp.node, inp.name)].batch_signature) for inp in tn.inputs if inp.kind == FROM_NODE)
+            refs = live.refs
+            sig = tuple((inp.port, refs[(inp.node, inp.name)].batch_signature) for inp in tn.inputs if inp.kind == FROM_NODE)
         if not getattr(self.policy, "cross_request", True):
             sig = (sig, live.req.id)
         values = {}
@@ -68,12 +70,14 @@ class Dispatching:
         live.queued.add(node)
 
     def _item(self, live: _Live, node: int, worker: int) -> DispatchItem:
-        tn = live.req.template.nodes[node]
+        tmpl = live.req.template
+        tn = tmpl.nodes[node]
         refs, values = {}, {}
-        ports = live.req.template.out_ports[node]
+        ports = tmpl.out_ports[node]
+        held = live.refs
         for inp in tn.inputs:
             if inp.kind == FROM_NODE:
-                ref = live.refs.get((inp.node, inp.name))
+                ref = held.get((inp.node, inp.name))
                 if ref is None:  # a deferred input its producer has not written yet
                     tid = self._out_id(live, inp.node, inp.name)
                     live.pending.add(tid)
@@ -85,11 +89,16 @@ class Dispatching:
                 values[inp.port] = inp.value
         if node in live.approx:  # a lookup re-run after a loss keeps the answer acted on
             values["pinned"] = live.approx[node].get("state", 0)
-        out_ids = {port: self._out_id(live, node, port) for port in ports}
-        if live.req.template.deferred_consumers[node]:
+        out_ids = {}
+        known = live.out_ids
+        for port in ports:
+            tid = known.get((node, port))
+            out_ids[port] = self._out_id(live, node, port) if tid is None else tid
+        deferred = tmpl.deferred_consumers[node]
+        if deferred:
             for tid in out_ids.values():
                 live.making[tid] = worker
-        for consumer in live.req.template.deferred_consumers[node]:  # they may start now
+        for consumer in deferred:  # they may start now
             live.dwait[consumer] -= 1
             if live.dwait[consumer] == 0 and live.indegree[consumer] == 0:
                 self._make_ready(live, consumer)
@@ -128,7 +137,8 @@ class Dispatching:
                 self.pool.patched(worker, comp, patches)
         self.pool.reserve(worker, est, tn.light)
         if not tn.light:
-            self._served[worker] = min(members, key=lambda m: m[0].account.rank)[0].req.id
+            first = members[0] if len(members) == 1 else min(members, key=lambda m: m[0].account.rank)
+            self._served[worker] = first[0].req.id
             self._note_urgent(worker, members)
         self.inflight[d.id] = _Inflight(d, est)
         actions.dispatches.append(d)
@@ -231,9 +241,12 @@ class Dispatching:
         pulling the inputs it lacks); glue costs almost nothing, so waiting behind a model call
         on the worker with the most bytes would cost more than moving a latent."""
         weight: dict[int, int] = {}
+        refs = live.refs
         for k in live.req.template.reads[node]:
-            ref = live.refs[k]
+            ref = refs[k]
             weight[ref.worker] = weight.get(ref.worker, 0) + ref.nbytes
+        if len(weight) == 1:  # one holder: nothing to weigh
+            return next(iter(weight))
         if weight:
             total = sum(weight.values())
 

@@ -78,16 +78,19 @@ class Placement:
         if self.partition is not None and not picked:  # the idle ones may all belong to others
             picked += [w for w in sorted(calm) if usable(w)][:2]
         picked += [w for w in where if w in calm and usable(w)]
-        held = view.holders.get(comp, _NONE) & view.eligible if comp is not None else _NONE
+        # the eligible holders, without building that set (every worker may hold a popular model)
+        holders = view.holders.get(comp, _NONE) if comp is not None else _NONE
+        eligible = view.eligible
+        held = bool(holders) and not holders.isdisjoint(eligible)
         if held:
-            idle_held = held & view.idle_set
+            idle_held = view.idle_set & eligible & holders
             if idle_held:  # an idle holder costs only its execution
                 picked += [w for w in heapq.nsmallest(4, idle_held) if usable(w)]
-            else:
-                picked += heapq.nsmallest(3, (w for w in held & calm if usable(w)), key=lambda w: (view.workers[w].reserved_s, w))
+            else:  # calm is within the eligible
+                picked += heapq.nsmallest(3, (w for w in holders & calm if usable(w)), key=lambda w: (view.workers[w].reserved_s, w))
         ready = list(dict.fromkeys(picked))
-        if held and ready and not any(w in held for w in ready):
-            busy = itertools.islice((w for w in held - calm if usable(w)), 16)  # a sample bounds the cost
+        if held and ready and not any(w in holders and w in eligible for w in ready):
+            busy = itertools.islice((w for w in (holders & eligible) - calm if usable(w)), 16)  # a sample bounds the cost
             ready += heapq.nsmallest(2, busy, key=lambda w: (view.workers[w].reserved_s, w))
         return ready
 

@@ -86,11 +86,6 @@ class Topology:
         return link.seconds(nbytes)
 
 
-def _sim_ref(tensor_id: int, worker: int, nbytes: int, px: int | None) -> TensorRef:
-    # the shape only has to give equal batch signatures to equal requests
-    return TensorRef(tensor_id, worker, nbytes, (1, px or 512 * 512), "bfloat16")
-
-
 class Simulator:
     """Event-driven: request arrivals and dispatch completions in virtual time.
 
@@ -142,6 +137,8 @@ class Simulator:
         #: GPU-seconds by tenant, workflow or size are sums of it
         self.busy_s_by_request: dict[int, float] = {}
         self._ticking = False
+        self._activation_bytes = getattr(cost, "activation_bytes", None)
+        self._tensor_bytes = getattr(cost, "tensor_bytes", None)
 
     def warm_hosts(self, components: list[tuple[str, str]]) -> None:
         """Every node starts with host copies of ``components`` (model, component), as a server
@@ -178,9 +175,10 @@ class Simulator:
             self.finish_s[o.request_id] = self.now
             if self.on_finish is not None:
                 self.on_finish(o, self.now)
+        known, ready_at = self._bytes, self._ready_at
         for ref in actions.frees:
-            self._bytes.pop(ref.id, None)
-            self._ready_at.pop(ref.id, None)
+            known.pop(ref.id, None)
+            ready_at.pop(ref.id, None)
         for d in actions.dispatches:
             self._start(d)
 
@@ -190,7 +188,7 @@ class Simulator:
         if d.component is None:
             return 0.0, [], []
         key = (d.model, d.component, d.scope)
-        act = getattr(self.cost, "activation_bytes", lambda *a: 0)(d.op, d.mode, d.model, len(d.items), px)
+        act = self._activation_bytes(d.op, d.mode, d.model, len(d.items), px) if self._activation_bytes is not None else 0
         loaded, evicted = w.admit(key, self.cost.weight_bytes(d.model, d.component), act)
         if not loaded:
             return 0.0, [], evicted
@@ -203,8 +201,6 @@ class Simulator:
         return t, [key], evicted
 
     def _patch_s(self, w: SimWorker, d: Dispatch) -> float:
-        if d.component not in PATCHABLE:
-            return 0.0
         t = 0.0
         for name, _ in parse_patches(d.items[0].values.get("loras")):
             key = (d.model, d.component, d.scope, name)
@@ -218,15 +214,21 @@ class Simulator:
         deferred input arrives here."""
         by_source: dict[int, int] = {}
         arrivals = []
+        here = d.worker
         for it in d.items:
             for ref in it.refs.values():
-                if ref.worker == PENDING:
+                src = ref.worker
+                if src == here:
+                    continue
+                if src == PENDING:
                     if ref.id in self._ready_at:
                         nbytes = self._bytes.get(ref.id, 0)
-                        arrivals.append(self._ready_at[ref.id] + self._move(nbytes, ref.source, d.worker))
-                elif ref.worker != d.worker:
-                    by_source[ref.worker] = by_source.get(ref.worker, 0) + ref.nbytes
-        return sum(self._move(n, src, d.worker) for src, n in by_source.items()), arrivals
+                        arrivals.append(self._ready_at[ref.id] + self._move(nbytes, ref.source, here))
+                else:
+                    by_source[src] = by_source.get(src, 0) + ref.nbytes
+        if not by_source:
+            return 0.0, arrivals
+        return sum(self._move(n, src, here) for src, n in by_source.items()), arrivals
 
     def _move(self, nbytes: int, src: int, dst: int) -> float:
         if src in (dst, PENDING) or nbytes <= 0:
@@ -252,17 +254,23 @@ class Simulator:
             return
         exec_s = self._exec_s(d, px)
         move_s, arrivals = self._transfers(d)
-        t = self.overhead_s + load_s + self._patch_s(w, d) + move_s + exec_s
+        patch_s = self._patch_s(w, d) if d.component in PATCHABLE else 0.0
+        t = self.overhead_s + load_s + patch_s + move_s + exec_s
         end = begin + t
         if arrivals:  # deferred inputs: the rest of the call (after the down blocks) waits for them
             end = max(end, max(arrivals) + DEFERRED_TAIL * exec_s)
         w.busy_until = end
         w.busy_s += t
+        share = t / len(d.items)
+        busy = self.busy_s_by_request
         for it in d.items:
-            self.busy_s_by_request[it.request_id] = self.busy_s_by_request.get(it.request_id, 0.0) + t / len(d.items)
+            busy[it.request_id] = busy.get(it.request_id, 0.0) + share
         model = d.model if d.model is not None else self._base.get(rid)
-        tensor_bytes = getattr(self.cost, "tensor_bytes", None)
+        tensor_bytes = self._tensor_bytes
         sizes: dict[str, int] = {}  # port -> bytes: the items of one call share model and size
+        shape = (1, px or 512 * 512)  # the shape only has to give equal batch signatures to equal requests
+        ready_at, known = self._ready_at, self._bytes
+        lookup = d.op == "approx_lookup"
         results = []
         for it in d.items:
             outs = {}
@@ -273,10 +281,10 @@ class Simulator:
                     nbytes = sizes[port] = (px or 512 * 512) // 4 if nbytes is None else nbytes
                 if port == "cache" and it.request_id not in self._step_cached:
                     nbytes = 0  # step caching off: the carry holds nothing, and moving nothing costs nothing
-                self._ready_at[tid] = end
-                self._bytes[tid] = nbytes
-                outs[port] = _sim_ref(tid, d.worker, nbytes, px)
-            results.append(ItemResult(outs, notes=self._lookup(it.request_id) if d.op == "approx_lookup" else None))
+                ready_at[tid] = end
+                known[tid] = nbytes
+                outs[port] = TensorRef(tid, d.worker, nbytes, shape, "bfloat16")
+            results.append(ItemResult(outs, notes=self._lookup(it.request_id) if lookup else None))
         self.dispatches += 1
         self.dispatched_nodes += len(d.items)
         c = Completion(d.id, d.worker, results, begin, end, loaded, evicted)
