@@ -253,6 +253,7 @@ def serve(
 
     from legodiffusion.config import EngineConfig, RayConfig
     from legodiffusion.models.tiny import write_tiny_models
+    from legodiffusion.runtime.collector import pace_for_control_plane
     from legodiffusion.server.app import create_app
     from legodiffusion.server.catalog import builtin_workflows, models_under
 
@@ -295,6 +296,7 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     app_ = create_app(models, engine_config, builtin_workflows(models), api_keys=keys or None)
+    pace_for_control_plane()  # this process hosts the coordinator (see runtime/collector.py)
     uvicorn.run(app_, host=host, port=port, log_level="info")
 
 

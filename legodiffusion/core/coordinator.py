@@ -401,10 +401,11 @@ class Coordinator(Lineage, Shortening, Dispatching):
             actions.frees.extend(ref for res in c.results for ref in (res.outputs or {}).values())
             self._dispatch(actions)
             return self._finish(actions)
-        requests, orphans, recorded = self.requests, self._orphans, 0
+        requests, recorded = self.requests, 0
+        orphans = self._orphans if self._orphans else None  # only a recovery adds any
         for item, res in zip(d.items, c.results):
             live = requests.get(item.request_id)
-            orphan = bool(orphans) and orphans.settle((d.id, item.request_id, item.node))
+            orphan = orphans is not None and orphans.settle((d.id, item.request_id, item.node))
             if live is None or live.status != RUNNING or orphan:
                 actions.frees.extend((res.outputs or {}).values())
                 continue
@@ -547,9 +548,10 @@ class Coordinator(Lineage, Shortening, Dispatching):
             outs = {name: live.refs[k] for name, k in tmpl.outputs.items()}
             self._end(live, SUCCEEDED, actions, outputs=outs)
             return
+        indegree, dwait = live.indegree, live.dwait
         for consumer in tmpl.consumers[node]:
-            live.indegree[consumer] -= 1
-            if live.indegree[consumer] == 0 and live.dwait[consumer] == 0:
+            left = indegree[consumer] = indegree[consumer] - 1
+            if left == 0 and dwait[consumer] == 0:
                 self._make_ready(live, consumer)
 
     def _end(self, live: _Live, status: str, actions: Actions, outputs=None, error=None, node=None) -> None:

@@ -7,6 +7,7 @@ time on its worker and charges its work to its tenant's share."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -89,11 +90,7 @@ class Dispatching:
                 values[inp.port] = inp.value
         if node in live.approx:  # a lookup re-run after a loss keeps the answer acted on
             values["pinned"] = live.approx[node].get("state", 0)
-        out_ids = {}
-        known = live.out_ids
-        for port in ports:
-            tid = known.get((node, port))
-            out_ids[port] = self._out_id(live, node, port) if tid is None else tid
+        out_ids = {port: self._out_id(live, node, port) for port in ports}
         deferred = tmpl.deferred_consumers[node]
         if deferred:
             for tid in out_ids.values():
@@ -247,16 +244,19 @@ class Dispatching:
             weight[ref.worker] = weight.get(ref.worker, 0) + ref.nbytes
         if len(weight) == 1:  # one holder: nothing to weigh
             return next(iter(weight))
-        if weight:
+        if weight:  # the earliest start, then the most bytes held, then the lowest id
             total = sum(weight.values())
-
-            def start_s(i: int) -> float:
+            best, best_key = -1, None
+            for i, held in weight.items():
                 w = self.workers[i]
                 if not w.alive:
-                    return float("inf")
-                missing = total - weight[i]
-                return w.reserved_s + (self.cost.transfer_s(missing) if missing > 0 else 0.0)
-
-            return min(weight, key=lambda i: (start_s(i), -weight[i], i))
+                    start = math.inf
+                else:
+                    missing = total - held
+                    start = w.reserved_s + (self.cost.transfer_s(missing) if missing > 0 else 0.0)
+                key = (start, -held, i)
+                if best_key is None or key < best_key:
+                    best, best_key = i, key
+            return best
         alive = [w for w in self.workers if w.alive and not w.draining] or [w for w in self.workers if w.alive]
         return min(alive, key=lambda w: (w.reserved_s, w.inflight, w.id)).id

@@ -95,6 +95,8 @@ class Placement:
         return ready
 
     def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float]) -> int | None:
+        if view.calm.isdisjoint(view.eligible):
+            return None  # no worker may take it now (see _candidates): its inputs' places do not matter
         comp = (info.model, info.component, info.scope) if info.component else None
         where = view.locality(key, n)
         candidates = self._candidates(view, info, slots, comp, where)

@@ -233,9 +233,12 @@ class Simulator:
     def _move(self, nbytes: int, src: int, dst: int) -> float:
         if src in (dst, PENDING) or nbytes <= 0:
             return 0.0
-        same = self.topology.node(src) == self.topology.node(dst)
-        self.bytes_moved["same_node" if same else "cross_node"] += nbytes
-        return self.topology.transfer_s(nbytes, src, dst)
+        topology = self.topology
+        if topology.node(src) == topology.node(dst):
+            self.bytes_moved["same_node"] += nbytes
+            return topology.same_node.seconds(nbytes)
+        self.bytes_moved["cross_node"] += nbytes
+        return topology.cross_node.seconds(nbytes)
 
     def _start(self, d: Dispatch) -> None:
         w = self.workers[d.worker]
