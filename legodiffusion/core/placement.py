@@ -85,7 +85,7 @@ class Placement:
         if held:
             idle_held = view.idle_set & eligible & holders
             if idle_held:  # an idle holder costs only its execution
-                picked += [w for w in heapq.nsmallest(4, idle_held) if usable(w)]
+                picked += [w for w in sorted(idle_held)[:4] if usable(w)]
             else:  # calm is within the eligible
                 picked += heapq.nsmallest(3, (w for w in holders & calm if usable(w)), key=lambda w: (view.workers[w].reserved_s, w))
         ready = list(dict.fromkeys(picked))
@@ -111,6 +111,7 @@ class Placement:
         load_s = cost.load_s(info.model, info.component) if info.component else 0.0
         patch_s = getattr(cost, "lora_load_s", 0.0)
         total_bytes = sum(where.values())
+        evicts = self.evictions and bool(getattr(cost, "memory_bytes", None))  # what _eviction_s needs
         best, best_cost = -1, math.inf
         for wid in candidates:
             w = view.workers[wid]
@@ -120,10 +121,11 @@ class Placement:
                     c += load_s
                 if info.patches:
                     c += patch_s * sum(1 for name in info.patches if comp + (name,) not in w.patches)
-                evict_s = self._eviction_s(view, w, comp, info, n)
-                if evict_s > 0 and slots.keep:
-                    continue  # a lower class evicts nothing while a higher class runs (it would reload)
-                c += evict_s
+                if evicts:
+                    evict_s = self._eviction_s(view, w, comp, info, n)
+                    if evict_s > 0 and slots.keep:
+                        continue  # a lower class evicts nothing while a higher class runs (it would reload)
+                    c += evict_s
             missing = total_bytes - where.get(wid, 0)
             if missing > 0:
                 c += cost.transfer_s(missing)
