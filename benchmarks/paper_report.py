@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS  # noqa: E402
 from benchmarks.paper_workloads import ABLATIONS, CACHED, DESCRIBE  # noqa: E402
 from legodiffusion.sim.experiment import TARGET  # noqa: E402
-from legodiffusion.stats import paired_ci  # noqa: E402
+from legodiffusion.stats import mean_ci, paired_ci  # noqa: E402
 
 PAPER = {"rate": "up to 3x", "burst": "up to 8x", "gpus": "up to 3x fewer"}
 
@@ -152,7 +152,7 @@ def write_summary() -> None:
         lines += _cached_rows(json.loads(path.read_text()), rate, path.name, *WITH_CACHING)
     for path in sorted(RESULTS.glob("paper_rate*_stepcache.json")):
         lines += _cached_rows(json.loads(path.read_text()), rate, path.name, *WITH_STEP_CACHING)
-    lines += _other_seeds_rows(sorted(RESULTS.glob("paper_rate*_seeds*.json")))
+    lines += _other_seeds_rows(sorted(RESULTS.glob("paper_rate*_seeds*.json")), rate)
     lines += ["## Workloads", ""] + [f"- **{k}**: {v}" for k, v in DESCRIBE.items()] + [""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "paper.md").write_text("\n".join(lines) + "\n")
@@ -229,8 +229,11 @@ def _cached_rows(cached: dict | None, rate: dict | None, source: str, heading: s
     return lines + ["", _stamp_line(cached), ""]
 
 
-def _other_seeds_rows(paths: list[Path]) -> list[str]:
-    """Max-rate runs on other trace seeds (``--first-seed``): a replication beside the main table."""
+def _other_seeds_rows(paths: list[Path], rate: dict | None) -> list[str]:
+    """Max-rate runs on other trace seeds (``--first-seed``): a replication beside the main table,
+    then every seed run of each workload together (the main table's and the replication's, where
+    their traces are as long and their seeds distinct): each seed's own maximum, mean ± 95%
+    interval, and ours - fcfs seed by seed."""
     if not paths:
         return []
     lines = [
@@ -253,7 +256,48 @@ def _other_seeds_rows(paths: list[Path]) -> list[str]:
                         f"| `{path.name}` | {name} | {g} | {seeds} | {searched(o, 'max_rate')} | {searched(f, 'max_rate')} | {paired(o, f)} |"
                     )
         lines += ["", _stamp_line(result), ""]
+    pooled = _every_seed(paths, rate)
+    if pooled:
+        lines += [
+            "Every seed run of a workload together (the main table's seeds and these), each seed's own maximum:",
+            "",
+            "| workload | GPUs | seeds | ours | fcfs | ours - fcfs | seeds ours is ahead |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (name, g), (seeds, o, f) in pooled.items():
+            ahead = sum(1 for a, b in zip(o, f) if a > b)
+            lines.append(
+                f"| {name} | {g} | {len(o)} ({seeds}) | {fmt(*mean_ci(o))} | {fmt(*mean_ci(f))} | {fmt(*paired_ci(o, f))} | {ahead} / {len(o)} |"
+            )
+        lines.append("")
     return lines
+
+
+def _every_seed(paths: list[Path], rate: dict | None) -> dict[tuple, tuple[str, list[float], list[float]]]:
+    """(workload, GPUs) -> (seed ranges, ours' and fcfs's per-seed maxima over the main rate run and
+    the replications): only runs with traces as long as the main run's and seeds it did not use."""
+    if not rate:
+        return {}
+    out = {}
+    main_first = rate.get("first_seed", 1)
+    main_seeds = set(range(main_first, main_first + rate["seeds"]))
+    for path in paths:
+        result = json.loads(path.read_text())
+        first = result.get("first_seed", 1)
+        seeds = set(range(first, first + result["seeds"]))
+        if result.get("duration_s") != rate.get("duration_s") or seeds & main_seeds:
+            continue
+        for name, by_g in result["detail"].items():
+            for g, r in by_g.items():
+                main = rate["detail"].get(name, {}).get(g, {})
+                if not ({"ours", "fcfs"} <= set(r) and {"ours", "fcfs"} <= set(main)) or "per_seed" not in main["ours"]:
+                    continue
+                key = (name, g)
+                ranges, o, f = out.get(
+                    key, (f"{main_first}-{main_first + rate['seeds'] - 1}", list(main["ours"]["per_seed"]), list(main["fcfs"]["per_seed"]))
+                )
+                out[key] = (f"{ranges}, {first}-{first + result['seeds'] - 1}", o + r["ours"]["per_seed"], f + r["fcfs"]["per_seed"])
+    return out
 
 
 def _stamp_line(result: dict) -> str:
