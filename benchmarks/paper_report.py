@@ -259,45 +259,55 @@ def _other_seeds_rows(paths: list[Path], rate: dict | None) -> list[str]:
     pooled = _every_seed(paths, rate)
     if pooled:
         lines += [
-            "Every seed run of a workload together (the main table's seeds and these), each seed's own maximum:",
+            "Every seed run of a workload together (the main table's seeds and these, with the commit each run was made at), each seed's own maximum:",
             "",
-            "| workload | GPUs | seeds | ours | fcfs | ours - fcfs | seeds ours is ahead |",
+            "| workload | GPUs | seeds (commits) | ours | fcfs | ours - fcfs | seeds ours is ahead |",
             "|---|---|---|---|---|---|---|",
         ]
-        for (name, g), (seeds, o, f) in pooled.items():
+        for (name, g), row in pooled.items():
+            o, f = row["ours"], row["fcfs"]
             ahead = sum(1 for a, b in zip(o, f) if a > b)
+            runs = ", ".join(f"{r} ({c})" for r, c in zip(row["ranges"], row["commits"]))
             lines.append(
-                f"| {name} | {g} | {len(o)} ({seeds}) | {fmt(*mean_ci(o))} | {fmt(*mean_ci(f))} | {fmt(*paired_ci(o, f))} | {ahead} / {len(o)} |"
+                f"| {name} | {g} | {len(o)}: {runs} | {fmt(*mean_ci(o))} | {fmt(*mean_ci(f))} | {fmt(*paired_ci(o, f))} | {ahead} / {len(o)} |"
             )
         lines.append("")
     return lines
 
 
-def _every_seed(paths: list[Path], rate: dict | None) -> dict[tuple, tuple[str, list[float], list[float]]]:
-    """(workload, GPUs) -> (seed ranges, ours' and fcfs's per-seed maxima over the main rate run and
-    the replications): only runs with traces as long as the main run's and seeds it did not use."""
+def _every_seed(paths: list[Path], rate: dict | None) -> dict[tuple, dict]:
+    """(workload, GPUs) -> the seed ranges, commits and ours' and fcfs's per-seed maxima of the main
+    rate run and the replications: only runs whose traces are as long as the main run's and made
+    from the same inputs, and whose seeds no run already taken for that row used."""
     if not rate:
         return {}
-    out = {}
-    main_first = rate.get("first_seed", 1)
-    main_seeds = set(range(main_first, main_first + rate["seeds"]))
-    for path in paths:
-        result = json.loads(path.read_text())
+    out: dict[tuple, dict] = {}
+
+    def take(key, result, r) -> None:
         first = result.get("first_seed", 1)
         seeds = set(range(first, first + result["seeds"]))
-        if result.get("duration_s") != rate.get("duration_s") or seeds & main_seeds:
+        row = out.setdefault(key, {"seeds": set(), "ranges": [], "commits": [], "ours": [], "fcfs": []})
+        if seeds & row["seeds"] or not all("per_seed" in r[s] for s in ("ours", "fcfs")):
+            return
+        row["seeds"] |= seeds
+        row["ranges"].append(f"{first}-{first + result['seeds'] - 1}")
+        row["commits"].append(result.get("stamp", {}).get("commit", "?")[:7])
+        row["ours"] += r["ours"]["per_seed"]
+        row["fcfs"] += r["fcfs"]["per_seed"]
+
+    same = (rate.get("duration_s"), rate.get("stamp", {}).get("inputs_sha256"))
+    for path in paths:
+        result = json.loads(path.read_text())
+        if (result.get("duration_s"), result.get("stamp", {}).get("inputs_sha256")) != same:
             continue
         for name, by_g in result["detail"].items():
             for g, r in by_g.items():
                 main = rate["detail"].get(name, {}).get(g, {})
-                if not ({"ours", "fcfs"} <= set(r) and {"ours", "fcfs"} <= set(main)) or "per_seed" not in main["ours"]:
-                    continue
-                key = (name, g)
-                ranges, o, f = out.get(
-                    key, (f"{main_first}-{main_first + rate['seeds'] - 1}", list(main["ours"]["per_seed"]), list(main["fcfs"]["per_seed"]))
-                )
-                out[key] = (f"{ranges}, {first}-{first + result['seeds'] - 1}", o + r["ours"]["per_seed"], f + r["fcfs"]["per_seed"])
-    return out
+                if {"ours", "fcfs"} <= set(r) and {"ours", "fcfs"} <= set(main):
+                    if (name, g) not in out:
+                        take((name, g), rate, main)
+                    take((name, g), result, r)
+    return {k: row for k, row in out.items() if len(row["ranges"]) > 1}
 
 
 def _stamp_line(result: dict) -> str:

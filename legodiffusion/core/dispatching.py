@@ -45,7 +45,7 @@ class Dispatching:
             self._light.append((live, node))
             return
         sig = None
-        if len(tmpl.reads[node]) != len(tmpl.needs[node]):  # a deferred input: such nodes run alone
+        if len(tmpl.reads[node]) != len(tmpl.needs[node]):  # a deferred input (only node outputs are): such nodes run alone
             sig = ("deferred", live.req.id, node)
         elif tn.concat_batch:
             refs = live.refs

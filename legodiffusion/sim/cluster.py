@@ -137,6 +137,7 @@ class Simulator:
         #: GPU-seconds by tenant, workflow or size are sums of it
         self.busy_s_by_request: dict[int, float] = {}
         self._ticking = False
+        # what the cost model may describe beyond CostModel, read once: it is fixed for the run
         self._activation_bytes = getattr(cost, "activation_bytes", None)
         self._tensor_bytes = getattr(cost, "tensor_bytes", None)
 
