@@ -34,12 +34,13 @@ def decode_only():
     return wf.build()
 
 
-def run(folder, kill_when=None, workers=2, transport="object_store"):
+def run(folder, kill_when=None, workers=2, transport="object_store", backend="ray"):
     """The 20-step request on the Ray backend; ``kill_when(engine, run, dispatch)`` picks the
-    moment to ``ray.kill`` the actor a dispatch was sent to (once)."""
+    moment to ``ray.kill`` the actor a dispatch was sent to (once). ``backend="local"``: the
+    undisturbed image (Ray makes the same: tests/ray/test_ray_backend.py), without actors."""
 
     async def main():
-        config = EngineConfig(workers=workers, device="cpu", backend="ray", ray=RayConfig(tensor_transport=transport))
+        config = EngineConfig(workers=workers, device="cpu", backend=backend, ray=RayConfig(tensor_transport=transport))
         async with Engine({"sd15": folder}, config) as engine:
             engine.add_workflow(sd_txt2img("sd15"))
             engine.add_workflow(decode_only())
@@ -87,7 +88,7 @@ def kill_vae_only_decoder(engine, r, d):
     ids=["base-model", "vae-only", "base-model-direct-transport"],
 )
 def test_a_request_survives_a_killed_worker_actor(ray_cluster, sd15, kill_when, workers, transport):
-    base, *_ = run(sd15)
+    base, *_ = run(sd15, backend="local")
     for _ in range(SETUP_TRIES):  # where the decode goes is the scheduler's choice, by cost and timing
         result, engine, state, metrics = run(sd15, kill_when, workers, transport)
         if state["killed"] is not None:
@@ -152,9 +153,10 @@ def test_requests_survive_the_loss_of_a_ray_node(ray_cluster, sd15):
     try:
 
         async def main(lose):
-            async with Engine({"sd15": sd15}, EngineConfig(workers=3, device="cpu", backend="ray", autoscale_interval_s=0)) as engine:
+            backend = "ray" if lose else "local"  # the undisturbed images (Ray makes the same: test_ray_backend.py)
+            async with Engine({"sd15": sd15}, EngineConfig(workers=3, device="cpu", backend=backend, autoscale_interval_s=0)) as engine:
                 engine.add_workflow(sd_txt2img("sd15"))
-                on_node = [w for w, n in engine.backend.placement.items() if n == node.node_id]
+                on_node = [w for w, n in engine.backend.placement.items() if n == node.node_id] if lose else []
                 state = {"runs": [], "lost": None}
                 loop = asyncio.get_running_loop()
 

@@ -66,9 +66,10 @@ async def run_all(folder: str, backend: str, reqs: list[dict], kill_at: int | No
 
 
 def trials(folder: str, backend: str, steps: int, repetitions: int, seed: int) -> list[str]:
-    """``repetitions`` chaos trials against one undisturbed reference; returns a line per trial."""
+    """``repetitions`` chaos trials against one undisturbed reference, made on the local backend
+    (Ray makes the same images: tests/ray/test_ray_backend.py); returns a line per trial."""
     reqs = requests(steps)
-    base, *_ = asyncio.run(run_all(folder, backend, reqs))
+    base, *_ = asyncio.run(run_all(folder, "local", reqs))
     dispatches = 8 * (3 * steps + 4) // 3  # well inside the run however the work is batched
     rng = random.Random(seed)
     lines = []
