@@ -122,3 +122,24 @@ def test_generate_covers_every_family_and_the_adapters(tiny_models, tmp_path):
         app, ["generate", "--model", str(tiny_models["sd15"]), "--prompt", "x", "--controlnet", str(tiny_models["controlnet-sd15"])]
     )
     assert bad.exit_code == 2 and "--control-image" in bad.output
+
+
+def test_serve_runs_the_server_at_the_control_plane_collector_pace(sd15, monkeypatch):
+    """The server's process hosts the coordinator: ``serve`` paces the garbage collector for it
+    (runtime/collector.py) before the server starts."""
+    import gc
+    from pathlib import Path
+
+    import uvicorn
+
+    from legodiffusion.runtime.collector import CONTROL_PLANE_THRESHOLDS
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: seen.update(kw, thresholds=gc.get_threshold()))
+    before = gc.get_threshold()
+    try:
+        result = runner.invoke(app, ["serve", "--model-root", str(Path(sd15).parent), "--port", "8123"])
+    finally:
+        gc.set_threshold(*before)
+    assert result.exit_code == 0, result.output
+    assert seen["port"] == 8123 and seen["thresholds"] == CONTROL_PLANE_THRESHOLDS != before
