@@ -54,14 +54,12 @@ class Placement:
         owner = scope if self.isolate_workflows else model
         return owner is None or owner in self.partition[wid]
 
-    def _candidates(self, view, info: ClassInfo, slots: _Slots, comp, where: dict[int, int]) -> list[int]:
+    def _candidates(self, view, info: ClassInfo, slots: _Slots, comp, where: dict[int, int], calm: set[int]) -> list[int]:
         """Workers worth costing: the emptiest idle ones, those holding the inputs and those
         holding the model; O(candidates), not O(workers). Busy workers (reserved queue over the
         threshold) are skipped so work waits centrally where it can still batch and move, except
-        a busy holder when every calm candidate would have to load the model."""
-        calm = view.calm & view.eligible
-        if not calm:
-            return []
+        a busy holder when every calm candidate would have to load the model. ``calm``: the
+        eligible calm workers (not empty)."""
 
         def usable(w: int) -> bool:
             return slots.has(w) and self._allowed(info.model, info.scope, w)
@@ -95,11 +93,12 @@ class Placement:
         return ready
 
     def _choose(self, view, key, info: ClassInfo, n: int, slots: _Slots, reserved: dict[int, float]) -> int | None:
-        if view.calm.isdisjoint(view.eligible):
-            return None  # no worker may take it now (see _candidates): its inputs' places do not matter
+        calm = view.calm & view.eligible
+        if not calm:
+            return None  # no worker may take it now: its inputs' places do not matter
         comp = (info.model, info.component, info.scope) if info.component else None
         where = view.locality(key, n)
-        candidates = self._candidates(view, info, slots, comp, where)
+        candidates = self._candidates(view, info, slots, comp, where, calm)
         if not candidates:
             return None
         if len(candidates) == 1 and not slots.keep and (comp is None or comp in view.workers[candidates[0]].resident or not self.evictions):

@@ -79,11 +79,11 @@ class Topology:
     def node(self, worker: int) -> int:
         return worker // self.gpus_per_node
 
-    def transfer_s(self, nbytes: int, src: int, dst: int) -> float:
-        if src == dst or nbytes <= 0:
-            return 0.0
-        link = self.same_node if self.node(src) == self.node(dst) else self.cross_node
-        return link.seconds(nbytes)
+    def link(self, src: int, dst: int) -> tuple[str, Link]:
+        """The link between two GPUs, and its kind ("same_node" or "cross_node")."""
+        if self.node(src) == self.node(dst):
+            return "same_node", self.same_node
+        return "cross_node", self.cross_node
 
 
 class Simulator:
@@ -227,19 +227,14 @@ class Simulator:
                         arrivals.append(self._ready_at[ref.id] + self._move(nbytes, ref.source, here))
                 else:
                     by_source[src] = by_source.get(src, 0) + ref.nbytes
-        if not by_source:
-            return 0.0, arrivals
         return sum(self._move(n, src, here) for src, n in by_source.items()), arrivals
 
     def _move(self, nbytes: int, src: int, dst: int) -> float:
         if src in (dst, PENDING) or nbytes <= 0:
             return 0.0
-        topology = self.topology
-        if topology.node(src) == topology.node(dst):
-            self.bytes_moved["same_node"] += nbytes
-            return topology.same_node.seconds(nbytes)
-        self.bytes_moved["cross_node"] += nbytes
-        return topology.cross_node.seconds(nbytes)
+        kind, link = self.topology.link(src, dst)
+        self.bytes_moved[kind] += nbytes
+        return link.seconds(nbytes)
 
     def _start(self, d: Dispatch) -> None:
         w = self.workers[d.worker]
