@@ -51,10 +51,27 @@ def build(workers: int, inflight: int, steps: int, policy: str):
     return sim, ex
 
 
+class CollectorClock:
+    """Seconds the garbage collector ran, and its longest pass, while installed (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.total_s, self.longest_s, self._t0 = 0.0, 0.0, 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._t0
+            self.total_s += took
+            self.longest_s = max(self.longest_s, took)
+
+
 def measure(args) -> dict:
     gc.collect()  # the last point's simulator (a coordinator is a reference cycle) goes now, not while timing
     sim, ex = build(args.workers, args.inflight, args.steps, args.policy)
     sim.run(max_events=args.inflight)  # arrivals: every request is in flight
+    collector = CollectorClock()
+    gc.callbacks.append(collector)
     # consecutive timed segments of one run; their median is the figure (this machine is shared:
     # a segment another process slowed says little about the code)
     rates, walls, nodes, disp = [], [], 0, 0
@@ -67,6 +84,7 @@ def measure(args) -> dict:
         rates.append((sim.dispatched_nodes - start_nodes) / walls[-1])
         nodes += sim.dispatched_nodes - start_nodes
         disp += sim.dispatches - start_disp
+    gc.callbacks.remove(collector)
     busy = sum(w.busy_s for w in sim.workers)
     wall = sum(walls)
     return {
@@ -75,6 +93,8 @@ def measure(args) -> dict:
         "dispatches_per_s": statistics.median(rates) * disp / nodes,  # the median node rate over the mean batch
         "mean_batch": nodes / disp,
         "wall_s": wall,
+        "gc_share": collector.total_s / wall,
+        "gc_longest_s": collector.longest_s,
         "virtual_s": sim.now,
         "utilisation": min(1.0, busy / (len(sim.workers) * sim.now)) if sim.now else 0.0,
         "inflight": len(sim.coord.requests),
@@ -102,7 +122,8 @@ def main() -> None:
         print(
             f"{n:>6} in flight: {res['nodes_per_s']:,.0f} node dispatches/s ({res['dispatches_per_s']:,.0f} batches/s, mean batch {res['mean_batch']:.2f}), "
             f"{1e6 / res['dispatches_per_s']:.1f} us per batch decision; simulated utilisation {res['utilisation']:.0%}; "
-            f"segments {' / '.join(f'{r / 1000:.1f}k' for r in res['segments_nodes_per_s'])}",
+            f"segments {' / '.join(f'{r / 1000:.1f}k' for r in res['segments_nodes_per_s'])}; "
+            f"collector {res['gc_share']:.1%} of the time, longest pass {res['gc_longest_s'] * 1e3:.0f} ms",
             flush=True,
         )
     headline = 1000 if 1000 in by_inflight else args.inflight[0]
@@ -112,7 +133,8 @@ def main() -> None:
     gc.set_threshold(*paced)
     print(
         f"{headline:>6} in flight at the interpreter's default collector pace {default_pace}: "
-        f"{unpaced['nodes_per_s']:,.0f} node dispatches/s ({unpaced['nodes_per_s'] / by_inflight[headline]['nodes_per_s']:.2f}x the paced figure)",
+        f"{unpaced['nodes_per_s']:,.0f} node dispatches/s ({unpaced['nodes_per_s'] / by_inflight[headline]['nodes_per_s']:.2f}x the paced figure); "
+        f"collector {unpaced['gc_share']:.1%} of the time, longest pass {unpaced['gc_longest_s'] * 1e3:.0f} ms",
         flush=True,
     )
     prof = cProfile.Profile()
@@ -142,6 +164,10 @@ def main() -> None:
         "gc_thresholds": list(paced),
         "default_gc_node_dispatches_per_s": round(unpaced["nodes_per_s"]),
         "default_gc_segments": [round(x) for x in unpaced["segments_nodes_per_s"]],
+        "gc_share": round(res["gc_share"], 4),
+        "gc_longest_ms": round(res["gc_longest_s"] * 1e3, 1),
+        "default_gc_share": round(unpaced["gc_share"], 4),
+        "default_gc_longest_ms": round(unpaced["gc_longest_s"] * 1e3, 1),
         "by_inflight": {
             str(n): {
                 "node_dispatches_per_s": round(r["nodes_per_s"]),
