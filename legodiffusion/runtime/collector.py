@@ -6,15 +6,16 @@ tensor references, plans, per-event dicts and tuples), and a thousand requests i
 large set of long-lived ones (their state, queues and refs). At CPython's default pace (a
 young-generation pass every 700 net container allocations, older generations every 10 of those)
 the passes keep walking that surviving state: ``benchmarks/scheduler.py`` at 1,000 requests in
-flight spent 10% of the coordinator's time in the collector at the default pace and 2% at
-:data:`CONTROL_PLANE_THRESHOLDS`, with the longest pass about 30 ms either way (the default's full
-passes took up to 70 ms); it measures its headline point at both paces. The server calls
-:func:`pace_for_control_plane` once at start; other processes importing the package keep the
-interpreter's pace.
+flight measures 9-10% of the coordinator's time in the collector at the default pace and about 2%
+at :data:`CONTROL_PLANE_THRESHOLDS` (it measures its headline point at both paces and prints each
+one's share and longest pass). The server calls :func:`pace_for_control_plane` once at start;
+other processes importing the package keep the interpreter's pace.
 
-What it costs: garbage held in reference cycles (an exception's traceback kept with the frames
-and tensors it references, say) waits for a pass up to 50,000 allocations away instead of 700.
-Model calls allocate steadily, so passes still come often while the server works.
+What it costs: a pass is rarer but may walk more objects, so the longest pause can be longer
+(86 ms against 57 ms at the default pace in one run of that benchmark; 15-30 ms in others), and
+garbage held in reference cycles (an exception's traceback kept with the frames and tensors it
+references, say) waits for a pass up to 50,000 allocations away instead of 700. Model calls
+allocate steadily, so passes still come often while the server works.
 """
 
 from __future__ import annotations
