@@ -1,9 +1,10 @@
-"""The ControlNet inputs of the SD, SDXL and SD3 text-to-image graphs (Flux's are in its own builder).
+"""The ControlNet inputs of the text-to-image graphs.
 
 SD and SDXL ControlNets read the control image's pixels, prepared once; SD3 ControlNets read its
 VAE latents, one noise draw per guidance branch, as StableDiffusion3ControlNetPipeline encodes
 them, and those without a patch embedding of their own (SD3.5-large's 8b ones) the base's, lent
-once per request (:mod:`legodiffusion.ops.controlnet_sd3`).
+once per request (:mod:`legodiffusion.ops.controlnet_sd3`); Flux ControlNets read its VAE latents
+(:func:`flux_control_inputs`), with no guidance branches.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class Control:
         return self.uncond if tag == "_uncond" else self.cond
 
 
+def _image_and_scale(wf: WorkflowBuilder, i: int):
+    """ControlNet ``i``'s request inputs: ``control_image[_i]`` and ``control_scale[_i]``."""
+    suffix = f"_{i}" if i else ""
+    image = wf.input(f"control_image{suffix}", "image", doc=f"ControlNet {i}'s conditioning image")
+    return image, wf.input(f"control_scale{suffix}", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
+
+
 def control_inputs(wf: WorkflowBuilder, family: str, count: int, *, seed, guidance, latents, height, width) -> list[Control]:
     """``count`` ControlNets' request inputs (``control_image[_i]``, ``control_scale[_i]``) and the
     nodes that prepare their control values; ``latents``: the initial latents (their size is the
@@ -39,8 +47,7 @@ def control_inputs(wf: WorkflowBuilder, family: str, count: int, *, seed, guidan
         # one per request whatever the ControlNets: the spec is built without reading their configs
         lent = {"patch_embed": wf.call("sd3_patch_embedding", model="base", latents=latents, id="patch_embedding").patch_embed}
     for i in range(count):
-        image = wf.input(f"control_image_{i}" if i else "control_image", "image", doc=f"ControlNet {i}'s conditioning image")
-        scale = wf.input(f"control_scale_{i}" if i else "control_scale", "float", default=1.0, doc=f"ControlNet {i}'s conditioning scale")
+        image, scale = _image_and_scale(wf, i)
         if family == "sd3":
             enc = wf.call(
                 "encode_sd3_control",
@@ -58,6 +65,22 @@ def control_inputs(wf: WorkflowBuilder, family: str, count: int, *, seed, guidan
             prep = wf.call("prepare_control_image", model="base", image=image, height=height, width=width, id=f"control_image_{i}")
             controls.append(Control(prep.control, prep.control, scale))
     return controls
+
+
+def flux_control_inputs(wf: WorkflowBuilder, count: int, *, seed, height, width) -> tuple[list[tuple[Any, Any]], dict]:
+    """``count`` Flux ControlNets' request inputs and their VAE-encoded control values, as
+    (control, scale) pairs, and the request generator's state after them (``{"rng": ...}``, or
+    ``{}`` without ControlNets): FluxControlNetPipeline encodes the control images with the
+    generator before the initial noise is drawn from it."""
+    controls, rng = [], {}
+    for i in range(count):
+        image, scale = _image_and_scale(wf, i)
+        enc = wf.call(
+            "encode_control_image", model="base", image=image, seed=seed, height=height, width=width, id=f"control_image_{i}", **rng
+        )
+        rng = {"rng": enc.rng}
+        controls.append((enc.control, scale))
+    return controls, rng
 
 
 def guess_mode_input(wf: WorkflowBuilder, family: str, count: int):

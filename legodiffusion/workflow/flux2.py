@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from legodiffusion.ops.family_flux2 import MAX_SEQUENCE_LENGTH
-from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.inputs import begin, lora_inputs, prompt_text, seed_input, size_inputs
 from legodiffusion.workflow.loops import guided_loop, unguided_loop
 from legodiffusion.workflow.spec import WorkflowSpec
 
@@ -31,24 +31,18 @@ def flux2_klein_txt2img(
 ) -> WorkflowSpec:
     """FLUX.2-klein text-to-image: Qwen3 prompt embedding, patchified latents, flow matching with
     an image-size dependent shift; ``distilled`` as the checkpoint's ``is_distilled``."""
-    wf = WorkflowBuilder(name, models={"base": model})
-    prompt = wf.input("prompt", "text", doc="what to draw")
+    wf, prompt = begin(name, model)
     steps = wf.input("steps", "int", default=_STEPS[distilled], doc="sampling steps")
-    seed = wf.input("seed", "int", default=0, doc="0 <= seed < 2**64; seeds torch.Generator('cpu') exactly as diffusers does")
-    height = wf.input("height", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); 1024 when null")
-    width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); 1024 when null")
+    seed = seed_input(wf)
+    height, width = size_inputs(wf, "a multiple of twice the VAE factor (16); 1024 when null")
     max_seq = wf.input("max_sequence_length", "int", default=MAX_SEQUENCE_LENGTH, doc="Qwen3 tokens the prompt is padded to")
     guidance = None
     if not distilled:
         guidance = wf.input(
             "guidance_scale", "float", default=4.0, doc="classifier-free guidance against the empty prompt; <= 1 disables it"
         )
-    from legodiffusion.workflow.catalog import _lora_inputs  # here: the catalog imports this module
-
-    patch = _lora_inputs(wf)
-    text = prompt
-    if prompt_template is not None:
-        text = wf.call("format_text", template=prompt_template, text=prompt).text
+    patch = lora_inputs(wf)
+    text = prompt_text(wf, prompt, prompt_template)
     cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
     init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler="flow_euler", height=height, width=width)
 

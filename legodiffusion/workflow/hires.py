@@ -21,7 +21,9 @@ noise.
 from __future__ import annotations
 
 from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.flux import flux_txt2img
 from legodiffusion.workflow.spec import WorkflowSpec
+from legodiffusion.workflow.stable import stable_graph
 from legodiffusion.workflow.starts import loop_strength
 
 #: the second stage's defaults: upscale factor, strength, interpolation (ComfyUI's LatentUpscale default)
@@ -29,7 +31,7 @@ SCALE, STRENGTH, UPSCALE_MODE = 2.0, 0.5, "nearest-exact"
 
 
 def hires_stage(family: str):
-    """The second stage (a :data:`~legodiffusion.workflow.catalog.Stage`): its inputs, then the
+    """The second stage (a :data:`~legodiffusion.workflow.starts.Stage`): its inputs, then the
     upscale and the image-to-image loop from the first stage's latents."""
 
     def declare(wf: WorkflowBuilder, first: dict):
@@ -80,32 +82,25 @@ def hires_stage(family: str):
     return declare
 
 
-def _catalog():
-    """The catalog's builders; imported on call, as the catalog lists these workflows among its own."""
-    from legodiffusion.workflow import catalog
-
-    return catalog
-
-
 def sd_hires(model: str = "sd15", name: str = "sd-hires", prompt_template: str | None = None) -> WorkflowSpec:
     """Stable Diffusion 1.x/2.x hires: StableDiffusionPipeline, then StableDiffusionImg2ImgPipeline
     on the upscaled latents."""
-    return _catalog()._txt2img("sd", model, name, prompt_template, stage=hires_stage("sd"))
+    return stable_graph("sd", model, name, prompt_template, stage=hires_stage("sd"))
 
 
 def sdxl_hires(model: str = "sdxl", name: str = "sdxl-hires", prompt_template: str | None = None) -> WorkflowSpec:
     """SDXL hires: StableDiffusionXLPipeline, then StableDiffusionXLImg2ImgPipeline."""
-    return _catalog()._txt2img("sdxl", model, name, prompt_template, stage=hires_stage("sdxl"))
+    return stable_graph("sdxl", model, name, prompt_template, stage=hires_stage("sdxl"))
 
 
 def sd3_hires(model: str = "sd3", name: str = "sd3-hires", prompt_template: str | None = None) -> WorkflowSpec:
     """SD3 / SD3.5 hires: StableDiffusion3Pipeline, then StableDiffusion3Img2ImgPipeline."""
-    return _catalog()._txt2img("sd3", model, name, prompt_template, stage=hires_stage("sd3"))
+    return stable_graph("sd3", model, name, prompt_template, stage=hires_stage("sd3"))
 
 
 def flux_hires(model: str = "flux", name: str = "flux-hires", prompt_template: str | None = None, schnell: bool = False) -> WorkflowSpec:
     """Flux hires: FluxPipeline, then FluxImg2ImgPipeline on the unpacked, upscaled latents."""
-    return _catalog().flux_txt2img(model, name, prompt_template, schnell=schnell, stage=hires_stage("flux"))
+    return flux_txt2img(model, name, prompt_template, schnell=schnell, stage=hires_stage("flux"))
 
 
 def flux_schnell_hires(model: str = "flux-schnell", name: str = "flux-schnell-hires", prompt_template: str | None = None) -> WorkflowSpec:

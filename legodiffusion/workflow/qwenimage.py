@@ -8,28 +8,24 @@ prediction rescaled to the conditional one's norm); otherwise one transformer no
 from __future__ import annotations
 
 from legodiffusion.ops.family_qwenimage import DEFAULT_MAX_SEQ
-from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.inputs import begin, lora_inputs, prompt_text, seed_input, size_inputs
 from legodiffusion.workflow.loops import guided_loop, unguided_loop
 from legodiffusion.workflow.spec import WorkflowSpec
 
 
 def qwenimage_txt2img(model: str = "qwen-image", name: str = "qwenimage-txt2img", prompt_template: str | None = None) -> WorkflowSpec:
     """Qwen-Image text-to-image: Qwen2.5-VL prompt embeddings, packed latents, true CFG."""
-    wf = WorkflowBuilder(name, models={"base": model})
-    prompt = wf.input("prompt", "text", doc="what to draw")
+    wf, prompt = begin(name, model)
     negative = wf.input("negative_prompt", "text", default=None, doc="what to steer away from; null: no CFG (as QwenImagePipeline)")
     scale = wf.input("true_cfg_scale", "float", default=4.0, doc="true CFG with a negative prompt, at most 100; <= 1 disables it")
     steps = wf.input("steps", "int", default=50, doc="sampling steps")
-    seed = wf.input("seed", "int", default=0, doc="0 <= seed < 2**64; seeds torch.Generator('cpu') exactly as diffusers does")
-    height = wf.input("height", "int", default=None, doc="pixels, a multiple of twice the VAE factor; model's native size when null")
-    width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor; model's native size when null")
+    seed = seed_input(wf)
+    height, width = size_inputs(wf, "a multiple of twice the VAE factor; model's native size when null")
     sampler = wf.input("sampler", "text", default="flow_euler", doc="flow_euler")
-    from legodiffusion.workflow.catalog import _lora_inputs  # here: the catalog imports this module
-
-    patch = _lora_inputs(wf)
+    patch = lora_inputs(wf)
     max_seq = wf.input("max_sequence_length", "int", default=DEFAULT_MAX_SEQ, doc="prompt tokens kept after the template")
 
-    text = prompt if prompt_template is None else wf.call("format_text", template=prompt_template, text=prompt).text
+    text = prompt_text(wf, prompt, prompt_template)
     cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
     init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
 

@@ -1,4 +1,5 @@
-"""Where a family workflow's sampling loop starts, and what an edit adds around its steps.
+"""Where a family workflow's sampling loop starts, what an edit adds around its steps, and what
+a second sampling stage is (:data:`Stage`).
 
 Text-to-image starts from noise; an edit (image-to-image, inpainting) is a *start function*
 ``start(wf, family, seed, steps, sampler, height, width) -> Start`` that declares its own request
@@ -38,6 +39,14 @@ class Start:
 
 
 StartFn = Callable[..., Start]
+
+#: A sampling stage after the first, for two-stage workflows (:mod:`.hires`). Called once with the
+#: builder and the request's input handles (``seed``, ``steps``, ``sampler``, ``height``, ``width``)
+#: to declare its inputs, it returns ``then(loop, latents, tag)``: the final latents from the first
+#: stage's, where ``loop(steps, latents, sampler, prefix, **loop_kw)`` runs a sampling loop as the
+#: first stage's (same conditioning and guidance; node ids prefixed) and ``tag`` keeps the stage's
+#: other node ids unique in each guidance branch.
+Stage = Callable[[WorkflowBuilder, dict], Callable]
 
 
 def edit_inputs(wf: WorkflowBuilder, strength: float) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ pipeline does. Turbo is the same graph with the model card's defaults: 8 steps, 
 
 from __future__ import annotations
 
-from legodiffusion.workflow.builder import WorkflowBuilder
+from legodiffusion.workflow.inputs import begin, lora_inputs, prompt_text, seed_input, size_inputs
 from legodiffusion.workflow.loops import guided_loop, unguided_loop
 from legodiffusion.workflow.spec import WorkflowSpec
 
@@ -20,8 +20,7 @@ from legodiffusion.workflow.spec import WorkflowSpec
 def zimage_txt2img(
     model: str = "z-image", name: str = "zimage-txt2img", prompt_template: str | None = None, turbo: bool = False
 ) -> WorkflowSpec:
-    wf = WorkflowBuilder(name, models={"base": model})
-    prompt = wf.input("prompt", "text", doc="what to draw")
+    wf, prompt = begin(name, model)
     negative = wf.input("negative_prompt", "text", default="", doc="what to steer away from (guided runs only)")
     steps = wf.input("steps", "int", default=8 if turbo else 50, doc="sampling steps")
     guidance = wf.input(
@@ -37,18 +36,13 @@ def zimage_txt2img(
         "cfg_truncation", "float", default=1.0, doc="steps whose normalised time (1000 - t) / 1000 exceeds this run unguided"
     )
     batch_cfg = wf.input("batch_cfg", "bool", default=False, doc="both guidance branches in one denoise node (one call), not one node each")
-    seed = wf.input("seed", "int", default=0, doc="0 <= seed < 2**64; seeds torch.Generator('cpu') exactly as diffusers does")
-    height = wf.input("height", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); 1024 when null")
-    width = wf.input("width", "int", default=None, doc="pixels, a multiple of twice the VAE factor (16); 1024 when null")
+    seed = seed_input(wf)
+    height, width = size_inputs(wf, "a multiple of twice the VAE factor (16); 1024 when null")
     sampler = wf.input("sampler", "text", default="flow_euler", doc="flow_euler (the only sampler of the flow families)")
     max_seq = wf.input("max_sequence_length", "int", default=512, doc="Qwen3 tokens (the chat-formatted prompt, padded and truncated)")
-    from legodiffusion.workflow.catalog import _lora_inputs  # here: the catalog imports this module
+    patch = lora_inputs(wf)
 
-    patch = _lora_inputs(wf)
-
-    text = prompt
-    if prompt_template is not None:
-        text = wf.call("format_text", template=prompt_template, text=prompt).text
+    text = prompt_text(wf, prompt, prompt_template)
     cond = wf.call("encode_prompt", model="base", text=text, max_sequence_length=max_seq, id="encode_prompt", **patch)
     init = wf.call("init_latents", model="base", seed=seed, steps=steps, sampler=sampler, height=height, width=width)
     scales = {"guidance_scale": guidance, "cfg_truncation": truncation}
