@@ -17,7 +17,7 @@ garbage held in reference cycles (an exception's traceback kept with the frames 
 references, say) waits for a pass up to 50,000 allocations away instead of 700. Model calls
 allocate steadily, so passes still come often while the server works. In the server chaos soak
 (``tests/reliability/test_server_chaos.py``, 12 rounds, which runs at this pace) the process's RSS
-grew +28% to +37% against +19% to +26% at the default pace; its live objects still return to
+grew +28% to +37% against +18% to +26% at the default pace; its live objects still return to
 their count after warm-up, and the garbage the rarer passes leave waiting there is the
 in-process test clients' (httpx request and response cycles), not the server's.
 """

@@ -47,7 +47,7 @@ ANSWER_S = 120.0  # the bound on any one request's answer, and on the runs endin
 # Memory after the load against after warm-up. Live Python objects (torch-free, exact): measured
 # from -0.9% to +0.5% (2 and 12 rounds, up to 45 workers lost).
 HEAP_TOLERANCE = 0.01
-# RSS is noisier: at the interpreter's default collector pace, +11% after 2 rounds, +19% to +26%
+# RSS is noisier: at the interpreter's default collector pace, +11% after 2 rounds, +18% to +26%
 # after 12 (flattening from round 9 on). Most of it is glibc's malloc arenas (each replacement
 # worker is a new thread, and threads get arenas of their own, up to 8 per core, then reused):
 # with MALLOC_ARENA_MAX=2 the same soak grew +9.5%. At the server's pace (runtime/collector.py,
