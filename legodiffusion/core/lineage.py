@@ -47,7 +47,16 @@ class Lineage:
         return self._finish(actions)
 
     def _recover(self, live: _Live, lost: list, inflight_lost: set[int], actions: Actions, worker: int) -> None:
-        tmpl = live.req.template
+        """Redo what ``live`` lost with ``worker``: its values there (``lost``, keys of its refs)
+        and its nodes that were running there (``inflight_lost``)."""
+        lost_ids = self._forget(live, lost, actions, worker)
+        rerun = set(inflight_lost) | {node for node, port in lost if live.uses.get((node, port), 0) > 0}
+        self._to_redo(live, rerun, lost_ids, actions)
+        self._unfinish(live, rerun)
+        self._requeue(live)
+
+    def _forget(self, live: _Live, lost: list, actions: Actions, worker: int) -> set[int]:
+        """Drop the request's values the lost worker held or was to write; returns their ids."""
         lost_ids = {live.refs[k].id for k in lost}
         unwritten = {tid for tid in live.pending if live.making.get(tid) == worker}  # deferred, never to come
         live.pending -= unwritten  # (abandoned with the lost dispatch's outputs: its readers wake and are redone)
@@ -58,7 +67,13 @@ class Lineage:
             gone[ref.id] = ref
             live.holders.pop(ref.id, None)
         actions.frees.extend(gone.values())
-        rerun = set(inflight_lost) | {node for node, port in lost if live.uses.get((node, port), 0) > 0}
+        return lost_ids
+
+    def _to_redo(self, live: _Live, rerun: set[int], lost_ids: set[int], actions: Actions) -> None:
+        """Grow ``rerun`` until it is closed: items running elsewhere on a lost value, the producers
+        of the gone inputs of every node to redo, and the readers of deferred values whose producer
+        is redone (``lost_ids`` grows with those values)."""
+        tmpl = live.req.template
         while True:
             for did, rec in self.inflight.items():  # running elsewhere on a lost input: it will fail, redo it
                 for it in rec.dispatch.items:
@@ -81,10 +96,14 @@ class Lineage:
             # outputs are dropped, so their readers are redone too (until nothing more is found)
             stale = {tid for (n, _), tid in live.out_ids.items() if n in rerun and tid in live.pending}
             if not stale:
-                break
+                return
             live.pending -= stale
             actions.abandoned.extend(sorted(stale))
             lost_ids |= stale
+
+    def _unfinish(self, live: _Live, rerun: set[int]) -> None:
+        """The nodes to redo count as not done: their work is owed again, their outputs unnamed."""
+        tmpl = live.req.template
         for node in rerun:
             if node in live.finished:
                 live.finished.discard(node)
@@ -97,6 +116,11 @@ class Lineage:
         # every value is read once more by each reader still to finish: counted afresh, since a
         # reader redone may read a value that is itself being re-made (not in ``refs`` now)
         live.uses = tmpl.uses_after(live.finished)
+
+    def _requeue(self, live: _Live) -> None:
+        """Count every unfinished node's inputs afresh and queue those ready (not those still
+        running elsewhere); a pin on a dead worker goes."""
+        tmpl = live.req.template
         running = {
             it.node
             for did, rec in self.inflight.items()
