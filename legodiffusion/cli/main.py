@@ -247,13 +247,18 @@ def serve(
     compile: bool = typer.Option(False, "--compile/--no-compile", help=COMPILE_HELP),
     call_timeout_s: float = typer.Option(120.0, min=0.001, help="least time a model call may run before it counts as stuck"),
     drain_s: float = typer.Option(10.0, min=0.0, help="on shutdown, how long calls in flight may take to stop"),
+    preload: str = typer.Option(
+        "", help="comma-separated models (or all) whose components every worker loads at start; /readyz says warming until then"
+    ),
 ) -> None:
     """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""
     import uvicorn
 
     from legodiffusion.config import EngineConfig, RayConfig
+    from legodiffusion.models.store import ModelCatalog
     from legodiffusion.models.tiny import write_tiny_models
     from legodiffusion.runtime.collector import pace_for_control_plane
+    from legodiffusion.runtime.preload import components
     from legodiffusion.server.app import create_app
     from legodiffusion.server.catalog import builtin_workflows, models_under
 
@@ -295,7 +300,13 @@ def serve(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    app_ = create_app(models, engine_config, builtin_workflows(models), api_keys=keys or None)
+    names = [m.strip() for m in preload.split(",") if m.strip()]
+    try:
+        components(ModelCatalog(models), names)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    app_ = create_app(models, engine_config, builtin_workflows(models), api_keys=keys or None, preload=names)
     pace_for_control_plane()  # this process hosts the coordinator (see runtime/collector.py)
     uvicorn.run(app_, host=host, port=port, log_level="info")
 

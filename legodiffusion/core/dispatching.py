@@ -200,6 +200,15 @@ class Dispatching:
                 tn = members[0][0].req.template.nodes[members[0][1]]
                 self._new_dispatch(a.worker, tn, info.scope, members, actions, info.patches)
 
+    def prefetch(self, worker: int, comp: tuple) -> Actions:
+        """Make ``comp`` = (model, component, scope) resident on ``worker`` ahead of any demand (a
+        preload): the prefetch dispatch to send, or none where the worker holds it already, takes
+        no work or has no free call slot."""
+        actions = Actions()
+        if worker in self.pool.eligible:
+            self._prefetch(Prefetch(worker, comp), actions)
+        return actions
+
     def _prefetch(self, a: Prefetch, actions: Actions) -> None:
         """A dispatch with no items: the worker only makes ``a.comp`` resident."""
         w = self.workers[a.worker]

@@ -18,9 +18,9 @@ from legodiffusion.runtime.runs import Run, RunResult
 
 class Completions:
     """Mixin of :class:`~legodiffusion.runtime.engine.Engine`. It uses the engine's state
-    (``coordinator``, ``plane``, ``workers``, ``supervisor``, ``_runs``, ``_sent``,
+    (``coordinator``, ``plane``, ``workers``, ``supervisor``, ``_runs``, ``_sent``, ``_awaited``,
     ``_stops_asked``, ``_loop``, ``log``, the ``on_dispatch_done`` / ``on_dispatch_sent``
-    observers) and methods (``_now``, ``lose_worker``, ``_stop_orphaned``)."""
+    observers) and methods (``_now``, ``_report``, ``lose_worker``, ``_stop_orphaned``)."""
 
     def _completion_from_thread(self, c: Completion) -> None:
         loop = self._loop
@@ -38,6 +38,8 @@ class Completions:
         for peer in c.lost_peers:  # learn of the death first, so this result counts as orphaned
             self.lose_worker(peer)
         d = self._sent.pop(c.dispatch_id, None)
+        if self._awaited:
+            self._report(c.dispatch_id, c)  # (an awaiter resumes after the coordinator has taken it in)
         self.supervisor.done(c.dispatch_id, self._now())
         self._stops_asked.discard(c.dispatch_id)
         if d is not None:

@@ -27,6 +27,7 @@ from legodiffusion.profiles.book import ProfileCost
 from legodiffusion.profiles.profiler import cached_profiles
 from legodiffusion.runtime.backend import make_backend
 from legodiffusion.runtime.completions import Completions
+from legodiffusion.runtime.preload import PreloadReport, preload
 from legodiffusion.runtime.runs import Prepared, Run, RunResult
 from legodiffusion.runtime.scaling import Scaling
 from legodiffusion.runtime.supervisor import Supervisor, check, health_of
@@ -77,6 +78,9 @@ class Engine(Completions):
         self.supervisor = Supervisor(cfg)
         self._supervise_task: asyncio.Task | None = None
         self._stops_asked: set[int] = set()  # dispatches asked to stop, until they report
+        self._awaited: dict[int, asyncio.Future] = {}  # dispatch id -> its completion, or None if its worker is lost
+        self.preloading = 0  # preloads under way (health says warming meanwhile)
+        self.preloaded: PreloadReport | None = None  # the last preload's report
 
     @staticmethod
     def _now() -> float:
@@ -218,6 +222,24 @@ class Engine(Completions):
         run.future.set_result(RunResult(rid, prepared.workflow, "rejected", error=reason, nodes=run.nodes_total))
         return run
 
+    async def preload(self, models: list[str]) -> PreloadReport:
+        """Make ``models``' components (``["all"]``: every pipeline model's) resident on every live
+        worker before requests ask for them (:mod:`legodiffusion.runtime.preload`); raises
+        ValueError, before loading anything, for a name that cannot be preloaded."""
+        return await preload(self, models)
+
+    def prefetch(self, worker: int, comp: tuple) -> asyncio.Future | None:
+        """Send ``worker`` a load of ``comp`` = (model, component, scope) with no call; the future
+        of its completion (None if the worker is lost first), or None if nothing was sent (the
+        worker holds it, takes no work or has no free slot)."""
+        actions = self.coordinator.prefetch(worker, comp)
+        if not actions.dispatches:
+            return None
+        done = self._loop.create_future()
+        self._awaited[actions.dispatches[0].id] = done
+        self._apply(actions)
+        return done
+
     def queued_work_s(self) -> float:
         """Profiled work not yet done of every admitted request (seconds); O(1)."""
         return max(self.coordinator.work_s, 0.0)
@@ -286,6 +308,8 @@ class Engine(Completions):
         self.scaling.joining.discard(worker)
         self.scaling.retiring.discard(worker)
         self._stops_asked.difference_update(k for k, d in self._sent.items() if d.worker == worker)
+        for k in [k for k, d in self._sent.items() if d.worker == worker and k in self._awaited]:
+            self._report(k, None)
         self._sent = {k: d for k, d in self._sent.items() if d.worker != worker}
         before = self.coordinator.stats.recoveries
         try:
@@ -331,6 +355,12 @@ class Engine(Completions):
         for d in list(self._sent.values()):
             if d.items and d.id not in self._stops_asked and not any(it.request_id in requests for it in d.items):
                 self.stop_call(d)
+
+    def _report(self, dispatch_id: int, completion: Completion | None) -> None:
+        """Resolve whoever awaits ``dispatch_id`` (see :meth:`prefetch`)."""
+        done = self._awaited.pop(dispatch_id, None)
+        if done is not None and not done.done():
+            done.set_result(completion)
 
     def health(self) -> dict:
         """Readiness and the per-worker view (see :func:`legodiffusion.runtime.supervisor.health_of`)."""

@@ -199,7 +199,8 @@ def _time_out(engine: Engine, call: Call, now: float) -> None:
 def health_of(engine: Engine) -> dict:
     """Whether the engine can take work, and per worker: its state (live, joining, draining,
     lost) and the call it runs (op, since when, its limit, stuck or not). ``ready`` needs a
-    live, active worker that is not stuck."""
+    live, active worker that is not stuck, and no preload under way (``warming`` meanwhile:
+    requests are still taken)."""
     running = engine.supervisor.running(engine._now())
     workers = []
     for w in engine.coordinator.workers:
@@ -210,10 +211,11 @@ def health_of(engine: Engine) -> dict:
         workers.append(entry)
     usable = [e for e in workers if e["state"] == "live" and not e.get("call", {}).get("stuck", False)]
     return {
-        "status": "ready" if usable else "degraded",
+        "status": ("warming" if engine.preloading else "ready") if usable else "degraded",
         "busy": sum("call" in e for e in workers),
         "stuck": sum(e.get("call", {}).get("stuck", False) for e in workers),
         "lost": sum(e["state"] == "lost" for e in workers),
         "dispatches_in_flight": len(engine._sent),
         "workers": workers,
+        **({} if engine.preloaded is None else {"preloaded": engine.preloaded.summary()}),
     }

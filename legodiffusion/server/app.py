@@ -4,6 +4,8 @@ ComfyUI's prompt API, over the embedded engine. Each resource is a router in
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -28,13 +30,17 @@ def create_app(
     limits: Limits | None = None,
     retention: Retention | None = None,
     cancel_on_disconnect: bool = True,
+    preload: list[str] | None = None,
 ) -> FastAPI:
     """``api_keys``: when given, every endpoint but the health checks needs ``Authorization: Bearer KEY``;
     a dict gives each key's tenant (:func:`legodiffusion.config.tenant_keys` reads the keys file),
     a set puts every key in the default tenant.
     ``retention``: what the server keeps of finished runs, uploads and registered workflows.
     ``cancel_on_disconnect``: a request that waits for its runs (native ``wait``, OpenAI images)
-    cancels them when its client goes away."""
+    cancels them when its client goes away.
+    ``preload``: model names (or ``["all"]``) whose components the workers load once the server
+    starts, before any request asks (:mod:`legodiffusion.runtime.preload`); ``/readyz`` answers
+    503 ``warming`` until they are resident, and requests are taken meanwhile."""
     limits = limits or Limits()
 
     @asynccontextmanager
@@ -49,9 +55,12 @@ def create_app(
         engine.on_dispatch_done = chain(server.on_dispatch, timeline.done)
         metrics.watch_tenants(server.tenant_usage)
         app.state.server = server
+        warming = asyncio.create_task(_preload(engine, preload)) if preload else None
         try:
             yield
         finally:
+            if warming is not None:
+                warming.cancel()
             await engine.stop()
 
     app = FastAPI(title="legodiffusion", version="0.1.0", lifespan=lifespan)
@@ -62,3 +71,15 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+async def _preload(engine: Engine, models: list[str]) -> None:
+    """The server's preload, logged; a failure is logged, never raised (the server serves on and
+    loads on demand)."""
+    log = logging.getLogger("legodiffusion.server")
+    try:
+        report = await engine.preload(models)
+    except Exception:
+        log.exception("preloading %s failed", ", ".join(models))
+        return
+    log.info("preloaded %s in %.1f s: %s", ", ".join(models), report.seconds, report.summary())

@@ -81,7 +81,7 @@ class RunRow(BaseModel):
 
 class Snapshot(BaseModel):
     time_s: float = Field(description="Unix seconds")
-    status: str = Field(description="ready or degraded (as /readyz)")
+    status: str = Field(description="ready, warming (a preload under way) or degraded (as /readyz)")
     requests: dict[str, int] = Field(description="finished requests by status, as legodiffusion_requests_total counts them")
     requests_in_flight: int
     workers: list[WorkerRow]

@@ -17,7 +17,8 @@ async def healthz():
 
 @router.get("/readyz")
 async def readyz(request: Request):
-    """Ready when a live worker can take work; else 503 ``degraded``, with the per-worker view."""
+    """Ready when a live worker can take work and no preload is under way (else 503 ``warming``);
+    503 ``degraded`` when no live worker can take work; with the per-worker view."""
     if not hasattr(request.app.state, "server"):
         return JSONResponse({"status": "starting"}, status_code=503)
     health = request.app.state.server.engine.health()

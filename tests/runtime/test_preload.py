@@ -1,0 +1,96 @@
+"""Preloading (``Engine.preload``, ``serve --preload``): every worker holds the listed models'
+components before a request asks, through the coordinator's own prefetch dispatches, so the
+first requests load nothing; the engine's health says ``warming`` until it is done."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+
+from legodiffusion.config import EngineConfig
+from legodiffusion.models import store
+from legodiffusion.runtime.engine import Engine
+from legodiffusion.server.app import create_app
+from legodiffusion.workflow.catalog import sd_txt2img
+from tests.helpers import run_requests
+from tests.server.live import serve, until
+
+REQUEST = dict(prompt="a harbour", steps=2, seed=5, height=64, width=64)
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    return {"sd15": str(tiny_models["sd15"]), "cn": str(tiny_models["controlnet-sd15"]), "lora": str(tiny_models["lora-sd15-a"])}
+
+
+def test_preloaded_workers_serve_their_first_requests_without_a_load(models, sd15):
+    (alone,), _ = run_requests(sd15, [REQUEST])
+
+    async def main():
+        async with Engine(models, EngineConfig(workers=2, device="cpu")) as engine:
+            engine.add_workflow(sd_txt2img("sd15"))
+            report = await engine.preload(["sd15", "cn"])
+            loads = [w.stats().loads for w in engine.workers]
+            again = await engine.preload(["sd15"])
+            runs = [engine.submit("sd-txt2img", dict(REQUEST)) for _ in range(4)]
+            results = [await r.future for r in runs]
+            after = [w.stats().loads for w in engine.workers]
+            return report, again, loads, after, results, engine.coordinator.stats.prefetches, engine.health()
+
+    report, again, loads, after, results, prefetches, health = asyncio.run(main())
+    comps = {"sd15/config", "sd15/text_encoder", "sd15/denoiser", "sd15/vae", "cn/controlnet"}
+    assert report.count("loaded") == 10 and len(report.rows) == 10, report.rows  # 5 components on each of 2 workers
+    assert {w: set(h) for w, h in report.held.items()} == {0: comps, 1: comps}
+    assert loads == [5, 5] and prefetches == 10
+    assert again.count("resident") == 8 and again.count("loaded") == 0  # nothing loads twice
+    assert all(r.ok for r in results) and after == loads  # the requests loaded nothing
+    assert (results[0].outputs["image"] - alone.outputs["image"]).abs().max().item() <= 1e-4  # (batched with its copies)
+    assert health["status"] == "ready" and health["preloaded"]["resident"] == 8  # (the last preload's report)
+
+
+def test_what_cannot_be_preloaded_is_refused_before_anything_loads(models):
+    async def main():
+        async with Engine(models, EngineConfig(workers=1, device="cpu")) as engine:
+            errors = []
+            for names in (["sd15", "nope"], ["lora"]):
+                with pytest.raises(ValueError) as exc:
+                    await engine.preload(names)
+                errors.append(str(exc.value))
+            return errors, engine.workers[0].stats().loads, engine.health()["status"]
+
+    (unknown, lora), loads, status = asyncio.run(main())
+    assert "unknown model 'nope'" in unknown and "LoRA" in lora
+    assert loads == 0 and status == "ready"
+
+
+def test_the_server_says_warming_until_its_preload_is_done(models, monkeypatch):
+    """A load held at the disk: /readyz answers 503 warming (and requests are taken meanwhile),
+    then 200 ready once the components are resident."""
+    entered, release = threading.Event(), threading.Event()
+    load = store.load_component
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(WAIT_S)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(store, "load_component", held)
+    app = create_app({"sd15": models["sd15"]}, EngineConfig(workers=1, device="cpu"), [sd_txt2img("sd15")], preload=["sd15"])
+    with serve(app) as url:
+        assert entered.wait(WAIT_S)
+        warming = httpx.get(f"{url}/readyz")
+        run = httpx.post(f"{url}/v1/runs", json={"workflow": "sd-txt2img", "inputs": REQUEST}).json()
+        release.set()
+        assert until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "the preload to finish", WAIT_S)
+        ready = httpx.get(f"{url}/readyz").json()
+        done = until(lambda: httpx.get(f"{url}/v1/runs/{run['id']}").json()["status"] == "succeeded", "the run", WAIT_S)
+    assert warming.status_code == 503 and warming.json()["status"] == "warming"
+    # the run took the worker's other call slot meanwhile: a component it loaded first counts as
+    # resident, one whose load could not be sent then as busy (it loads on demand)
+    pre = ready["preloaded"]
+    assert pre["loaded"] >= 1 and pre["loaded"] + pre.get("resident", 0) + pre.get("busy", 0) == 4, pre
+    assert done
