@@ -149,3 +149,17 @@ def test_serve_runs_the_server_at_the_control_plane_collector_pace(sd15, monkeyp
         gc.set_threshold(*before)
     assert result.exit_code == 0, result.output
     assert seen["port"] == 8123 and seen["thresholds"] == CONTROL_PLANE_THRESHOLDS != before
+
+
+def test_serve_refuses_a_preload_it_cannot_do_before_starting(sd15, monkeypatch):
+    from pathlib import Path
+
+    import uvicorn
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: started.append(kw))
+    root = str(Path(sd15).parent)
+    for names, reason in (("sd15,nope", "unknown model 'nope'"), ("lora-sd15-a", "LoRA")):
+        result = runner.invoke(app, ["serve", "--model-root", root, "--preload", names])
+        assert result.exit_code == 2 and reason in result.output, result.output
+    assert not started
