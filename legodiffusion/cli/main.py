@@ -248,7 +248,8 @@ def serve(
     call_timeout_s: float = typer.Option(120.0, min=0.001, help="least time a model call may run before it counts as stuck"),
     drain_s: float = typer.Option(10.0, min=0.0, help="on shutdown, how long calls in flight may take to stop"),
     preload: str = typer.Option(
-        "", help="comma-separated models (or all) whose components every worker loads at start; /readyz says warming until then"
+        "",
+        help="comma-separated models (all: every pipeline model) whose components every worker loads at start; /readyz says warming until then",
     ),
 ) -> None:
     """Serve the native v1 API, the OpenAI-compatible images endpoint and ComfyUI prompts over HTTP."""

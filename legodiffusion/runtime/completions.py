@@ -129,7 +129,10 @@ class Completions:
         for d in actions.dispatches:
             self._sent[d.id] = d
             record = self.coordinator.inflight.get(d.id)
-            self.supervisor.sent(d, record.reserved_s if record is not None else 0.0, now)
+            est = record.reserved_s if record is not None else 0.0
+            if not d.items:  # a prefetch may be the component's first read from disk, which its reservation leaves out
+                est += getattr(self.coordinator.cost, "disk_load_s", _no_disk)(d.model, d.component)
+            self.supervisor.sent(d, est, now)
             self.plane.note_dispatch(d)
             if self.on_dispatch_sent is not None:
                 self.on_dispatch_sent(d)
@@ -175,3 +178,7 @@ def _note_approx(record: dict, notes: dict) -> None:
 
 def _to_host(value: Any) -> Any:
     return value.cpu() if hasattr(value, "cpu") else value
+
+
+def _no_disk(model, component) -> float:
+    return 0.0

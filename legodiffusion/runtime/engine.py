@@ -78,7 +78,8 @@ class Engine(Completions):
         self.supervisor = Supervisor(cfg)
         self._supervise_task: asyncio.Task | None = None
         self._stops_asked: set[int] = set()  # dispatches asked to stop, until they report
-        self._awaited: dict[int, asyncio.Future] = {}  # dispatch id -> its completion, or None if its worker is lost
+        self._awaited: dict[int, asyncio.Future] = {}  # dispatch id -> a future of its Completion (None: never to come)
+        self._stopping = False  # stop() has begun: nothing more is prefetched
         self.preloading = 0  # preloads under way (health says warming meanwhile)
         self.preloaded: PreloadReport | None = None  # the last preload's report
 
@@ -100,6 +101,7 @@ class Engine(Completions):
 
     async def start(self) -> Engine:
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
         for w in self.workers:
             w.start(self._completion_from_thread, self._lost_from_thread)
         if self.config.autoscale_interval_s > 0:
@@ -114,6 +116,7 @@ class Engine(Completions):
         stop the workers; returns within ``drain_s`` plus :attr:`STOP_MARGIN_S` even if a call
         never reaches a boundary (its thread is then left to end on its own, and logged)."""
         deadline = time.monotonic() + self.config.drain_s
+        self._stopping = True
         for task in (self._ticker, self._supervise_task):
             if task is not None:
                 task.cancel()
@@ -127,6 +130,8 @@ class Engine(Completions):
         live = [w for w in self.workers if self.coordinator.workers[w.id].alive]
         join_s = max(0.0, deadline - time.monotonic()) + self.STOP_MARGIN_S
         await asyncio.get_running_loop().run_in_executor(None, self.backend.close, live, join_s)
+        for k in list(self._awaited):  # a preload still waiting: nothing more will report
+            self._report(k, None)
         for w in self.workers:
             if getattr(w, "thread_alive", False):
                 self.log.warning("worker %d still computing after stop (a call that reached no block boundary)", w.id)
@@ -228,10 +233,20 @@ class Engine(Completions):
         ValueError, before loading anything, for a name that cannot be preloaded."""
         return await preload(self, models)
 
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` has begun."""
+        return self._stopping
+
     def prefetch(self, worker: int, comp: tuple) -> asyncio.Future | None:
         """Send ``worker`` a load of ``comp`` = (model, component, scope) with no call; the future
-        of its completion (None if the worker is lost first), or None if nothing was sent (the
-        worker holds it, takes no work or has no free slot)."""
+        of its completion (resolved with None if the worker is lost or the engine stops first),
+        or None if nothing was sent (the worker holds it, takes no work or has no free slot, or
+        the engine is stopping)."""
+        if self._stopping:
+            return None
+        if self._loop is None:
+            raise RuntimeError("engine is not started (use `async with Engine(...)`)")
         actions = self.coordinator.prefetch(worker, comp)
         if not actions.dispatches:
             return None

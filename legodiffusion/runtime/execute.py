@@ -42,7 +42,8 @@ def execute(
     start = time.perf_counter()
     if stops is not None and not stops.begin(d.id):
         stops.end()
-        return Completion(d.id, worker, [ItemResult(error=STOPPED) for _ in d.items], start, time.perf_counter())
+        unloaded = [] if d.items else [(d.model, d.component, d.scope)]  # a prefetch stopped before it began holds nothing
+        return Completion(d.id, worker, [ItemResult(error=STOPPED) for _ in d.items], start, time.perf_counter(), evicted=unloaded)
     try:
         return _execute(d, worker, registry, models, plane, stops, start)
     finally:

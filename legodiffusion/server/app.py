@@ -5,13 +5,16 @@ ComfyUI's prompt API, over the embedded engine. Each resource is a router in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from legodiffusion.config import EngineConfig, TenantSpec
+from legodiffusion.models.store import ModelCatalog
 from legodiffusion.runtime.engine import Engine
+from legodiffusion.runtime.preload import components
 from legodiffusion.server.errors import install
 from legodiffusion.server.guard import Guard
 from legodiffusion.server.limits import Limits
@@ -38,10 +41,13 @@ def create_app(
     ``retention``: what the server keeps of finished runs, uploads and registered workflows.
     ``cancel_on_disconnect``: a request that waits for its runs (native ``wait``, OpenAI images)
     cancels them when its client goes away.
-    ``preload``: model names (or ``["all"]``) whose components the workers load once the server
-    starts, before any request asks (:mod:`legodiffusion.runtime.preload`); ``/readyz`` answers
-    503 ``warming`` until they are resident, and requests are taken meanwhile."""
+    ``preload``: model names (``all``: every pipeline model) whose components the workers load
+    once the server starts, before any request asks (:mod:`legodiffusion.runtime.preload`);
+    ``/readyz`` answers 503 ``warming`` until those loads are done, and requests are taken
+    meanwhile. A name that cannot be preloaded raises ValueError here."""
     limits = limits or Limits()
+    if preload:
+        components(ModelCatalog(models), preload)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -61,6 +67,8 @@ def create_app(
         finally:
             if warming is not None:
                 warming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await warming
             await engine.stop()
 
     app = FastAPI(title="legodiffusion", version="0.1.0", lifespan=lifespan)

@@ -222,8 +222,7 @@ def chaos(models: dict, rounds: int, jobs: int, seed: int, max_queue_s: float = 
     The collector runs at the pace ``legodiffusion serve`` sets, so garbage held in reference
     cycles waits as long as it does in a deployed server: the RSS after each round is read before
     any explicit collection, and bounded too."""
-    before = gc.get_threshold()
-    pace_for_control_plane()
+    before = pace_for_control_plane()
     try:
         return _chaos(models, rounds, jobs, seed, max_queue_s, backend, kills)
     finally:

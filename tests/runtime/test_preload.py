@@ -67,9 +67,9 @@ def test_what_cannot_be_preloaded_is_refused_before_anything_loads(models):
     assert loads == 0 and status == "ready"
 
 
-def test_the_server_says_warming_until_its_preload_is_done(models, monkeypatch):
-    """A load held at the disk: /readyz answers 503 warming (and requests are taken meanwhile),
-    then 200 ready once the components are resident."""
+def held_loads(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Every load from disk waits (in its worker's thread) until ``release`` is set; ``entered``
+    is set when the first one starts waiting."""
     entered, release = threading.Event(), threading.Event()
     load = store.load_component
 
@@ -79,6 +79,74 @@ def test_the_server_says_warming_until_its_preload_is_done(models, monkeypatch):
         return load(*args, **kwargs)
 
     monkeypatch.setattr(store, "load_component", held)
+    return entered, release
+
+
+def test_a_preload_is_refused_before_the_engine_starts_and_leaves_nothing_behind(models):
+    engine = Engine(models, EngineConfig(workers=1, device="cpu"))
+    with pytest.raises(RuntimeError, match="not started"):
+        asyncio.run(engine.preload(["sd15"]))
+    assert not engine.coordinator.inflight and not engine.coordinator.workers[0].resident and engine.preloading == 0
+
+
+def test_a_preload_under_a_policy_that_isolates_workflows_loads_each_workflows_copies(models):
+    async def main():
+        async with Engine(models, EngineConfig(workers=2, device="cpu", policy="bundle")) as engine:
+            engine.add_workflow(sd_txt2img("sd15"))
+            report = await engine.preload(["sd15"])
+            before = sum(engine.coordinator.stats.loads_by_worker.values())
+            results = [await r.future for r in [engine.submit("sd-txt2img", dict(REQUEST, seed=i)) for i in range(3)]]
+            return report, sum(engine.coordinator.stats.loads_by_worker.values()) - before, results
+
+    report, loads, results = asyncio.run(main())
+    assert report.count("loaded") == 8 and {r["scope"] for r in report.rows} == {"sd-txt2img"}
+    assert all(r.ok for r in results) and loads == 0
+
+
+def test_a_worker_lost_or_the_engine_stopping_during_a_preload_ends_it(models, monkeypatch):
+    """Neither leaves the preload waiting: a lost worker's load is reported lost (its
+    replacement gets the components still to come once it joins), a stop ends the preload with
+    what is left stopped."""
+    entered, release = held_loads(monkeypatch)
+
+    async def lost():
+        async with Engine(models, EngineConfig(workers=2, device="cpu")) as engine:
+            task = asyncio.create_task(engine.preload(["sd15"]))
+            await asyncio.get_running_loop().run_in_executor(None, entered.wait, WAIT_S)
+            engine.lose_worker(0)
+            release.set()
+            report = await asyncio.wait_for(task, WAIT_S)
+            return report, engine.preloading, dict(engine._awaited)
+
+    report, preloading, awaited = asyncio.run(lost())
+    by = {(r["worker"], r["component"]): r["status"] for r in report.rows}
+    assert by[(0, "config")] == "lost" and by[(1, "config")] == "loaded"
+    assert not any(w == 0 for w, c in by if c != "config")  # a lost worker is not asked again
+    # its replacement, once it has joined, gets the components still to come
+    assert all(status == "loaded" for (w, _), status in by.items() if w == 2)
+    assert preloading == 0 and not awaited
+
+    entered.clear()
+    release.clear()
+
+    async def stopped():
+        engine = await Engine(models, EngineConfig(workers=1, device="cpu", drain_s=0.2)).start()
+        task = asyncio.create_task(engine.preload(["sd15"]))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, WAIT_S)
+        await engine.stop()  # the held load never reaches a block boundary: the stop waits drain_s, no more
+        report = await asyncio.wait_for(task, WAIT_S)
+        release.set()
+        return report, engine.preloading, dict(engine._awaited)
+
+    report, preloading, awaited = asyncio.run(stopped())
+    assert [r["status"] for r in report.rows] == ["stopped"] * 4, report.rows
+    assert preloading == 0 and not awaited
+
+
+def test_the_server_says_warming_until_its_preload_is_done(models, monkeypatch):
+    """A load held at the disk: /readyz answers 503 warming (and requests are taken meanwhile),
+    then 200 ready once the components are resident."""
+    entered, release = held_loads(monkeypatch)
     app = create_app({"sd15": models["sd15"]}, EngineConfig(workers=1, device="cpu"), [sd_txt2img("sd15")], preload=["sd15"])
     with serve(app) as url:
         assert entered.wait(WAIT_S)
