@@ -8,32 +8,18 @@ from functools import lru_cache
 from pathlib import Path
 
 from legodiffusion.models.components import family_of, family_or_none, is_pipeline
-from legodiffusion.workflow.catalog import (
-    flux_img2img,
-    flux_inpaint,
-    flux_txt2img,
-    sd3_img2img,
-    sd3_inpaint,
-    sd3_txt2img,
-    sd_img2img,
-    sd_inpaint,
-    sd_txt2img,
-    sdxl_img2img,
-    sdxl_inpaint,
-    sdxl_txt2img,
-)
+from legodiffusion.workflow.flux import flux_img2img, flux_inpaint, flux_txt2img
 from legodiffusion.workflow.flux2 import flux2_klein_txt2img, is_distilled
 from legodiffusion.workflow.hires import flux_hires, sd3_hires, sd_hires, sdxl_hires
 from legodiffusion.workflow.qwenimage import qwenimage_txt2img
+from legodiffusion.workflow.stable import IMG2IMG, INPAINT, TXT2IMG
 from legodiffusion.workflow.zimage import zimage_for
 
 #: families whose _BUILDERS entry takes ControlNets (Flux's builder is called on its own)
 CONTROLNET_FAMILIES = frozenset({"sd", "sdxl", "sd3"})
-_BUILDERS = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img, "zimage": zimage_for, "qwenimage": qwenimage_txt2img}
+_BUILDERS = {**TXT2IMG, "zimage": zimage_for, "qwenimage": qwenimage_txt2img}
 #: families served by their text-to-image workflow alone (no edit or hires graph yet)
 _TXT2IMG_ONLY = frozenset({"flux2", "zimage", "qwenimage"})
-_IMG2IMG = {"sd": sd_img2img, "sdxl": sdxl_img2img, "sd3": sd3_img2img}
-_INPAINT = {"sd": sd_inpaint, "sdxl": sdxl_inpaint, "sd3": sd3_inpaint}
 _HIRES = {"sd": sd_hires, "sdxl": sdxl_hires, "sd3": sd3_hires}
 
 
@@ -93,14 +79,14 @@ def _edit_for(folder: str | Path, model: str, name: str | None, kind: str, build
 
 def img2img_for(folder: str | Path, model: str, name: str | None = None):
     """The built-in image-to-image workflow for a model folder's family."""
-    return _edit_for(folder, model, name, "img2img", _IMG2IMG, flux_img2img)
+    return _edit_for(folder, model, name, "img2img", IMG2IMG, flux_img2img)
 
 
 def inpaint_for(folder: str | Path, model: str, name: str | None = None):
     """The built-in inpainting workflow for a model folder's family; for an inpainting checkpoint
     (a UNet reading the mask and masked image: 9 input channels) the graph that feeds it them."""
     nine = {"nine_channel": True} if _nine_channel(Path(folder)) else {}
-    return _edit_for(folder, model, name, "inpaint", _INPAINT, flux_inpaint, **nine)
+    return _edit_for(folder, model, name, "inpaint", INPAINT, flux_inpaint, **nine)
 
 
 def _nine_channel(folder: Path) -> bool:

@@ -258,3 +258,9 @@ def sdxl_inpaint(
 def sd3_inpaint(model: str = "sd3", name: str = "sd3-inpaint", prompt_template: str | None = None) -> WorkflowSpec:
     """SD3 / SD3.5 inpainting, as StableDiffusion3InpaintPipeline (strength default 0.6)."""
     return stable_graph("sd3", model, name, prompt_template, edit=inpaint_start())
+
+
+#: family -> its built-in workflow of each kind (what a server builds per model folder)
+TXT2IMG = {"sd": sd_txt2img, "sdxl": sdxl_txt2img, "sd3": sd3_txt2img}
+IMG2IMG = {"sd": sd_img2img, "sdxl": sdxl_img2img, "sd3": sd3_img2img}
+INPAINT = {"sd": sd_inpaint, "sdxl": sdxl_inpaint, "sd3": sd3_inpaint}
