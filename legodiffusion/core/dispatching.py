@@ -203,7 +203,8 @@ class Dispatching:
     def prefetch(self, worker: int, comp: tuple) -> Actions:
         """Make ``comp`` = (model, component, scope) resident on ``worker`` ahead of any demand (a
         preload): the prefetch dispatch to send, or none where the worker holds it already, takes
-        no work or has no free call slot."""
+        no work or has no free call slot. Not an event: it ends no drain interval, so workers busy
+        only loading a preload never count as a saturated cluster draining nothing."""
         actions = Actions()
         if worker in self.pool.eligible:
             self._prefetch(Prefetch(worker, comp), actions)

@@ -34,14 +34,16 @@ def test_preloaded_workers_serve_their_first_requests_without_a_load(models, sd1
         async with Engine(models, EngineConfig(workers=2, device="cpu")) as engine:
             engine.add_workflow(sd_txt2img("sd15"))
             report = await engine.preload(["sd15", "cn"])
+            drain = engine.drain_factor()  # what SLO admission assumes: a preload teaches it nothing
             loads = [w.stats().loads for w in engine.workers]
             again = await engine.preload(["sd15"])
             runs = [engine.submit("sd-txt2img", dict(REQUEST)) for _ in range(4)]
             results = [await r.future for r in runs]
             after = [w.stats().loads for w in engine.workers]
-            return report, again, loads, after, results, engine.coordinator.stats.prefetches, engine.health()
+            return report, again, loads, after, results, engine.coordinator.stats.prefetches, engine.health(), drain
 
-    report, again, loads, after, results, prefetches, health = asyncio.run(main())
+    report, again, loads, after, results, prefetches, health, drain = asyncio.run(main())
+    assert drain == 1.0
     comps = {"sd15/config", "sd15/text_encoder", "sd15/denoiser", "sd15/vae", "cn/controlnet"}
     assert report.count("loaded") == 10 and len(report.rows) == 10, report.rows  # 5 components on each of 2 workers
     assert {w: set(h) for w, h in report.held.items()} == {0: comps, 1: comps}
