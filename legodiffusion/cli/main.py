@@ -256,10 +256,8 @@ def serve(
     import uvicorn
 
     from legodiffusion.config import EngineConfig, RayConfig
-    from legodiffusion.models.store import ModelCatalog
     from legodiffusion.models.tiny import write_tiny_models
     from legodiffusion.runtime.collector import pace_for_control_plane
-    from legodiffusion.runtime.preload import components
     from legodiffusion.server.app import create_app
     from legodiffusion.server.catalog import builtin_workflows, models_under
 
@@ -302,12 +300,11 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     names = [m.strip() for m in preload.split(",") if m.strip()]
-    try:
-        components(ModelCatalog(models), names)
+    try:  # (a preload it cannot do is refused here, before anything starts)
+        app_ = create_app(models, engine_config, builtin_workflows(models), api_keys=keys or None, preload=names)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    app_ = create_app(models, engine_config, builtin_workflows(models), api_keys=keys or None, preload=names)
     pace_for_control_plane()  # this process hosts the coordinator (see runtime/collector.py)
     uvicorn.run(app_, host=host, port=port, log_level="info")
 

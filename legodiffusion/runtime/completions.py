@@ -18,7 +18,7 @@ from legodiffusion.runtime.runs import Run, RunResult
 
 class Completions:
     """Mixin of :class:`~legodiffusion.runtime.engine.Engine`. It uses the engine's state
-    (``coordinator``, ``plane``, ``workers``, ``supervisor``, ``_runs``, ``_sent``, ``_awaited``,
+    (``coordinator``, ``cost``, ``plane``, ``workers``, ``supervisor``, ``_runs``, ``_sent``, ``_awaited``,
     ``_stops_asked``, ``_loop``, ``log``, the ``on_dispatch_done`` / ``on_dispatch_sent``
     observers) and methods (``_now``, ``_report``, ``lose_worker``, ``_stop_orphaned``)."""
 
@@ -131,7 +131,7 @@ class Completions:
             record = self.coordinator.inflight.get(d.id)
             est = record.reserved_s if record is not None else 0.0
             if not d.items:  # a prefetch may be the component's first read from disk, which its reservation leaves out
-                est += getattr(self.coordinator.cost, "disk_load_s", _no_disk)(d.model, d.component)
+                est += self.cost.disk_load_s(d.model, d.component)
             self.supervisor.sent(d, est, now)
             self.plane.note_dispatch(d)
             if self.on_dispatch_sent is not None:
@@ -178,7 +178,3 @@ def _note_approx(record: dict, notes: dict) -> None:
 
 def _to_host(value: Any) -> Any:
     return value.cpu() if hasattr(value, "cpu") else value
-
-
-def _no_disk(model, component) -> float:
-    return 0.0

@@ -15,6 +15,7 @@ workflow that uses it. A load's time limit includes the component's first read f
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,8 +49,12 @@ class PreloadReport:
 
     def summary(self) -> dict:
         """Counts by status, the seconds it took, and what each worker holds."""
-        counts = {s: self.count(s) for s in STATUSES if self.count(s)}
-        return {"seconds": round(self.seconds, 3), **counts, "held": {str(w): h for w, h in self.held.items()}}
+        counts = Counter(r["status"] for r in self.rows)
+        return {
+            "seconds": round(self.seconds, 3),
+            **{s: counts[s] for s in STATUSES if counts[s]},
+            "held": {str(w): h for w, h in self.held.items()},
+        }
 
 
 def components(catalog: ModelCatalog, models: list[str]) -> list[tuple[str, str]]:
@@ -108,23 +113,23 @@ async def preload(engine: Engine, models: list[str]) -> PreloadReport:
 async def _one(engine: Engine, report: PreloadReport, comp: tuple) -> None:
     """``comp`` on every live worker at once; a row per worker."""
     model, component, scope = comp
+
+    def row(wid: int, status: str) -> None:
+        report.rows.append({"worker": wid, "model": model, "component": component, "scope": scope, "status": status})
+
     sent = {}
     for w in engine.coordinator.workers:
         if not w.alive or w.draining:
             continue
         if comp in w.resident:
-            status = "resident"
+            row(w.id, "resident")
+        elif (done := engine.prefetch(w.id, comp)) is not None:
+            sent[w.id] = done
         else:
-            done = engine.prefetch(w.id, comp)
-            if done is not None:
-                sent[w.id] = done
-                continue
-            status = "stopped" if engine.stopping else "busy"
-        report.rows.append({"worker": w.id, "model": model, "component": component, "scope": scope, "status": status})
+            row(w.id, "stopped" if engine.stopping else "busy")
     for wid, done in sent.items():
         c = await done
         if c is None:
-            status = "stopped" if engine.stopping else "lost"
+            row(wid, "stopped" if engine.stopping else "lost")
         else:
-            status = "loaded" if comp in engine.coordinator.workers[wid].resident else "failed"
-        report.rows.append({"worker": wid, "model": model, "component": component, "scope": scope, "status": status})
+            row(wid, "loaded" if comp in engine.coordinator.workers[wid].resident else "failed")
